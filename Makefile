@@ -1,0 +1,47 @@
+# recsys — `make help` lists the targets. Every target sets up .venv on a fresh machine first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= serve,wandb,bench,dev
+export OMP_NUM_THREADS ?= 1
+export WANDB_MODE ?= offline
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: help install demo test test-all lint fmt typecheck bench
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: otherwise a resolver may pick a multi-GB CUDA build.
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), v"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install recsys with all extras (pinned)
+
+demo: $(STAMP)  ## the main job end to end on offline synthetic data
+	$(BIN)/recsys demo
+
+lint: $(STAMP)  ## ruff lint + format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+fmt: $(STAMP)  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+typecheck: $(STAMP)  ## mypy on src/recsys
+	$(BIN)/mypy
+
+test: lint typecheck  ## lint, typecheck and the test suite (slow tests excluded)
+	$(BIN)/pytest -m "not slow" -q
+
+test-all: lint typecheck  ## everything, slow tests included
+	$(BIN)/pytest -q
+
+bench: $(STAMP)  ## benchmarks on the real data (../shared/data)
+	$(BIN)/python benchmarks/baselines.py

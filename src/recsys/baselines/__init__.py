@@ -1,0 +1,1 @@
+"""Baselines from well-kept libraries (optional extra `bench`)."""

@@ -1,0 +1,45 @@
+"""The `recsys` command: `recsys <command> [hydra overrides...]`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    # command: (config name, job module, help)
+    "data prepare": ("prepare", "recsys.jobs.prepare", "raw data -> processed split + vocab"),
+    "evaluate": ("evaluate", "recsys.jobs.evaluate", "fit a model, full-catalogue metrics"),
+    "download": ("download", "recsys.jobs.download", "fetch a public dataset (checksummed)"),
+    "demo": ("demo", "recsys.jobs.demo", "the whole product end to end, offline"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: recsys <command> [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [
+        "",
+        "Options are Hydra overrides, e.g. `recsys evaluate data=amazon_book model=als`.",
+        "`recsys <command> --help` shows the configuration.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    for words in (2, 1):
+        name = " ".join(args[:words])
+        if name in COMMANDS and len(args) >= words:
+            config_name, module, _ = COMMANDS[name]
+            from recsys.jobs.common import run
+
+            run(config_name, importlib.import_module(module).main, args[words:])
+            return
+    print(usage(), file=sys.stderr)
+    if args and args[0] not in ("-h", "--help", "help"):
+        print(f"\nerror: unknown command '{' '.join(args[:2])}'", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

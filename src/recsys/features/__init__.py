@@ -1,0 +1,1 @@
+"""Feature pipeline: the only code that turns raw ids into model inputs."""

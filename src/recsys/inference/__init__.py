@@ -1,0 +1,1 @@
+"""Inference: plain-Python recommenders every server and batch job calls (no Ray, no Lightning)."""

@@ -1,0 +1,51 @@
+"""Shared top-K logic for recommenders that can score the whole catalogue."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys.features.vocab import NUM_RESERVED
+
+PADDING = -1  # book index in a top-K slot that has no recommendable book
+
+
+def mask_scores(scores: np.ndarray, history: sp.csr_matrix | None) -> np.ndarray:
+    """Set reserved columns and (if given) already-read books to -inf, in place."""
+    scores[:, :NUM_RESERVED] = -np.inf
+    if history is not None and history.nnz:
+        coo = history.tocoo()
+        scores[coo.row, coo.col] = -np.inf
+    return scores
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` columns by score, ``[batch, k]`` each.
+
+    Positions beyond a row's recommendable books (score ``-inf``) hold index ``-1``.
+    """
+    width = min(k, scores.shape[1])
+    values, indices = torch.topk(torch.from_numpy(scores), width, dim=1, sorted=True)
+    top, vals = indices.numpy(), values.numpy()
+    top[np.isneginf(vals)] = -1
+    if width < k:
+        top = np.pad(top, ((0, 0), (0, k - width)), constant_values=-1)
+        vals = np.pad(vals, ((0, 0), (0, k - width)), constant_values=-np.inf)
+    return top, vals
+
+
+class ScoringRecommender:
+    """Mixin: ``recommend`` from ``score`` by masking and exact top-K."""
+
+    n_books: int
+
+    def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        raise NotImplementedError
+
+    def recommend(
+        self, users: np.ndarray, history: sp.csr_matrix, k: int, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.array(self.score(users, history), dtype=np.float32, copy=True)
+        mask_scores(scores, history if exclude_seen else None)
+        return top_k(scores, k)

@@ -1,0 +1,1 @@
+"""Job functions that take a Hydra DictConfig; the only package that imports hydra/omegaconf."""

@@ -1,0 +1,114 @@
+"""Helpers shared by jobs: running under Hydra with clean errors, loading prepared data."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from recsys.data.prepared import PreparedData, prepare
+from recsys.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+
+def config_dir() -> Path:
+    """The repository's ``configs/`` folder (override with RECSYS_CONFIG_DIR)."""
+    import os
+
+    env = os.environ.get("RECSYS_CONFIG_DIR")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[3] / "configs"
+
+
+def user_error(exc: BaseException) -> RecsysError | None:
+    """The RecsysError behind an exception (Hydra wraps errors raised in instantiate)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RecsysError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def guarded(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Print user errors as one line and exit 2, instead of a traceback."""
+
+    def task(cfg: DictConfig) -> Any:
+        try:
+            return fn(cfg)
+        except MissingMandatoryValue as exc:
+            key = getattr(exc, "full_key", "") or str(exc)
+            print(
+                f"error: the config value '{key}' is required; set it on the command line, "
+                f"e.g. `{key}=...`",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        except (RecsysError, InstantiationException) as exc:
+            err = user_error(exc)
+            if err is None:
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    task.__name__ = fn.__name__
+    task.__module__ = fn.__module__
+    return task
+
+
+def run(config_name: str, fn: Callable[[DictConfig], Any], argv: list[str]) -> None:
+    """Run ``fn`` under ``hydra.main`` with the given command-line overrides."""
+    sys.argv = [sys.argv[0], *argv]
+    main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
+    main(guarded(fn))()
+
+
+def _source_config(cfg: DictConfig) -> dict[str, Any]:
+    data = OmegaConf.to_container(cfg.data.reader, resolve=True)
+    split = OmegaConf.to_container(cfg.split, resolve=True)
+    return {"reader": data, "split": split}
+
+
+def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
+    """Load ``cfg.data.processed_dir`` if it was prepared from the same config, else prepare it."""
+    folder = Path(cfg.data.processed_dir)
+    source = _source_config(cfg)
+    if not force and (folder / "summary.json").is_file():
+        data = PreparedData.load(folder)
+        if data.summary.get("source_config") == source:
+            log.info("using prepared data in %s", folder)
+            return data
+        log.info("prepared data in %s came from another config; preparing again", folder)
+    dataset = hydra.utils.instantiate(cfg.data.reader)
+    split_fn = hydra.utils.instantiate(cfg.split)
+    data = prepare(dataset, split_fn)
+    data.summary["source_config"] = source
+    data.save(folder)
+    log.info("prepared %s into %s", data.name, folder)
+    return data
+
+
+def summary_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Summary of a prepared dataset as table rows."""
+    return {
+        summary["name"]: {
+            "users": summary["users"],
+            "books": summary["books"],
+            "interactions": summary["interactions"],
+            "density": summary["density"],
+            "duplicates merged": summary["duplicates_merged"],
+            "train rows": summary["train"]["interactions"],
+            "val rows": summary["val"]["interactions"],
+            "val users": summary["val"]["users"],
+            "val OOV books": summary["val"]["oov_books"],
+        }
+    }

@@ -1,0 +1,1 @@
+"""Ranking metrics over full-catalogue top-K lists."""

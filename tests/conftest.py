@@ -1,0 +1,39 @@
+"""Shared fixtures. Tests never touch the network or wandb, and run torch single-threaded."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["WANDB_MODE"] = "disabled"
+
+import pytest
+
+from recsys.data.io import Dataset
+from recsys.data.prepared import PreparedData, prepare
+from recsys.data.split import random_holdout
+from recsys.data.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> Dataset:
+    """A small synthetic dataset with planted genres (fast to make)."""
+    return generate(n_users=600, n_books=400, n_genres=8, authors_per_genre=6, seed=1)
+
+
+@pytest.fixture(scope="session")
+def prepared(synthetic: Dataset) -> PreparedData:
+    return prepare(synthetic, partial(random_holdout, fraction=0.2, seed=0))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The read-only real datasets; tests using it skip when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
