@@ -10,6 +10,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data prepare": ("prepare", "recsys.jobs.prepare", "raw data -> processed split + vocab"),
     "evaluate": ("evaluate", "recsys.jobs.evaluate", "fit a model, full-catalogue metrics"),
     "download": ("download", "recsys.jobs.download", "fetch a public dataset (checksummed)"),
+    "train": ("train", "recsys.jobs.train", "train two-tower retrieval -> model bundle"),
+    "build-index": (
+        "build_index",
+        "recsys.jobs.build_index",
+        "add a FAISS index -> new bundle version",
+    ),
     "demo": ("demo", "recsys.jobs.demo", "the whole product end to end, offline"),
 }
 

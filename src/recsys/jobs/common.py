@@ -72,6 +72,29 @@ def run(config_name: str, fn: Callable[[DictConfig], Any], argv: list[str]) -> N
     main(guarded(fn))()
 
 
+def compose_config(
+    name: str, overrides: list[str] | None = None, root: Path | None = None
+) -> DictConfig:
+    """Compose a config as the CLI would, for programmatic runs (tests, benchmarks).
+
+    With ``root``, every path (data, artifacts, outputs) lives under it.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    extra = [f"paths.root_dir={root}", f"paths.output_dir={root}/out"] if root else []
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose(name, overrides=[*extra, *(overrides or [])], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    if root is None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = cfg.hydra.run.dir
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def _source_config(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg.data.reader, resolve=True)
     split = OmegaConf.to_container(cfg.split, resolve=True)

@@ -1,0 +1,96 @@
+"""Bundle manifest: what a bundle holds and the sha256 of every file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MANIFEST_SCHEMA = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_info(cwd: Path | None = None) -> tuple[str, bool]:
+    """(short sha, dirty) of the working tree, or ("nogit", False) outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=7", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=cwd,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=cwd,
+            ).stdout.strip()
+        )
+        return sha, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "nogit", False
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601, seconds."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_version(now: datetime | None = None) -> str:
+    """``<UTC yyyymmddThhmmss>-<git sha7>``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{git_info()[0]}"
+
+
+@dataclass
+class Manifest:
+    """Top-level facts about a bundle (see STYLE §6)."""
+
+    bundle_name: str
+    bundle_version: str
+    created_at: str
+    git_sha: str
+    git_dirty: bool
+    versions: dict[str, str]
+    data_fingerprint: str
+    embedding_dim: int
+    score_fn: str
+    temperature: float
+    vocab_sizes: dict[str, int]
+    metrics: dict[str, float]
+    index_spec: dict[str, Any] | None = None
+    wandb_run_id: str | None = None
+    parent_version: str | None = None
+    manifest_schema: int = MANIFEST_SCHEMA
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def checksum_files(self, root: Path) -> None:
+        """Record sha256 and size of every file under ``root`` except the manifest."""
+        self.files = {
+            str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MANIFEST
+        }

@@ -1,0 +1,160 @@
+"""Load a bundle and verify it: schema version and the sha256 of every file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys.bundle.manifest import MANIFEST, MANIFEST_SCHEMA, Manifest, sha256_file
+from recsys.errors import BundleError
+from recsys.features.pipeline import FeatureState, UserFeatures, user_feature_table
+from recsys.index.faiss_index import FaissIndex
+from recsys.inference.popularity import PopularityRecommender
+from recsys.inference.two_tower import TwoTowerRecommender
+from recsys.models.towers import BookTower, UserTower
+
+SCORE_FN = "cosine/temperature"
+
+
+def resolve(path: str | Path) -> Path:
+    """A version folder, or a family folder whose ``LATEST`` names one."""
+    folder = Path(path)
+    if (folder / MANIFEST).is_file():
+        return folder
+    latest = folder / "LATEST"
+    if latest.is_file():
+        return folder / latest.read_text().strip()
+    if not folder.exists():
+        raise BundleError(
+            f"bundle {folder} does not exist. Train one (`make demo` or "
+            "`python training/train.py`) or fix the bundle path."
+        )
+    raise BundleError(f"{folder} is not a bundle (no {MANIFEST}) and has no LATEST file.")
+
+
+def verify(folder: Path) -> Manifest:
+    """Check the manifest schema and every file's checksum; raise BundleError on mismatch."""
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{folder}: unreadable {MANIFEST} ({exc}).") from None
+    if raw.get("manifest_schema") != MANIFEST_SCHEMA:
+        raise BundleError(
+            f"{folder}: manifest_schema {raw.get('manifest_schema')} is not the supported "
+            f"{MANIFEST_SCHEMA}; rebuild the bundle with this version of recsys."
+        )
+    manifest = Manifest.from_dict(raw)
+    present = {
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
+    }
+    missing = sorted(set(manifest.files) - present)
+    extra = sorted(present - set(manifest.files))
+    if missing:
+        raise BundleError(f"{folder}: missing file(s) {missing}; the bundle is incomplete.")
+    if extra:
+        raise BundleError(f"{folder}: unexpected file(s) {extra}; bundles are never edited.")
+    for rel, meta in manifest.files.items():
+        if sha256_file(folder / rel) != meta["sha256"]:
+            raise BundleError(
+                f"{folder}: checksum mismatch for {rel}; the bundle is corrupt "
+                "or was modified. Rebuild or restore it."
+            )
+    return manifest
+
+
+@dataclass
+class Bundle:
+    """Typed access to a verified bundle's parts (loaded lazily)."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def version(self) -> str:
+        return self.manifest.bundle_version
+
+    @cached_property
+    def state(self) -> FeatureState:
+        return FeatureState.load(self.path / "features")
+
+    def _tower(self, name: str, cls: type[torch.nn.Module]) -> torch.nn.Module:
+        folder = self.path / "towers"
+        args: dict[str, Any] = json.loads((folder / f"{name}.json").read_text())
+        module = cls(**args)
+        module.load_state_dict(torch.load(folder / f"{name}.state_dict.pt", weights_only=True))
+        return module.eval()
+
+    @cached_property
+    def user_tower(self) -> torch.nn.Module:
+        return self._tower("user_tower", UserTower)
+
+    @cached_property
+    def book_tower(self) -> torch.nn.Module:
+        return self._tower("book_tower", BookTower)
+
+    @cached_property
+    def book_embeddings(self) -> np.ndarray:
+        array = np.load(self.path / "embeddings" / "books.npy", allow_pickle=False)
+        if array.shape != (self.state.books.size, self.manifest.embedding_dim):
+            raise BundleError(
+                f"{self.path}: book embeddings have shape {array.shape}, expected "
+                f"({self.state.books.size}, {self.manifest.embedding_dim})."
+            )
+        return array
+
+    @cached_property
+    def books(self) -> pl.DataFrame:
+        return pl.read_parquet(self.path / "features" / "books.parquet")
+
+    @cached_property
+    def users(self) -> pl.DataFrame:
+        return pl.read_parquet(self.path / "features" / "users.parquet")
+
+    @cached_property
+    def histories(self) -> pl.DataFrame:
+        return pl.read_parquet(self.path / "data" / "histories.parquet")
+
+    @cached_property
+    def popularity(self) -> PopularityRecommender:
+        return PopularityRecommender.load(self.path / "fallback" / "popularity.parquet")
+
+    @cached_property
+    def index(self) -> FaissIndex | None:
+        """The ANN index, when the bundle has one (checked against the embedding dim)."""
+        if not self.manifest.index_spec:
+            return None
+        return FaissIndex.load(self.path / "index", dim=self.manifest.embedding_dim)
+
+    @cached_property
+    def user_table(self) -> UserFeatures:
+        return user_feature_table(self.histories, self.users, self.state)
+
+    def recommender(self, use_index: bool = True) -> TwoTowerRecommender:
+        """Two-tower recommender: retrieval through the FAISS index when the bundle has one
+        and ``use_index``, exact scoring over every book otherwise."""
+        side = {"age": self.user_table["age"], "country": self.user_table["country"]}
+        index = self.index if use_index else None
+        return TwoTowerRecommender(
+            self.user_tower,
+            self.book_embeddings,
+            self.state,
+            self.manifest.temperature,
+            side,
+            index,
+        )
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Resolve, verify and open a bundle. Raises BundleError with a fix on any problem."""
+    folder = resolve(path)
+    manifest = verify(folder)
+    if manifest.score_fn != SCORE_FN:
+        raise BundleError(f"{folder}: score_fn {manifest.score_fn!r} is not {SCORE_FN!r}.")
+    return Bundle(folder, manifest)

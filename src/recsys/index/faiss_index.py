@@ -1,0 +1,243 @@
+"""FAISS indexes over L2-normalised book vectors with inner product (= the training score).
+
+The metric is derived from the model's score function, never configured separately: the towers
+output unit vectors and score by dot product, so the index uses ``METRIC_INNER_PRODUCT``.
+Rows hold real books only; ``book_index`` maps row -> book-vocabulary index.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from recsys.errors import BundleError, RecsysError
+
+KINDS = ("flat", "ivf_flat", "hnsw", "ivf_pq")
+NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What index to build and how good it must be.
+
+    Attributes:
+        kind: ``flat`` (exact), ``ivf_flat``, ``hnsw`` or ``ivf_pq`` (with exact re-ranking).
+        nlist: IVF cells (0 = ``4 * sqrt(n)``, bounded so every cell can be trained).
+        hnsw_m: HNSW graph degree.
+        ef_construction: HNSW build beam.
+        pq_m: PQ sub-quantisers (must divide the dimension).
+        refine_factor: IVF-PQ candidates re-ranked exactly = ``k * refine_factor``.
+        recall_target: tune search parameters to the cheapest meeting this recall@k vs exact.
+        recall_k: the ``k`` of that recall.
+        seed: for training-sample choice.
+    """
+
+    kind: str = "flat"
+    nlist: int = 0
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    pq_m: int = 16
+    refine_factor: int = 4
+    recall_target: float = 0.98
+    recall_k: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise RecsysError(f"index kind '{self.kind}' is not one of {KINDS}; set index=<kind>.")
+
+    def factory(self, n: int, dim: int) -> str:
+        """The FAISS index_factory string for ``n`` vectors of ``dim``."""
+        nlist = self.nlist or int(np.clip(4 * np.sqrt(n), 1, max(n // 39, 1)))
+        if self.kind == "flat":
+            return "Flat"
+        if self.kind == "ivf_flat":
+            return f"IVF{nlist},Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m},Flat"
+        if dim % self.pq_m:
+            raise RecsysError(f"index.pq_m={self.pq_m} must divide the embedding dim {dim}.")
+        return f"IVF{nlist},PQ{self.pq_m}x8,RFlat"
+
+
+@dataclass
+class IndexReport:
+    """Measured facts written to the manifest."""
+
+    factory: str
+    metric: str
+    ntotal: int
+    dim: int
+    search_params: dict[str, int] = field(default_factory=dict)
+    recall: float = 1.0
+    recall_k: int = 100
+    recall_queries: int = 0
+    build_seconds: float = 0.0
+    tuning: list[dict[str, float]] = field(default_factory=list)
+
+
+class FaissIndex:
+    """A FAISS index plus the row -> book-index map."""
+
+    def __init__(self, index: faiss.Index, book_index: np.ndarray, report: IndexReport) -> None:
+        if index.ntotal != book_index.size:
+            raise BundleError(
+                f"index has {index.ntotal} rows but book_index maps {book_index.size}."
+            )
+        self.index, self.book_index, self.report = index, book_index.astype(np.int64), report
+        self.apply_params(report.search_params)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def apply_params(self, params: dict[str, int]) -> None:
+        if "nprobe" in params:
+            faiss.extract_index_ivf(self.index).nprobe = params["nprobe"]
+        inner: Any = faiss.downcast_index(self.index)
+        if "efSearch" in params:
+            inner.hnsw.efSearch = params["efSearch"]
+        if "k_factor" in params:
+            inner.k_factor = params["k_factor"]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` book indices ``[B, k]`` (-1 when fewer) and inner products."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise RecsysError(
+                f"queries have shape {queries.shape}; the index expects dim {self.dim}."
+            )
+        k = min(k, self.index.ntotal)
+        scores, rows = self.index.search(queries, k)
+        books = np.where(rows >= 0, self.book_index[np.maximum(rows, 0)], -1)
+        return books, scores
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(folder / "books.faiss"))
+        np.save(folder / "book_index.npy", self.book_index, allow_pickle=False)
+        (folder / "index_spec.json").write_text(json.dumps(asdict(self.report), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, dim: int | None = None) -> FaissIndex:
+        for name in ("books.faiss", "book_index.npy", "index_spec.json"):
+            if not (folder / name).is_file():
+                raise BundleError(
+                    f"{folder}: {name} is missing; rebuild the index "
+                    "(python index/build.py bundle=...)."
+                )
+        raw = json.loads((folder / "index_spec.json").read_text())
+        report = IndexReport(**raw)
+        if report.metric != "inner_product":
+            raise BundleError(
+                f"{folder}: index metric {report.metric!r} does not match the "
+                "model's score (inner product of unit vectors)."
+            )
+        index = faiss.read_index(str(folder / "books.faiss"))
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise BundleError(f"{folder}: the FAISS file is not an inner-product index.")
+        if dim is not None and index.d != dim:
+            raise BundleError(
+                f"{folder}: index dimension {index.d} does not match the model's "
+                f"embedding dimension {dim}; rebuild the index for this model."
+            )
+        return cls(index, np.load(folder / "book_index.npy", allow_pickle=False), report)
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of the exact top-k found by the approximate search."""
+    hits = [
+        np.intersect1d(a[a >= 0], e[e >= 0]).size / max((e >= 0).sum(), 1)
+        for a, e in zip(approx, exact, strict=True)
+    ]
+    return float(np.mean(hits))
+
+
+def _candidates(kind: str) -> list[dict[str, int]]:
+    if kind in ("ivf_flat", "ivf_pq"):
+        return [{"nprobe": p} for p in NPROBES]
+    if kind == "hnsw":
+        return [{"efSearch": e} for e in EF_SEARCH]
+    return [{}]
+
+
+def build_index(
+    vectors: np.ndarray, book_index: np.ndarray, spec: IndexSpec, queries: np.ndarray | None = None
+) -> FaissIndex:
+    """Build, then tune search parameters on ``queries`` (e.g. real user vectors).
+
+    Args:
+        vectors: book vectors ``[n, D]`` (unit length), real books only.
+        book_index: book-vocab index of each row ``[n]``.
+        spec: index type and recall target.
+        queries: ``[q, D]`` vectors to measure recall against exact search (default: a sample
+            of the book vectors themselves).
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    factory = spec.factory(n, dim)
+    started = time.perf_counter()
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        rng = np.random.default_rng(spec.seed)
+        sample = vectors[rng.choice(n, min(n, 256 * 1024), replace=False)]
+        index.train(sample)
+    inner: Any = faiss.downcast_index(index)
+    if spec.kind == "hnsw":
+        inner.hnsw.efConstruction = spec.ef_construction
+    index.add(vectors)
+    if spec.kind == "ivf_pq":
+        inner.k_factor = spec.refine_factor
+    build_seconds = time.perf_counter() - started
+    report = IndexReport(
+        factory=factory,
+        metric="inner_product",
+        ntotal=n,
+        dim=dim,
+        recall_k=min(spec.recall_k, n),
+        build_seconds=build_seconds,
+    )
+    wrapped = FaissIndex(index, book_index, report)
+    tune(wrapped, vectors, spec, queries)
+    return wrapped
+
+
+def tune(
+    index: FaissIndex, vectors: np.ndarray, spec: IndexSpec, queries: np.ndarray | None
+) -> None:
+    """Pick the cheapest search parameters meeting ``spec.recall_target`` (or the best seen)."""
+    rng = np.random.default_rng(spec.seed)
+    if queries is None:
+        queries = vectors[rng.choice(len(vectors), min(len(vectors), 1000), replace=False)]
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = index.report.recall_k
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    _, truth = exact.search(queries, k)
+    truth = index.book_index[truth]
+    best: tuple[float, dict[str, int]] = (-1.0, {})
+    tuning: list[dict[str, Any]] = []
+    for params in _candidates(spec.kind):
+        if "nprobe" in params and params["nprobe"] > faiss.extract_index_ivf(index.index).nlist:
+            break
+        index.apply_params(params)
+        approx, _ = index.search(queries, k)
+        recall = recall_at_k(approx, truth)
+        tuning.append({**params, "recall": recall})
+        if recall > best[0]:
+            best = (recall, params)
+        if recall >= spec.recall_target:
+            best = (recall, params)
+            break
+    index.apply_params(best[1])
+    index.report.search_params = best[1]
+    index.report.recall = best[0]
+    index.report.recall_queries = len(queries)
+    index.report.tuning = tuning

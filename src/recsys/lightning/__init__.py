@@ -1,0 +1,1 @@
+"""LightningModules and DataModules: training wiring around the plain-torch models."""

@@ -1,0 +1,162 @@
+"""Two-tower training: DataModule (examples from the prepared split through the one feature
+pipeline) and LightningModule (towers + task + optimizer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+from recsys.data.prepared import BOOK_IDX, USER_IDX, PreparedData
+from recsys.features.pipeline import (
+    BookFeatures,
+    FeatureState,
+    UserFeatures,
+    book_feature_table,
+    user_feature_table,
+    user_histories,
+)
+from recsys.features.vocab import NUM_RESERVED
+from recsys.tasks.retrieval import RetrievalTask, log_q
+
+MASK_LIMIT = 100_000_000  # skip same-user masking when batch x catalogue exceeds this
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """Training examples are (user, target book) pairs of the training split; the user's input
+    is the rest of their training history (built in the module's step)."""
+
+    def __init__(
+        self, data: PreparedData, state: FeatureState, batch_size: int = 1024, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.data, self.state = data, state
+        self.batch_size, self.seed = batch_size, seed
+        train = data.train.filter(
+            (pl.col(BOOK_IDX) >= NUM_RESERVED) & (pl.col(USER_IDX) >= NUM_RESERVED)
+        )
+        self.users = torch.from_numpy(train.get_column(USER_IDX).to_numpy())
+        self.books = torch.from_numpy(train.get_column(BOOK_IDX).to_numpy())
+        self.user_table = user_feature_table(user_histories(data.train), data.users, state)
+        self.book_table = book_feature_table(data.books, state)
+        counts = np.bincount(self.books.numpy(), minlength=state.books.size).astype(np.float64)
+        self.book_freq = torch.from_numpy(counts / max(counts.sum(), 1.0)).float()
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.users.numel())
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = TensorDataset(self.users, self.books)
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = BatchSampler(
+            RandomSampler(dataset, generator=generator),
+            min(self.batch_size, len(dataset)),
+            drop_last=True,
+        )
+        # Whole batches by slicing: much faster than collating single examples.
+        return DataLoader(dataset, sampler=sampler, batch_size=None)
+
+
+class TwoTowerModule(L.LightningModule):
+    """User tower + book tower trained with the retrieval task.
+
+    Args:
+        user_tower: a ``UserTower``.
+        book_tower: a ``BookTower``.
+        task: a ``RetrievalTask``.
+        optimizer: partial optimizer, called with the trainable parameters.
+        history_dropout: drop each history item with this probability (augmentation).
+    """
+
+    def __init__(
+        self,
+        user_tower: nn.Module,
+        book_tower: nn.Module,
+        task: RetrievalTask,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        history_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["user_tower", "book_tower", "task"])
+        self.user_tower, self.book_tower, self.task = user_tower, book_tower, task
+        self.optimizer_factory = optimizer
+        self.history_dropout = history_dropout
+        self.user_table: UserFeatures | None = None
+        self.book_table: BookFeatures | None = None
+        self.book_freq: torch.Tensor | None = None
+        self.feature_state: FeatureState | None = None
+
+    def attach(self, datamodule: RetrievalDataModule) -> None:
+        """Give the module the encoded feature tables (data, not parameters)."""
+        self.user_table, self.book_table = datamodule.user_table, datamodule.book_table
+        self.book_freq, self.feature_state = datamodule.book_freq, datamodule.state
+
+    def encode_books(self, ids: torch.Tensor) -> torch.Tensor:
+        assert self.book_table is not None, "call attach() first"
+        table = self.book_table
+        return self.book_tower(
+            table["book"][ids],
+            table["author"][ids],
+            table["publisher"][ids],
+            table["year"][ids],
+            table["language"][ids],
+            table["tags"][ids],
+        )
+
+    def encode_users(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        assert self.user_table is not None, "call attach() first"
+        return self.user_tower(
+            users, history, self.user_table["age"][users], self.user_table["country"][users]
+        )
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        assert self.user_table is not None, "call attach() first"
+        assert self.book_freq is not None, "call attach() first"
+        users, targets = batch
+        full_history = self.user_table["history"][users]  # (B, L)
+        history = full_history.masked_fill(full_history == targets.unsqueeze(1), 0)
+        if self.history_dropout > 0:
+            drop = torch.rand(history.shape, device=history.device) < self.history_dropout
+            history = history.masked_fill(drop, 0)
+        query = self.encode_users(users, history)  # (B, D)
+        num_books = self.book_freq.numel()
+        uniform = torch.randint(NUM_RESERVED, num_books, (self.task.num_uniform_negatives,))
+        ids = torch.cat([targets, uniform])  # (C,)
+        candidates = self.encode_books(ids)  # (C, D)
+        lq = log_q(self.book_freq[ids], users.numel(), uniform.numel(), num_books - NUM_RESERVED)
+        extra = None
+        if users.numel() * num_books <= MASK_LIMIT:
+            seen = torch.zeros(users.numel(), num_books, dtype=torch.bool)
+            seen.scatter_(1, full_history, True)
+            seen[:, 0] = False
+            extra = seen.gather(1, ids.unsqueeze(0).expand(users.numel(), -1))
+        loss = self.task(query, candidates, ids, lq, extra)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return self.optimizer_factory(params=params)
+
+    @torch.no_grad()
+    def book_embeddings(self, batch_size: int = 8192) -> torch.Tensor:
+        """Vectors of every book index ``[n_books, D]`` (rows 0, 1 are zero)."""
+        assert self.book_table is not None
+        n = self.book_table["book"].numel()
+        out = torch.cat(
+            [
+                self.encode_books(torch.arange(s, min(s + batch_size, n)))
+                for s in range(0, n, batch_size)
+            ]
+        )
+        out[:NUM_RESERVED] = 0
+        return out

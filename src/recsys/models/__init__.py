@@ -1,0 +1,1 @@
+"""Plain torch modules (no Lightning, Hydra or Ray): towers and layers."""

@@ -1,0 +1,1 @@
+"""Losses, kept separate from architecture."""

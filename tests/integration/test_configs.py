@@ -1,0 +1,63 @@
+"""Every experiment config instantiates and runs one tiny epoch (LHT test_sweeps style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.helpers.hydra import CONFIGS, compose_config
+
+from recsys.jobs.train import main as train_main
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e != "amazon_book"])
+def test_experiment_runs_fast_dev(experiment: str, tmp_path: Path) -> None:
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        [
+            f"experiment={experiment}",
+            "debug=fast",
+            "callbacks.progress_bar=null",
+            "data.reader.n_users=200",
+            "data.reader.n_books=150",
+        ],
+    )
+    result = train_main(cfg)
+    assert Path(result["bundle"]).is_dir()
+
+
+@pytest.mark.realdata
+def test_amazon_book_experiment_composes(tmp_path: Path, shared_data: Path) -> None:
+    cfg = compose_config(
+        "train", tmp_path, ["experiment=amazon_book", f"paths.shared_data_dir={shared_data}"]
+    )
+    assert cfg.data.name == "amazon_book"
+    assert cfg.trainer.max_time == "00:00:10:00"
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_model_options_instantiate(pooling: str, tmp_path: Path) -> None:
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        [
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "callbacks.progress_bar=null",
+            "data.reader.n_users=150",
+            "data.reader.n_books=100",
+            f"model.user_tower.pooling={pooling}",
+            "model.user_tower.user_id=true",
+            "model.task.learn_temperature=true",
+            "model.book_tower.side_features=false",
+            "logger=csv",
+        ],
+    )
+    result = train_main(cfg)
+    assert (tmp_path / "out" / "csv").is_dir()
+    assert result["metrics"]["users"] > 0

@@ -1,0 +1,97 @@
+"""FAISS indexes against brute force on small clustered data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from recsys.errors import BundleError, RecsysError
+from recsys.index.faiss_index import FaissIndex, IndexSpec, build_index, recall_at_k
+
+
+def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:
+    """Unit vectors around a few centres (like learned embeddings; never uniform noise)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    points = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, dim))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vectors = clustered(4000)
+    queries = clustered(200, seed=1)
+    book_index = np.arange(2, 4002)
+    return vectors, book_index, queries
+
+
+def brute_force(
+    vectors: np.ndarray, book_index: np.ndarray, queries: np.ndarray, k: int
+) -> np.ndarray:
+    order = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]
+    return book_index[order]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "hnsw", "ivf_pq"])
+def test_index_types_meet_recall_target(kind: str, data: tuple[np.ndarray, ...]) -> None:
+    vectors, book_index, queries = data
+    spec = IndexSpec(kind=kind, recall_target=0.95, recall_k=50, pq_m=8)
+    index = build_index(vectors, book_index, spec, queries)
+    assert index.index.ntotal == len(vectors)
+    assert index.index.metric_type == faiss.METRIC_INNER_PRODUCT
+    books, scores = index.search(queries, 50)
+    truth = brute_force(vectors, book_index, queries, 50)
+    measured = recall_at_k(books, truth)
+    assert measured >= 0.95
+    assert index.report.recall == pytest.approx(measured)
+    if kind == "flat":
+        assert measured == 1.0
+        np.testing.assert_array_equal(books, truth)
+    else:
+        assert index.report.search_params  # tuned
+    assert (np.diff(scores, axis=1) <= 1e-5).all()
+
+
+def test_tuning_picks_cheapest_setting(data: tuple[np.ndarray, ...]) -> None:
+    vectors, book_index, queries = data
+    index = build_index(
+        vectors, book_index, IndexSpec(kind="ivf_flat", recall_target=0.9, recall_k=20), queries
+    )
+    tried = index.report.tuning
+    assert tried[-1]["recall"] >= 0.9
+    assert all(step["recall"] < 0.9 for step in tried[:-1])
+    assert index.report.search_params == {"nprobe": tried[-1]["nprobe"]}
+
+
+def test_save_load_round_trip(data: tuple[np.ndarray, ...], tmp_path: Path) -> None:
+    vectors, book_index, queries = data
+    index = build_index(vectors, book_index, IndexSpec(kind="hnsw", recall_k=20), queries)
+    index.save(tmp_path)
+    loaded = FaissIndex.load(tmp_path, dim=vectors.shape[1])
+    assert loaded.report.search_params == index.report.search_params
+    np.testing.assert_array_equal(loaded.search(queries, 10)[0], index.search(queries, 10)[0])
+
+
+def test_refusals(data: tuple[np.ndarray, ...], tmp_path: Path) -> None:
+    vectors, book_index, queries = data
+    index = build_index(vectors, book_index, IndexSpec(kind="flat"), queries)
+    index.save(tmp_path)
+    with pytest.raises(BundleError, match=r"dimension 32 does not match.*64"):
+        FaissIndex.load(tmp_path, dim=64)
+    with pytest.raises(RecsysError, match="expects dim 32"):
+        index.search(np.zeros((1, 8), dtype=np.float32), 5)
+    l2 = faiss.IndexFlatL2(vectors.shape[1])
+    l2.add(vectors)
+    faiss.write_index(l2, str(tmp_path / "books.faiss"))
+    with pytest.raises(BundleError, match="not an inner-product index"):
+        FaissIndex.load(tmp_path)
+    (tmp_path / "books.faiss").unlink()
+    with pytest.raises(BundleError, match=r"books.faiss is missing.*index/build.py"):
+        FaissIndex.load(tmp_path)
+    with pytest.raises(RecsysError, match="not one of"):
+        IndexSpec(kind="annoy")
+    with pytest.raises(RecsysError, match="must divide"):
+        IndexSpec(kind="ivf_pq", pq_m=7).factory(1000, 32)
