@@ -11,6 +11,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("evaluate", "recsys.jobs.evaluate", "fit a model, full-catalogue metrics"),
     "download": ("download", "recsys.jobs.download", "fetch a public dataset (checksummed)"),
     "train": ("train", "recsys.jobs.train", "train two-tower retrieval -> model bundle"),
+    "train-ranker": (
+        "train_ranker",
+        "recsys.jobs.train_ranker",
+        "retrain only the ranker -> new bundle version",
+    ),
     "build-index": (
         "build_index",
         "recsys.jobs.build_index",

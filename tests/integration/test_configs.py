@@ -61,3 +61,29 @@ def test_model_options_instantiate(pooling: str, tmp_path: Path) -> None:
     result = train_main(cfg)
     assert (tmp_path / "out" / "csv").is_dir()
     assert result["metrics"]["users"] > 0
+
+
+def test_wandb_logger_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        [
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "callbacks.progress_bar=null",
+            "data.reader.n_users=150",
+            "data.reader.n_books=100",
+            "logger=wandb",
+        ],
+    )
+    result = train_main(cfg)
+    assert result["wandb_run_id"]
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert runs, "wandb wrote no offline run"
+    from recsys.bundle.reader import load_bundle
+
+    assert load_bundle(result["bundle"]).manifest.wandb_run_id == result["wandb_run_id"]

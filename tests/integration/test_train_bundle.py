@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 from tests.helpers.hydra import compose_config
+from tests.helpers.retriever import quick_retriever
 
 from recsys.bundle.reader import load_bundle
 from recsys.data.prepared import PreparedData
@@ -214,3 +215,110 @@ def test_exclusions_still_return_k(trained: dict[str, Any]) -> None:
     vectors = rec.encode(rec.features_from_matrix(heavy, train[heavy]))
     top, _ = rec.search(vectors, 20, [set() for _ in heavy], allowed)
     assert allowed[top].all()
+
+
+def test_two_stage_bundle(trained: dict[str, Any]) -> None:
+    data: PreparedData = trained["data"]
+    bundle = load_bundle(trained["bundle"])
+    assert bundle.has_ranker
+    rec = bundle.two_stage()
+    train = data.matrix("train")
+    users = np.arange(NUM_RESERVED, NUM_RESERVED + 40)
+    top, scores = rec.recommend(users, train[users], k=20)
+    for row, user in zip(top, users, strict=True):
+        assert len(set(row.tolist())) == 20
+        assert set(row.tolist()).isdisjoint(train[user].indices.tolist())
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    assert "two_stage/recall@20" in bundle.manifest.metrics
+    eval_set = EvalSet.from_prepared(data)
+    again = evaluate(rec, eval_set, ks=(20,))
+    assert again["recall@20"] == pytest.approx(
+        bundle.manifest.metrics["two_stage/recall@20"], abs=1e-9
+    )
+
+
+def test_explanations_name_history_books(trained: dict[str, Any]) -> None:
+    data: PreparedData = trained["data"]
+    bundle = load_bundle(trained["bundle"])
+    rec = bundle.two_stage()
+    train = data.matrix("train")
+    user = NUM_RESERVED + 3
+    frame = rec.inspect(user, train[[user]])
+    assert frame.height > 20
+    assert set(frame.columns) >= {"book_idx", "score", "retrieval_score", "cooc_score", "reason"}
+    assert frame.get_column("score").is_sorted(descending=True)
+    history = set(train[user].indices.tolist())
+    assert set(frame.get_column("reason_book").to_list()) <= history
+    assert set(frame.get_column("reason").to_list()) <= {"co-read", "similar"}
+    co_read = frame.filter(pl.col("reason") == "co-read")
+    assert (co_read.get_column("from_cooc") == 1.0).all()
+
+
+def test_ranker_training_lists_do_not_leak(prepared: PreparedData) -> None:
+    """Labels never appear in the history the candidates come from, nor in the data the
+    label retriever and co-occurrence were fitted on."""
+    from recsys.features.pipeline import FeaturePipeline, book_feature_table
+    from recsys.inference.cooccurrence import CooccurrenceRecommender
+    from recsys.inference.two_stage import CandidateGenerator
+    from recsys.jobs.train_ranker import label_carve, log_popularity
+    from recsys.lightning.ranking import build_examples
+
+    carved = label_carve(prepared, 0.2, seed=1)
+    history, labels = carved.matrix("train"), carved.matrix("val")
+    assert history.multiply(labels).nnz == 0
+    assert history.nnz + labels.nnz == prepared.matrix("train").nnz
+    cooc = CooccurrenceRecommender.from_prepared(carved)
+    assert cooc.neighbours.nnz > 0
+
+    state = FeaturePipeline().fit(
+        carved.train, carved.books, carved.users, carved.user_vocab, carved.book_vocab
+    )
+    retriever = quick_retriever(carved, state)  # trained on the carve: it never saw the labels
+    generator = CandidateGenerator(retriever, cooc, n_retrieval=30, n_cooc=30, max_candidates=50)
+    users = np.arange(NUM_RESERVED, NUM_RESERVED + 60)
+    examples = build_examples(
+        generator,
+        users,
+        history,
+        labels,
+        book_feature_table(carved.books, state),
+        log_popularity(carved),
+    )
+    assert len(examples["labels"]) > 0
+    for hist, cands, lab, mask in zip(
+        examples["history"],
+        examples["candidates"],
+        examples["labels"],
+        examples["mask"],
+        strict=True,
+    ):
+        hist_books = set(hist[hist > 0].tolist())
+        positives = set(cands[lab > 0].tolist())
+        assert positives
+        assert hist_books.isdisjoint(positives)
+        assert hist_books.isdisjoint(cands[mask].tolist())
+
+
+def test_retrain_only_the_ranker(trained: dict[str, Any], tmp_path: Path) -> None:
+    from recsys.jobs.train_ranker import main as train_ranker_main
+
+    family = tmp_path / "bundles" / "synthetic"
+    source = family / Path(trained["bundle"]).name
+    shutil.copytree(trained["bundle"], source)
+    cfg = compose_config(
+        "train_ranker",
+        tmp_path,
+        [f"bundle={source}", "ranker.trainer.max_epochs=1", "ranker.module.loss=pairwise"],
+    )
+    result = train_ranker_main(cfg)
+    before, after = load_bundle(source), load_bundle(family)
+    assert after.path == Path(result["bundle"])
+    assert after.manifest.parent_version == before.version
+    np.testing.assert_array_equal(after.book_embeddings, before.book_embeddings)
+    assert after.manifest.metrics["recall@20"] == before.manifest.metrics["recall@20"]
+    assert after.manifest.metrics["two_stage/recall@20"] == pytest.approx(
+        result["metrics"]["recall@20"]
+    )
+    assert (after.path / "ranker" / "ranker.state_dict.pt").read_bytes() != (
+        before.path / "ranker" / "ranker.state_dict.pt"
+    ).read_bytes()

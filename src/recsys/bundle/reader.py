@@ -10,14 +10,24 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 import torch
 
 from recsys.bundle.manifest import MANIFEST, MANIFEST_SCHEMA, Manifest, sha256_file
 from recsys.errors import BundleError
-from recsys.features.pipeline import FeatureState, UserFeatures, user_feature_table
+from recsys.features.pipeline import (
+    BookFeatures,
+    FeatureState,
+    UserFeatures,
+    book_feature_table,
+    user_feature_table,
+)
 from recsys.index.faiss_index import FaissIndex
+from recsys.inference.cooccurrence import CooccurrenceRecommender
 from recsys.inference.popularity import PopularityRecommender
+from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
+from recsys.models.ranker import Ranker
 from recsys.models.towers import BookTower, UserTower
 
 SCORE_FN = "cosine/temperature"
@@ -85,7 +95,10 @@ class Bundle:
         return FeatureState.load(self.path / "features")
 
     def _tower(self, name: str, cls: type[torch.nn.Module]) -> torch.nn.Module:
-        folder = self.path / "towers"
+        return self._load_module("towers", name, cls)
+
+    def _load_module(self, part: str, name: str, cls: type[torch.nn.Module]) -> torch.nn.Module:
+        folder = self.path / part
         args: dict[str, Any] = json.loads((folder / f"{name}.json").read_text())
         module = cls(**args)
         module.load_state_dict(torch.load(folder / f"{name}.state_dict.pt", weights_only=True))
@@ -135,6 +148,59 @@ class Bundle:
     @cached_property
     def user_table(self) -> UserFeatures:
         return user_feature_table(self.histories, self.users, self.state)
+
+    @property
+    def has_ranker(self) -> bool:
+        return (self.path / "ranker" / "ranker.json").is_file()
+
+    @cached_property
+    def ranker(self) -> torch.nn.Module:
+        return self._load_module("ranker", "ranker", Ranker)
+
+    @cached_property
+    def cooccurrence(self) -> CooccurrenceRecommender:
+        return CooccurrenceRecommender.load(
+            self.path / "cooccurrence" / "neighbours.parquet", self.state.books.size
+        )
+
+    @cached_property
+    def book_table(self) -> BookFeatures:
+        return book_feature_table(self.books, self.state)
+
+    def two_stage(self, use_index: bool = True) -> TwoStageRecommender:
+        """retrieve (two-tower + co-occurrence) -> rank: the full product."""
+        if not self.has_ranker:
+            raise BundleError(f"{self.path} has no ranker; train one (ranker.enabled=true).")
+        generator = json.loads((self.path / "ranker" / "generator.json").read_text())
+        gen = CandidateGenerator(self.recommender(use_index), self.cooccurrence, **generator)
+        pop = np.asarray(self.popularity_counts, dtype=np.float64)
+        return TwoStageRecommender(
+            gen, self.ranker, self.book_table, torch.from_numpy(np.log1p(pop)).float()
+        )
+
+    @cached_property
+    def popularity_counts(self) -> np.ndarray:
+        """Training readers per book index (from the stored histories)."""
+        counts = np.zeros(self.state.books.size)
+        books = self.state.books.encode(self.histories.get_column("history").explode().drop_nulls())
+        np.add.at(counts, books, 1)
+        counts[:2] = 0
+        return counts
+
+    def history_matrix(self, histories: list[list[str]]) -> sp.csr_matrix:
+        """Raw book-id histories as CSR rows over the book vocabulary (unknown ids dropped)."""
+        rows, cols = [], []
+        for row, history in enumerate(histories):
+            idx = self.state.books.encode(pl.Series(history, dtype=pl.String))
+            idx = np.unique(idx[idx >= 2])
+            rows.append(np.full(idx.size, row))
+            cols.append(idx)
+        r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+        return sp.csr_matrix(
+            (np.ones(r.size, dtype=np.float32), (r, c)),
+            shape=(len(histories), self.state.books.size),
+        )
 
     def recommender(self, use_index: bool = True) -> TwoTowerRecommender:
         """Two-tower recommender: retrieval through the FAISS index when the bundle has one

@@ -24,6 +24,7 @@ from recsys.features.pipeline import FeatureState, user_histories
 from recsys.inference.popularity import PopularityRecommender
 from recsys.jobs.build_index import index_books
 from recsys.jobs.common import load_or_prepare
+from recsys.jobs.train_ranker import label_carve, train_ranker
 from recsys.lightning.callbacks import recommender_from_module
 from recsys.lightning.retrieval import RetrievalDataModule, TwoTowerModule
 from recsys.report import print_table, write_json
@@ -57,30 +58,39 @@ def _loggers(cfg: DictConfig) -> list[Logger]:
     return [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
 
 
-def _callbacks(cfg: DictConfig, eval_set: EvalSet) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, eval_set: EvalSet, tag: str) -> list[L.Callback]:
     out = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None:
             continue
-        obj = hydra.utils.instantiate(node)
+        extra = {"dirpath": f"{node.dirpath}/{tag}"} if node.get("dirpath") else {}
+        obj = hydra.utils.instantiate(node, **extra)
         out.append(obj(eval_set=eval_set) if name == "evaluation" else obj)
     return out
 
 
+def fit_state(cfg: DictConfig, data: PreparedData) -> FeatureState:
+    """Fit the feature pipeline on the training split (the only place it is fitted)."""
+    pipeline = hydra.utils.instantiate(cfg.features)
+    return pipeline.fit(data.train, data.books, data.users, data.user_vocab, data.book_vocab)
+
+
 def fit(
-    cfg: DictConfig, data: PreparedData
+    cfg: DictConfig, data: PreparedData, state: FeatureState, tag: str = "retriever"
 ) -> tuple[TwoTowerModule, RetrievalDataModule, dict[str, Any]]:
-    """Train the towers; returns the module with the best checkpoint's weights."""
-    state = hydra.utils.instantiate(cfg.features).fit(
-        data.train, data.books, data.users, data.user_vocab, data.book_vocab
-    )
+    """Train the towers; returns the module with the best checkpoint's weights.
+
+    ``tag`` separates the checkpoints of several fits in one run.
+    """
     datamodule = RetrievalDataModule(data, state, batch_size=cfg.batch_size, seed=cfg.seed)
     module, args = build_module(cfg, state)
     module.attach(datamodule)
     eval_set = EvalSet.from_prepared(data)
     loggers = _loggers(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=_callbacks(cfg, eval_set)
+        cfg.trainer, logger=loggers or False, callbacks=_callbacks(cfg, eval_set, tag)
     )
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -110,6 +120,7 @@ def export_bundle(
     datamodule: RetrievalDataModule,
     metrics: dict[str, float],
     info: dict[str, Any],
+    ranking: dict[str, Any] | None = None,
 ) -> Path:
     """Write the bundle: towers, features, embeddings, histories, popularity, config, metrics."""
     state = datamodule.state
@@ -156,11 +167,26 @@ def export_bundle(
         "data": lambda d: save_frame(user_histories(data.train), d / "histories.parquet"),
         "fallback": lambda d: popularity.save(d / "popularity.parquet"),
         "index": index.save,
+        **(ranking_parts(cfg, ranking) if ranking else {}),
         "eval": lambda d: _write_json(
             d / "metrics.json", {"metrics": metrics, "training": training}
         ),
     }
     return write_bundle(cfg.bundle.root, manifest, parts, promote=bool(cfg.bundle.promote))
+
+
+def ranking_parts(cfg: DictConfig, ranking: dict[str, Any]) -> dict[str, Any]:
+    """Bundle folders of the ranking stage: the ranker and the co-occurrence table."""
+
+    def write_ranker(folder: Path) -> None:
+        save_module(ranking["ranker"], folder, "ranker", ranking["args"])
+        generator = OmegaConf.to_container(cfg.ranker.generator, resolve=True)
+        _write_json(folder / "generator.json", generator)
+
+    return {
+        "ranker": write_ranker,
+        "cooccurrence": lambda d: ranking["cooccurrence"].save(d / "neighbours.parquet"),
+    }
 
 
 def eval_sample(data: PreparedData, seed: int, n: int = 2000) -> np.ndarray:
@@ -194,25 +220,51 @@ def _versions() -> dict[str, str]:
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
+    """Retrieval, then (if enabled) the ranker; one bundle with everything."""
     L.seed_everything(cfg.seed, workers=True)
     data = load_or_prepare(cfg)
-    module, datamodule, info = fit(cfg, data)
+    state = fit_state(cfg, data)
+    module, datamodule, info = fit(cfg, data, state)
+    serving = recommender_from_module(module.eval())
     eval_set = EvalSet.from_prepared(data)
-    metrics = evaluate(recommender_from_module(module.eval()), eval_set, ks=list(cfg.eval.ks))
-    pop = evaluate(PopularityRecommender.from_prepared(data), eval_set, ks=list(cfg.eval.ks))
-    rows = {
+    ks = list(cfg.eval.ks)
+    metrics = evaluate(serving, eval_set, ks=ks)
+    rows: dict[str, dict[str, Any]] = {
+        "popularity": evaluate(PopularityRecommender.from_prepared(data), eval_set, ks=ks),
         "two_tower": {
             **metrics,
             "train_seconds": info["train_seconds"],
             "examples/s": info["examples_per_second"],
         },
-        "popularity": pop,
     }
+    ranking = None
+    if cfg.ranker.enabled:
+        carved = label_carve(data, cfg.ranker.label_fraction, cfg.seed + 1)
+        label_module, _, label_info = fit(cfg, carved, state, tag="label_retriever")
+        ranking = train_ranker(
+            cfg, data, state, serving, recommender_from_module(label_module.eval())
+        )
+        rows["cooccurrence"] = evaluate(ranking["cooccurrence"], eval_set, ks=ks)
+        two_stage = evaluate(ranking["pipeline"], eval_set, ks=ks)
+        rows["two_stage"] = {
+            **two_stage,
+            "train_seconds": label_info["train_seconds"]
+            + ranking["train_seconds"]
+            + ranking["examples_seconds"],
+        }
+        metrics = {**metrics, **{f"two_stage/{k}": v for k, v in two_stage.items()}}
+        info["ranker"] = {k: ranking[k] for k in ("examples", "examples_seconds", "train_seconds")}
     print_table(
         rows,
         ["recall@20", "ndcg@20", "hit_rate@20", "coverage@20", "train_seconds", "examples/s"],
         title=f"{data.name}: full-catalogue validation",
     )
-    path = export_bundle(cfg, data, module, datamodule, metrics, info)
+    path = export_bundle(cfg, data, module, datamodule, metrics, info, ranking)
     print(f"bundle written to {path}")
-    return {"metrics": metrics, "popularity": pop, "bundle": str(path), **info}
+    return {
+        "metrics": metrics,
+        "rows": rows,
+        "popularity": rows["popularity"],
+        "bundle": str(path),
+        **info,
+    }

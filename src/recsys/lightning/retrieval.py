@@ -4,7 +4,7 @@ pipeline) and LightningModule (towers + task + optimizer)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -73,6 +73,8 @@ class TwoTowerModule(L.LightningModule):
         task: a ``RetrievalTask``.
         optimizer: partial optimizer, called with the trainable parameters.
         history_dropout: drop each history item with this probability (augmentation).
+        share_embeddings: tie the user tower's history-book table to the book tower's id
+            table (one vector per book, learnt from both roles).
     """
 
     def __init__(
@@ -82,12 +84,16 @@ class TwoTowerModule(L.LightningModule):
         task: RetrievalTask,
         optimizer: Callable[..., torch.optim.Optimizer],
         history_dropout: float = 0.1,
+        share_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["user_tower", "book_tower", "task"])
         self.user_tower, self.book_tower, self.task = user_tower, book_tower, task
         self.optimizer_factory = optimizer
         self.history_dropout = history_dropout
+        if share_embeddings:
+            history: Any = user_tower.history
+            history.weight = cast(nn.Embedding, book_tower.book).weight
         self.user_table: UserFeatures | None = None
         self.book_table: BookFeatures | None = None
         self.book_freq: torch.Tensor | None = None

@@ -1,0 +1,181 @@
+"""Two-stage recommendation: candidates from two-tower retrieval and co-occurrence, then the
+ranker orders them. Every stage's output can be inspected, and each recommendation carries a
+short reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from recsys.features.pipeline import BookFeatures
+from recsys.features.ranking import FEATURES, Candidates, pair_features
+from recsys.features.vocab import NUM_RESERVED
+from recsys.inference.base import PADDING
+from recsys.inference.cooccurrence import CooccurrenceRecommender
+from recsys.inference.two_tower import TwoTowerRecommender
+
+
+@dataclass
+class CandidateGenerator:
+    """Union of the two sources, deduplicated, seen books excluded, at most ``max_candidates``.
+
+    Retrieval candidates come first (in retrieval order), then co-occurrence-only ones.
+    """
+
+    retriever: TwoTowerRecommender
+    cooccurrence: CooccurrenceRecommender
+    n_retrieval: int = 150
+    n_cooc: int = 100
+    max_candidates: int = 200
+
+    def generate(
+        self, vectors: np.ndarray, history: sp.csr_matrix, excluded: list[set[int]]
+    ) -> Candidates:
+        tt_books, _ = self.retriever.search(vectors, self.n_retrieval, excluded)
+        co = (history > 0).astype(np.float32) @ self.cooccurrence.neighbours  # (B, N) sparse
+        co = sp.csr_matrix(co)
+        batch, width = len(vectors), self.max_candidates
+        books = np.full((batch, width), PADDING, dtype=np.int64)
+        tt_rank = np.full((batch, width), self.n_retrieval, dtype=np.float32)
+        co_rank = np.full((batch, width), self.n_cooc, dtype=np.float32)
+        for row in range(batch):
+            start, end = co.indptr[row], co.indptr[row + 1]
+            cols, vals = co.indices[start:end], co.data[start:end]
+            order = np.lexsort((cols, -vals))
+            co_list = [int(c) for c in cols[order] if c >= NUM_RESERVED and c not in excluded[row]]
+            co_list = co_list[: self.n_cooc]
+            tt_list = [int(b) for b in tt_books[row] if b >= 0]
+            merged = list(dict.fromkeys(tt_list + co_list))[:width]
+            books[row, : len(merged)] = merged
+            tt_pos = {b: i for i, b in enumerate(tt_list)}
+            co_pos = {b: i for i, b in enumerate(co_list)}
+            tt_rank[row, : len(merged)] = [tt_pos.get(b, self.n_retrieval) for b in merged]
+            co_rank[row, : len(merged)] = [co_pos.get(b, self.n_cooc) for b in merged]
+        mask = books >= 0
+        safe = np.maximum(books, 0)
+        emb = self.retriever.book_embeddings[safe]  # (B, K, D)
+        tt_score = np.einsum("bkd,bd->bk", emb, vectors) / self.retriever.temperature
+        co_score = np.asarray(co[np.repeat(np.arange(batch), width), safe.ravel()]).reshape(
+            batch, width
+        )
+        return Candidates(
+            books=books,
+            retrieval_score=np.where(mask, tt_score, 0).astype(np.float32),
+            retrieval_rank=tt_rank,
+            from_retrieval=mask & (tt_rank < self.n_retrieval),
+            cooc_score=np.where(mask, co_score, 0).astype(np.float32),
+            cooc_rank=co_rank,
+            from_cooc=mask & (co_rank < self.n_cooc),
+        )
+
+
+class TwoStageRecommender:
+    """retrieve (two-tower + co-occurrence) -> rank -> top-K.
+
+    Args:
+        generator: the candidate generator.
+        ranker: a trained ``Ranker``.
+        books: encoded book table (row = book index).
+        log_popularity: ``log1p`` training count per book index.
+    """
+
+    def __init__(
+        self,
+        generator: CandidateGenerator,
+        ranker: nn.Module,
+        books: BookFeatures,
+        log_popularity: torch.Tensor,
+    ) -> None:
+        self.generator, self.ranker = generator, ranker.eval()
+        self.books, self.log_popularity = books, log_popularity
+        self.retriever = generator.retriever
+        self.n_books = self.retriever.n_books
+        self.num_tags = int(self.retriever.state.tags.size)
+
+    def stages(
+        self, users: np.ndarray, history: sp.csr_matrix, exclude_seen: bool = True
+    ) -> tuple[Candidates, torch.Tensor, np.ndarray, torch.Tensor]:
+        """Candidates, pair features, ranker scores (``-inf`` on padding) and encoded history."""
+        feats = self.retriever.features_from_matrix(users, history)
+        vectors = self.retriever.encode(feats)
+        excluded = [
+            set(history.indices[history.indptr[i] : history.indptr[i + 1]].tolist())
+            if exclude_seen
+            else set()
+            for i in range(len(users))
+        ]
+        cands = self.generator.generate(vectors, history, excluded)
+        dense = pair_features(
+            cands, feats["history"], self.books, self.log_popularity, self.num_tags
+        )
+        with torch.no_grad():
+            scores = self.ranker(
+                dense, feats["history"], torch.from_numpy(np.maximum(cands.books, 0))
+            )
+        scores = scores.numpy().astype(np.float32)
+        scores[~cands.mask] = -np.inf
+        return cands, dense, scores, feats["history"]
+
+    def recommend(
+        self, users: np.ndarray, history: sp.csr_matrix, k: int, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        cands, _, scores, _ = self.stages(users, history, exclude_seen)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(cands.books, order, axis=1)
+        top_scores = np.take_along_axis(scores, order, axis=1)
+        top[np.isneginf(top_scores)] = PADDING
+        if top.shape[1] < k:
+            pad = k - top.shape[1]
+            top = np.pad(top, ((0, 0), (0, pad)), constant_values=PADDING)
+            top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return top, top_scores
+
+    def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        """Ranker scores on each user's candidates; ``-inf`` for books not retrieved."""
+        cands, _, scores, _ = self.stages(users, history)
+        out = np.full((len(users), self.n_books), -np.inf, dtype=np.float32)
+        rows = np.repeat(np.arange(len(users)), cands.books.shape[1])
+        keep = cands.books.ravel() >= 0
+        out[rows[keep], cands.books.ravel()[keep]] = scores.ravel()[keep]
+        return out
+
+    def inspect(self, user: int, history: sp.csr_matrix) -> pl.DataFrame:
+        """One row per candidate of one user: sources, features, ranker score and reason,
+        best first."""
+        cands, dense, scores, hist = self.stages(np.array([user]), history)
+        keep = cands.mask[0]
+        books = cands.books[0][keep]
+        frame = pl.DataFrame({"book_idx": books, "score": scores[0][keep]})
+        frame = frame.with_columns(
+            pl.Series(name, dense[0][keep][:, i].numpy()) for i, name in enumerate(FEATURES)
+        )
+        reasons = self.reasons(hist[0], books, cands.from_cooc[0][keep])
+        return frame.with_columns(
+            reason_book=pl.Series(reasons[0]), reason=pl.Series(reasons[1])
+        ).sort("score", descending=True)
+
+    def reasons(
+        self, history: torch.Tensor, books: np.ndarray, from_cooc: np.ndarray
+    ) -> tuple[list[int], list[str]]:
+        """For each book, the history book that explains it best and the kind of reason:
+        ``co-read`` (readers of that book also read this one) or ``similar``."""
+        hist = [int(h) for h in history.tolist() if h > 0]
+        if not hist:
+            return [-1] * len(books), ["popular"] * len(books)
+        emb = self.retriever.book_embeddings
+        sims = emb[books] @ emb[hist].T  # (K, H)
+        co = self.generator.cooccurrence.neighbours[hist][:, books].toarray().T  # (K, H)
+        best_book, kinds = [], []
+        for i in range(len(books)):
+            if from_cooc[i] and co[i].max() > 0:
+                best_book.append(hist[int(co[i].argmax())])
+                kinds.append("co-read")
+            else:
+                best_book.append(hist[int(sims[i].argmax())])
+                kinds.append("similar")
+        return best_book, kinds
