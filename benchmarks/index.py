@@ -109,9 +109,12 @@ def bundle_check(path: str) -> dict[str, dict[str, Any]]:
         rec = bundle.recommender(use_index=False)
         rec.index = index_books(bundle.book_embeddings, spec, queries)
         got = evaluate(rec, eval_set, ks=(20,))
-        rows[name] = {"recall@20": got["recall@20"], "eval_s": got["eval_seconds"],
-                      "delta_vs_exact": got["recall@20"] - exact["recall@20"],
-                      "index_recall@100": rec.index.report.recall}
+        rows[name] = {
+            "recall@20": got["recall@20"],
+            "eval_s": got["eval_seconds"],
+            "delta_vs_exact": got["recall@20"] - exact["recall@20"],
+            "index_recall@100": rec.index.report.recall,
+        }
     return rows
 
 

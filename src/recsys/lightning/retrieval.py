@@ -75,6 +75,8 @@ class TwoTowerModule(L.LightningModule):
         history_dropout: drop each history item with this probability (augmentation).
         share_embeddings: tie the user tower's history-book table to the book tower's id
             table (one vector per book, learnt from both roles).
+        scheduler: optional partial ``ReduceLROnPlateau`` (or any epoch scheduler) stepped on
+            ``val/recall@20`` from the evaluation callback.
     """
 
     def __init__(
@@ -85,11 +87,13 @@ class TwoTowerModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         history_dropout: float = 0.1,
         share_embeddings: bool = False,
+        scheduler: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["user_tower", "book_tower", "task"])
         self.user_tower, self.book_tower, self.task = user_tower, book_tower, task
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.history_dropout = history_dropout
         if share_embeddings:
             history: Any = user_tower.history
@@ -151,7 +155,19 @@ class TwoTowerModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        return self.optimizer_factory(params=params)
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": "val/recall@20",
+                "interval": "epoch",
+                "strict": False,
+            },
+        }
 
     @torch.no_grad()
     def book_embeddings(self, batch_size: int = 8192) -> torch.Tensor:
