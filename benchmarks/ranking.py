@@ -74,6 +74,12 @@ def latency(pipeline: Any, eval_set: EvalSet, n: int = 300) -> dict[str, float]:
     }
 
 
+def max_time(minutes: float) -> str:
+    """Lightning's DD:HH:MM:SS."""
+    seconds = int(minutes * 60)
+    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shared", default=os.environ.get("RECSYS_SHARED_DATA", "../shared/data"))
@@ -89,7 +95,7 @@ def main() -> None:
             "experiment=amazon_book",
             f"paths.shared_data_dir={args.shared}",
             "callbacks.progress_bar=null",
-            f"trainer.max_time={{minutes: {args.minutes}}}",
+            f"trainer.max_time={max_time(args.minutes)}",
         ],
     )
     data = load_or_prepare(cfg)

@@ -56,7 +56,7 @@ def _two_tower(root: Path, shared: str, minutes: float, extra: list[str]) -> dic
             "experiment=amazon_book",
             f"paths.shared_data_dir={shared}",
             "callbacks.progress_bar=null",
-            f"trainer.max_time={{minutes: {minutes}}}",
+            f"trainer.max_time={max_time(minutes)}",
             "logger=csv",
             "ranker.enabled=false",
             *extra,
@@ -70,6 +70,12 @@ def _two_tower(root: Path, shared: str, minutes: float, extra: list[str]) -> dic
         "examples/s": result["examples_per_second"],
         "epochs": result["epochs"],
     }
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's DD:HH:MM:SS."""
+    seconds = int(minutes * 60)
+    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def main() -> None:

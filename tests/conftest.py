@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["WANDB_MODE"] = "disabled"
@@ -37,3 +38,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The whole training pipeline (retrieval, index, ranker) on small synthetic data, once."""
+    from recsys.jobs.train import main as train_main
+    from tests.helpers.hydra import compose_config
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = compose_config(
+        "train", root, ["experiment=synthetic_fast", "callbacks.progress_bar=null"]
+    )
+    result = train_main(cfg)
+    result["root"] = root
+    result["data"] = PreparedData.load(root / "data" / "processed" / "synthetic")
+    return result

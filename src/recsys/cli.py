@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "recsys.jobs.build_index",
         "add a FAISS index -> new bundle version",
     ),
+    "serve": ("serve", "recsys.jobs.serve", "serve a bundle over HTTP (uvicorn, one process)"),
     "demo": ("demo", "recsys.jobs.demo", "the whole product end to end, offline"),
 }
 

@@ -18,21 +18,13 @@ from recsys.data.prepared import PreparedData
 from recsys.errors import BundleError
 from recsys.evaluation import EvalSet, evaluate
 from recsys.features.vocab import NUM_RESERVED
-from recsys.jobs.train import main as train_main
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("train")
-    cfg = compose_config(
-        "train", root, ["experiment=synthetic_fast", "callbacks.progress_bar=null"]
-    )
-    result = train_main(cfg)
-    result["root"] = root
-    result["data"] = PreparedData.load(root / "data" / "processed" / "synthetic")
-    return result
+def trained(trained_bundle: dict[str, Any]) -> dict[str, Any]:
+    return trained_bundle
 
 
 def test_learns_three_times_popularity(trained: dict[str, Any]) -> None:

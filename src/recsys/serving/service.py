@@ -1,0 +1,276 @@
+"""RecommendationService: every route's logic and fallback decisions, in plain Python.
+
+Both runners (uvicorn locally, Ray Serve when scaled out) call this class; no route logic lives
+anywhere else. Unknown users without history, stage errors and stages over their time budget
+are answered from popularity, and the answer says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.bundle.reader import Bundle
+from recsys.errors import RecsysError
+from recsys.features.vocab import NUM_RESERVED
+from recsys.serving.schemas import Filters
+
+log = logging.getLogger(__name__)
+
+
+class UnknownBook(RecsysError):
+    """A book id that is not in the model's catalogue (HTTP 404)."""
+
+
+@dataclass
+class Answer:
+    """Books (vocabulary indices) with scores and reasons, and which path produced them."""
+
+    books: list[int]
+    scores: list[float]
+    reasons: list[str]
+    source: str
+    fallback_reason: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Catalogue:
+    """Book metadata by vocabulary index, for filters and responses."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        vocab = bundle.state.books
+        books = pl.DataFrame({"book_id": vocab.ids}).join(
+            bundle.books, on="book_id", how="left", maintain_order="left"
+        )
+        pad: list[Any] = [None] * NUM_RESERVED
+        self.ids: list[str | None] = pad + books.get_column("book_id").to_list()
+        self.titles: list[str | None] = pad + books.get_column("title").to_list()
+        self.authors: list[str | None] = pad + books.get_column("authors").to_list()
+        years = books.get_column("year").fill_null(-1).to_numpy()
+        self.years = np.concatenate([[-1] * NUM_RESERVED, years])
+        self.languages = np.array(pad + books.get_column("language").to_list(), dtype=object)
+
+    def allowed(self, filters: Filters | None, exclude: set[int]) -> np.ndarray | None:
+        """Bool per book index, or None when nothing is filtered."""
+        if filters is None and not exclude:
+            return None
+        mask = np.ones(len(self.ids), dtype=bool)
+        mask[:NUM_RESERVED] = False
+        if exclude:
+            mask[list(exclude)] = False
+        if filters is not None:
+            if filters.year_min is not None:
+                mask &= self.years >= filters.year_min
+            if filters.year_max is not None:
+                mask &= (self.years >= 0) & (self.years <= filters.year_max)
+            if filters.languages:
+                mask &= np.isin(self.languages, filters.languages)
+            if filters.authors:
+                wanted = [a.lower() for a in filters.authors]
+                mask &= np.array(
+                    [a is not None and any(w in a.lower() for w in wanted) for a in self.authors]
+                )
+        return mask
+
+
+class RecommendationService:
+    """Answers every endpoint from one bundle.
+
+    Args:
+        bundle: a verified bundle.
+        stage_timeout_s: time budget of the personalised path before popularity answers.
+    """
+
+    def __init__(self, bundle: Bundle, stage_timeout_s: float = 0.1) -> None:
+        self.bundle = bundle
+        self.version = bundle.version
+        self.stage_timeout_s = stage_timeout_s
+        self.retriever = bundle.recommender()
+        self.pipeline = bundle.two_stage() if bundle.has_ranker else None
+        self.popularity = bundle.popularity
+        self.catalogue = Catalogue(bundle)
+        self.histories: dict[str, list[str]] = dict(bundle.histories.iter_rows())
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recsys-stage")
+        self.fail_next_stage = False  # set by tests and chaos drills: the next stage raises
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def book_index(self, book_id: str) -> int:
+        idx = self.bundle.state.books.encode_one(book_id)
+        if idx < NUM_RESERVED:
+            raise UnknownBook(f"unknown book id '{book_id}'")
+        return idx
+
+    def title(self, index: int) -> str:
+        return str(self.catalogue.titles[index] or self.catalogue.ids[index])
+
+    def popular(
+        self,
+        limit: int,
+        exclude: set[int],
+        allowed: np.ndarray | None,
+        reason: str | None,
+        source: str = "popularity",
+    ) -> Answer:
+        books = []
+        for book in self.popularity.order:
+            if book not in exclude and (allowed is None or allowed[book]):
+                books.append(int(book))
+                if len(books) == limit:
+                    break
+        scores = [float(self.popularity.scores[b]) for b in books]
+        return Answer(books, scores, ["popular with readers"] * len(books), source, reason)
+
+    def _guarded(self, fn: Any, fallback: Any) -> Answer:
+        """Run a stage within the time budget; popularity answers on error or timeout."""
+        future = self._pool.submit(fn)
+        try:
+            return future.result(timeout=self.stage_timeout_s)
+        except FutureTimeout:
+            log.warning(
+                "stage over its %.0f ms budget; popularity answers", self.stage_timeout_s * 1000
+            )
+            return fallback("timeout")
+        except RecsysError:
+            raise
+        except Exception:
+            log.exception("stage failed; popularity answers")
+            return fallback("stage_error")
+
+    def _personal(
+        self,
+        user_id: str | None,
+        history: list[str],
+        limit: int,
+        exclude: set[int],
+        allowed: np.ndarray | None,
+        source: str,
+    ) -> Answer:
+        if self.fail_next_stage:
+            self.fail_next_stage = False
+            raise RuntimeError("injected stage failure")
+        matrix = self.bundle.history_matrix([history])
+        user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])
+        seen = set(matrix.indices.tolist())
+        if self.pipeline is not None:
+            cands, _, scores, hist = self.pipeline.stages(user, matrix)
+            order = np.argsort(-scores[0], kind="stable")
+            books = cands.books[0][order]
+            ranked = [
+                (int(b), float(scores[0][i]))
+                for b, i in zip(books, order, strict=True)
+                if b >= 0 and b not in exclude and (allowed is None or allowed[b])
+            ][:limit]
+            from_cooc = {
+                int(b) for b, c in zip(cands.books[0], cands.from_cooc[0], strict=True) if c
+            }
+            chosen = np.array([b for b, _ in ranked], dtype=np.int64)
+            why, kinds = self.pipeline.reasons(
+                hist[0], chosen, np.array([b in from_cooc for b in chosen])
+            )
+            reasons = [
+                f"readers of {self.title(w)} also read this"
+                if k == "co-read"
+                else f"because you read {self.title(w)}"
+                for w, k in zip(why, kinds, strict=True)
+            ]
+            answer = Answer([b for b, _ in ranked], [s for _, s in ranked], reasons, source)
+        else:
+            vectors = self.retriever.encode(self.retriever.features_from_matrix(user, matrix))
+            top, top_scores = self.retriever.search(vectors, limit, [seen | exclude], allowed)
+            books_list = [int(b) for b in top[0] if b >= 0]
+            answer = Answer(
+                books_list,
+                [float(s) for s in top_scores[0][: len(books_list)]],
+                ["matches your reading history"] * len(books_list),
+                source,
+            )
+        if len(answer.books) < limit:  # filters left too few: top up from popularity
+            extra = self.popular(
+                limit - len(answer.books), seen | exclude | set(answer.books), allowed, None
+            )
+            answer.books += extra.books
+            answer.scores += extra.scores
+            answer.reasons += extra.reasons
+        return answer
+
+    # --- endpoints -------------------------------------------------------------------------
+
+    def for_user(
+        self, user_id: str, limit: int, exclude_ids: list[str], filters: Filters | None
+    ) -> Answer:
+        exclude = {
+            i for i in (self.bundle.state.books.encode_one(b) for b in exclude_ids) if i >= 2
+        }
+        allowed = self.catalogue.allowed(filters, exclude)
+        history = self.histories.get(user_id)
+        if not history:
+            return self.popular(limit, exclude, allowed, "unknown_user")
+        seen = set(self.bundle.history_matrix([history]).indices.tolist())
+        return self._guarded(
+            lambda: self._personal(user_id, history, limit, exclude, allowed, "personalized"),
+            lambda reason: self.popular(limit, exclude | seen, allowed, reason),
+        )
+
+    def similar(
+        self,
+        book_id: str,
+        limit: int,
+        filters: Filters | None,
+        user_id: str | None = None,
+        preferences: list[str] | None = None,
+    ) -> Answer:
+        index = self.book_index(book_id)
+        allowed = self.catalogue.allowed(filters, set())
+        fetch = limit * 3 if (user_id or preferences) else limit
+        top, scores = self.retriever.similar_books([book_id], fetch, allowed)
+        books = [int(b) for b in top[0] if b >= 0]
+        sims = [float(s) for s in scores[0][: len(books)]]
+        history = list(self.histories.get(user_id or "", [])) + list(preferences or [])
+        if history and books:  # re-rank for the user: similarity + affinity to their reading
+            matrix = self.bundle.history_matrix([history])
+            user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])
+            vector = self.retriever.encode(self.retriever.features_from_matrix(user, matrix))[0]
+            affinity = self.retriever.book_embeddings[books] @ vector / self.retriever.temperature
+            blended = np.asarray(sims) + 0.5 * affinity
+            seen = set(matrix.indices.tolist())
+            order = [i for i in np.argsort(-blended, kind="stable") if books[i] not in seen][:limit]
+            books, sims = [books[i] for i in order], [float(blended[i]) for i in order]
+        books, sims = books[:limit], sims[:limit]
+        reason = f"similar to {self.title(index)}"
+        return Answer(books, sims, [reason] * len(books), "similar")
+
+    def hybrid(
+        self,
+        user_id: str | None,
+        history: list[str],
+        seed_books: list[str],
+        limit: int,
+        filters: Filters | None,
+    ) -> Answer:
+        for book in seed_books:
+            self.book_index(book)  # unknown seed books are a client error
+        combined = list(self.histories.get(user_id or "", [])) + list(history) + list(seed_books)
+        allowed = self.catalogue.allowed(filters, set())
+        known = [b for b in combined if self.bundle.state.books.encode_one(b) >= NUM_RESERVED]
+        if not known:
+            return self.popular(limit, set(), allowed, "no_known_history")
+        seen = set(self.bundle.history_matrix([known]).indices.tolist())
+        return self._guarded(
+            lambda: self._personal(user_id, known, limit, set(), allowed, "hybrid"),
+            lambda reason: self.popular(limit, seen, allowed, reason),
+        )
+
+    def trending(self, limit: int) -> Answer:
+        answer = self.popular(limit, set(), None, None, source="trending")
+        answer.reasons = ["trending now"] * len(answer.books)
+        return answer

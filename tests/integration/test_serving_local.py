@@ -1,0 +1,200 @@
+"""The FastAPI app under a real uvicorn server on loopback, called over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from recsys.bundle.reader import load_bundle
+from recsys.serving.app import create_app
+from recsys.serving.service import RecommendationService
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(trained_bundle: dict[str, Any]) -> Iterator[tuple[httpx.Client, Any]]:
+    bundle = load_bundle(trained_bundle["bundle"])
+    app = create_app(lambda: RecommendationService(bundle, stage_timeout_s=5.0))
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client, app
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def known_user(trained_bundle: dict[str, Any]) -> tuple[str, list[str]]:
+    bundle = load_bundle(trained_bundle["bundle"])
+    user_id, history = bundle.histories.row(0)
+    return str(user_id), list(history)
+
+
+def test_user_recommendations(
+    server: tuple[httpx.Client, Any], trained_bundle: dict[str, Any]
+) -> None:
+    client, _ = server
+    user_id, history = known_user(trained_bundle)
+    response = client.post(
+        f"/recommendations/users/{user_id}", json={"limit": 7}, headers={"X-Request-ID": "abc-123"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["X-Request-ID"] == "abc-123"
+    assert body["metadata"]["request_id"] == "abc-123"
+    assert body["metadata"]["source"] == "personalized"
+    assert body["metadata"]["bundle_version"] == load_bundle(trained_bundle["bundle"]).version
+    items = body["recommendations"]
+    assert len(items) == 7
+    assert len({i["book_id"] for i in items}) == 7
+    assert not {i["book_id"] for i in items} & set(history)
+    assert all(i["title"] and i["author"] and i["reasoning"] for i in items)
+    scores = [i["confidence_score"] for i in items]
+    assert scores == sorted(scores, reverse=True)
+    generated = client.post(f"/recommendations/users/{user_id}").headers["X-Request-ID"]
+    assert len(generated) == 32
+
+
+def test_filters_and_exclude(
+    server: tuple[httpx.Client, Any], trained_bundle: dict[str, Any]
+) -> None:
+    client, _ = server
+    user_id, _ = known_user(trained_bundle)
+    first = client.post(f"/recommendations/users/{user_id}", json={"limit": 3}).json()
+    banned = [i["book_id"] for i in first["recommendations"]]
+    again = client.post(
+        f"/recommendations/users/{user_id}",
+        json={"limit": 10, "exclude": banned, "filters": {"year_min": 1960, "year_max": 1990}},
+    ).json()
+    ids = [i["book_id"] for i in again["recommendations"]]
+    assert len(ids) == 10
+    assert not set(ids) & set(banned)
+    books = load_bundle(trained_bundle["bundle"]).books
+    years = dict(books.select("book_id", "year").iter_rows())
+    assert all(1960 <= years[b] <= 1990 for b in ids)
+
+
+def test_unknown_user_falls_back(server: tuple[httpx.Client, Any]) -> None:
+    client, _ = server
+    body = client.post("/recommendations/users/nobody-knows-me", json={"limit": 5}).json()
+    assert body["metadata"]["source"] == "popularity"
+    assert body["metadata"]["fallback_reason"] == "unknown_user"
+    assert len(body["recommendations"]) == 5
+
+
+def test_stage_failure_and_timeout_fall_back(
+    server: tuple[httpx.Client, Any], trained_bundle: dict[str, Any]
+) -> None:
+    client, app = server
+    user_id, history = known_user(trained_bundle)
+    service: RecommendationService = app.state.service
+    service.fail_next_stage = True
+    body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+    assert body["metadata"]["source"] == "popularity"
+    assert body["metadata"]["fallback_reason"] == "stage_error"
+    assert not {i["book_id"] for i in body["recommendations"]} & set(history)
+    budget = service.stage_timeout_s
+    service.stage_timeout_s = 1e-6
+    try:
+        body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+    finally:
+        service.stage_timeout_s = budget
+    assert body["metadata"]["fallback_reason"] == "timeout"
+    metrics = client.get("/metrics").text
+    assert 'recsys_fallbacks_total{reason="stage_error"}' in metrics
+    assert 'recsys_fallbacks_total{reason="timeout"}' in metrics
+
+
+def test_similar_books(server: tuple[httpx.Client, Any], trained_bundle: dict[str, Any]) -> None:
+    client, _ = server
+    response = client.post("/recommendations/books/b5", json={"limit": 5})
+    assert response.status_code == 200
+    ids = [i["book_id"] for i in response.json()["recommendations"]]
+    assert len(ids) == 5
+    assert "b5" not in ids
+    user_id, _ = known_user(trained_bundle)
+    v2 = client.post(
+        "/v2/recommendations/similar-books",
+        json={"book_id": "b5", "limit": 4, "user_context": {"user_id": user_id}},
+    )
+    assert v2.status_code == 200
+    assert len(v2.json()["recommendations"]) == 4
+    assert client.post("/recommendations/books/no-such-book").status_code == 404
+    assert "unknown book" in client.post("/recommendations/books/nope").json()["detail"]
+
+
+def test_hybrid_and_trending(server: tuple[httpx.Client, Any]) -> None:
+    client, _ = server
+    body = client.post(
+        "/recommendations/hybrid",
+        json={"history": ["b1", "b2", "b3"], "seed_books": ["b4"], "limit": 6},
+    ).json()
+    assert body["metadata"]["source"] == "hybrid"
+    assert not {i["book_id"] for i in body["recommendations"]} & {"b1", "b2", "b3", "b4"}
+    empty = client.post("/recommendations/hybrid", json={"history": ["unknown-1"]}).json()
+    assert empty["metadata"]["source"] == "popularity"
+    assert client.post("/recommendations/hybrid", json={"seed_books": ["zzz"]}).status_code == 404
+    trending = client.get("/recommendations/trending", params={"limit": 3}).json()
+    assert trending["metadata"]["source"] == "trending"
+    assert len(trending["recommendations"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("post", "/recommendations/users/u1", {"json": {"limit": 0}}),
+        ("post", "/recommendations/users/u1", {"json": {"limit": 51}}),
+        ("post", "/recommendations/users/u1", {"json": {"limit": "ten"}}),
+        ("post", "/recommendations/users/u1", {"json": {"unknown_field": 1}}),
+        (
+            "post",
+            "/recommendations/users/u1",
+            {"json": {"filters": {"year_min": 2000, "year_max": 1990}}},
+        ),
+        (
+            "post",
+            "/recommendations/users/u1",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        ),
+        ("post", "/recommendations/hybrid", {"json": {"history": ["b1"] * 500}}),
+        ("get", "/recommendations/trending", {"params": {"limit": 1000}}),
+    ],
+)
+def test_bad_input_is_422(
+    server: tuple[httpx.Client, Any], method: str, path: str, kwargs: dict[str, Any]
+) -> None:
+    client, _ = server
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
+def test_health_docs_metrics(server: tuple[httpx.Client, Any]) -> None:
+    client, _ = server
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/recommendations/users/{user_id}" in spec["paths"]
+    metrics = client.get("/metrics").text
+    assert "recsys_requests_total" in metrics
+    assert "recsys_request_latency_seconds_bucket" in metrics
