@@ -26,7 +26,7 @@ from recsys.baselines.als import ALSRecommender
 from recsys.bundle.reader import load_bundle
 from recsys.evaluation import EvalSet, evaluate
 from recsys.features.ranking import pair_features
-from recsys.jobs.common import compose_config, load_or_prepare
+from recsys.jobs.common import compose_config, load_or_prepare, max_time
 from recsys.jobs.train import main as train_main
 from recsys.report import print_table, write_json
 
@@ -72,12 +72,6 @@ def latency(pipeline: Any, eval_set: EvalSet, n: int = 300) -> dict[str, float]:
         "two_stage_p50_ms": float(np.percentile(total_ms, 50)),
         "two_stage_p99_ms": float(np.percentile(total_ms, 99)),
     }
-
-
-def max_time(minutes: float) -> str:
-    """Lightning's DD:HH:MM:SS."""
-    seconds = int(minutes * 60)
-    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def main() -> None:

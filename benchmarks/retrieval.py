@@ -25,7 +25,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 from recsys.baselines.als import ALSRecommender
 from recsys.evaluation import EvalSet, evaluate
-from recsys.jobs.common import compose_config, load_or_prepare
+from recsys.jobs.common import compose_config, load_or_prepare, max_time
 from recsys.jobs.train import main as train_main
 from recsys.report import print_table, write_json
 
@@ -70,12 +70,6 @@ def _two_tower(root: Path, shared: str, minutes: float, extra: list[str]) -> dic
         "examples/s": result["examples_per_second"],
         "epochs": result["epochs"],
     }
-
-
-def max_time(minutes: float) -> str:
-    """Lightning's DD:HH:MM:SS."""
-    seconds = int(minutes * 60)
-    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def main() -> None:

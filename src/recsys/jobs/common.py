@@ -95,6 +95,12 @@ def compose_config(
     return cfg
 
 
+def max_time(minutes: float) -> str:
+    """A training time budget as Lightning's ``DD:HH:MM:SS``."""
+    seconds = int(minutes * 60)
+    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def _source_config(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg.data.reader, resolve=True)
     split = OmegaConf.to_container(cfg.split, resolve=True)

@@ -86,7 +86,7 @@ def fit(
     module, args = build_module(cfg, state)
     module.attach(datamodule)
     eval_set = EvalSet.from_prepared(data)
-    loggers = _loggers(cfg)
+    loggers = _loggers(cfg) if tag == "retriever" else []  # auxiliary fits are not logged
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     trainer: L.Trainer = hydra.utils.instantiate(
