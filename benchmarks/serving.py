@@ -1,0 +1,155 @@
+"""HTTP load against the local runner (uvicorn, one process) vs the in-process service.
+
+    python benchmarks/serving.py [--bundle artifacts/bundles/amazon_book] [--seconds 8]
+
+Starts `recsys serve` in a subprocess on loopback, drives it with 1, 8 and 32 concurrent
+clients (httpx, bounded by time), per endpoint: p50/p95/p99 latency, RPS, errors. The same
+calls made on the in-process `RecommendationService` show what HTTP adds. The Ray Serve
+runner is not built yet, so it has no rows here. Prints a table, writes
+benchmarks/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from recsys.bundle.reader import load_bundle
+from recsys.report import print_table, write_json
+from recsys.serving.service import RecommendationService
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def summarise(latencies: list[float], errors: int, seconds: float) -> dict[str, float]:
+    ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
+    return {
+        "rps": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "requests": len(latencies),
+        "errors": errors,
+    }
+
+
+async def load(base: str, make: Any, clients: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            method, path, body = make()
+            started = time.perf_counter()
+            response = await client.request(method, path, json=body)
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        return summarise(latencies, errors, time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bundle", default="artifacts/bundles/amazon_book")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    bundle = load_bundle(args.bundle)
+    rng = random.Random(0)
+    users = bundle.histories.get_column("user_id").to_list()
+    books = bundle.state.books.ids.to_list()
+    endpoints = {
+        "user": lambda: ("POST", f"/recommendations/users/{rng.choice(users)}", {"limit": 10}),
+        "similar": lambda: ("POST", f"/recommendations/books/{rng.choice(books)}", {"limit": 10}),
+        "trending": lambda: ("GET", "/recommendations/trending?limit=10", None),
+    }
+    rows: dict[str, dict[str, float]] = {}
+    service = RecommendationService(bundle, stage_timeout_s=5.0)
+    for name, call in (
+        ("user", lambda: service.for_user(rng.choice(users), 10, [], None)),
+        ("similar", lambda: service.similar(rng.choice(books), 10, None)),
+    ):
+        latencies, deadline = [], time.perf_counter() + args.seconds / 2
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            call()
+            latencies.append(time.perf_counter() - started)
+        rows[f"in-process {name}"] = summarise(latencies, 0, args.seconds / 2)
+    service.close()
+
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recsys",
+            "serve",
+            f"bundle={args.bundle}",
+            f"port={port}",
+            "stage_timeout_ms=1000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        for clients in (1, 8, 32):
+            for name, make in endpoints.items():
+                rows[f"local {name} x{clients}"] = asyncio.run(
+                    load(base, make, clients, args.seconds)
+                )
+                print(f"local {name} x{clients}", rows[f"local {name} x{clients}"], flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print_table(
+        rows,
+        ["rps", "p50_ms", "p95_ms", "p99_ms", "requests", "errors"],
+        title=f"serving {bundle.version} on 2 cores (client in the same machine)",
+    )
+    at8 = rows["local user x8"]
+    bar = {
+        "local_user_rps_x8": at8["rps"],
+        "local_user_p99_ms_x8": at8["p99_ms"],
+        "bar_met": at8["rps"] >= 300
+        and at8["p99_ms"] <= 50
+        and all(r["errors"] == 0 for r in rows.values()),
+    }
+    print_table({"bar (>=300 rps, p99<=50 ms at 8)": bar})
+    print(f"written {write_json(Path(args.out) / 'serving.json', {'rows': rows, 'bar': bar})}")
+
+
+if __name__ == "__main__":
+    main()
