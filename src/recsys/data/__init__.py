@@ -1,0 +1,1 @@
+"""Data layer: canonical schema, readers, splits, synthetic data (polars only)."""

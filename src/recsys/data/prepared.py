@@ -1,0 +1,176 @@
+"""A prepared dataset: canonical tables + split + vocabularies, stored as Parquet.
+
+``prepare()`` is the fit-time step (vocabularies come from the training split and the
+catalogue only); ``PreparedData.load()`` is what training, evaluation and benchmarks read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys.data import schema as S
+from recsys.data.io import Dataset
+from recsys.data.split import Split
+from recsys.errors import DataError
+from recsys.features.vocab import IdVocab
+
+USER_IDX = "user_idx"
+BOOK_IDX = "book_idx"
+TABLES = ("train", "val", "books", "users")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Everything downstream jobs need, with ``user_idx``/``book_idx`` columns from the vocabs."""
+
+    name: str
+    train: pl.DataFrame
+    val: pl.DataFrame
+    books: pl.DataFrame
+    users: pl.DataFrame
+    user_vocab: IdVocab
+    book_vocab: IdVocab
+    summary: dict[str, Any]
+
+    @property
+    def n_users(self) -> int:
+        return self.user_vocab.size
+
+    @property
+    def n_books(self) -> int:
+        return self.book_vocab.size
+
+    def matrix(self, split: str = "train", binary: bool = False) -> sp.csr_matrix:
+        """User x book CSR matrix over vocab indices (rows/cols 0 and 1 are empty)."""
+        frame = self.train if split == "train" else self.val
+        frame = frame.filter(pl.col(BOOK_IDX) > 1)
+        values = (
+            np.ones(frame.height, dtype=np.float32)
+            if binary
+            else frame.get_column(S.WEIGHT).to_numpy().astype(np.float32)
+        )
+        rows = frame.get_column(USER_IDX).to_numpy()
+        cols = frame.get_column(BOOK_IDX).to_numpy()
+        return sp.csr_matrix((values, (rows, cols)), shape=(self.n_users, self.n_books))
+
+    def save(self, folder: str | Path) -> Path:
+        """Write atomically: a temp folder is renamed into place."""
+        target = Path(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            for table in TABLES:
+                getattr(self, table).write_parquet(tmp / f"{table}.parquet")
+            self.user_vocab.save(tmp / "users.vocab.parquet")
+            self.book_vocab.save(tmp / "books.vocab.parquet")
+            (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return target
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PreparedData:
+        path = Path(folder)
+        if not (path / "summary.json").is_file():
+            raise DataError(
+                f"{path} is not a prepared dataset. Run `recsys data prepare data=<name>` first."
+            )
+        summary = json.loads((path / "summary.json").read_text())
+        tables = {t: pl.read_parquet(path / f"{t}.parquet") for t in TABLES}
+        return cls(
+            name=summary["name"],
+            user_vocab=IdVocab.load(path / "users.vocab.parquet"),
+            book_vocab=IdVocab.load(path / "books.vocab.parquet"),
+            summary=summary,
+            **tables,
+        )
+
+
+def prepare(dataset: Dataset, split_fn: Callable[[pl.DataFrame], Split]) -> PreparedData:
+    """Split a dataset, fit vocabularies on the training side, and index every table.
+
+    The user vocabulary holds training users; the book vocabulary holds the catalogue plus
+    every book seen in training (so catalogue-only books can still be embedded from their
+    side features). Validation-only ids map to OOV.
+    """
+    split = split_fn(dataset.interactions)
+    user_vocab = IdVocab.fit(split.train.get_column(S.USER_ID))
+    book_vocab = IdVocab.fit(
+        pl.concat([split.train.get_column(S.BOOK_ID), dataset.books.get_column(S.BOOK_ID)])
+    )
+
+    def index(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(
+            pl.Series(USER_IDX, user_vocab.encode(frame.get_column(S.USER_ID))),
+            pl.Series(BOOK_IDX, book_vocab.encode(frame.get_column(S.BOOK_ID))),
+        )
+
+    train, val = index(split.train), index(split.val)
+    books = dataset.books.join(
+        pl.DataFrame({S.BOOK_ID: book_vocab.ids}), on=S.BOOK_ID, how="right"
+    ).select(list(S.BOOKS_SCHEMA))
+    books = books.with_columns(
+        pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+        pl.Series(BOOK_IDX, book_vocab.encode(books.get_column(S.BOOK_ID))),
+    )
+    users = dataset.users.with_columns(
+        pl.Series(USER_IDX, user_vocab.encode(dataset.users.get_column(S.USER_ID)))
+    )
+    summary = _summary(dataset, split, train, val, user_vocab, book_vocab)
+    return PreparedData(dataset.name, train, val, books, users, user_vocab, book_vocab, summary)
+
+
+def fingerprint(frame: pl.DataFrame, spec: dict[str, Any]) -> str:
+    """sha256 of the (user, book) pairs in canonical order plus the split spec."""
+    pairs = frame.select(S.USER_ID, S.BOOK_ID).sort([S.USER_ID, S.BOOK_ID])
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    for column in (S.USER_ID, S.BOOK_ID):
+        digest.update("\n".join(pairs.get_column(column).to_list()).encode())
+    return digest.hexdigest()
+
+
+def _summary(
+    dataset: Dataset,
+    split: Split,
+    train: pl.DataFrame,
+    val: pl.DataFrame,
+    user_vocab: IdVocab,
+    book_vocab: IdVocab,
+) -> dict[str, Any]:
+    inter = dataset.interactions
+    n_users = inter.get_column(S.USER_ID).n_unique()
+    n_books = inter.get_column(S.BOOK_ID).n_unique()
+    return {
+        "name": dataset.name,
+        "users": n_users,
+        "books": n_books,
+        "catalogue_books": dataset.books.height,
+        "interactions": inter.height,
+        "density": inter.height / max(n_users * n_books, 1),
+        "duplicates_merged": dataset.duplicates,
+        "split": split.spec,
+        "train": {"interactions": train.height, "users": train.get_column(S.USER_ID).n_unique()},
+        "val": {
+            "interactions": val.height,
+            "users": val.get_column(S.USER_ID).n_unique(),
+            "oov_users": int((val.get_column(USER_IDX) == 1).sum()),
+            "oov_books": int((val.get_column(BOOK_IDX) == 1).sum()),
+        },
+        "vocab": {"users": len(user_vocab), "books": len(book_vocab)},
+        "data_fingerprint": fingerprint(inter, split.spec),
+    }
