@@ -27,12 +27,12 @@ demo: $(STAMP)  ## the main job end to end on offline synthetic data
 	$(BIN)/recsys demo
 
 lint: $(STAMP)  ## ruff lint + format check
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks training index
+	$(BIN)/ruff format --check src tests benchmarks training index
 
 fmt: $(STAMP)  ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks training index
+	$(BIN)/ruff format src tests benchmarks training index
 
 typecheck: $(STAMP)  ## mypy on src/recsys
 	$(BIN)/mypy

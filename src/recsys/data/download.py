@@ -42,29 +42,61 @@ class RemoteFile:
 
 DATASETS: dict[str, tuple[RemoteFile, ...]] = {
     "amazon_book": (
-        RemoteFile("train.txt", f"{KGAT}/train.txt",
-                   "4d10106bb06a77e11df660429903c0067aeb85b86431807836b0d8b7edc30c38"),
-        RemoteFile("item_list.txt", f"{KGAT}/item_list.txt",
-                   "efea8518cd68e515584fdfbfca95f318b25ef551c64498c5935897c2b02e436f"),
-        RemoteFile("user_list.txt", f"{KGAT}/user_list.txt",
-                   "ae2e001d4e49fd82d4c7e25f950827a8be2fbd5c6f3a16dacb2d104edb32310e"),
+        RemoteFile(
+            "train.txt",
+            f"{KGAT}/train.txt",
+            "4d10106bb06a77e11df660429903c0067aeb85b86431807836b0d8b7edc30c38",
+        ),
+        RemoteFile(
+            "item_list.txt",
+            f"{KGAT}/item_list.txt",
+            "efea8518cd68e515584fdfbfca95f318b25ef551c64498c5935897c2b02e436f",
+        ),
+        RemoteFile(
+            "user_list.txt",
+            f"{KGAT}/user_list.txt",
+            "ae2e001d4e49fd82d4c7e25f950827a8be2fbd5c6f3a16dacb2d104edb32310e",
+        ),
     ),
     "goodbooks": (
-        RemoteFile("books.csv", f"{GOODBOOKS}/books.csv",
-                   "4d21d0e0433128657c752e3a3d0405ac0ec11675d6c70c64cb0abf4ab1acb76a"),
-        RemoteFile("tags.csv", f"{GOODBOOKS}/tags.csv",
-                   "87f316957564fa21c316a4f50afc87f07906f478f990eec027aaca00c536c449"),
+        RemoteFile(
+            "books.csv",
+            f"{GOODBOOKS}/books.csv",
+            "4d21d0e0433128657c752e3a3d0405ac0ec11675d6c70c64cb0abf4ab1acb76a",
+        ),
+        RemoteFile(
+            "tags.csv",
+            f"{GOODBOOKS}/tags.csv",
+            "87f316957564fa21c316a4f50afc87f07906f478f990eec027aaca00c536c449",
+        ),
         RemoteFile("ratings.csv", f"{GOODBOOKS}/ratings.csv"),
         RemoteFile("to_read.csv", f"{GOODBOOKS}/to_read.csv"),
         RemoteFile("book_tags.csv", f"{GOODBOOKS}/book_tags.csv"),
     ),
     "book_crossing": (
-        RemoteFile("book_crossing.zip", CASEREC, None, (
-            ("book_history.dat", "9866c79c6022bd68729403768496c7ffb8f481db268884e0a22e5cf80fc5eadd"),
-            ("book_ratings.dat", "703c6efadfee9bd790354b230fe948c61f246ba5e3642c67ace96501de6667b3"),
-            ("items_info.dat", "e8785b6744d6758b41ed497a5849a66ab2e17279b71e67d0a43b1e0687a39df1"),
-            ("users_info.dat", "95f6ba8786e13c99bf879ffbdebe6615016931f1ccba1a2ff9b7555dcd0492d3"),
-        )),
+        RemoteFile(
+            "book_crossing.zip",
+            CASEREC,
+            None,
+            (
+                (
+                    "book_history.dat",
+                    "9866c79c6022bd68729403768496c7ffb8f481db268884e0a22e5cf80fc5eadd",
+                ),
+                (
+                    "book_ratings.dat",
+                    "703c6efadfee9bd790354b230fe948c61f246ba5e3642c67ace96501de6667b3",
+                ),
+                (
+                    "items_info.dat",
+                    "e8785b6744d6758b41ed497a5849a66ab2e17279b71e67d0a43b1e0687a39df1",
+                ),
+                (
+                    "users_info.dat",
+                    "95f6ba8786e13c99bf879ffbdebe6615016931f1ccba1a2ff9b7555dcd0492d3",
+                ),
+            ),
+        ),
     ),
 }
 LOCK = "checksums.lock.json"
@@ -104,12 +136,18 @@ def _verify(path: Path, name: str, expected: str | None, lock: dict[str, str]) -
         )
 
 
-def download(dataset: str, dest: str | Path, timeout: float = 60.0,
-             registry: dict[str, tuple[RemoteFile, ...]] | None = None) -> Path:
+def download(
+    dataset: str,
+    dest: str | Path,
+    timeout: float = 60.0,
+    registry: dict[str, tuple[RemoteFile, ...]] | None = None,
+) -> Path:
     """Download (or verify already present) files of ``dataset`` into ``dest``."""
     files = (registry or DATASETS).get(dataset)
     if files is None:
-        raise DataError(f"unknown dataset '{dataset}'; choose one of {sorted(registry or DATASETS)}.")
+        raise DataError(
+            f"unknown dataset '{dataset}'; choose one of {sorted(registry or DATASETS)}."
+        )
     folder = Path(dest)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK

@@ -215,13 +215,15 @@ def read_book_crossing(path: str | Path) -> Dataset:
     if users_file is not None:
         rows = _latin1_tsv(users_file)[1:]
         raw = pl.DataFrame(
-            [(r + ["", "", ""])[:3] for r in rows], schema=["user_id", "loc", "age"], orient="row"
+            [[*r, "", "", ""][:3] for r in rows], schema=["user_id", "loc", "age"], orient="row"
         )
         users = raw.select(
             "user_id",
             pl.col("age").str.extract(r"^(\d+)$").cast(pl.Int32, strict=False).alias("age"),
             pl.col("loc").str.split(",").list.last().str.strip_chars().alias("country"),
-        ).with_columns(pl.when(pl.col("country") == "").then(None).otherwise("country").alias("country"))
+        ).with_columns(
+            pl.when(pl.col("country") == "").then(None).otherwise("country").alias("country")
+        )
     source = str(folder / "book_history.dat")
     return build_dataset("book_crossing", inter, books, users, source=source)
 
@@ -248,7 +250,10 @@ def read_goodbooks(path: str | Path, include_to_read: bool = False, max_tags: in
         pl.col("book_id"),
         pl.col("title"),
         pl.col("authors"),
-        pl.col("original_publication_year").cast(pl.Float64, strict=False).cast(pl.Int32).alias("year"),
+        pl.col("original_publication_year")
+        .cast(pl.Float64, strict=False)
+        .cast(pl.Int32)
+        .alias("year"),
         pl.col("language_code").alias("language"),
         pl.col("image_url"),
         # The source lost leading zeros of ISBN-10s.

@@ -53,8 +53,11 @@ def random_holdout(
     n = pl.len().over(S.USER_ID)
     n_val = pl.min_horizontal((n.cast(pl.Float64) * fraction).round(0), n - min_train)
     rank = pl.col("_r").rank("ordinal").over(S.USER_ID)
-    split = _finish(inter, rank <= n_val, {"kind": "random_holdout", "fraction": fraction,
-                                            "seed": seed, "min_train": min_train})
+    split = _finish(
+        inter,
+        rank <= n_val,
+        {"kind": "random_holdout", "fraction": fraction, "seed": seed, "min_train": min_train},
+    )
     return Split(split.train.drop("_r"), split.val.drop("_r"), split.spec)
 
 
@@ -76,8 +79,9 @@ def leave_last_n(interactions: pl.DataFrame, n: int = 1, min_train: int = 1) -> 
     count = pl.len().over(S.USER_ID)
     from_end = count - pl.int_range(pl.len()).over(S.USER_ID)  # 1 = the last interaction
     is_val = (from_end <= n) & (count - from_end >= min_train)
-    return _finish(inter, is_val, {"kind": "leave_last_n", "n": n, "key": key,
-                                   "min_train": min_train})
+    return _finish(
+        inter, is_val, {"kind": "leave_last_n", "n": n, "key": key, "min_train": min_train}
+    )
 
 
 def time_cutoff(interactions: pl.DataFrame, cutoff: int) -> Split:
@@ -87,6 +91,8 @@ def time_cutoff(interactions: pl.DataFrame, cutoff: int) -> Split:
     """
     inter = _canonical(interactions)
     if inter.get_column(S.TIMESTAMP).null_count():
-        raise DataError("time_cutoff needs a timestamp on every interaction; "
-                        "use split=random_holdout or leave_last_n instead.")
+        raise DataError(
+            "time_cutoff needs a timestamp on every interaction; "
+            "use split=random_holdout or leave_last_n instead."
+        )
     return _finish(inter, pl.col(S.TIMESTAMP) >= cutoff, {"kind": "time_cutoff", "cutoff": cutoff})

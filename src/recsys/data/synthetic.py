@@ -21,13 +21,46 @@ import polars as pl
 from recsys.data.io import Dataset, build_dataset
 
 GENRES = (
-    "fantasy", "mystery", "romance", "science-fiction", "history", "biography", "horror",
-    "poetry", "cooking", "travel", "philosophy", "children", "thriller", "classics", "business",
-    "self-help", "graphic-novel", "religion", "art", "science",
+    "fantasy",
+    "mystery",
+    "romance",
+    "science-fiction",
+    "history",
+    "biography",
+    "horror",
+    "poetry",
+    "cooking",
+    "travel",
+    "philosophy",
+    "children",
+    "thriller",
+    "classics",
+    "business",
+    "self-help",
+    "graphic-novel",
+    "religion",
+    "art",
+    "science",
 )
 COUNTRIES = ("usa", "uk", "canada", "germany", "spain", "france", "australia", "india")
-WORDS = ("Shadow", "River", "Crown", "Garden", "Storm", "Letter", "Silence", "Empire", "Night",
-         "Harbor", "Mirror", "Winter", "Road", "Secret", "Fire", "Island")
+WORDS = (
+    "Shadow",
+    "River",
+    "Crown",
+    "Garden",
+    "Storm",
+    "Letter",
+    "Silence",
+    "Empire",
+    "Night",
+    "Harbor",
+    "Mirror",
+    "Winter",
+    "Road",
+    "Secret",
+    "Fire",
+    "Island",
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +90,7 @@ def generate(config: SyntheticConfig | None = None, **overrides: object) -> Data
     if not 1 <= cfg.n_genres <= len(GENRES):
         raise ValueError(f"n_genres must be in 1..{len(GENRES)}")
     rng = np.random.default_rng(cfg.seed)
-    books, genre, author, next_volume, pop = _books(cfg, rng)
+    books, genre, _, next_volume, pop = _books(cfg, rng)
     users, primary, secondary = _users(cfg, rng)
     inter = _interactions(cfg, rng, genre, pop, primary, secondary, next_volume)
     return build_dataset("synthetic", inter, books, users, source="synthetic")
@@ -82,7 +115,7 @@ def _books(
     volume = np.zeros(n, dtype=np.int64)
     for a in np.unique(author):
         members = np.flatnonzero(author == a)
-        k = int(round(len(members) * cfg.series_fraction))
+        k = round(len(members) * cfg.series_fraction)
         if k >= 2:
             chosen = members[:k]
             next_volume[chosen[:-1]] = chosen[1:]
@@ -92,8 +125,9 @@ def _books(
     base_year = 1950 + (np.arange(cfg.n_genres) * 7) % 60
     year = base_year[genre] + rng.integers(0, 20, n)
     titles = [
-        f"{series_name[b]} #{volume[b]}" if series_name[b] else
-        f"The {WORDS[rng.integers(len(WORDS))]} of {GENRES[genre[b]].title()} {b}"
+        f"{series_name[b]} #{volume[b]}"
+        if series_name[b]
+        else f"The {WORDS[rng.integers(len(WORDS))]} of {GENRES[genre[b]].title()} {b}"
         for b in range(n)
     ]
     frame = pl.DataFrame(
@@ -102,9 +136,13 @@ def _books(
             "title": titles,
             "authors": [f"Author {a}" for a in author],
             "year": year.astype(np.int32),
-            "publisher": [f"{GENRES[g].title()} House {a % 3}" for g, a in zip(genre, author, strict=True)],
+            "publisher": [
+                f"{GENRES[g].title()} House {a % 3}" for g, a in zip(genre, author, strict=True)
+            ],
             "language": np.where(rng.random(n) < 0.9, "eng", "spa"),
-            "tags": [[GENRES[g], f"{GENRES[g]}-{a % 4}"] for g, a in zip(genre, author, strict=True)],
+            "tags": [
+                [GENRES[g], f"{GENRES[g]}-{a % 4}"] for g, a in zip(genre, author, strict=True)
+            ],
             "image_url": [None] * n,
             "isbn": [f"{9780000000000 + b}" for b in range(n)],
         },
@@ -139,7 +177,8 @@ def _interactions(
     user = np.repeat(np.arange(cfg.n_users), lengths)
     draw = rng.random(user.size)
     chosen_genre = np.where(
-        draw < cfg.purity, primary[user],
+        draw < cfg.purity,
+        primary[user],
         np.where(draw < 1 - cfg.noise, secondary[user], rng.integers(0, cfg.n_genres, user.size)),
     )
     book = np.empty(user.size, dtype=np.int64)
@@ -157,14 +196,18 @@ def _interactions(
     user = np.concatenate([user, user[follow]])
     ts = np.concatenate([ts, ts[follow] + 3_600])
     book = np.concatenate([book, next_volume[book[follow]]])
-    return pl.DataFrame(
-        {
-            "user_id": [f"u{u}" for u in user],
-            "book_id": [f"b{b}" for b in book],
-            "weight": np.ones(user.size, dtype=np.float32),
-            "timestamp": ts,
-        }
-    ).unique(["user_id", "book_id"], keep="first").sort(["user_id", "timestamp"])
+    return (
+        pl.DataFrame(
+            {
+                "user_id": [f"u{u}" for u in user],
+                "book_id": [f"b{b}" for b in book],
+                "weight": np.ones(user.size, dtype=np.float32),
+                "timestamp": ts,
+            }
+        )
+        .unique(["user_id", "book_id"], keep="first")
+        .sort(["user_id", "timestamp"])
+    )
 
 
 def _cumsum_by_group(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
