@@ -102,3 +102,15 @@ def test_time_cutoff() -> None:
 def test_bad_fraction() -> None:
     with pytest.raises(DataError, match=r"fraction must be in \(0, 1\)"):
         S.random_holdout(_frame(), fraction=1.5)
+
+
+def test_encode_fast_path_matches_join_path() -> None:
+    from recsys.features.vocab import SMALL
+
+    vocab = IdVocab.fit(pl.Series([f"id{i}" for i in range(1000)]))
+    ids = pl.Series([f"id{i}" for i in range(0, 2000, 3)] + [None, "nope"])
+    long_path = vocab.encode(ids)  # > SMALL ids: polars join
+    assert ids.len() > SMALL
+    short_path = np.concatenate([vocab.encode(ids[i : i + 100]) for i in range(0, ids.len(), 100)])
+    np.testing.assert_array_equal(short_path, long_path)
+    assert long_path[-2:].tolist() == [OOV, OOV]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from recsys.bundle.reader import Bundle
 from recsys.errors import RecsysError
@@ -149,16 +150,16 @@ class RecommendationService:
     def _personal(
         self,
         user_id: str | None,
-        history: list[str],
+        matrix: sp.csr_matrix,
         limit: int,
         exclude: set[int],
         allowed: np.ndarray | None,
         source: str,
     ) -> Answer:
+        """Two-stage (or retrieval-only) answer for one history row ``matrix`` [1, n_books]."""
         if self.fail_next_stage:
             self.fail_next_stage = False
             raise RuntimeError("injected stage failure")
-        matrix = self.bundle.history_matrix([history])
         user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])
         seen = set(matrix.indices.tolist())
         if self.pipeline is not None:
@@ -215,9 +216,10 @@ class RecommendationService:
         history = self.histories.get(user_id)
         if not history:
             return self.popular(limit, exclude, allowed, "unknown_user")
-        seen = set(self.bundle.history_matrix([history]).indices.tolist())
+        matrix = self.bundle.history_matrix([history])
+        seen = set(matrix.indices.tolist())
         return self._guarded(
-            lambda: self._personal(user_id, history, limit, exclude, allowed, "personalized"),
+            lambda: self._personal(user_id, matrix, limit, exclude, allowed, "personalized"),
             lambda reason: self.popular(limit, exclude | seen, allowed, reason),
         )
 
@@ -264,9 +266,10 @@ class RecommendationService:
         known = [b for b in combined if self.bundle.state.books.encode_one(b) >= NUM_RESERVED]
         if not known:
             return self.popular(limit, set(), allowed, "no_known_history")
-        seen = set(self.bundle.history_matrix([known]).indices.tolist())
+        matrix = self.bundle.history_matrix([known])
+        seen = set(matrix.indices.tolist())
         return self._guarded(
-            lambda: self._personal(user_id, known, limit, set(), allowed, "hybrid"),
+            lambda: self._personal(user_id, matrix, limit, set(), allowed, "hybrid"),
             lambda reason: self.popular(limit, seen, allowed, reason),
         )
 
