@@ -113,7 +113,8 @@ def test_stage_failure_and_timeout_fall_back(
     assert body["metadata"]["fallback_reason"] == "stage_error"
     assert not {i["book_id"] for i in body["recommendations"]} & set(history)
     budget = service.stage_timeout_s
-    service.stage_timeout_s = 1e-6
+    service.stage_timeout_s = 0.05
+    service.slow_next_stage_s = 1.0  # the stage overruns its 50 ms budget
     try:
         body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
     finally:

@@ -8,6 +8,7 @@ are answered from popularity, and the answer says so.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -98,7 +99,9 @@ class RecommendationService:
         self.catalogue = Catalogue(bundle)
         self.histories: dict[str, list[str]] = dict(bundle.histories.iter_rows())
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recsys-stage")
-        self.fail_next_stage = False  # set by tests and chaos drills: the next stage raises
+        # Fault injection for tests and drills: the next stage raises / sleeps this long.
+        self.fail_next_stage = False
+        self.slow_next_stage_s = 0.0
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -160,6 +163,9 @@ class RecommendationService:
         if self.fail_next_stage:
             self.fail_next_stage = False
             raise RuntimeError("injected stage failure")
+        if self.slow_next_stage_s:
+            delay, self.slow_next_stage_s = self.slow_next_stage_s, 0.0
+            time.sleep(delay)
         user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])
         seen = set(matrix.indices.tolist())
         if self.pipeline is not None:
