@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -10,16 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recsys.checksums import sha256_file
+
 MANIFEST_SCHEMA = 1
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git_info(cwd: Path | None = None) -> tuple[str, bool]:

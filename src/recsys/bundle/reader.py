@@ -13,7 +13,8 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
-from recsys.bundle.manifest import MANIFEST, MANIFEST_SCHEMA, Manifest, sha256_file
+from recsys.bundle.manifest import MANIFEST, MANIFEST_SCHEMA, Manifest
+from recsys.checksums import sha256_file
 from recsys.errors import BundleError
 from recsys.features.pipeline import (
     BookFeatures,

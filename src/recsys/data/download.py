@@ -7,7 +7,6 @@ next to the data and verified on every later download.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -18,6 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from recsys.checksums import sha256_file
 from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -100,14 +100,6 @@ DATASETS: dict[str, tuple[RemoteFile, ...]] = {
     ),
 }
 LOCK = "checksums.lock.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fetch(url: str, dest: Path, timeout: float) -> None:
