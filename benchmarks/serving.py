@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -27,13 +26,8 @@ import numpy as np
 
 from recsys.bundle.reader import load_bundle
 from recsys.report import print_table, write_json
+from recsys.serving.local import free_port
 from recsys.serving.service import RecommendationService
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def summarise(latencies: list[float], errors: int, seconds: float) -> dict[str, float]:

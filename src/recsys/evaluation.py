@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -35,7 +35,6 @@ class EvalSet:
     n_train_users: int
     features: sp.csr_matrix | None = None
     skipped_cold_users: int = 0
-    info: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_prepared(cls, data: PreparedData) -> EvalSet:
@@ -122,8 +121,6 @@ def evaluate(
         positives = data.val[batch]
         n_pos = np.diff(positives.indptr)
         hits = M.hits_matrix(top, positives) & valid
-        if hits.shape[1] < k_max:
-            hits = np.pad(hits, ((0, 0), (0, k_max - hits.shape[1])))
         for k in ks:
             for name, values in (
                 (f"recall@{k}", M.recall_at_k(hits, n_pos, k)),

@@ -11,6 +11,14 @@ from recsys.jobs.train import main as train_main
 
 pytestmark = pytest.mark.integration
 
+# One tiny epoch on a tiny synthetic set: checks wiring, not quality.
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "callbacks.progress_bar=null",
+    "data.reader.n_users=150",
+    "data.reader.n_books=100",
+]
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 
@@ -46,11 +54,7 @@ def test_model_options_instantiate(pooling: str, tmp_path: Path) -> None:
         "train",
         tmp_path,
         [
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=3",
-            "callbacks.progress_bar=null",
-            "data.reader.n_users=150",
-            "data.reader.n_books=100",
+            *TINY,
             f"model.user_tower.pooling={pooling}",
             "model.user_tower.user_id=true",
             "model.task.learn_temperature=true",
@@ -72,11 +76,7 @@ def test_wandb_logger_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "train",
         tmp_path,
         [
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=3",
-            "callbacks.progress_bar=null",
-            "data.reader.n_users=150",
-            "data.reader.n_books=100",
+            *TINY,
             "logger=wandb",
         ],
     )

@@ -2,45 +2,26 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from recsys.bundle.reader import load_bundle
 from recsys.serving.app import create_app
+from recsys.serving.local import serve_in_thread
 from recsys.serving.service import RecommendationService
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def server(trained_bundle: dict[str, Any]) -> Iterator[tuple[httpx.Client, Any]]:
     bundle = load_bundle(trained_bundle["bundle"])
     app = create_app(lambda: RecommendationService(bundle, stage_timeout_s=5.0))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
         yield client, app
-    srv.should_exit = True
-    thread.join(timeout=10)
 
 
 def known_user(trained_bundle: dict[str, Any]) -> tuple[str, list[str]]:

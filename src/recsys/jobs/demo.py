@@ -46,46 +46,29 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 def serve_and_ask(bundle: Bundle, user_id: str) -> None:
     """Start the HTTP app (uvicorn, loopback), send real requests, print, stop."""
-    import socket
-    import threading
-    import time
-
     import httpx
-    import uvicorn
 
     from recsys.serving.app import create_app
+    from recsys.serving.local import serve_in_thread
     from recsys.serving.service import RecommendationService
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
     app = create_app(lambda: RecommendationService(bundle, stage_timeout_s=1.0))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started and thread.is_alive():
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=30) as client:
-            for title, call in (
-                (
-                    f"POST {base}/recommendations/users/{user_id}",
-                    lambda: client.post(f"/recommendations/users/{user_id}", json={"limit": 5}),
-                ),
-                (
-                    "POST /recommendations/users/new-reader (unknown: popularity fallback)",
-                    lambda: client.post("/recommendations/users/new-reader", json={"limit": 3}),
-                ),
-            ):
-                body = call().json()
-                meta = body["metadata"]
-                print(f"\n{title} -> source={meta['source']} latency={meta['latency_ms']} ms")
-                for item in body["recommendations"]:
-                    print(
-                        f"  {item['confidence_score']:8.3f}  {item['title']}  — {item['reasoning']}"
-                    )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        for title, call in (
+            (
+                f"POST {base}/recommendations/users/{user_id}",
+                lambda: client.post(f"/recommendations/users/{user_id}", json={"limit": 5}),
+            ),
+            (
+                "POST /recommendations/users/new-reader (unknown: popularity fallback)",
+                lambda: client.post("/recommendations/users/new-reader", json={"limit": 3}),
+            ),
+        ):
+            body = call().json()
+            meta = body["metadata"]
+            print(f"\n{title} -> source={meta['source']} latency={meta['latency_ms']} ms")
+            for item in body["recommendations"]:
+                print(
+                    f"  {item['confidence_score']:8.3f}  {item['title']}  — {item['reasoning']}"
+                )
     print(f"\nserve it yourself: recsys serve bundle={bundle.path}  (OpenAPI docs at /docs)")
