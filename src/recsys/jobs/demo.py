@@ -68,7 +68,5 @@ def serve_and_ask(bundle: Bundle, user_id: str) -> None:
             meta = body["metadata"]
             print(f"\n{title} -> source={meta['source']} latency={meta['latency_ms']} ms")
             for item in body["recommendations"]:
-                print(
-                    f"  {item['confidence_score']:8.3f}  {item['title']}  — {item['reasoning']}"
-                )
+                print(f"  {item['confidence_score']:8.3f}  {item['title']}  — {item['reasoning']}")
     print(f"\nserve it yourself: recsys serve bundle={bundle.path}  (OpenAPI docs at /docs)")
