@@ -1,12 +1,13 @@
-"""HTTP load against the local runner (uvicorn, one process) vs the in-process service.
+"""HTTP load against each runner vs the in-process service.
 
     python benchmarks/serving.py [--bundle artifacts/bundles/amazon_book] [--seconds 8]
+        [--runners local,ray-fused,ray-chained] [--clients 1,8,32]
 
-Starts `recsys serve` in a subprocess on loopback, drives it with 1, 8 and 32 concurrent
+For each runner (local = uvicorn in one process; Ray Serve fused and chained topologies)
+starts `recsys serve` in a subprocess on loopback and drives it with 1, 8 and 32 concurrent
 clients (httpx, bounded by time), per endpoint: p50/p95/p99 latency, RPS, errors. The same
-calls made on the in-process `RecommendationService` show what HTTP adds. The Ray Serve
-runner is not built yet, so it has no rows here. Prints a table, writes
-benchmarks/results/serving.json.
+calls made on the in-process `RecommendationService` show what HTTP adds. Prints a table,
+writes benchmarks/results/serving.json.
 """
 
 from __future__ import annotations
@@ -65,11 +66,61 @@ async def load(base: str, make: Any, clients: int, seconds: float) -> dict[str, 
         return summarise(latencies, errors, time.perf_counter() - started)
 
 
+RUNNERS = {
+    "local": ["engine=local"],
+    "ray-fused": ["engine=ray", "ray.topology=fused"],
+    "ray-chained": ["engine=ray", "ray.topology=chained"],
+}
+
+
+def bench_runner(
+    runner: str, bundle: str, endpoints: dict[str, Any], seconds: float, clients: str
+) -> dict[str, dict[str, float]]:
+    """Start ``recsys serve`` with one runner in a subprocess, load it, stop it."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "recsys", "serve", f"bundle={bundle}", f"port={port}"]
+    server = subprocess.Popen(
+        [*command, *RUNNERS[runner], "stage_timeout_ms=1000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    rows: dict[str, dict[str, float]] = {}
+    try:
+        for _ in range(1800):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(f"{runner} server exited with {server.returncode}")
+            time.sleep(0.1)
+        asyncio.run(load(base, endpoints["user"], 2, 2.0))  # warm-up
+        for n in (int(c) for c in clients.split(",")):
+            for name, make in endpoints.items():
+                key = f"{runner} {name} x{n}"
+                rows[key] = asyncio.run(load(base, make, n, seconds))
+                print(key, rows[key], flush=True)
+    finally:
+        server.terminate()  # SIGTERM: the Ray runner shuts Ray down
+        server.wait(timeout=60)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle", default="artifacts/bundles/amazon_book")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument(
+        "--runners",
+        default="local,ray-fused,ray-chained",
+        help="comma list of local, ray-fused, ray-chained",
+    )
+    parser.add_argument("--clients", default="1,8,32", help="comma list of concurrencies")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     rng = random.Random(0)
@@ -94,54 +145,31 @@ def main() -> None:
         rows[f"in-process {name}"] = summarise(latencies, 0, args.seconds / 2)
     service.close()
 
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "recsys",
-            "serve",
-            f"bundle={args.bundle}",
-            f"port={port}",
-            "stage_timeout_ms=1000",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        for clients in (1, 8, 32):
-            for name, make in endpoints.items():
-                rows[f"local {name} x{clients}"] = asyncio.run(
-                    load(base, make, clients, args.seconds)
-                )
-                print(f"local {name} x{clients}", rows[f"local {name} x{clients}"], flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    for runner in args.runners.split(","):
+        rows.update(bench_runner(runner, args.bundle, endpoints, args.seconds, args.clients))
     print_table(
         rows,
         ["rps", "p50_ms", "p95_ms", "p99_ms", "requests", "errors"],
         title=f"serving {bundle.version} on 2 cores (client in the same machine)",
     )
-    at8 = rows["local user x8"]
-    bar = {
-        "local_user_rps_x8": at8["rps"],
-        "local_user_p99_ms_x8": at8["p99_ms"],
-        "bar_met": at8["rps"] >= 300
-        and at8["p99_ms"] <= 50
-        and all(r["errors"] == 0 for r in rows.values()),
-    }
-    print_table({"bar (>=300 rps, p99<=50 ms at 8)": bar})
+    bar: dict[str, Any] = {"errors": sum(r["errors"] for r in rows.values())}
+    if "local user x8" in rows:
+        at8 = rows["local user x8"]
+        bar["local_user_rps_x8"] = at8["rps"]
+        bar["local_user_p99_ms_x8"] = at8["p99_ms"]
+        bar["local_bar_met"] = at8["rps"] >= 300 and at8["p99_ms"] <= 50
+    ray_rows = {k: v for k, v in rows.items() if k.startswith("ray") and " user " in k}
+    if ray_rows:
+        best = min((k for k in ray_rows if k.endswith(" x1")), key=lambda k: ray_rows[k]["p50_ms"])
+        bar["ray_best_user_p50_ms_x1"] = ray_rows[best]["p50_ms"]
+        bar["ray_best_user_p50_runner"] = best
+        top = max(ray_rows, key=lambda k: ray_rows[k]["rps"])
+        bar["ray_best_user_rps"] = ray_rows[top]["rps"]
+        bar["ray_best_user_rps_runner"] = top
+        bar["ray_bar_met"] = (
+            bar["ray_best_user_p50_ms_x1"] <= 25 and bar["ray_best_user_rps"] >= 100
+        )
+    print_table({"bars": bar})
     print(f"written {write_json(Path(args.out) / 'serving.json', {'rows': rows, 'bar': bar})}")
 
 

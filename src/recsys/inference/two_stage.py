@@ -74,6 +74,39 @@ class CandidateGenerator:
         )
 
 
+@dataclass
+class Retrieved:
+    """Output of stage 1 for a batch of users: what stage 2 (the ranker) takes as input.
+
+    Plain numpy/torch data, so it crosses process boundaries (Ray Serve handles) as is.
+    """
+
+    candidates: Candidates
+    history: torch.Tensor  # [B, max_history] encoded histories (0 = pad)
+
+    def __len__(self) -> int:
+        return len(self.candidates.books)
+
+    @staticmethod
+    def concat(parts: list[Retrieved]) -> Retrieved:
+        """One batch from several (same candidate width and history length)."""
+        fields = {
+            f: np.concatenate([getattr(p.candidates, f) for p in parts])
+            for f in Candidates.__dataclass_fields__
+        }
+        return Retrieved(Candidates(**fields), torch.cat([p.history for p in parts]))
+
+    def split(self, sizes: list[int]) -> list[Retrieved]:
+        """Inverse of :meth:`concat`."""
+        out, start = [], 0
+        for size in sizes:
+            rows = slice(start, start + size)
+            fields = {f: getattr(self.candidates, f)[rows] for f in Candidates.__dataclass_fields__}
+            out.append(Retrieved(Candidates(**fields), self.history[rows]))
+            start += size
+        return out
+
+
 class TwoStageRecommender:
     """retrieve (two-tower + co-occurrence) -> rank -> top-K.
 
@@ -97,10 +130,10 @@ class TwoStageRecommender:
         self.n_books = self.retriever.n_books
         self.num_tags = int(self.retriever.state.tags.size)
 
-    def stages(
+    def retrieve(
         self, users: np.ndarray, history: sp.csr_matrix, exclude_seen: bool = True
-    ) -> tuple[Candidates, torch.Tensor, np.ndarray, torch.Tensor]:
-        """Candidates, pair features, ranker scores (``-inf`` on padding) and encoded history."""
+    ) -> Retrieved:
+        """Stage 1: candidates from both sources, with the encoded histories the ranker needs."""
         feats = self.retriever.features_from_matrix(users, history)
         vectors = self.retriever.encode(feats)
         excluded = [
@@ -109,17 +142,33 @@ class TwoStageRecommender:
             else set()
             for i in range(len(users))
         ]
-        cands = self.generator.generate(vectors, history, excluded)
+        return Retrieved(self.generator.generate(vectors, history, excluded), feats["history"])
+
+    def rank_features(self, retrieved: Retrieved) -> tuple[torch.Tensor, np.ndarray]:
+        """Stage 2: pair features and ranker scores (``-inf`` on padding)."""
+        cands = retrieved.candidates
         dense = pair_features(
-            cands, feats["history"], self.books, self.log_popularity, self.num_tags
+            cands, retrieved.history, self.books, self.log_popularity, self.num_tags
         )
         with torch.no_grad():
             scores = self.ranker(
-                dense, feats["history"], torch.from_numpy(np.maximum(cands.books, 0))
+                dense, retrieved.history, torch.from_numpy(np.maximum(cands.books, 0))
             )
         scores = scores.numpy().astype(np.float32)
         scores[~cands.mask] = -np.inf
-        return cands, dense, scores, feats["history"]
+        return dense, scores
+
+    def rank(self, retrieved: Retrieved) -> np.ndarray:
+        """Stage 2: ranker scores ``[B, K]`` of the candidates (``-inf`` on padding)."""
+        return self.rank_features(retrieved)[1]
+
+    def stages(
+        self, users: np.ndarray, history: sp.csr_matrix, exclude_seen: bool = True
+    ) -> tuple[Candidates, torch.Tensor, np.ndarray, torch.Tensor]:
+        """Candidates, pair features, ranker scores (``-inf`` on padding) and encoded history."""
+        retrieved = self.retrieve(users, history, exclude_seen)
+        dense, scores = self.rank_features(retrieved)
+        return retrieved.candidates, dense, scores, retrieved.history
 
     def recommend(
         self, users: np.ndarray, history: sp.csr_matrix, k: int, exclude_seen: bool = True

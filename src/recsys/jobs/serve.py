@@ -1,19 +1,66 @@
-"""`recsys serve`: the FastAPI app in one uvicorn process (the embedded default)."""
+"""`recsys serve`: the FastAPI app under uvicorn in one process (``engine=local``, the
+embedded default) or on Ray Serve (``engine=ray``, from ``serving/config.yaml``)."""
 
 from __future__ import annotations
 
+import signal
+import threading
+
 from omegaconf import DictConfig
+
+from recsys.errors import RecsysError
 
 
 def main(cfg: DictConfig) -> None:
+    from recsys.bundle.reader import load_bundle
+
+    bundle = load_bundle(cfg.bundle)  # fail fast, with the bundle's own error message
+    if cfg.engine == "local":
+        serve_local(cfg, bundle)
+    elif cfg.engine == "ray":
+        serve_ray(cfg, str(bundle.path))
+    else:
+        raise RecsysError(f"unknown engine '{cfg.engine}': use engine=local or engine=ray.")
+
+
+def serve_local(cfg: DictConfig, bundle: object) -> None:
     import uvicorn
 
-    from recsys.bundle.reader import load_bundle
     from recsys.serving.app import configure_logging, create_app
     from recsys.serving.service import RecommendationService
 
-    bundle = load_bundle(cfg.bundle)  # fail fast, with the bundle's own error message
     configure_logging()
-    app = create_app(lambda: RecommendationService(bundle, float(cfg.stage_timeout_ms) / 1000))
-    print(f"serving bundle {bundle.version} on http://{cfg.host}:{cfg.port} (docs at /docs)")
+    app = create_app(
+        lambda: RecommendationService(bundle, float(cfg.stage_timeout_ms) / 1000)  # type: ignore[arg-type]
+    )
+    print(f"serving on http://{cfg.host}:{cfg.port} (docs at /docs)")
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
+
+
+def serve_ray(cfg: DictConfig, bundle: str) -> None:
+    from recsys.serving import ray_runner
+
+    config = ray_runner.with_overrides(
+        ray_runner.load_config(cfg.ray.config),
+        bundle,
+        host=str(cfg.host),
+        port=int(cfg.port),
+        topology=cfg.ray.topology,
+        stage_timeout_ms=float(cfg.stage_timeout_ms),
+    )
+    ray_runner.start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    import ray
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        ray_runner.deploy(config)
+        topology = ray_runner.recsys_app(config)["args"].get("topology", "fused")
+        print(
+            f"Ray Serve ({topology}) serving {bundle} on http://{cfg.host}:{cfg.port} "
+            "(docs at /docs); Ctrl-C stops"
+        )
+        stop.wait()
+    finally:
+        ray.shutdown()

@@ -70,16 +70,34 @@ class Metrics:
             ["endpoint", "status"],
             registry=self.registry,
         )
-        self.stage = Histogram(
-            "recsys_stage_latency_seconds",
-            "Service call latency by endpoint",
+        self.swaps = Counter(
+            "recsys_bundle_swaps",
+            "Hot swaps of the bundle, by result (loaded, refused)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.service = Histogram(
+            "recsys_service_latency_seconds",
+            "Service call latency (everything but HTTP) by endpoint",
             ["endpoint"],
             registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.stage = Histogram(
+            "recsys_stage_latency_seconds",
+            "Model stage latency (retrieval, ranking) as seen by the service",
+            ["stage"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
 
 
-def create_app(load: Callable[[], RecommendationService]) -> FastAPI:
-    """Build the app; ``load`` returns the service (called once at start-up)."""
+def create_app(load: Callable[[], RecommendationService], echo_request_id: bool = True) -> FastAPI:
+    """Build the app; ``load`` returns the service (called once at start-up).
+
+    ``echo_request_id``: set ``X-Request-ID`` on responses. Ray Serve's proxy does that itself
+    (and passes the id it honoured or generated to the app), so the Ray runner turns it off.
+    """
     metrics = Metrics()
 
     @asynccontextmanager
@@ -111,7 +129,8 @@ def create_app(load: Callable[[], RecommendationService]) -> FastAPI:
         metrics.latency.labels(endpoint, request.state.source).observe(elapsed)
         if response.status_code >= 400:
             metrics.errors.labels(endpoint, str(response.status_code)).inc()
-        response.headers["X-Request-ID"] = request_id
+        if echo_request_id:
+            response.headers["X-Request-ID"] = request_id
         logger.info(
             "request",
             request_id=request_id,
@@ -136,12 +155,15 @@ def create_app(load: Callable[[], RecommendationService]) -> FastAPI:
         return svc
 
     async def respond(
-        request: Request, endpoint: str, call: Callable[[], Answer]
+        request: Request, endpoint: str, call: Callable[[RecommendationService], Answer]
     ) -> RecommendationResponse:
+        # One service object per request: a hot swap in between never mixes two bundles.
         svc = service(request)
         started = time.perf_counter()
-        answer = await run_in_threadpool(call)
-        metrics.stage.labels(endpoint).observe(time.perf_counter() - started)
+        answer = await run_in_threadpool(call, svc)
+        metrics.service.labels(endpoint).observe(time.perf_counter() - started)
+        for stage, ms in answer.timings_ms.items():
+            metrics.stage.labels(stage).observe(ms / 1000)
         request.state.source = answer.source
         if answer.fallback_reason:
             metrics.fallbacks.labels(answer.fallback_reason).inc()
@@ -174,7 +196,7 @@ def create_app(load: Callable[[], RecommendationService]) -> FastAPI:
         return await respond(
             request,
             "user",
-            lambda: service(request).for_user(user_id, req.limit, req.exclude, req.filters),
+            lambda svc: svc.for_user(user_id, req.limit, req.exclude, req.filters),
         )
 
     @app.post("/recommendations/books/{book_id}", response_model=RecommendationResponse)
@@ -184,7 +206,7 @@ def create_app(load: Callable[[], RecommendationService]) -> FastAPI:
         """Books similar to one book (404 if the book is unknown)."""
         req = body or SimilarRequest.model_validate({})
         return await respond(
-            request, "similar", lambda: service(request).similar(book_id, req.limit, req.filters)
+            request, "similar", lambda svc: svc.similar(book_id, req.limit, req.filters)
         )
 
     @app.post("/v2/recommendations/similar-books", response_model=RecommendationResponse)
@@ -196,7 +218,7 @@ def create_app(load: Callable[[], RecommendationService]) -> FastAPI:
         return await respond(
             request,
             "similar_v2",
-            lambda: service(request).similar(
+            lambda svc: svc.similar(
                 body.book_id,
                 body.limit,
                 None,
@@ -211,7 +233,7 @@ def create_app(load: Callable[[], RecommendationService]) -> FastAPI:
         return await respond(
             request,
             "hybrid",
-            lambda: service(request).hybrid(
+            lambda svc: svc.hybrid(
                 body.user_id, body.history, body.seed_books, body.limit, body.filters
             ),
         )
@@ -221,7 +243,7 @@ def create_app(load: Callable[[], RecommendationService]) -> FastAPI:
         request: Request, limit: int = Query(10, ge=1, le=MAX_LIMIT)
     ) -> RecommendationResponse:
         """Popular books."""
-        return await respond(request, "trending", lambda: service(request).trending(limit))
+        return await respond(request, "trending", lambda svc: svc.trending(limit))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -22,6 +22,7 @@ from recsys.bundle.reader import Bundle
 from recsys.errors import RecsysError
 from recsys.features.vocab import NUM_RESERVED
 from recsys.serving.schemas import Filters
+from recsys.serving.stages import LocalStages, Stages
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,20 @@ class RecommendationService:
     Args:
         bundle: a verified bundle.
         stage_timeout_s: time budget of the personalised path before popularity answers.
+        stages: where retrieval and ranking run (default: in this process, from ``bundle``).
     """
 
-    def __init__(self, bundle: Bundle, stage_timeout_s: float = 0.1) -> None:
+    def __init__(
+        self, bundle: Bundle, stage_timeout_s: float = 0.1, stages: Stages | None = None
+    ) -> None:
         self.bundle = bundle
         self.version = bundle.version
         self.stage_timeout_s = stage_timeout_s
         self.retriever = bundle.recommender()
         self.pipeline = bundle.two_stage() if bundle.has_ranker else None
+        self.stages: Stages | None = stages
+        if self.stages is None and self.pipeline is not None:
+            self.stages = LocalStages(self.pipeline)
         self.popularity = bundle.popularity
         self.catalogue = Catalogue(bundle)
         self.histories: dict[str, list[str]] = dict(bundle.histories.iter_rows())
@@ -104,7 +111,8 @@ class RecommendationService:
         self.slow_next_stage_s = 0.0
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Stages already running finish (a request in flight during a hot swap still answers).
+        self._pool.shutdown(wait=False)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -168,8 +176,16 @@ class RecommendationService:
             time.sleep(delay)
         user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])
         seen = set(matrix.indices.tolist())
-        if self.pipeline is not None:
-            cands, _, scores, hist = self.pipeline.stages(user, matrix)
+        if self.pipeline is not None and self.stages is not None:
+            started = time.perf_counter()
+            retrieved = self.stages.retrieve(user, matrix)
+            retrieved_at = time.perf_counter()
+            scores = self.stages.rank(retrieved)
+            timings = {
+                "retrieval": (retrieved_at - started) * 1000,
+                "ranking": (time.perf_counter() - retrieved_at) * 1000,
+            }
+            cands, hist = retrieved.candidates, retrieved.history
             order = np.argsort(-scores[0], kind="stable")
             books = cands.books[0][order]
             ranked = [
@@ -190,7 +206,9 @@ class RecommendationService:
                 else f"because you read {self.title(w)}"
                 for w, k in zip(why, kinds, strict=True)
             ]
-            answer = Answer([b for b, _ in ranked], [s for _, s in ranked], reasons, source)
+            answer = Answer(
+                [b for b, _ in ranked], [s for _, s in ranked], reasons, source, None, timings
+            )
         else:
             vectors = self.retriever.encode(self.retriever.features_from_matrix(user, matrix))
             top, top_scores = self.retriever.search(vectors, limit, [seen | exclude], allowed)

@@ -1,0 +1,343 @@
+"""The Ray Serve runner: the same FastAPI app and service, scaled out with Ray Serve.
+
+Two topologies, chosen by :class:`RayAppArgs.topology`:
+
+* ``fused`` (default; best on small machines): one ``Ingress`` deployment runs the app and
+  both model stages in process. One Ray hop per request (proxy -> replica).
+* ``chained``: ``Ingress`` (app, catalogue, fallbacks) -> ``Retrieval`` (user tower, FAISS
+  index, co-occurrence) -> ``Ranking`` (ranker), composed with deployment handles, each with
+  its own replicas and CPUs so the stages scale independently. Concurrent requests meeting a
+  model are batched with ``@serve.batch``. Every Ray hop costs CPU (about 10 ms on 2 cores).
+
+Every deployment reads one bundle. Hot swap: change ``bundle`` in the deployments'
+``user_config`` (``serving/config.yaml``); ``reconfigure`` loads and verifies the new bundle
+(the stages preload it before the ingress switches, so no request mixes two bundles) and a
+corrupt or incompatible bundle is refused while the old one keeps serving.
+
+    serve run serving/config.yaml            # or: recsys serve engine=ray
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, Field, field_validator
+from ray import serve
+from ray.serve import Application, Deployment
+from ray.serve.handle import DeploymentHandle
+
+from recsys.bundle.reader import Bundle, load_bundle, resolve
+from recsys.errors import RecsysError
+from recsys.inference.two_stage import Retrieved, TwoStageRecommender
+from recsys.serving.app import configure_logging, create_app
+from recsys.serving.service import RecommendationService
+
+log = logging.getLogger("recsys.serving.ray")
+
+
+class RayAppArgs(BaseModel):
+    """Arguments of :func:`build` (the ``args`` of an application in a Serve config)."""
+
+    bundle: str = Field(description="bundle version folder, or a family folder with LATEST")
+    topology: Literal["fused", "chained"] = "fused"
+    stage_timeout_ms: float = Field(100.0, gt=0)
+    ingress_replicas: int = Field(1, ge=1)
+    retrieval_replicas: int = Field(1, ge=1)
+    ranking_replicas: int = Field(1, ge=1)
+    ingress_cpus: float = Field(0.5, ge=0)
+    stage_cpus: float = Field(0.5, ge=0)
+    max_ongoing_requests: int = Field(32, ge=1)
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_ms: float = Field(2.0, ge=0)
+
+    @field_validator("bundle")
+    @classmethod
+    def absolute(cls, value: str) -> str:
+        # Replicas may not share the caller's working directory: pin the path now.
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (Path.cwd() / path).resolve())
+
+
+class BundleCache:
+    """Two-stage models by bundle version folder; keeps the two most recent (current and the
+    one being swapped in or out), so requests in flight during a swap still find theirs."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._models: OrderedDict[str, tuple[Bundle, TwoStageRecommender]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> tuple[Bundle, TwoStageRecommender]:
+        key = str(resolve(path))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            bundle = load_bundle(key)  # verifies manifest schema and every checksum
+            entry = (bundle, bundle.two_stage())
+            self._models[key] = entry
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+            return entry
+
+
+class _Stage:
+    """Shared by the two stage deployments: bundle cache, preload, hot swap, drills."""
+
+    def __init__(self, bundle: str, max_batch_size: int, batch_wait_timeout_ms: float) -> None:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        self.cache = BundleCache()
+        self.cache.get(bundle)
+        self.batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_timeout_ms / 1000
+        self.fail_next = 0
+        self.slow_next_s = 0.0
+
+    def _tune(self, batched: Any) -> None:
+        """Apply the configured batch size and wait to a ``@serve.batch`` method."""
+        batched.set_max_batch_size(self.batch_size)
+        batched.set_batch_wait_timeout_s(self.batch_wait_s)
+
+    async def preload(self, bundle: str) -> str:
+        """Load and verify ``bundle`` (raises on a corrupt one); returns its version."""
+        entry = await asyncio.to_thread(self.cache.get, bundle)
+        return entry[0].version
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        if config.get("bundle"):
+            try:
+                await self.preload(str(config["bundle"]))
+            except RecsysError as exc:
+                log.error("bundle refused, the current one keeps serving: %s", exc)
+
+    def inject(self, fail_next: int = 0, slow_next_s: float = 0.0) -> None:
+        """Fault drill: the next ``fail_next`` calls raise; the next call sleeps first."""
+        self.fail_next, self.slow_next_s = fail_next, slow_next_s
+
+    def _drill(self) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError(f"injected failure in {type(self).__name__}")
+        if self.slow_next_s:
+            delay, self.slow_next_s = self.slow_next_s, 0.0
+            time.sleep(delay)
+
+
+@serve.deployment(name="Retrieval")
+class Retrieval(_Stage):
+    """Stage 1: user tower + FAISS index + co-occurrence -> candidates."""
+
+    def __init__(self, bundle: str, max_batch_size: int, batch_wait_timeout_ms: float) -> None:
+        super().__init__(bundle, max_batch_size, batch_wait_timeout_ms)
+        self._tune(self._batched)
+
+    async def retrieve(self, bundle: str, users: np.ndarray, history: sp.csr_matrix) -> Retrieved:
+        result: Retrieved = await self._batched((bundle, users, history))
+        return result
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _batched(
+        self, requests: list[tuple[str, np.ndarray, sp.csr_matrix]]
+    ) -> list[Retrieved]:
+        return await asyncio.to_thread(self._run, requests)
+
+    def _run(self, requests: list[tuple[str, np.ndarray, sp.csr_matrix]]) -> list[Retrieved]:
+        self._drill()
+        bundles, users, histories = (list(x) for x in zip(*requests, strict=True))
+        out: list[Retrieved | None] = [None] * len(bundles)
+        for key in dict.fromkeys(bundles):  # one model call per bundle in the batch
+            rows = [i for i, b in enumerate(bundles) if b == key]
+            _, model = self.cache.get(key)
+            merged = model.retrieve(
+                np.concatenate([users[i] for i in rows]),
+                sp.vstack([histories[i] for i in rows], format="csr"),
+            )
+            for i, part in zip(rows, merged.split([len(users[i]) for i in rows]), strict=True):
+                out[i] = part
+        return [r for r in out if r is not None]
+
+
+@serve.deployment(name="Ranking")
+class Ranking(_Stage):
+    """Stage 2: the ranker over the candidates."""
+
+    def __init__(self, bundle: str, max_batch_size: int, batch_wait_timeout_ms: float) -> None:
+        super().__init__(bundle, max_batch_size, batch_wait_timeout_ms)
+        self._tune(self._batched)
+
+    async def rank(self, bundle: str, retrieved: Retrieved) -> np.ndarray:
+        result: np.ndarray = await self._batched((bundle, retrieved))
+        return result
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _batched(self, requests: list[tuple[str, Retrieved]]) -> list[np.ndarray]:
+        return await asyncio.to_thread(self._run, requests)
+
+    def _run(self, requests: list[tuple[str, Retrieved]]) -> list[np.ndarray]:
+        self._drill()
+        bundles = [b for b, _ in requests]
+        retrieved = [r for _, r in requests]
+        out: list[np.ndarray | None] = [None] * len(bundles)
+        for key in dict.fromkeys(bundles):
+            rows = [i for i, b in enumerate(bundles) if b == key]
+            _, model = self.cache.get(key)
+            scores = model.rank(Retrieved.concat([retrieved[i] for i in rows]))
+            start = 0
+            for i in rows:
+                size = len(retrieved[i])
+                out[i] = scores[start : start + size]
+                start += size
+        return [s for s in out if s is not None]
+
+
+class RemoteStages:
+    """:class:`recsys.serving.stages.Stages` over deployment handles (chained topology).
+
+    Called from the service's worker threads (never the event loop), so it blocks on results.
+    """
+
+    def __init__(
+        self, retrieval: DeploymentHandle, ranking: DeploymentHandle, bundle: str, timeout_s: float
+    ) -> None:
+        self.retrieval, self.ranking = retrieval, ranking
+        self.bundle, self.timeout_s = bundle, timeout_s
+
+    def retrieve(self, users: np.ndarray, history: sp.csr_matrix) -> Retrieved:
+        response = self.retrieval.retrieve.remote(self.bundle, users, history)
+        result: Retrieved = response.result(timeout_s=self.timeout_s)
+        return result
+
+    def rank(self, retrieved: Retrieved) -> np.ndarray:
+        response = self.ranking.rank.remote(self.bundle, retrieved)
+        result: np.ndarray = response.result(timeout_s=self.timeout_s)
+        return result
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    """The FastAPI app (routes, catalogue, fallbacks, metrics) in front of the stages."""
+
+    def __init__(
+        self,
+        bundle: str,
+        stage_timeout_ms: float,
+        retrieval: DeploymentHandle | None = None,
+        ranking: DeploymentHandle | None = None,
+    ) -> None:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        configure_logging()
+        self.retrieval, self.ranking = retrieval, ranking
+        self.stage_timeout_s = stage_timeout_ms / 1000
+        self.service = self._service(load_bundle(bundle))
+        self.fastapi: Any = None
+
+    def _service(self, bundle: Bundle) -> RecommendationService:
+        stages = None
+        if self.retrieval is not None and self.ranking is not None and bundle.has_ranker:
+            # The stages answer within the budget or the service falls back; the handle
+            # gives up a little later so no worker thread waits forever.
+            stages = RemoteStages(
+                self.retrieval, self.ranking, str(bundle.path), self.stage_timeout_s * 2 + 1
+            )
+        return RecommendationService(bundle, self.stage_timeout_s, stages)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        self.fastapi = create_app(lambda: self.service, echo_request_id=False)
+        return self.fastapi
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """Hot swap to ``config['bundle']``; a bundle that fails to load is refused."""
+        if "stage_timeout_ms" in config:
+            self.stage_timeout_s = float(config["stage_timeout_ms"]) / 1000
+            self.service.stage_timeout_s = self.stage_timeout_s
+        if not config.get("bundle"):
+            return
+        metrics = self.fastapi.state.metrics if self.fastapi is not None else None
+        try:
+            path = resolve(str(config["bundle"]))
+            if path == self.service.bundle.path:
+                return
+            bundle = await asyncio.to_thread(load_bundle, path)
+            if self.retrieval is not None and self.ranking is not None:
+                # Stages load the new version before any request can ask them for it.
+                await asyncio.gather(
+                    self.retrieval.preload.remote(str(bundle.path)),
+                    self.ranking.preload.remote(str(bundle.path)),
+                )
+            service = await asyncio.to_thread(self._service, bundle)
+        except Exception as exc:  # any failure leaves the old bundle serving
+            log.error(
+                "bundle %s refused, %s keeps serving: %s",
+                config["bundle"],
+                self.service.version,
+                exc,
+            )
+            if metrics is not None:
+                metrics.swaps.labels("refused").inc()
+            return
+        old, self.service = self.service, service
+        if self.fastapi is not None:
+            self.fastapi.state.service = service
+        if metrics is not None:
+            metrics.swaps.labels("loaded").inc()
+        log.info("bundle swapped: %s -> %s", old.version, service.version)
+        old.close()
+
+
+def as_deployment(decorated: Any) -> Deployment:
+    """The ``@serve.deployment`` classes are Deployments (mypy sees the class)."""
+    return cast(Deployment, decorated)
+
+
+def build(args: RayAppArgs) -> Application:
+    """The typed application builder (``import_path: recsys.serving.ray_app:build``)."""
+    if isinstance(args, dict):  # called from Python with a plain dict
+        args = RayAppArgs.model_validate(args)
+    bundle = load_bundle(args.bundle)  # fail before deploying, with the bundle's own message
+    if args.topology == "chained" and not bundle.has_ranker:
+        raise RecsysError(
+            f"{bundle.path} has no ranker: the chained topology needs one "
+            "(use topology=fused, or train with ranker.enabled=true)."
+        )
+    user_config = {"bundle": args.bundle, "stage_timeout_ms": args.stage_timeout_ms}
+    ingress = as_deployment(Ingress).options(
+        num_replicas=args.ingress_replicas,
+        max_ongoing_requests=args.max_ongoing_requests,
+        ray_actor_options={"num_cpus": args.ingress_cpus},
+        user_config=user_config,
+    )
+    if args.topology == "fused":
+        return ingress.bind(args.bundle, args.stage_timeout_ms)
+    stage_args = (args.bundle, args.max_batch_size, args.batch_wait_timeout_ms)
+    stage_config = {"bundle": args.bundle}
+    retrieval = (
+        as_deployment(Retrieval)
+        .options(
+            num_replicas=args.retrieval_replicas,
+            max_ongoing_requests=args.max_ongoing_requests,
+            ray_actor_options={"num_cpus": args.stage_cpus},
+            user_config=stage_config,
+        )
+        .bind(*stage_args)
+    )
+    ranking = (
+        as_deployment(Ranking)
+        .options(
+            num_replicas=args.ranking_replicas,
+            max_ongoing_requests=args.max_ongoing_requests,
+            ray_actor_options={"num_cpus": args.stage_cpus},
+            user_config=stage_config,
+        )
+        .bind(*stage_args)
+    )
+    return ingress.bind(args.bundle, args.stage_timeout_ms, retrieval, ranking)

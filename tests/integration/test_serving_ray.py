@@ -1,0 +1,240 @@
+"""Real Ray Serve on loopback, deployed from serving/config.yaml, called over real HTTP.
+
+Chained topology (Ingress -> Retrieval -> Ranking) for every endpoint, fallbacks by an unknown
+user, a ranker that raises and a stage over its budget, a hot swap under concurrent load with
+zero failed requests, and a corrupt bundle refused while the old one keeps serving; then the
+fused topology on the same endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from recsys.bundle.reader import load_bundle
+from recsys.serving import ray_runner
+from recsys.serving.local import free_port
+
+pytestmark = pytest.mark.integration
+
+CONFIG = Path(__file__).resolve().parents[2] / "serving" / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[int]:
+    """A local Ray; yields the loopback port of Serve's HTTP proxy (fixed once started)."""
+    ray_runner.start_ray(num_cpus=2)
+    import ray
+
+    yield free_port()
+    ray.shutdown()  # serve.shutdown() can hang for 30 s; tearing Ray down stops Serve too
+
+
+def copy_version(source: Path, version: str, corrupt: bool = False) -> Path:
+    """Another version of the same bundle (optionally with a corrupted file)."""
+    target = source.parent / version
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["bundle_version"] = version
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    if corrupt:
+        ranker = next((target / "ranker").glob("*.pt"))
+        ranker.write_bytes(ranker.read_bytes()[:-16] + b"\0" * 16)
+    return target
+
+
+def deploy(bundle: Path, port: int, **args: Any) -> tuple[dict[str, Any], str]:
+    config = ray_runner.with_overrides(
+        ray_runner.load_config(CONFIG), str(bundle), host="127.0.0.1", port=port, **args
+    )
+    ray_runner.deploy(config)
+    return config, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def chained(
+    ray_cluster: int, trained_bundle: dict[str, Any]
+) -> Iterator[tuple[httpx.Client, dict[str, Any]]]:
+    bundle = load_bundle(trained_bundle["bundle"]).path
+    config, base = deploy(bundle, ray_cluster, topology="chained", stage_timeout_ms=1500)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        yield client, config
+
+
+def known_user(trained_bundle: dict[str, Any]) -> tuple[str, list[str]]:
+    user_id, history = load_bundle(trained_bundle["bundle"]).histories.row(0)
+    return str(user_id), list(history)
+
+
+def check_endpoints(client: httpx.Client, trained_bundle: dict[str, Any]) -> None:
+    user_id, history = known_user(trained_bundle)
+    response = client.post(
+        f"/recommendations/users/{user_id}", json={"limit": 7}, headers={"X-Request-ID": "r-1"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["metadata"]["source"] == "personalized"
+    assert body["metadata"]["request_id"] == "r-1"
+    assert response.headers["X-Request-ID"] == "r-1"
+    ids = [i["book_id"] for i in body["recommendations"]]
+    assert len(ids) == len(set(ids)) == 7
+    assert not set(ids) & set(history)
+    scores = [i["confidence_score"] for i in body["recommendations"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(i["title"] and i["reasoning"] for i in body["recommendations"])
+
+    unknown = client.post("/recommendations/users/nobody", json={"limit": 4}).json()
+    assert (unknown["metadata"]["source"], unknown["metadata"]["fallback_reason"]) == (
+        "popularity",
+        "unknown_user",
+    )
+    similar = client.post("/recommendations/books/b5", json={"limit": 5}).json()
+    assert len(similar["recommendations"]) == 5
+    assert "b5" not in {i["book_id"] for i in similar["recommendations"]}
+    v2 = client.post(
+        "/v2/recommendations/similar-books",
+        json={"book_id": "b5", "limit": 4, "user_context": {"user_id": user_id}},
+    )
+    assert v2.status_code == 200
+    assert len(v2.json()["recommendations"]) == 4
+    hybrid = client.post(
+        "/recommendations/hybrid", json={"history": ["b1", "b2"], "seed_books": ["b3"]}
+    ).json()
+    assert hybrid["metadata"]["source"] == "hybrid"
+    assert not {i["book_id"] for i in hybrid["recommendations"]} & {"b1", "b2", "b3"}
+    trending = client.get("/recommendations/trending", params={"limit": 3}).json()
+    assert len(trending["recommendations"]) == 3
+
+    # Client errors are 4xx with a message, never 500.
+    assert client.post("/recommendations/books/no-such-book").status_code == 404
+    assert client.post("/recommendations/hybrid", json={"seed_books": ["zzz"]}).status_code == 404
+    for bad in ({"limit": 0}, {"limit": 51}, {"limit": "ten"}):
+        bad_response = client.post(f"/recommendations/users/{user_id}", json=bad)
+        assert bad_response.status_code == 422
+        assert bad_response.json()["detail"]
+    malformed = client.post(
+        f"/recommendations/users/{user_id}",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert malformed.status_code == 422
+    assert client.get("/recommendations/trending", params={"limit": 1000}).status_code == 422
+
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    assert client.get("/docs").status_code == 200
+    assert "/recommendations/hybrid" in client.get("/openapi.json").json()["paths"]
+
+
+def test_chained_endpoints(
+    chained: tuple[httpx.Client, dict[str, Any]], trained_bundle: dict[str, Any]
+) -> None:
+    client, _ = chained
+    check_endpoints(client, trained_bundle)
+    metrics = client.get("/metrics").text
+    assert 'recsys_stage_latency_seconds_count{stage="retrieval"}' in metrics
+    assert 'recsys_stage_latency_seconds_count{stage="ranking"}' in metrics
+
+
+def test_chained_fallbacks(
+    chained: tuple[httpx.Client, dict[str, Any]], trained_bundle: dict[str, Any]
+) -> None:
+    from ray import serve
+
+    client, _ = chained
+    user_id, history = known_user(trained_bundle)
+    ranking = serve.get_deployment_handle("Ranking", app_name=ray_runner.APP_NAME)
+    retrieval = serve.get_deployment_handle("Retrieval", app_name=ray_runner.APP_NAME)
+
+    ranking.inject.remote(fail_next=1).result()  # the ranker raises once
+    body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+    assert body["metadata"]["source"] == "popularity"
+    assert body["metadata"]["fallback_reason"] == "stage_error"
+    assert len(body["recommendations"]) == 5
+    assert not {i["book_id"] for i in body["recommendations"]} & set(history)
+
+    retrieval.inject.remote(slow_next_s=3.0).result()  # retrieval overruns the 1.5 s budget
+    started = time.perf_counter()
+    body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+    assert body["metadata"]["fallback_reason"] == "timeout"
+    assert time.perf_counter() - started < 3.0
+    time.sleep(2.0)  # let the slow call drain before the next test
+    assert client.post(f"/recommendations/users/{user_id}").json()["metadata"]["source"] == (
+        "personalized"
+    )
+    metrics = client.get("/metrics").text
+    assert 'recsys_fallbacks_total{reason="stage_error"} 1.0' in metrics
+    assert 'recsys_fallbacks_total{reason="timeout"} 1.0' in metrics
+
+
+def test_hot_swap_under_load_then_corrupt_bundle_refused(
+    chained: tuple[httpx.Client, dict[str, Any]], trained_bundle: dict[str, Any]
+) -> None:
+    client, config = chained
+    user_id, _ = known_user(trained_bundle)
+    old = load_bundle(trained_bundle["bundle"])
+    new = copy_version(old.path, old.version + "-swap")
+    seen: Counter[tuple[int, str, str]] = Counter()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
+            while not stop.is_set():
+                r = own.post(f"/recommendations/users/{user_id}", json={"limit": 5})
+                meta = r.json().get("metadata", {}) if r.status_code == 200 else {}
+                seen[(r.status_code, meta.get("bundle_version", ""), meta.get("source", ""))] += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        swapped = ray_runner.with_swapped_bundle(config, str(new))
+        ray_runner.deploy(swapped)
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").json()["bundle_version"] != new.name:
+            assert time.monotonic() < deadline, "the new bundle never went live"
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert {status for status, _, _ in seen} == {200}, seen
+    assert {source for _, _, source in seen} == {"personalized"}, seen
+    assert {version for _, version, _ in seen} == {old.version, new.name}, seen
+
+    corrupt = copy_version(old.path, old.version + "-corrupt", corrupt=True)
+    ray_runner.deploy(ray_runner.with_swapped_bundle(config, str(corrupt)))
+    metrics = ""
+    deadline = time.monotonic() + 30
+    while 'recsys_bundle_swaps_total{result="refused"} 1.0' not in metrics:
+        assert time.monotonic() < deadline, "the corrupt bundle was never refused"
+        time.sleep(0.2)
+        metrics = client.get("/metrics").text
+    assert client.get("/readyz").json()["bundle_version"] == new.name
+    body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+    assert (body["metadata"]["source"], body["metadata"]["bundle_version"]) == (
+        "personalized",
+        new.name,
+    )
+
+
+def test_fused_topology(
+    ray_cluster: int, chained: tuple[httpx.Client, dict[str, Any]], trained_bundle: dict[str, Any]
+) -> None:
+    bundle = load_bundle(trained_bundle["bundle"]).path  # replaces the chained application
+    _, base = deploy(bundle, ray_cluster, topology="fused", stage_timeout_ms=1500)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        check_endpoints(client, trained_bundle)
+        metrics = client.get("/metrics").text
+        assert 'recsys_stage_latency_seconds_count{stage="ranking"}' in metrics
