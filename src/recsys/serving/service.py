@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +16,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+import torch
 
 from recsys.bundle.reader import Bundle
 from recsys.errors import RecsysError
+from recsys.features.ranking import Candidates
 from recsys.features.vocab import NUM_RESERVED
+from recsys.serving.batching import MicroBatcher
 from recsys.serving.schemas import Filters
 from recsys.serving.stages import LocalStages, Stages
 
@@ -29,6 +31,18 @@ log = logging.getLogger(__name__)
 
 class UnknownBook(RecsysError):
     """A book id that is not in the model's catalogue (HTTP 404)."""
+
+
+@dataclass
+class Personal:
+    """One personalised request for the model stages: a history row and what to leave out."""
+
+    user_id: str | None
+    matrix: sp.csr_matrix  # [1, n_books]
+    limit: int
+    exclude: set[int]
+    allowed: np.ndarray | None
+    source: str
 
 
 @dataclass
@@ -89,10 +103,15 @@ class RecommendationService:
         bundle: a verified bundle.
         stage_timeout_s: time budget of the personalised path before popularity answers.
         stages: where retrieval and ranking run (default: in this process, from ``bundle``).
+        max_batch: most concurrent personalised requests answered by one model call.
     """
 
     def __init__(
-        self, bundle: Bundle, stage_timeout_s: float = 0.1, stages: Stages | None = None
+        self,
+        bundle: Bundle,
+        stage_timeout_s: float = 0.1,
+        stages: Stages | None = None,
+        max_batch: int = 16,
     ) -> None:
         self.bundle = bundle
         self.version = bundle.version
@@ -105,14 +124,17 @@ class RecommendationService:
         self.popularity = bundle.popularity
         self.catalogue = Catalogue(bundle)
         self.histories: dict[str, list[str]] = dict(bundle.histories.iter_rows())
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recsys-stage")
+        # One model thread, micro-batching concurrent requests (see recsys.serving.batching).
+        self._batcher: MicroBatcher[Personal, Answer] = MicroBatcher(
+            self._personal, max_batch=max_batch, name="recsys-stages"
+        )
         # Fault injection for tests and drills: the next stage raises / sleeps this long.
         self.fail_next_stage = False
         self.slow_next_stage_s = 0.0
 
     def close(self) -> None:
-        # Stages already running finish (a request in flight during a hot swap still answers).
-        self._pool.shutdown(wait=False)
+        # Queued requests still run (a request in flight during a hot swap still answers).
+        self._batcher.close()
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -142,9 +164,10 @@ class RecommendationService:
         scores = [float(self.popularity.scores[b]) for b in books]
         return Answer(books, scores, ["popular with readers"] * len(books), source, reason)
 
-    def _guarded(self, fn: Any, fallback: Any) -> Answer:
-        """Run a stage within the time budget; popularity answers on error or timeout."""
-        future = self._pool.submit(fn)
+    def _guarded(self, request: Personal, fallback: Any) -> Answer:
+        """Run the model stages for ``request`` within the time budget; popularity answers on
+        error or timeout."""
+        future = self._batcher.submit(request)
         try:
             return future.result(timeout=self.stage_timeout_s)
         except FutureTimeout:
@@ -158,75 +181,96 @@ class RecommendationService:
             log.exception("stage failed; popularity answers")
             return fallback("stage_error")
 
-    def _personal(
-        self,
-        user_id: str | None,
-        matrix: sp.csr_matrix,
-        limit: int,
-        exclude: set[int],
-        allowed: np.ndarray | None,
-        source: str,
-    ) -> Answer:
-        """Two-stage (or retrieval-only) answer for one history row ``matrix`` [1, n_books]."""
+    def _personal(self, requests: list[Personal]) -> list[Answer]:
+        """Two-stage (or retrieval-only) answers for a batch of histories, one model call."""
         if self.fail_next_stage:
             self.fail_next_stage = False
             raise RuntimeError("injected stage failure")
         if self.slow_next_stage_s:
             delay, self.slow_next_stage_s = self.slow_next_stage_s, 0.0
             time.sleep(delay)
-        user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])
-        seen = set(matrix.indices.tolist())
+        users = np.array(
+            [self.bundle.state.users.encode_one(r.user_id) if r.user_id else 1 for r in requests]
+        )
+        matrix = sp.vstack([r.matrix for r in requests], format="csr")
         if self.pipeline is not None and self.stages is not None:
             started = time.perf_counter()
-            retrieved = self.stages.retrieve(user, matrix)
+            retrieved = self.stages.retrieve(users, matrix)
             retrieved_at = time.perf_counter()
             scores = self.stages.rank(retrieved)
             timings = {
                 "retrieval": (retrieved_at - started) * 1000,
                 "ranking": (time.perf_counter() - retrieved_at) * 1000,
             }
-            cands, hist = retrieved.candidates, retrieved.history
-            order = np.argsort(-scores[0], kind="stable")
-            books = cands.books[0][order]
-            ranked = [
-                (int(b), float(scores[0][i]))
-                for b, i in zip(books, order, strict=True)
-                if b >= 0 and b not in exclude and (allowed is None or allowed[b])
-            ][:limit]
-            from_cooc = {
-                int(b) for b, c in zip(cands.books[0], cands.from_cooc[0], strict=True) if c
-            }
-            chosen = np.array([b for b, _ in ranked], dtype=np.int64)
-            why, kinds = self.pipeline.reasons(
-                hist[0], chosen, np.array([b in from_cooc for b in chosen])
-            )
-            reasons = [
-                f"readers of {self.title(w)} also read this"
-                if k == "co-read"
-                else f"because you read {self.title(w)}"
-                for w, k in zip(why, kinds, strict=True)
+            answers = [
+                self._ranked(req, retrieved.candidates, retrieved.history, scores, row, timings)
+                for row, req in enumerate(requests)
             ]
-            answer = Answer(
-                [b for b, _ in ranked], [s for _, s in ranked], reasons, source, None, timings
-            )
         else:
-            vectors = self.retriever.encode(self.retriever.features_from_matrix(user, matrix))
-            top, top_scores = self.retriever.search(vectors, limit, [seen | exclude], allowed)
-            books_list = [int(b) for b in top[0] if b >= 0]
-            answer = Answer(
-                books_list,
-                [float(s) for s in top_scores[0][: len(books_list)]],
-                ["matches your reading history"] * len(books_list),
-                source,
-            )
-        if len(answer.books) < limit:  # filters left too few: top up from popularity
-            extra = self.popular(
-                limit - len(answer.books), seen | exclude | set(answer.books), allowed, None
-            )
-            answer.books += extra.books
-            answer.scores += extra.scores
-            answer.reasons += extra.reasons
-        return answer
+            vectors = self.retriever.encode(self.retriever.features_from_matrix(users, matrix))
+            answers = []
+            for row, req in enumerate(requests):
+                seen = set(req.matrix.indices.tolist())
+                top, top_scores = self.retriever.search(
+                    vectors[row : row + 1], req.limit, [seen | req.exclude], req.allowed
+                )
+                books_list = [int(b) for b in top[0] if b >= 0]
+                answers.append(
+                    Answer(
+                        books_list,
+                        [float(s) for s in top_scores[0][: len(books_list)]],
+                        ["matches your reading history"] * len(books_list),
+                        req.source,
+                    )
+                )
+        for req, answer in zip(requests, answers, strict=True):
+            if len(answer.books) < req.limit:  # filters left too few: top up from popularity
+                seen = set(req.matrix.indices.tolist())
+                extra = self.popular(
+                    req.limit - len(answer.books),
+                    seen | req.exclude | set(answer.books),
+                    req.allowed,
+                    None,
+                )
+                answer.books += extra.books
+                answer.scores += extra.scores
+                answer.reasons += extra.reasons
+        return answers
+
+    def _ranked(
+        self,
+        req: Personal,
+        cands: Candidates,
+        history: torch.Tensor,
+        scores: np.ndarray,
+        row: int,
+        timings: dict[str, float],
+    ) -> Answer:
+        """One user's answer from the ranker scores of its candidates (row ``row``)."""
+        assert self.pipeline is not None
+        order = np.argsort(-scores[row], kind="stable")
+        books = cands.books[row][order]
+        ranked = [
+            (int(b), float(scores[row][i]))
+            for b, i in zip(books, order, strict=True)
+            if b >= 0 and b not in req.exclude and (req.allowed is None or req.allowed[b])
+        ][: req.limit]
+        from_cooc = {
+            int(b) for b, c in zip(cands.books[row], cands.from_cooc[row], strict=True) if c
+        }
+        chosen = np.array([b for b, _ in ranked], dtype=np.int64)
+        why, kinds = self.pipeline.reasons(
+            history[row], chosen, np.array([b in from_cooc for b in chosen])
+        )
+        reasons = [
+            f"readers of {self.title(w)} also read this"
+            if k == "co-read"
+            else f"because you read {self.title(w)}"
+            for w, k in zip(why, kinds, strict=True)
+        ]
+        return Answer(
+            [b for b, _ in ranked], [s for _, s in ranked], reasons, req.source, None, timings
+        )
 
     # --- endpoints -------------------------------------------------------------------------
 
@@ -243,7 +287,7 @@ class RecommendationService:
         matrix = self.bundle.history_matrix([history])
         seen = set(matrix.indices.tolist())
         return self._guarded(
-            lambda: self._personal(user_id, matrix, limit, exclude, allowed, "personalized"),
+            Personal(user_id, matrix, limit, exclude, allowed, "personalized"),
             lambda reason: self.popular(limit, exclude | seen, allowed, reason),
         )
 
@@ -293,7 +337,7 @@ class RecommendationService:
         matrix = self.bundle.history_matrix([known])
         seen = set(matrix.indices.tolist())
         return self._guarded(
-            lambda: self._personal(user_id, matrix, limit, set(), allowed, "hybrid"),
+            Personal(user_id, matrix, limit, set(), allowed, "hybrid"),
             lambda reason: self.popular(limit, seen, allowed, reason),
         )
 
