@@ -40,6 +40,7 @@ def summarise(
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),
         "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
         "requests": len(latencies),
         "errors": errors,
         "fallbacks": fallbacks,
@@ -72,6 +73,38 @@ async def load(base: str, make: Any, clients: int, seconds: float) -> dict[str, 
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
         return summarise(latencies, errors, time.perf_counter() - started, fallbacks)
+
+
+def scrape(base: str) -> dict[str, float]:
+    """``*_sum`` and ``*_count`` series of the server's Prometheus metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean server-side time per request over a load window, from the metrics' deltas:
+    ``app_ms`` inside the app (middleware to response), ``service_ms`` the service call,
+    ``retrieval_ms``/``ranking_ms`` the model stages as the service saw them."""
+
+    def mean(prefix: str, match: str) -> float:
+        keys = [k for k in after if k.startswith(prefix) and match in k]
+        total = sum(after[k] - before.get(k, 0.0) for k in keys if "_sum{" in k)
+        count = sum(after[k] - before.get(k, 0.0) for k in keys if "_count{" in k)
+        return 1000 * total / count if count else 0.0
+
+    return {
+        "app_ms": mean("recsys_request_latency_seconds", "endpoint=/recommendations"),
+        "service_ms": mean("recsys_service_latency_seconds", ""),
+        "retrieval_ms": mean("recsys_stage_latency_seconds", "stage=retrieval"),
+        "ranking_ms": mean("recsys_stage_latency_seconds", "stage=ranking"),
+    }
 
 
 RUNNERS = {
@@ -110,7 +143,9 @@ def bench_runner(
         for n in (int(c) for c in clients.split(",")):
             for name, make in endpoints.items():
                 key = f"{runner} {name} x{n}"
+                before = scrape(base)
                 rows[key] = asyncio.run(load(base, make, n, seconds))
+                rows[key].update(server_side(before, scrape(base)))
                 print(key, rows[key], flush=True)
     finally:
         server.terminate()  # SIGTERM: the Ray runner shuts Ray down
@@ -157,7 +192,18 @@ def main() -> None:
         rows.update(bench_runner(runner, args.bundle, endpoints, args.seconds, args.clients))
     print_table(
         rows,
-        ["rps", "p50_ms", "p95_ms", "p99_ms", "requests", "errors", "fallbacks"],
+        [
+            "rps",
+            "p50_ms",
+            "p99_ms",
+            "mean_ms",
+            "app_ms",
+            "service_ms",
+            "retrieval_ms",
+            "ranking_ms",
+            "errors",
+            "fallbacks",
+        ],
         title=f"serving {bundle.version} on 2 cores (client in the same machine)",
     )
     bar: dict[str, Any] = {
