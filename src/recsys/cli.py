@@ -21,7 +21,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "recsys.jobs.build_index",
         "add a FAISS index -> new bundle version",
     ),
-    "serve": ("serve", "recsys.jobs.serve", "serve a bundle over HTTP (uvicorn, one process)"),
+    "serve": ("serve", "recsys.jobs.serve", "serve a bundle over HTTP (local or Ray Serve)"),
+    "batch-score": (
+        "batch_score",
+        "recsys.jobs.batch_score",
+        "top-K for many users -> Parquet (local or Ray Data)",
+    ),
+    "export-embeddings": (
+        "export_embeddings",
+        "recsys.jobs.export_embeddings",
+        "book/user vectors -> Parquet + manifest (+ .npy, FAISS)",
+    ),
     "demo": ("demo", "recsys.jobs.demo", "the whole product end to end, offline"),
 }
 

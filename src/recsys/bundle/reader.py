@@ -133,7 +133,16 @@ class Bundle:
 
     @cached_property
     def histories(self) -> pl.DataFrame:
+        """``(user_id, history)`` of the training carve: what the models were trained on."""
         return pl.read_parquet(self.path / "data" / "histories.parquet")
+
+    @cached_property
+    def known_histories(self) -> pl.DataFrame:
+        """``(user_id, history)`` of every interaction known at training time (training and
+        validation): what serving and batch scoring use and exclude. Bundles written before
+        this file existed fall back to the training carve."""
+        path = self.path / "data" / "known_histories.parquet"
+        return pl.read_parquet(path) if path.is_file() else self.histories
 
     @cached_property
     def popularity(self) -> PopularityRecommender:

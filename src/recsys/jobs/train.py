@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 import lightning as L
 import numpy as np
+import polars as pl
 import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -164,7 +165,7 @@ def export_bundle(
         "features": write_features,
         "towers": write_towers,
         "embeddings": lambda d: save_array(embeddings, d / "books.npy"),
-        "data": lambda d: save_frame(user_histories(data.train), d / "histories.parquet"),
+        "data": lambda d: write_histories(data, d),
         "fallback": lambda d: popularity.save(d / "popularity.parquet"),
         "index": index.save,
         **(ranking_parts(cfg, ranking) if ranking else {}),
@@ -173,6 +174,15 @@ def export_bundle(
         ),
     }
     return write_bundle(cfg.bundle.root, manifest, parts, promote=bool(cfg.bundle.promote))
+
+
+def write_histories(data: PreparedData, folder: Path) -> None:
+    """``histories.parquet``: the training carve (what the models saw; popularity features).
+    ``known_histories.parquet``: every interaction known per user (training and validation),
+    what serving and batch scoring read and exclude."""
+    save_frame(user_histories(data.train), folder / "histories.parquet")
+    known = pl.concat([data.train, data.val], how="diagonal_relaxed")
+    save_frame(user_histories(known), folder / "known_histories.parquet")
 
 
 def ranking_parts(cfg: DictConfig, ranking: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class Answer:
     source: str
     fallback_reason: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    from_model: int | None = None  # leading books from the model; the rest topped up
 
 
 class Catalogue:
@@ -123,10 +124,10 @@ class RecommendationService:
             self.stages = LocalStages(self.pipeline)
         self.popularity = bundle.popularity
         self.catalogue = Catalogue(bundle)
-        self.histories: dict[str, list[str]] = dict(bundle.histories.iter_rows())
+        self.histories: dict[str, list[str]] = dict(bundle.known_histories.iter_rows())
         # One model thread, micro-batching concurrent requests (see recsys.serving.batching).
         self._batcher: MicroBatcher[Personal, Answer] = MicroBatcher(
-            self._personal, max_batch=max_batch, name="recsys-stages"
+            self.personalised, max_batch=max_batch, name="recsys-stages"
         )
         # Fault injection for tests and drills: the next stage raises / sleeps this long.
         self.fail_next_stage = False
@@ -181,8 +182,12 @@ class RecommendationService:
             log.exception("stage failed; popularity answers")
             return fallback("stage_error")
 
-    def _personal(self, requests: list[Personal]) -> list[Answer]:
-        """Two-stage (or retrieval-only) answers for a batch of histories, one model call."""
+    def personalised(self, requests: list[Personal], explain: bool = True) -> list[Answer]:
+        """Two-stage (or retrieval-only) answers for a batch of histories, one model call.
+
+        The one path behind every personalised answer: online requests (micro-batched) and
+        offline batch scoring (``explain=False`` skips the reasons).
+        """
         if self.fail_next_stage:
             self.fail_next_stage = False
             raise RuntimeError("injected stage failure")
@@ -203,7 +208,9 @@ class RecommendationService:
                 "ranking": (time.perf_counter() - retrieved_at) * 1000,
             }
             answers = [
-                self._ranked(req, retrieved.candidates, retrieved.history, scores, row, timings)
+                self._ranked(
+                    req, retrieved.candidates, retrieved.history, scores, row, timings, explain
+                )
                 for row, req in enumerate(requests)
             ]
         else:
@@ -219,11 +226,12 @@ class RecommendationService:
                     Answer(
                         books_list,
                         [float(s) for s in top_scores[0][: len(books_list)]],
-                        ["matches your reading history"] * len(books_list),
+                        ["matches your reading history"] * len(books_list) if explain else [],
                         req.source,
                     )
                 )
         for req, answer in zip(requests, answers, strict=True):
+            answer.from_model = len(answer.books)
             if len(answer.books) < req.limit:  # filters left too few: top up from popularity
                 seen = set(req.matrix.indices.tolist())
                 extra = self.popular(
@@ -234,7 +242,7 @@ class RecommendationService:
                 )
                 answer.books += extra.books
                 answer.scores += extra.scores
-                answer.reasons += extra.reasons
+                answer.reasons += extra.reasons if explain else []
         return answers
 
     def _ranked(
@@ -245,6 +253,7 @@ class RecommendationService:
         scores: np.ndarray,
         row: int,
         timings: dict[str, float],
+        explain: bool = True,
     ) -> Answer:
         """One user's answer from the ranker scores of its candidates (row ``row``)."""
         assert self.pipeline is not None
@@ -258,6 +267,10 @@ class RecommendationService:
         from_cooc = {
             int(b) for b, c in zip(cands.books[row], cands.from_cooc[row], strict=True) if c
         }
+        if not explain:
+            return Answer(
+                [b for b, _ in ranked], [s for _, s in ranked], [], req.source, None, timings
+            )
         chosen = np.array([b for b, _ in ranked], dtype=np.int64)
         why, kinds = self.pipeline.reasons(
             history[row], chosen, np.array([b in from_cooc for b in chosen])
