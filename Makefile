@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), v"
+	# A real Redis server for the cache tests (skipped with a reason when it cannot be installed).
+	command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
+	  && apt-get install -y -q redis-server >/dev/null 2>&1; }; }; } \
+	  || echo "note: redis-server could not be installed; Redis-backed tests will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install recsys with all extras (pinned)

@@ -53,8 +53,10 @@ def copy_version(source: Path, version: str, corrupt: bool = False) -> Path:
 
 
 def deploy(bundle: Path, port: int, **args: Any) -> tuple[dict[str, Any], str]:
+    # No response cache: every request goes through the stages under test.
+    live = {"store": None, "cache": {"enabled": False}}
     config = ray_runner.with_overrides(
-        ray_runner.load_config(CONFIG), str(bundle), host="127.0.0.1", port=port, **args
+        ray_runner.load_config(CONFIG), str(bundle), host="127.0.0.1", port=port, live=live, **args
     )
     ray_runner.deploy(config)
     return config, f"http://127.0.0.1:{port}"

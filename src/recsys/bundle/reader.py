@@ -198,17 +198,26 @@ class Bundle:
         return counts
 
     def history_matrix(self, histories: list[list[str]]) -> sp.csr_matrix:
-        """Raw book-id histories as CSR rows over the book vocabulary (unknown ids dropped)."""
-        rows, cols = [], []
+        """Raw book-id histories (oldest first) as CSR rows over the book vocabulary, unknown
+        ids dropped. Values are recency ranks (1 = oldest; a repeated book keeps its latest
+        position), so feature encoding can keep the most recent books of a long history."""
+        rows, cols, ranks = [], [], []
         for row, history in enumerate(histories):
             idx = self.state.books.encode(pl.Series(history, dtype=pl.String))
-            idx = np.unique(idx[idx >= 2])
-            rows.append(np.full(idx.size, row))
-            cols.append(idx)
+            position = np.arange(1, idx.size + 1, dtype=np.float32)
+            keep = idx >= 2
+            idx, position = idx[keep], position[keep]
+            # the last occurrence of each book: unique over the reversed sequence
+            _, last = np.unique(idx[::-1], return_index=True)
+            chosen = idx.size - 1 - last
+            rows.append(np.full(chosen.size, row))
+            cols.append(idx[chosen])
+            ranks.append(position[chosen])
         r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
         c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+        v = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.float32)
         return sp.csr_matrix(
-            (np.ones(r.size, dtype=np.float32), (r, c)),
+            (v.astype(np.float32), (r, c)),
             shape=(len(histories), self.state.books.size),
         )
 

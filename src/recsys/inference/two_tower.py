@@ -56,18 +56,22 @@ class TwoTowerRecommender(ScoringRecommender):
     def features_from_matrix(self, users: np.ndarray, history: sp.csr_matrix) -> UserFeatures:
         """Encoded inputs for known user indices with histories given as CSR rows.
 
-        CSR rows carry no order; when a history is longer than ``max_history`` the books with
-        the highest indices are kept (frame inputs keep the most recent instead).
+        Row values order a history: when it is longer than ``max_history`` the books with the
+        largest values are kept (recency ranks from ``Bundle.history_matrix``: the most recent
+        books; for interaction matrices with equal values, the highest book indices), oldest
+        first.
         """
-        rows = [
-            history.indices[history.indptr[i] : history.indptr[i + 1]] for i in range(len(users))
-        ]
+        rows = []
+        for i in range(len(users)):
+            start, end = history.indptr[i], history.indptr[i + 1]
+            books, values = history.indices[start:end], history.data[start:end]
+            rows.append(books[np.lexsort((books, values))])
         idx = torch.from_numpy(np.asarray(users, dtype=np.int64))
         known = idx < self.user_side["age"].numel()
         safe = torch.where(known, idx, torch.ones_like(idx))
         return UserFeatures(
             user=safe,
-            history=pad_histories([np.sort(r) for r in rows], self.state.config.max_history),
+            history=pad_histories(rows, self.state.config.max_history),
             age=torch.where(known, self.user_side["age"][safe], 0),
             country=torch.where(known, self.user_side["country"][safe], 0),
         )

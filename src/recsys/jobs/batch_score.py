@@ -20,7 +20,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         raise RecsysError(f"unknown executor '{cfg.executor}': use executor=local or executor=ray.")
     if not cfg.out:
         raise RecsysError("give an output folder: out=<folder>.")
-    plan = batch.make_plan(str(cfg.bundle), str(cfg.users), int(cfg.k), int(cfg.chunk_size))
+    plan = batch.make_plan(
+        str(cfg.bundle), str(cfg.users), int(cfg.k), int(cfg.chunk_size), cfg.get("store_url")
+    )
     out = Path(str(cfg.out))
     todo = batch.prepare_out(out, plan)
     done = len(plan.chunks) - len(todo)
@@ -28,6 +30,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         f"batch-score {plan.version}: {len(plan.users)} users in {len(plan.chunks)} chunks "
         f"({done} already done), k={plan.k}, executor={cfg.executor}"
     )
+    if plan.deleted:
+        print(f"{plan.deleted} erased user(s) skipped")
     if plan.unknown:
         print(f"{len(plan.unknown)} unknown user id(s) not scored; listed in unknown_users.txt")
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import polars as pl
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -111,19 +113,49 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
     """Load ``cfg.data.processed_dir`` if it was prepared from the same config, else prepare it."""
     folder = Path(cfg.data.processed_dir)
     source = _source_config(cfg)
+    store = _erasure_store(cfg)
     if not force and (folder / "summary.json").is_file():
         data = PreparedData.load(folder)
-        if data.summary.get("source_config") == source:
+        erased = _erased(store, data.train, data.val)
+        if data.summary.get("source_config") == source and not erased:
             log.info("using prepared data in %s", folder)
             return data
-        log.info("prepared data in %s came from another config; preparing again", folder)
+        if erased:
+            log.info("prepared data in %s holds %d erased user(s); preparing again", folder, erased)
+        else:
+            log.info("prepared data in %s came from another config; preparing again", folder)
     dataset = hydra.utils.instantiate(cfg.data.reader)
+    if store is not None:  # GDPR: erased users never reach training data again
+        deleted = store.deleted_filter(dataset.interactions.get_column("user_id").unique())
+        if deleted:
+            users = dataset.users
+            if "user_id" in users.columns:
+                users = users.filter(~pl.col("user_id").is_in(deleted))
+            dataset = dataclasses.replace(
+                dataset,
+                interactions=dataset.interactions.filter(~pl.col("user_id").is_in(deleted)),
+                users=users,
+            )
+            log.info("dropped %d erased user(s) from %s", len(deleted), dataset.name)
     split_fn = hydra.utils.instantiate(cfg.split)
     data = prepare(dataset, split_fn)
     data.summary["source_config"] = source
     data.save(folder)
     log.info("prepared %s into %s", data.name, folder)
     return data
+
+
+def _erasure_store(cfg: DictConfig) -> Any:
+    from recsys.offline.batch import open_store
+
+    return open_store(cfg.paths.get("store_url")) if "paths" in cfg else None
+
+
+def _erased(store: Any, *frames: pl.DataFrame) -> int:
+    if store is None:
+        return 0
+    users = pl.concat([f.select("user_id") for f in frames]).get_column("user_id").unique()
+    return len(store.deleted_filter(users.to_list()))
 
 
 def summary_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import signal
 import threading
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recsys.errors import RecsysError
+
+LIVE_KEYS = ("store", "trending", "cache")
 
 
 def main(cfg: DictConfig) -> None:
@@ -27,11 +29,17 @@ def serve_local(cfg: DictConfig, bundle: object) -> None:
     import uvicorn
 
     from recsys.serving.app import configure_logging, create_app
+    from recsys.serving.live import Live
     from recsys.serving.service import RecommendationService
 
     configure_logging()
+    live = Live.from_config(OmegaConf.to_container(cfg, resolve=True))
     app = create_app(
-        lambda: RecommendationService(bundle, float(cfg.stage_timeout_ms) / 1000)  # type: ignore[arg-type]
+        lambda: RecommendationService(
+            bundle,  # type: ignore[arg-type]
+            float(cfg.stage_timeout_ms) / 1000,
+            live=live,
+        )
     )
     print(f"serving on http://{cfg.host}:{cfg.port} (docs at /docs)")
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
@@ -47,6 +55,7 @@ def serve_ray(cfg: DictConfig, bundle: str) -> None:
         port=int(cfg.port),
         topology=cfg.ray.topology,
         stage_timeout_ms=float(cfg.stage_timeout_ms),
+        live={k: OmegaConf.to_container(cfg[k], resolve=True) for k in LIVE_KEYS},
     )
     ray_runner.start_ray(cfg.ray.address, cfg.ray.num_cpus)
     import ray

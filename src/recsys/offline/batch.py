@@ -31,7 +31,9 @@ import polars as pl
 from recsys.bundle.reader import Bundle, load_bundle
 from recsys.checksums import sha256_file
 from recsys.errors import RecsysError
+from recsys.serving.live import Live
 from recsys.serving.service import Personal, RecommendationService
+from recsys.stores.sql import Store
 
 SCHEMA = {
     "user_id": pl.String,
@@ -83,14 +85,18 @@ def read_users(spec: str, bundle: Bundle) -> list[str]:
 class BatchScorer:
     """Top-``k`` lists for users of one bundle, through the online service's path."""
 
-    def __init__(self, bundle: Bundle, k: int, batch_size: int = 256) -> None:
+    def __init__(
+        self, bundle: Bundle, k: int, batch_size: int = 256, store_url: str | None = None
+    ) -> None:
         if not 1 <= k <= MAX_K:
             raise RecsysError(f"k={k} is out of range: use 1 <= k <= {MAX_K}.")
         self.bundle, self.k, self.batch_size = bundle, k, batch_size
-        self.service = RecommendationService(bundle, stage_timeout_s=float("inf"))
+        live = Live(store=Store(store_url)) if store_url else None
+        self.service = RecommendationService(bundle, stage_timeout_s=float("inf"), live=live)
 
     def close(self) -> None:
         self.service.close()
+        self.service.live.close()
 
     def score(self, users: list[str]) -> pl.DataFrame:
         """Rows ``SCHEMA`` for users the bundle knows (see :func:`make_plan`)."""
@@ -101,8 +107,15 @@ class BatchScorer:
         sources: list[str] = []
         catalogue = self.service.catalogue.ids
         for start in range(0, len(users), self.batch_size):
-            chunk = users[start : start + self.batch_size]
-            matrix = self.bundle.history_matrix([self.service.histories[u] for u in chunk])
+            chunk, histories = [], []
+            for user in users[start : start + self.batch_size]:
+                history = self.service.user_history(user)  # bundle + events; None if erased
+                if history:
+                    chunk.append(user)
+                    histories.append(history)
+            if not chunk:
+                continue
+            matrix = self.bundle.history_matrix(histories)
             requests = [
                 Personal(user, matrix[row : row + 1], self.k, set(), None, "personalized")
                 for row, user in enumerate(chunk)
@@ -141,6 +154,8 @@ class Plan:
     chunk_size: int
     users: list[str]
     unknown: list[str]
+    store_url: str | None = None
+    deleted: int = 0  # requested ids of erased users (never written anywhere)
 
     @property
     def chunks(self) -> list[list[str]]:
@@ -215,6 +230,8 @@ def finish(out: Path, plan: Plan, seconds: float, executor: str) -> dict[str, An
         "seconds": round(seconds, 2),
         "users_scored": len(plan.users),
         "unknown_users": len(plan.unknown),
+        "erased_users_skipped": plan.deleted,
+        "events_store": plan.store_url is not None,
         "rows": rows,
         "schema": {name: str(dtype) for name, dtype in SCHEMA.items()},
         "files": {p.name: {"sha256": sha256_file(p)} for p in parts},
@@ -225,24 +242,47 @@ def finish(out: Path, plan: Plan, seconds: float, executor: str) -> dict[str, An
     return manifest
 
 
-def make_plan(bundle_path: str, users_spec: str, k: int, chunk_size: int) -> Plan:
+def open_store(url: str | None) -> Store | None:
+    """The serving store at ``url``; None when unset or an embedded SQLite file that does not
+    exist yet (no events were ever recorded)."""
+    if not url:
+        return None
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    return Store(url)
+
+
+def make_plan(
+    bundle_path: str, users_spec: str, k: int, chunk_size: int, store_url: str | None = None
+) -> Plan:
+    """Who to score. With a store, users known only from events count as known, and erased
+    users are left out (counted, never listed)."""
     bundle = load_bundle(bundle_path)
     if chunk_size < 1:
         raise RecsysError(f"chunk_size={chunk_size} must be at least 1.")
     if not 1 <= k <= MAX_K:
         raise RecsysError(f"k={k} is out of range: use 1 <= k <= {MAX_K}.")
+    store = open_store(store_url)
+    event_users = list(store.event_histories()) if store is not None else []
     requested = read_users(users_spec, bundle)
+    if users_spec == "all":
+        requested = list(dict.fromkeys([*requested, *event_users]))
     known_ids = {str(u) for u in bundle.known_histories.get_column("user_id").to_list()}
-    users = [u for u in requested if u in known_ids]
-    unknown = [u for u in requested if u not in known_ids]
-    return Plan(str(bundle.path), bundle.version, k, chunk_size, users, unknown)
+    known_ids |= set(event_users)
+    deleted = store.deleted_filter(requested) if store is not None else set()
+    users = [u for u in requested if u in known_ids and u not in deleted]
+    unknown = [u for u in requested if u not in known_ids and u not in deleted]
+    if store is not None:
+        store.close()
+    url = store_url if store is not None else None
+    return Plan(str(bundle.path), bundle.version, k, chunk_size, users, unknown, url, len(deleted))
 
 
 def run_local(
     plan: Plan, out: Path, todo: list[int], progress: Callable[[int], None]
 ) -> Iterator[int]:
     """Score the chunks ``todo`` in this process; yields rows per chunk."""
-    scorer = BatchScorer(load_bundle(plan.bundle), plan.k)
+    scorer = BatchScorer(load_bundle(plan.bundle), plan.k, store_url=plan.store_url)
     try:
         chunks = plan.chunks
         for chunk in todo:
@@ -256,8 +296,8 @@ def run_local(
 class _ChunkWorker:
     """A Ray Data actor: loads the bundle once, scores and writes whole chunks."""
 
-    def __init__(self, bundle: str, k: int, out: str) -> None:
-        self.scorer = BatchScorer(load_bundle(bundle), k)
+    def __init__(self, bundle: str, k: int, out: str, store_url: str | None) -> None:
+        self.scorer = BatchScorer(load_bundle(bundle), k, store_url=store_url)
         self.out = Path(out)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -307,7 +347,12 @@ def run_ray(
         dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         results = dataset.map_batches(
             _ChunkWorker,
-            fn_constructor_kwargs={"bundle": plan.bundle, "k": plan.k, "out": str(out)},
+            fn_constructor_kwargs={
+                "bundle": plan.bundle,
+                "k": plan.k,
+                "out": str(out),
+                "store_url": plan.store_url,
+            },
             batch_size=1,
             batch_format="numpy",
             concurrency=max(1, min(workers, len(items))),

@@ -6,6 +6,7 @@ app. Route logic lives in :class:`RecommendationService`.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -27,6 +29,15 @@ from starlette.concurrency import run_in_threadpool
 from recsys.errors import RecsysError
 from recsys.serving.schemas import (
     MAX_LIMIT,
+    Book,
+    BookCreate,
+    BookIn,
+    BookList,
+    Erasure,
+    EventBatch,
+    EventIn,
+    EventsAccepted,
+    HistoryItem,
     HybridRequest,
     Metadata,
     Recommendation,
@@ -34,10 +45,30 @@ from recsys.serving.schemas import (
     RecommendRequest,
     SimilarBooksV2Request,
     SimilarRequest,
+    UserHistory,
+    UserProfile,
 )
 from recsys.serving.service import Answer, RecommendationService, UnknownBook
+from recsys.stores.sql import Event, Store
 
 logger = structlog.get_logger("recsys.serving")
+TRANSIENT = ("timeout", "stage_error")  # fallbacks never cached
+
+
+class UnknownUser(RecsysError):
+    """A user id nothing is known about (HTTP 404)."""
+
+
+class UnknownEventBook(RecsysError):
+    """An event about a book not in the catalogue (HTTP 422)."""
+
+
+class BookExists(RecsysError):
+    """POST /books of an existing id (HTTP 409)."""
+
+
+class StoreDisabled(RecsysError):
+    """An endpoint that needs the store on a server without one (HTTP 503)."""
 
 
 class Metrics:
@@ -76,6 +107,21 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.events = Counter(
+            "recsys_events_stored", "Events stored (duplicates excluded)", registry=self.registry
+        )
+        self.cache = Counter(
+            "recsys_cache_lookups",
+            "Response cache lookups by result (l1, l2, miss)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.cache_hit_ratio = Gauge(
+            "recsys_cache_hit_ratio",
+            "Share of cache lookups answered from the cache (either level) since start",
+            registry=self.registry,
+        )
+        self._lookups = [0, 0]  # hits, total
         self.service = Histogram(
             "recsys_service_latency_seconds",
             "Service call latency (everything but HTTP) by endpoint",
@@ -90,6 +136,13 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
+
+    def cache_lookup(self, where: str) -> None:
+        """Count a cache lookup (``l1``, ``l2`` or ``miss``) and update the hit ratio."""
+        self.cache.labels(where).inc()
+        self._lookups[1] += 1
+        self._lookups[0] += where != "miss"
+        self.cache_hit_ratio.set(self._lookups[0] / self._lookups[1])
 
 
 def create_app(load: Callable[[], RecommendationService], echo_request_id: bool = True) -> FastAPI:
@@ -146,6 +199,22 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     async def unknown_book(request: Request, exc: UnknownBook) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
+    @app.exception_handler(UnknownUser)
+    async def unknown_user(request: Request, exc: UnknownUser) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(UnknownEventBook)
+    async def unknown_event_book(request: Request, exc: UnknownEventBook) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(BookExists)
+    async def book_exists(request: Request, exc: BookExists) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(StoreDisabled)
+    async def store_disabled(request: Request, exc: StoreDisabled) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
     @app.exception_handler(RecsysError)
     async def bad_request(request: Request, exc: RecsysError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
@@ -190,14 +259,37 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     @app.post("/recommendations/users/{user_id}", response_model=RecommendationResponse)
     async def user_recommendations(
         request: Request, user_id: str, body: RecommendRequest | None = None
-    ) -> RecommendationResponse:
-        """Personalised recommendations from the user's stored history (popularity if unknown)."""
+    ) -> Response:
+        """Personalised recommendations from everything known about the user (their history in
+        the bundle and their events since); popularity if unknown. Cached per user and
+        parameters until the user's next event, a bundle swap or the TTL."""
         req = body or RecommendRequest.model_validate({})
-        return await respond(
+        svc = service(request)
+        cache, params = svc.live.cache, req.model_dump(mode="json")
+        if cache is not None:
+            started = time.perf_counter()
+            if cache.redis is None:
+                hit, where = cache.get(svc.version, user_id, params)
+            else:
+                hit, where = await run_in_threadpool(cache.get, svc.version, user_id, params)
+            metrics.cache_lookup(where)
+            if hit is not None:
+                cached = json.loads(hit)
+                cached["metadata"].update(
+                    request_id=request.state.request_id,
+                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                    cache=where,
+                )
+                request.state.source = cached["metadata"]["source"]
+                return JSONResponse(cached)
+        response = await respond(
             request,
             "user",
             lambda svc: svc.for_user(user_id, req.limit, req.exclude, req.filters),
         )
+        if cache is not None and response.metadata.fallback_reason not in TRANSIENT:
+            cache.put(svc.version, user_id, params, response.model_dump_json())
+        return JSONResponse(response.model_dump(mode="json"))
 
     @app.post("/recommendations/books/{book_id}", response_model=RecommendationResponse)
     async def similar_books(
@@ -244,6 +336,158 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     ) -> RecommendationResponse:
         """Popular books."""
         return await respond(request, "trending", lambda svc: svc.trending(limit))
+
+    # --- events, users, catalogue ----------------------------------------------------------
+
+    def store_of(svc: RecommendationService) -> Store:
+        if svc.store is None:
+            raise StoreDisabled("this server runs without a store (store.url=null)")
+        return svc.store
+
+    @app.post("/events", status_code=202, response_model=EventsAccepted)
+    async def post_events(request: Request, body: EventIn | EventBatch) -> EventsAccepted:
+        """Record reading events (one, or ``{"events": [...]}`` up to 1000), durably. The
+        user's next recommendation uses them; ``event_id`` makes retries idempotent."""
+        svc = service(request)
+        store = store_of(svc)
+        batch = body.events if isinstance(body, EventBatch) else [body]
+
+        def known(book_id: str) -> bool:
+            index = svc.catalogue.index.get(book_id)
+            if index is not None:
+                return bool(svc.catalogue.listed[index])
+            return store.book(book_id) is not None
+
+        unknown = sorted({e.book_id for e in batch if not known(e.book_id)})
+        if unknown:
+            raise UnknownEventBook(
+                f"unknown book id(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}; "
+                "add books to the catalogue first (POST /books)"
+            )
+        now = time.time()
+        rows = [
+            Event(e.user_id, e.book_id, e.type, e.timestamp or now, e.value, e.event_id or "")
+            for e in batch
+        ]
+        stored, duplicates = await run_in_threadpool(store.append, rows)
+        live = svc.live
+        for event in rows:
+            if live.trending is not None:
+                live.trending.add(event.book_id, event.type, event.ts, now)
+        if live.cache is not None:
+            for user in {e.user_id for e in rows}:
+                live.cache.invalidate_user(user, svc.version)
+        metrics.events.inc(stored)
+        return EventsAccepted(stored=stored, duplicates=duplicates)
+
+    @app.get("/users/{user_id}", response_model=UserProfile)
+    async def get_user(request: Request, user_id: str) -> UserProfile:
+        """What is known about a user (404 when nothing is, or after erasure)."""
+        svc = service(request)
+        store = store_of(svc)
+        if await run_in_threadpool(store.is_deleted, user_id):
+            raise UnknownUser(f"unknown user '{user_id}'")
+        events = await run_in_threadpool(store.history, user_id)
+        in_model = user_id in svc.histories
+        if not in_model and not events and store.user(user_id) is None:
+            raise UnknownUser(f"unknown user '{user_id}'")
+        history = svc.user_history(user_id) or []
+        return UserProfile(
+            user_id=user_id, in_model=in_model, history_length=len(history), events=len(events)
+        )
+
+    @app.get("/users/{user_id}/history", response_model=UserHistory)
+    async def get_history(
+        request: Request, user_id: str, limit: int = Query(200, ge=1, le=1000)
+    ) -> UserHistory:
+        """The user's reading history, most recent last: the bundle's, then their events."""
+        profile = await get_user(request, user_id)
+        svc = service(request)
+        store = store_of(svc)
+        items = [
+            HistoryItem(book_id=b, title=book_title(svc, b), source="bundle")
+            for b in svc.histories.get(user_id, [])
+        ]
+        items += [
+            HistoryItem(book_id=b, title=book_title(svc, b), source="event", type=k, timestamp=t)
+            for b, t, k in await run_in_threadpool(store.history, user_id)
+        ]
+        return UserHistory(user_id=profile.user_id, history=items[-limit:])
+
+    def book_title(svc: RecommendationService, book_id: str) -> str | None:
+        index = svc.catalogue.index.get(book_id)
+        if index is not None:
+            return svc.catalogue.titles[index]
+        book = svc.store.book(book_id) if svc.store is not None else None
+        return book["title"] if book else None
+
+    @app.delete("/users/{user_id}", response_model=Erasure)
+    async def delete_user(request: Request, user_id: str) -> Erasure:
+        """GDPR erasure: the user's events and profile are deleted, cached answers purged,
+        the id suppressed from later exports and batch outputs, and an audit entry written
+        (actor from ``X-Actor``; the subject only as a salted hash)."""
+        svc = service(request)
+        store = store_of(svc)
+        actor = request.headers.get("x-actor", "api")
+        removed = await run_in_threadpool(store.delete_user, user_id, actor)
+        if svc.live.cache is not None:
+            await run_in_threadpool(svc.live.cache.invalidate_user, user_id)
+        removed["model_history"] = len(svc.histories.get(user_id, []))  # suppressed from now on
+        logger.info("user erased", request_id=request.state.request_id, actor=actor)
+        return Erasure(user_id=user_id, removed=removed)
+
+    @app.get("/books", response_model=BookList)
+    async def search_books(
+        request: Request,
+        q: str = Query(..., min_length=1, max_length=200),
+        limit: int = Query(20, ge=1, le=100),
+    ) -> BookList:
+        """Full-text search of titles and authors (every word, prefix match)."""
+        store = store_of(service(request))
+        found = await run_in_threadpool(store.search_books, q, limit)
+        return BookList(books=[Book(**b) for b in found])
+
+    @app.get("/books/{book_id}", response_model=Book)
+    async def get_book(request: Request, book_id: str) -> Book:
+        book = await run_in_threadpool(store_of(service(request)).book, book_id)
+        if book is None:
+            raise UnknownBook(f"unknown book id '{book_id}'")
+        return Book(**book)
+
+    @app.post("/books", status_code=201, response_model=Book)
+    async def create_book(request: Request, body: BookCreate) -> Book:
+        """Add a book to the catalogue (409 if the id exists)."""
+        svc = service(request)
+        fields = body.model_dump(exclude={"book_id"})
+        try:
+            book = await run_in_threadpool(store_of(svc).put_book, body.book_id, fields, True)
+        except KeyError:
+            raise BookExists(
+                f"book '{body.book_id}' already exists; use PUT to change it"
+            ) from None
+        svc.catalogue.update(book)
+        return Book(**book)
+
+    @app.put("/books/{book_id}", response_model=Book)
+    async def update_book(request: Request, book_id: str, body: BookIn) -> Book:
+        """Change a book's catalogue fields (404 if it does not exist)."""
+        svc = service(request)
+        fields = body.model_dump(exclude_unset=True)
+        try:
+            book = await run_in_threadpool(store_of(svc).put_book, book_id, fields, False)
+        except LookupError:
+            raise UnknownBook(f"unknown book id '{book_id}'") from None
+        svc.catalogue.update(book)
+        return Book(**book)
+
+    @app.delete("/books/{book_id}", status_code=204)
+    async def delete_book(request: Request, book_id: str) -> Response:
+        """Remove a book from the catalogue: it is no longer recommended or searchable."""
+        svc = service(request)
+        if not await run_in_threadpool(store_of(svc).delete_book, book_id):
+            raise UnknownBook(f"unknown book id '{book_id}'")
+        svc.catalogue.remove(book_id)
+        return Response(status_code=204)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -39,6 +39,7 @@ from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
 from recsys.inference.two_stage import Retrieved, TwoStageRecommender
 from recsys.serving.app import configure_logging, create_app
+from recsys.serving.live import Live
 from recsys.serving.service import RecommendationService
 
 log = logging.getLogger("recsys.serving.ray")
@@ -58,6 +59,11 @@ class RayAppArgs(BaseModel):
     max_ongoing_requests: int = Field(32, ge=1)
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_ms: float = Field(2.0, ge=0)
+    live: dict[str, Any] = Field(
+        default_factory=dict,
+        description="store / trending / cache sections as in configs/serve.yaml "
+        "(default: no store, in-process cache)",
+    )
 
     @field_validator("bundle")
     @classmethod
@@ -233,9 +239,13 @@ class Ingress:
         stage_timeout_ms: float,
         retrieval: DeploymentHandle | None = None,
         ranking: DeploymentHandle | None = None,
+        live: dict[str, Any] | None = None,
     ) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         configure_logging()
+        # Stores, trending and cache outlive bundle swaps (one per replica; the store and
+        # Redis are shared by replicas).
+        self.live = Live.from_config(live or {})
         self.retrieval, self.ranking = retrieval, ranking
         self.stage_timeout_s = stage_timeout_ms / 1000
         self.service = self._service(load_bundle(bundle))
@@ -249,7 +259,7 @@ class Ingress:
             stages = RemoteStages(
                 self.retrieval, self.ranking, str(bundle.path), self.stage_timeout_s * 2 + 1
             )
-        return RecommendationService(bundle, self.stage_timeout_s, stages)
+        return RecommendationService(bundle, self.stage_timeout_s, stages, live=self.live)
 
     def __serve_build_asgi_app__(self) -> Any:
         self.fastapi = create_app(lambda: self.service, echo_request_id=False)
@@ -286,6 +296,8 @@ class Ingress:
                 metrics.swaps.labels("refused").inc()
             return
         old, self.service = self.service, service
+        if self.live.cache is not None:
+            self.live.cache.clear()  # level 2 is keyed by bundle version
         if self.fastapi is not None:
             self.fastapi.state.service = service
         if metrics is not None:
@@ -317,7 +329,7 @@ def build(args: RayAppArgs) -> Application:
         user_config=user_config,
     )
     if args.topology == "fused":
-        return ingress.bind(args.bundle, args.stage_timeout_ms)
+        return ingress.bind(args.bundle, args.stage_timeout_ms, None, None, args.live)
     stage_args = (args.bundle, args.max_batch_size, args.batch_wait_timeout_ms)
     stage_config = {"bundle": args.bundle}
     retrieval = (
@@ -340,4 +352,4 @@ def build(args: RayAppArgs) -> Application:
         )
         .bind(*stage_args)
     )
-    return ingress.bind(args.bundle, args.stage_timeout_ms, retrieval, ranking)
+    return ingress.bind(args.bundle, args.stage_timeout_ms, retrieval, ranking, args.live)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -97,8 +98,109 @@ class Metadata(BaseModel):
     latency_ms: float
     request_id: str
     fallback_reason: str | None = None
+    cache: Literal["l1", "l2"] | None = None  # set when the answer came from the cache
 
 
 class RecommendationResponse(BaseModel):
     recommendations: list[Recommendation]
     metadata: Metadata
+
+
+ID = Field(..., min_length=1, max_length=200, pattern=r"^[^\s/]+$")
+MAX_EVENTS = 1000
+EventType = Literal["view", "rate", "want_to_read", "read", "purchase"]
+
+
+class EventIn(BaseModel):
+    """One interaction. Send ``event_id`` to make retries idempotent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = ID
+    book_id: str = ID
+    type: EventType
+    value: float | None = Field(None, ge=0, le=10, description="rating (type=rate): 0-10")
+    timestamp: float | None = Field(
+        None, description="epoch seconds; default: when received. Not more than 1 h ahead."
+    )
+    event_id: str | None = Field(None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _check(self) -> EventIn:
+        if self.type == "rate" and self.value is None:
+            raise ValueError("a rate event needs a value (0-10)")
+        if self.timestamp is not None:
+            if self.timestamp < 0:
+                raise ValueError("timestamp must be epoch seconds")
+            if self.timestamp > time.time() + 3600:
+                raise ValueError("timestamp is in the future")
+        return self
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(..., min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsAccepted(BaseModel):
+    stored: int
+    duplicates: int
+
+
+class BookIn(BaseModel):
+    """Catalogue fields of a book (create or update)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, max_length=500)
+    authors: str | None = Field(None, max_length=500)
+    year: int | None = Field(None, ge=0, le=3000)
+    publisher: str | None = Field(None, max_length=500)
+    language: str | None = Field(None, max_length=32)
+    tags: list[str] = Field(default_factory=list, max_length=100)
+    cover_url: str | None = Field(None, max_length=2000)
+
+
+class BookCreate(BookIn):
+    book_id: str = ID
+
+
+class Book(BaseModel):
+    book_id: str
+    title: str | None = None
+    authors: str | None = None
+    year: int | None = None
+    publisher: str | None = None
+    language: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    cover_url: str | None = None
+
+
+class BookList(BaseModel):
+    books: list[Book]
+
+
+class UserProfile(BaseModel):
+    user_id: str
+    in_model: bool = Field(description="the bundle has a history for this user")
+    history_length: int
+    events: int
+
+
+class HistoryItem(BaseModel):
+    book_id: str
+    title: str | None
+    source: Literal["bundle", "event"]
+    type: str | None = None
+    timestamp: float | None = None
+
+
+class UserHistory(BaseModel):
+    user_id: str
+    history: list[HistoryItem]
+
+
+class Erasure(BaseModel):
+    user_id: str
+    removed: dict[str, int]

@@ -23,6 +23,7 @@ from recsys.errors import RecsysError
 from recsys.features.ranking import Candidates
 from recsys.features.vocab import NUM_RESERVED
 from recsys.serving.batching import MicroBatcher
+from recsys.serving.live import Live
 from recsys.serving.schemas import Filters
 from recsys.serving.stages import LocalStages, Stages
 
@@ -59,26 +60,59 @@ class Answer:
 
 
 class Catalogue:
-    """Book metadata by vocabulary index, for filters and responses."""
+    """Book metadata by vocabulary index, for filters and responses.
 
-    def __init__(self, bundle: Bundle) -> None:
+    ``books`` is the live catalogue (the store's, when serving has one; the bundle's
+    otherwise). Model books missing from it were removed from the catalogue: never
+    recommended.
+    """
+
+    def __init__(self, bundle: Bundle, books: pl.DataFrame | None = None) -> None:
         vocab = bundle.state.books
-        books = pl.DataFrame({"book_id": vocab.ids}).join(
-            bundle.books, on="book_id", how="left", maintain_order="left"
+        table = bundle.books if books is None else books
+        present = pl.DataFrame({"book_id": vocab.ids}).join(
+            table.select("book_id").with_columns(present=pl.lit(True)),
+            on="book_id",
+            how="left",
+            maintain_order="left",
+        )
+        frame = pl.DataFrame({"book_id": vocab.ids}).join(
+            table, on="book_id", how="left", maintain_order="left"
         )
         pad: list[Any] = [None] * NUM_RESERVED
-        self.ids: list[str | None] = pad + books.get_column("book_id").to_list()
-        self.titles: list[str | None] = pad + books.get_column("title").to_list()
-        self.authors: list[str | None] = pad + books.get_column("authors").to_list()
-        years = books.get_column("year").fill_null(-1).to_numpy()
+        self.index = {b: i + NUM_RESERVED for i, b in enumerate(vocab.ids.to_list())}
+        self.ids: list[str | None] = pad + vocab.ids.to_list()
+        self.titles: list[str | None] = pad + frame.get_column("title").to_list()
+        self.authors: list[str | None] = pad + frame.get_column("authors").to_list()
+        years = frame.get_column("year").fill_null(-1).to_numpy()
         self.years = np.concatenate([[-1] * NUM_RESERVED, years])
-        self.languages = np.array(pad + books.get_column("language").to_list(), dtype=object)
+        self.languages = np.array(pad + frame.get_column("language").to_list(), dtype=object)
+        self.listed = np.concatenate(
+            [[False] * NUM_RESERVED, present.get_column("present").fill_null(False).to_numpy()]
+        )
+
+    def update(self, book: dict[str, Any]) -> None:
+        """A catalogue edit (create or update) of a book the model knows."""
+        index = self.index.get(str(book["book_id"]))
+        if index is None:
+            return
+        self.titles[index], self.authors[index] = book.get("title"), book.get("authors")
+        year = book.get("year")
+        self.years[index] = -1 if year is None else int(year)
+        self.languages[index] = book.get("language")
+        self.listed[index] = True
+
+    def remove(self, book_id: str) -> None:
+        index = self.index.get(book_id)
+        if index is not None:
+            self.listed[index] = False
 
     def allowed(self, filters: Filters | None, exclude: set[int]) -> np.ndarray | None:
         """Bool per book index, or None when nothing is filtered."""
-        if filters is None and not exclude:
+        removed = not self.listed[NUM_RESERVED:].all()
+        if filters is None and not exclude and not removed:
             return None
-        mask = np.ones(len(self.ids), dtype=bool)
+        mask = self.listed.copy()
         mask[:NUM_RESERVED] = False
         if exclude:
             mask[list(exclude)] = False
@@ -105,6 +139,8 @@ class RecommendationService:
         stage_timeout_s: time budget of the personalised path before popularity answers.
         stages: where retrieval and ranking run (default: in this process, from ``bundle``).
         max_batch: most concurrent personalised requests answered by one model call.
+        live: stores, trending and cache (events, catalogue edits, erasure); None serves the
+            bundle alone.
     """
 
     def __init__(
@@ -113,6 +149,7 @@ class RecommendationService:
         stage_timeout_s: float = 0.1,
         stages: Stages | None = None,
         max_batch: int = 16,
+        live: Live | None = None,
     ) -> None:
         self.bundle = bundle
         self.version = bundle.version
@@ -123,7 +160,13 @@ class RecommendationService:
         if self.stages is None and self.pipeline is not None:
             self.stages = LocalStages(self.pipeline)
         self.popularity = bundle.popularity
-        self.catalogue = Catalogue(bundle)
+        self.live = live if live is not None else Live()
+        self.store = self.live.store
+        if self.store is not None:
+            self.store.seed_books(bundle.books)
+            self.catalogue = Catalogue(bundle, self.store.books_frame())
+        else:
+            self.catalogue = Catalogue(bundle)
         self.histories: dict[str, list[str]] = dict(bundle.known_histories.iter_rows())
         # One model thread, micro-batching concurrent requests (see recsys.serving.batching).
         self._batcher: MicroBatcher[Personal, Answer] = MicroBatcher(
@@ -141,9 +184,22 @@ class RecommendationService:
 
     def book_index(self, book_id: str) -> int:
         idx = self.bundle.state.books.encode_one(book_id)
-        if idx < NUM_RESERVED:
+        if idx < NUM_RESERVED or not self.catalogue.listed[idx]:
             raise UnknownBook(f"unknown book id '{book_id}'")
         return idx
+
+    def user_history(self, user_id: str) -> list[str] | None:
+        """Every book known for the user: the bundle's history, then events since (the store),
+        without repeats. None for an erased user (served as unknown)."""
+        if self.store is None:
+            return self.histories.get(user_id)
+        if self.store.is_deleted(user_id):
+            return None
+        known = self.histories.get(user_id, [])
+        events = self.store.history_books(user_id)
+        if not events:
+            return known or None
+        return list(dict.fromkeys([*known, *events]))
 
     def title(self, index: int) -> str:
         return str(self.catalogue.titles[index] or self.catalogue.ids[index])
@@ -157,8 +213,9 @@ class RecommendationService:
         source: str = "popularity",
     ) -> Answer:
         books = []
+        listed = self.catalogue.listed
         for book in self.popularity.order:
-            if book not in exclude and (allowed is None or allowed[book]):
+            if book not in exclude and listed[book] and (allowed is None or allowed[book]):
                 books.append(int(book))
                 if len(books) == limit:
                     break
@@ -294,7 +351,7 @@ class RecommendationService:
             i for i in (self.bundle.state.books.encode_one(b) for b in exclude_ids) if i >= 2
         }
         allowed = self.catalogue.allowed(filters, exclude)
-        history = self.histories.get(user_id)
+        history = self.user_history(user_id)
         if not history:
             return self.popular(limit, exclude, allowed, "unknown_user")
         matrix = self.bundle.history_matrix([history])
@@ -318,7 +375,7 @@ class RecommendationService:
         top, scores = self.retriever.similar_books([book_id], fetch, allowed)
         books = [int(b) for b in top[0] if b >= 0]
         sims = [float(s) for s in scores[0][: len(books)]]
-        history = list(self.histories.get(user_id or "", [])) + list(preferences or [])
+        history = list(self.user_history(user_id or "") or []) + list(preferences or [])
         if history and books:  # re-rank for the user: similarity + affinity to their reading
             matrix = self.bundle.history_matrix([history])
             user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])
@@ -342,7 +399,8 @@ class RecommendationService:
     ) -> Answer:
         for book in seed_books:
             self.book_index(book)  # unknown seed books are a client error
-        combined = list(self.histories.get(user_id or "", [])) + list(history) + list(seed_books)
+        stored = self.user_history(user_id) if user_id else None
+        combined = list(stored or []) + list(history) + list(seed_books)
         allowed = self.catalogue.allowed(filters, set())
         known = [b for b in combined if self.bundle.state.books.encode_one(b) >= NUM_RESERVED]
         if not known:
@@ -355,6 +413,25 @@ class RecommendationService:
         )
 
     def trending(self, limit: int) -> Answer:
-        answer = self.popular(limit, set(), None, None, source="trending")
-        answer.reasons = ["trending now"] * len(answer.books)
-        return answer
+        """Books with the most time-decayed recent events, then the bundle's popularity
+        (the cold start: before any event, trending is popularity)."""
+        books: list[int] = []
+        scores: list[float] = []
+        reasons: list[str] = []
+        trending = self.live.trending
+        if trending is not None:
+            self.live.refresh_trending()
+            for book_id, score in trending.top(limit * 2):
+                index = self.catalogue.index.get(book_id)
+                if index is not None and self.catalogue.listed[index]:
+                    books.append(index)
+                    scores.append(score)
+                    reasons.append("trending now")
+                    if len(books) == limit:
+                        break
+        if len(books) < limit:
+            fill = self.popular(limit - len(books), set(books), None, None)
+            books += fill.books
+            scores += [0.0] * len(fill.books)  # below every trending score
+            reasons += fill.reasons
+        return Answer(books, scores, reasons, "trending")

@@ -1,0 +1,131 @@
+"""Two-level response cache: in-process LRU (level 1) and Redis (level 2, optional).
+
+Entries are grouped per user: key ``recsys:<bundle version>:user:<user id>`` holds a hash of
+``request-parameters digest -> response JSON``. An event for a user deletes that user's group
+(one key in Redis); a bundle swap changes the version in every key, so nothing cached for the
+old bundle is ever read again (and it expires by TTL). With Redis, replicas share level 2; a
+replica's level 1 may serve an entry up to ``l1_ttl_s`` after another replica invalidated it,
+so keep ``l1_ttl_s`` short when several replicas run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def digest(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class ResponseCache:
+    """Args:
+    ttl_s: entry lifetime (Redis and level 1 without Redis).
+    l1_ttl_s: level-1 lifetime when Redis is configured.
+    max_users: level-1 capacity in users (least recently used evicted).
+    redis_url: ``redis://host:port/db``; None keeps level 1 only (the embedded default).
+    """
+
+    def __init__(
+        self,
+        ttl_s: float = 3600.0,
+        l1_ttl_s: float = 10.0,
+        max_users: int = 100_000,
+        redis_url: str | None = None,
+    ) -> None:
+        self.ttl_s, self.max_users = ttl_s, max_users
+        self.l1_ttl_s = l1_ttl_s if redis_url else ttl_s
+        self._l1: OrderedDict[str, dict[str, tuple[float, str]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.redis: Any = None
+        if redis_url:
+            import redis
+
+            self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.05)
+
+    @staticmethod
+    def group(version: str, user_id: str) -> str:
+        return f"recsys:{version}:user:{user_id}"
+
+    def get(self, version: str, user_id: str, params: dict[str, Any]) -> tuple[str | None, str]:
+        """(cached JSON or None, where: ``l1``, ``l2`` or ``miss``)."""
+        group, field = self.group(version, user_id), digest(params)
+        now = time.monotonic()
+        with self._lock:
+            entries = self._l1.get(group)
+            if entries is not None:
+                self._l1.move_to_end(group)
+                hit = entries.get(field)
+                if hit is not None and hit[0] > now:
+                    return hit[1], "l1"
+        if self.redis is not None:
+            try:
+                value = self.redis.hget(group, field)
+            except Exception as exc:  # Redis down: serve without level 2
+                log.warning("redis unavailable (%s); level-2 cache skipped", exc)
+                return None, "miss"
+            if value is not None:
+                text = value.decode()
+                self._put_l1(group, field, text, now)
+                return text, "l2"
+        return None, "miss"
+
+    def put(self, version: str, user_id: str, params: dict[str, Any], value: str) -> None:
+        group, field = self.group(version, user_id), digest(params)
+        self._put_l1(group, field, value, time.monotonic())
+        if self.redis is not None:
+            try:
+                pipe = self.redis.pipeline()
+                pipe.hset(group, field, value)
+                pipe.expire(group, int(self.ttl_s))
+                pipe.execute()
+            except Exception as exc:
+                log.warning("redis unavailable (%s); level-2 cache not written", exc)
+
+    def _put_l1(self, group: str, field: str, value: str, now: float) -> None:
+        with self._lock:
+            entries = self._l1.setdefault(group, {})
+            entries[field] = (now + self.l1_ttl_s, value)
+            self._l1.move_to_end(group)
+            while len(self._l1) > self.max_users:
+                self._l1.popitem(last=False)
+
+    def invalidate_user(self, user_id: str, version: str | None = None) -> None:
+        """Drop cached answers for ``user_id``: of bundle ``version`` in Redis (one key: what
+        an event needs), or of every version (a scan: what an erasure needs). Level 1 drops
+        every version either way."""
+        suffix = f":user:{user_id}"
+        with self._lock:
+            for group in [g for g in self._l1 if g.endswith(suffix)]:
+                del self._l1[group]
+        if self.redis is not None:
+            try:
+                if version is not None:
+                    self.redis.delete(self.group(version, user_id))
+                    return
+                keys = list(self.redis.scan_iter(match=f"recsys:*:user:{_escape(user_id)}"))
+                if keys:
+                    self.redis.delete(*keys)
+            except Exception as exc:
+                log.warning("redis unavailable (%s); level-2 entries expire by TTL", exc)
+
+    def clear(self) -> None:
+        """Level 1 only: a bundle swap makes level-2 keys unreachable by version."""
+        with self._lock:
+            self._l1.clear()
+
+    def l1_users(self) -> list[str]:
+        with self._lock:
+            return list(self._l1)
+
+
+def _escape(text: str) -> str:
+    """Escape Redis glob characters."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

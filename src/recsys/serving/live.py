@@ -1,0 +1,63 @@
+"""What serving keeps beyond the bundle: stores, trending and the response cache.
+
+Process-level (not tied to a bundle version): a hot swap hands the same ``Live`` to the new
+service, clears level 1 of the cache, and the bundle version in cache keys retires the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys.serving.cache import ResponseCache
+from recsys.serving.trending import Trending
+from recsys.stores.sql import EVENT_TYPES, Store
+
+
+@dataclass
+class Live:
+    store: Store | None = None
+    trending: Trending | None = None
+    cache: ResponseCache | None = None
+    refresh_s: float = 10.0
+
+    def refresh_trending(self, force: bool = False) -> None:
+        """Rebuild trending from the store when it is older than ``refresh_s``."""
+        if self.store is None or self.trending is None:
+            return
+        now = time.time()
+        if force or now - self.trending.built_at >= self.refresh_s:
+            self.trending.rebuild(self.store.recent(now - self.trending.window_s), now)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Live:
+        """From the ``store``, ``trending`` and ``cache`` sections of the serve config."""
+        store = None
+        url = cfg.get("store", {}).get("url") if cfg.get("store") else None
+        if url:
+            if url.startswith("sqlite:///"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            store = Store(url, cfg["store"].get("history_types") or EVENT_TYPES)
+        trend = cfg.get("trending") or {}
+        trending = Trending(
+            half_life_s=float(trend.get("half_life_hours", 6)) * 3600,
+            window_s=float(trend.get("window_days", 7)) * 86400,
+        )
+        cache_cfg = cfg.get("cache") or {}
+        cache = None
+        if cache_cfg.get("enabled", True):
+            cache = ResponseCache(
+                ttl_s=float(cache_cfg.get("ttl_s", 3600)),
+                l1_ttl_s=float(cache_cfg.get("l1_ttl_s", 10)),
+                max_users=int(cache_cfg.get("max_users", 100_000)),
+                redis_url=cache_cfg.get("redis_url"),
+            )
+        live = cls(store, trending, cache, float(trend.get("refresh_s", 10)))
+        live.refresh_trending(force=True)
+        return live
