@@ -58,13 +58,11 @@ async def load(base: str, make: Any, clients: int, seconds: float) -> dict[str, 
             method, path, body = make()
             started = time.perf_counter()
             response = await client.request(method, path, json=body)
-            if response.status_code == 200:
+            if response.is_success:
                 latencies.append(time.perf_counter() - started)
                 # Timeouts and stage errors answer 200 from popularity: count them apart.
-                fallbacks += response.json()["metadata"]["fallback_reason"] in (
-                    "timeout",
-                    "stage_error",
-                )
+                meta = response.json().get("metadata") or {}
+                fallbacks += meta.get("fallback_reason") in ("timeout", "stage_error")
             else:
                 errors += 1
 
