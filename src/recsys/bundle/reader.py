@@ -199,27 +199,11 @@ class Bundle:
 
     def history_matrix(self, histories: list[list[str]]) -> sp.csr_matrix:
         """Raw book-id histories (oldest first) as CSR rows over the book vocabulary, unknown
-        ids dropped. Values are recency ranks (1 = oldest; a repeated book keeps its latest
-        position), so feature encoding can keep the most recent books of a long history."""
-        rows, cols, ranks = [], [], []
-        for row, history in enumerate(histories):
-            idx = self.state.books.encode(pl.Series(history, dtype=pl.String))
-            position = np.arange(1, idx.size + 1, dtype=np.float32)
-            keep = idx >= 2
-            idx, position = idx[keep], position[keep]
-            # the last occurrence of each book: unique over the reversed sequence
-            _, last = np.unique(idx[::-1], return_index=True)
-            chosen = idx.size - 1 - last
-            rows.append(np.full(chosen.size, row))
-            cols.append(idx[chosen])
-            ranks.append(position[chosen])
-        r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-        v = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.float32)
-        return sp.csr_matrix(
-            (v.astype(np.float32), (r, c)),
-            shape=(len(histories), self.state.books.size),
-        )
+        ids dropped. See :func:`history_matrix`."""
+        encoded = [
+            self.state.books.encode(pl.Series(history, dtype=pl.String)) for history in histories
+        ]
+        return history_matrix(encoded, self.state.books.size)
 
     def recommender(self, use_index: bool = True) -> TwoTowerRecommender:
         """Two-tower recommender: retrieval through the FAISS index when the bundle has one
@@ -243,3 +227,27 @@ def load_bundle(path: str | Path) -> Bundle:
     if manifest.score_fn != SCORE_FN:
         raise BundleError(f"{folder}: score_fn {manifest.score_fn!r} is not {SCORE_FN!r}.")
     return Bundle(folder, manifest)
+
+
+def history_matrix(encoded: list[np.ndarray], n_books: int) -> sp.csr_matrix:
+    """Histories as book indices (oldest first; indices < 2 are dropped) -> CSR rows.
+
+    Values are recency ranks (1 = oldest; a repeated book keeps its latest position), so
+    feature encoding can keep the most recent books of a long history.
+    """
+    rows, cols, ranks = [], [], []
+    for row, idx in enumerate(encoded):
+        idx = np.asarray(idx, dtype=np.int64)
+        position = np.arange(1, idx.size + 1, dtype=np.float32)
+        keep = idx >= 2
+        idx, position = idx[keep], position[keep]
+        # the last occurrence of each book: unique over the reversed sequence
+        _, last = np.unique(idx[::-1], return_index=True)
+        chosen = idx.size - 1 - last
+        rows.append(np.full(chosen.size, row))
+        cols.append(idx[chosen])
+        ranks.append(position[chosen])
+    r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+    v = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.float32)
+    return sp.csr_matrix((v.astype(np.float32), (r, c)), shape=(len(encoded), n_books))

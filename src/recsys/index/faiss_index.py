@@ -107,6 +107,15 @@ class FaissIndex:
         if "k_factor" in params:
             inner.k_factor = params["k_factor"]
 
+    def with_added(self, vectors: np.ndarray, book_indices: np.ndarray) -> FaissIndex:
+        """A copy with vectors for new books added (rows map to ``book_indices``); the
+        original is untouched (it may be shared). Every index type here supports ``add``
+        (IVF types assign new vectors to their trained lists)."""
+        index = faiss.clone_index(self.index)
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        books = np.concatenate([self.book_index, np.asarray(book_indices, np.int64)])
+        return FaissIndex(index, books, self.report)
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` book indices ``[B, k]`` (-1 when fewer) and inner products."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)

@@ -5,6 +5,7 @@ short reason."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -128,7 +129,24 @@ class TwoStageRecommender:
         self.books, self.log_popularity = books, log_popularity
         self.retriever = generator.retriever
         self.n_books = self.retriever.n_books
+        self.base_books = self.n_books
         self.num_tags = int(self.retriever.state.tags.size)
+
+    def add_books(self, features: BookFeatures, vectors: np.ndarray) -> np.ndarray:
+        """Add catalogue books the model never saw: retrieval finds them by their book-tower
+        ``vectors``; the ranker scores them from their side ``features`` (OOV id, no
+        popularity, no co-reads yet). Returns their new indices."""
+        new = self.retriever.add_books(vectors)
+        self.books = cast(
+            BookFeatures,
+            {k: torch.cat([self.books[k], features[k]]) for k in self.books},  # type: ignore[literal-required]
+        )
+        self.log_popularity = torch.cat([self.log_popularity, torch.zeros(len(new))])
+        neighbours = self.generator.cooccurrence.neighbours.tocsr(copy=True)
+        neighbours.resize((self.retriever.n_books, self.retriever.n_books))
+        self.generator.cooccurrence = CooccurrenceRecommender(neighbours)  # never shared
+        self.n_books = self.retriever.n_books
+        return new
 
     def retrieve(
         self, users: np.ndarray, history: sp.csr_matrix, exclude_seen: bool = True
@@ -150,10 +168,10 @@ class TwoStageRecommender:
         dense = pair_features(
             cands, retrieved.history, self.books, self.log_popularity, self.num_tags
         )
+        ids = np.maximum(cands.books, 0)
+        ids[ids >= self.base_books] = 1  # added books: the ranker's OOV id, real side features
         with torch.no_grad():
-            scores = self.ranker(
-                dense, retrieved.history, torch.from_numpy(np.maximum(cands.books, 0))
-            )
+            scores = self.ranker(dense, retrieved.history, torch.from_numpy(ids))
         scores = scores.numpy().astype(np.float32)
         scores[~cands.mask] = -np.inf
         return dense, scores

@@ -43,7 +43,19 @@ class TwoTowerRecommender(ScoringRecommender):
         self.temperature = temperature
         self.user_side = user_side
         self.n_books = self.book_embeddings.shape[0]
+        self.base_books = self.n_books  # the user tower knows these; later ones were added
         self.index = index
+
+    def add_books(self, vectors: np.ndarray) -> np.ndarray:
+        """Make new books retrievable: their (book-tower) vectors get the next indices."""
+        new = np.arange(self.n_books, self.n_books + len(vectors), dtype=np.int64)
+        self.book_embeddings = np.ascontiguousarray(
+            np.vstack([self.book_embeddings, vectors]), dtype=np.float32
+        )
+        self.n_books += len(vectors)
+        if self.index is not None:
+            self.index = self.index.with_added(vectors, new)
+        return new
 
     @torch.no_grad()
     def encode(self, features: UserFeatures) -> np.ndarray:
@@ -65,6 +77,8 @@ class TwoTowerRecommender(ScoringRecommender):
         for i in range(len(users)):
             start, end = history.indptr[i], history.indptr[i + 1]
             books, values = history.indices[start:end], history.data[start:end]
+            known = books < self.base_books  # added books have no history embedding
+            books, values = books[known], values[known]
             rows.append(books[np.lexsort((books, values))])
         idx = torch.from_numpy(np.asarray(users, dtype=np.int64))
         known = idx < self.user_side["age"].numel()

@@ -115,7 +115,7 @@ class BatchScorer:
                     histories.append(history)
             if not chunk:
                 continue
-            matrix = self.bundle.history_matrix(histories)
+            matrix = self.service.history_matrix(histories)
             requests = [
                 Personal(user, matrix[row : row + 1], self.k, set(), None, "personalized")
                 for row, user in enumerate(chunk)

@@ -465,7 +465,10 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
             raise BookExists(
                 f"book '{body.book_id}' already exists; use PUT to change it"
             ) from None
-        svc.catalogue.update(book)
+        if book["book_id"] in svc.catalogue.index:
+            svc.catalogue.update(book)  # a model book deleted earlier and listed again
+        else:
+            await run_in_threadpool(svc.add_books, [book])  # retrievable now, no retraining
         return Book(**book)
 
     @app.put("/books/{book_id}", response_model=Book)

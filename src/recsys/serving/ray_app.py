@@ -212,12 +212,20 @@ class RemoteStages:
     """
 
     def __init__(
-        self, retrieval: DeploymentHandle, ranking: DeploymentHandle, bundle: str, timeout_s: float
+        self,
+        retrieval: DeploymentHandle,
+        ranking: DeploymentHandle,
+        bundle: str,
+        timeout_s: float,
+        n_books: int,
     ) -> None:
         self.retrieval, self.ranking = retrieval, ranking
-        self.bundle, self.timeout_s = bundle, timeout_s
+        self.bundle, self.timeout_s, self.n_books = bundle, timeout_s, n_books
 
     def retrieve(self, users: np.ndarray, history: sp.csr_matrix) -> Retrieved:
+        # The stage deployments know the bundle's books only: books added to the catalogue
+        # since are retrievable in the fused topology (and the local runner), not here.
+        history = history[:, : self.n_books]
         response = self.retrieval.retrieve.remote(self.bundle, users, history)
         result: Retrieved = response.result(timeout_s=self.timeout_s)
         return result
@@ -257,7 +265,11 @@ class Ingress:
             # The stages answer within the budget or the service falls back; the handle
             # gives up a little later so no worker thread waits forever.
             stages = RemoteStages(
-                self.retrieval, self.ranking, str(bundle.path), self.stage_timeout_s * 2 + 1
+                self.retrieval,
+                self.ranking,
+                str(bundle.path),
+                self.stage_timeout_s * 2 + 1,
+                bundle.state.books.size,
             )
         return RecommendationService(bundle, self.stage_timeout_s, stages, live=self.live)
 

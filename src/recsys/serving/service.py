@@ -8,6 +8,7 @@ are answered from popularity, and the answer says so.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
-from recsys.bundle.reader import Bundle
+from recsys.bundle.reader import Bundle, history_matrix
 from recsys.errors import RecsysError
+from recsys.features.pipeline import transform_books
 from recsys.features.ranking import Candidates
 from recsys.features.vocab import NUM_RESERVED
 from recsys.serving.batching import MicroBatcher
@@ -102,6 +104,19 @@ class Catalogue:
         self.languages[index] = book.get("language")
         self.listed[index] = True
 
+    def add(self, book: dict[str, Any]) -> int:
+        """Append a book the model never saw; returns its index."""
+        index = len(self.ids)
+        self.index[str(book["book_id"])] = index
+        self.ids.append(str(book["book_id"]))
+        self.titles.append(book.get("title"))
+        self.authors.append(book.get("authors"))
+        year = book.get("year")
+        self.years = np.append(self.years, -1 if year is None else int(year))
+        self.languages = np.append(self.languages, np.array([book.get("language")], dtype=object))
+        self.listed = np.append(self.listed, True)
+        return index
+
     def remove(self, book_id: str) -> None:
         index = self.index.get(book_id)
         if index is not None:
@@ -154,8 +169,10 @@ class RecommendationService:
         self.bundle = bundle
         self.version = bundle.version
         self.stage_timeout_s = stage_timeout_s
-        self.retriever = bundle.recommender()
         self.pipeline = bundle.two_stage() if bundle.has_ranker else None
+        # one retriever: books added to the catalogue are added to it once
+        self.retriever = self.pipeline.retriever if self.pipeline else bundle.recommender()
+        self._model_lock = threading.Lock()  # model calls vs. adding books
         self.stages: Stages | None = stages
         if self.stages is None and self.pipeline is not None:
             self.stages = LocalStages(self.pipeline)
@@ -164,7 +181,11 @@ class RecommendationService:
         self.store = self.live.store
         if self.store is not None:
             self.store.seed_books(bundle.books)
-            self.catalogue = Catalogue(bundle, self.store.books_frame())
+            books = self.store.books_frame()
+            self.catalogue = Catalogue(bundle, books)
+            added = books.filter(~pl.col("book_id").is_in(bundle.state.books.ids.implode()))
+            if added.height:  # books added through the API since this bundle was trained
+                self.add_books([self.store.book(b) or {"book_id": b} for b in added["book_id"]])
         else:
             self.catalogue = Catalogue(bundle)
         self.histories: dict[str, list[str]] = dict(bundle.known_histories.iter_rows())
@@ -182,11 +203,52 @@ class RecommendationService:
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def history_matrix(self, histories: list[list[str]]) -> sp.csr_matrix:
+        """Histories as CSR rows over the live catalogue (model books and added ones)."""
+        index = self.catalogue.index
+        encoded = [np.array([index.get(b, 1) for b in h], dtype=np.int64) for h in histories]
+        return history_matrix(encoded, len(self.catalogue.ids))
+
     def book_index(self, book_id: str) -> int:
-        idx = self.bundle.state.books.encode_one(book_id)
+        idx = self.catalogue.index.get(book_id, 1)
         if idx < NUM_RESERVED or not self.catalogue.listed[idx]:
             raise UnknownBook(f"unknown book id '{book_id}'")
         return idx
+
+    def add_books(self, books: list[dict[str, Any]]) -> None:
+        """Make catalogue books the model never saw retrievable now: a book-tower vector from
+        their side features (author, publisher, year, language, tags; the id is OOV)."""
+        new = [b for b in books if str(b["book_id"]) not in self.catalogue.index]
+        if not new:
+            return
+        frame = pl.DataFrame(
+            {
+                "book_id": [str(b["book_id"]) for b in new],
+                "authors": [b.get("authors") for b in new],
+                "publisher": [b.get("publisher") for b in new],
+                "year": [b.get("year") for b in new],
+                "language": [b.get("language") for b in new],
+                "tags": [list(b.get("tags") or []) for b in new],
+            },
+            schema={
+                "book_id": pl.String,
+                "authors": pl.String,
+                "publisher": pl.String,
+                "year": pl.Int32,
+                "language": pl.String,
+                "tags": pl.List(pl.String),
+            },
+        )
+        features = transform_books(frame, self.bundle.state)
+        with torch.no_grad():
+            vectors = self.bundle.book_tower(**features).numpy().astype(np.float32)
+        with self._model_lock:
+            if self.pipeline is not None:
+                indices = self.pipeline.add_books(features, vectors)
+            else:
+                indices = self.retriever.add_books(vectors)
+            for book, index in zip(new, indices, strict=True):
+                assert self.catalogue.add(book) == index
 
     def user_history(self, user_id: str) -> list[str] | None:
         """Every book known for the user: the bundle's history, then events since (the store),
@@ -245,6 +307,10 @@ class RecommendationService:
         The one path behind every personalised answer: online requests (micro-batched) and
         offline batch scoring (``explain=False`` skips the reasons).
         """
+        with self._model_lock:
+            return self._personalised(requests, explain)
+
+    def _personalised(self, requests: list[Personal], explain: bool) -> list[Answer]:
         if self.fail_next_stage:
             self.fail_next_stage = False
             raise RuntimeError("injected stage failure")
@@ -254,7 +320,12 @@ class RecommendationService:
         users = np.array(
             [self.bundle.state.users.encode_one(r.user_id) if r.user_id else 1 for r in requests]
         )
-        matrix = sp.vstack([r.matrix for r in requests], format="csr")
+        stacked = sp.vstack([r.matrix for r in requests], format="csr")
+        # rows built before a book was added are narrower: widen them to the catalogue
+        matrix = sp.csr_matrix(
+            (stacked.data, stacked.indices, stacked.indptr),
+            shape=(stacked.shape[0], self.retriever.n_books),
+        )
         if self.pipeline is not None and self.stages is not None:
             started = time.perf_counter()
             retrieved = self.stages.retrieve(users, matrix)
@@ -347,14 +418,12 @@ class RecommendationService:
     def for_user(
         self, user_id: str, limit: int, exclude_ids: list[str], filters: Filters | None
     ) -> Answer:
-        exclude = {
-            i for i in (self.bundle.state.books.encode_one(b) for b in exclude_ids) if i >= 2
-        }
+        exclude = {i for i in (self.catalogue.index.get(b, 1) for b in exclude_ids) if i >= 2}
         allowed = self.catalogue.allowed(filters, exclude)
         history = self.user_history(user_id)
         if not history:
             return self.popular(limit, exclude, allowed, "unknown_user")
-        matrix = self.bundle.history_matrix([history])
+        matrix = self.history_matrix([history])
         seen = set(matrix.indices.tolist())
         return self._guarded(
             Personal(user_id, matrix, limit, exclude, allowed, "personalized"),
@@ -372,12 +441,13 @@ class RecommendationService:
         index = self.book_index(book_id)
         allowed = self.catalogue.allowed(filters, set())
         fetch = limit * 3 if (user_id or preferences) else limit
-        top, scores = self.retriever.similar_books([book_id], fetch, allowed)
+        query = self.retriever.book_embeddings[[index]]
+        top, scores = self.retriever.search(query, fetch, [{index}], allowed)
         books = [int(b) for b in top[0] if b >= 0]
         sims = [float(s) for s in scores[0][: len(books)]]
         history = list(self.user_history(user_id or "") or []) + list(preferences or [])
         if history and books:  # re-rank for the user: similarity + affinity to their reading
-            matrix = self.bundle.history_matrix([history])
+            matrix = self.history_matrix([history])
             user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])
             vector = self.retriever.encode(self.retriever.features_from_matrix(user, matrix))[0]
             affinity = self.retriever.book_embeddings[books] @ vector / self.retriever.temperature
@@ -402,10 +472,10 @@ class RecommendationService:
         stored = self.user_history(user_id) if user_id else None
         combined = list(stored or []) + list(history) + list(seed_books)
         allowed = self.catalogue.allowed(filters, set())
-        known = [b for b in combined if self.bundle.state.books.encode_one(b) >= NUM_RESERVED]
+        known = [b for b in combined if self.catalogue.index.get(b, 1) >= NUM_RESERVED]
         if not known:
             return self.popular(limit, set(), allowed, "no_known_history")
-        matrix = self.bundle.history_matrix([known])
+        matrix = self.history_matrix([known])
         seen = set(matrix.indices.tolist())
         return self._guarded(
             Personal(user_id, matrix, limit, set(), allowed, "hybrid"),
