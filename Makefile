@@ -32,12 +32,12 @@ demo: $(STAMP)  ## the main job end to end on offline synthetic data
 	$(BIN)/recsys demo
 
 lint: $(STAMP)  ## ruff lint + format check
-	$(BIN)/ruff check src tests benchmarks training index
-	$(BIN)/ruff format --check src tests benchmarks training index
+	$(BIN)/ruff check src tests benchmarks training index scripts
+	$(BIN)/ruff format --check src tests benchmarks training index scripts
 
 fmt: $(STAMP)  ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix src tests benchmarks training index
-	$(BIN)/ruff format src tests benchmarks training index
+	$(BIN)/ruff check --fix src tests benchmarks training index scripts
+	$(BIN)/ruff format src tests benchmarks training index scripts
 
 typecheck: $(STAMP)  ## mypy on src/recsys
 	$(BIN)/mypy

@@ -47,7 +47,9 @@ def summarise(
     }
 
 
-async def load(base: str, make: Any, clients: int, seconds: float) -> dict[str, float]:
+async def load(
+    base: str, make: Any, clients: int, seconds: float, headers: dict[str, str] | None = None
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = fallbacks = 0
     deadline = time.perf_counter() + seconds
@@ -67,7 +69,9 @@ async def load(base: str, make: Any, clients: int, seconds: float) -> dict[str, 
                 errors += 1
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=30, limits=limits, headers=headers or {}
+    ) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
         return summarise(latencies, errors, time.perf_counter() - started, fallbacks)
@@ -105,11 +109,16 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     }
 
 
+# the response cache is off everywhere here (benchmarks/live.py measures it)
+OPEN = ["auth.enabled=false", "rate_limits.enabled=false", "cache.enabled=false"]
 RUNNERS = {
-    "local": ["engine=local"],
-    "ray-fused": ["engine=ray", "ray.topology=fused"],
-    "ray-chained": ["engine=ray", "ray.topology=chained"],
+    "local": ["engine=local", *OPEN],
+    # the product default: bearer token checked and rate limit counted on every request
+    "local-secure": ["engine=local", "rate_limits.default=1000000/minute", "cache.enabled=false"],
+    "ray-fused": ["engine=ray", "ray.topology=fused", *OPEN],
+    "ray-chained": ["engine=ray", "ray.topology=chained", *OPEN],
 }
+BENCH_SECRET = "benchmark-only-secret"
 
 
 def bench_runner(
@@ -117,8 +126,14 @@ def bench_runner(
 ) -> dict[str, dict[str, float]]:
     """Start ``recsys serve`` with one runner in a subprocess, load it, stop it."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RECSYS_JWT_SECRET": BENCH_SECRET}
     command = [sys.executable, "-m", "recsys", "serve", f"bundle={bundle}", f"port={port}"]
+    headers = {}
+    if "auth.enabled=false" not in RUNNERS[runner]:
+        from recsys.serving.auth import Authenticator
+
+        token = Authenticator(secret=BENCH_SECRET).issue("bench", ["recs:read:any"], 3600)
+        headers = {"Authorization": f"Bearer {token}"}
     server = subprocess.Popen(
         [*command, *RUNNERS[runner], "stage_timeout_ms=1000"],
         stdout=subprocess.DEVNULL,
@@ -137,12 +152,12 @@ def bench_runner(
             if server.poll() is not None:
                 raise RuntimeError(f"{runner} server exited with {server.returncode}")
             time.sleep(0.1)
-        asyncio.run(load(base, endpoints["user"], 2, 2.0))  # warm-up
+        asyncio.run(load(base, endpoints["user"], 2, 2.0, headers))  # warm-up
         for n in (int(c) for c in clients.split(",")):
             for name, make in endpoints.items():
                 key = f"{runner} {name} x{n}"
                 before = scrape(base)
-                rows[key] = asyncio.run(load(base, make, n, seconds))
+                rows[key] = asyncio.run(load(base, make, n, seconds, headers))
                 rows[key].update(server_side(before, scrape(base)))
                 print(key, rows[key], flush=True)
     finally:
@@ -158,8 +173,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument(
         "--runners",
-        default="local,ray-fused,ray-chained",
-        help="comma list of local, ray-fused, ray-chained",
+        default="local,local-secure,ray-fused,ray-chained",
+        help="comma list of local, local-secure (auth + rate limit), ray-fused, ray-chained",
     )
     parser.add_argument("--clients", default="1,8,32", help="comma list of concurrencies")
     args = parser.parse_args()
@@ -213,6 +228,11 @@ def main() -> None:
         bar["local_user_rps_x8"] = at8["rps"]
         bar["local_user_p99_ms_x8"] = at8["p99_ms"]
         bar["local_bar_met"] = at8["rps"] >= 300 and at8["p99_ms"] <= 50
+    for n in (1, 8):
+        plain, secure = rows.get(f"local user x{n}"), rows.get(f"local-secure user x{n}")
+        if plain and secure:
+            bar[f"auth_ratelimit_p50_ratio_x{n}"] = secure["p50_ms"] / plain["p50_ms"]
+            bar[f"auth_ratelimit_rps_ratio_x{n}"] = secure["rps"] / plain["rps"]
     ray_rows = {k: v for k, v in rows.items() if k.startswith("ray") and " user " in k}
     if ray_rows:
         best = min((k for k in ray_rows if k.endswith(" x1")), key=lambda k: ray_rows[k]["p50_ms"])

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "recsys.jobs.export_embeddings",
         "book/user vectors -> Parquet + manifest (+ .npy, FAISS)",
     ),
+    "token": ("token", "recsys.jobs.token", "issue a development JWT (sub=…, scopes=[…])"),
     "demo": ("demo", "recsys.jobs.demo", "the whole product end to end, offline"),
 }
 

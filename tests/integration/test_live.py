@@ -25,6 +25,7 @@ from recsys.bundle.reader import load_bundle
 from recsys.offline.batch import make_plan
 from recsys.offline.export import export_embeddings
 from recsys.serving.app import create_app
+from recsys.serving.auth import Authenticator
 from recsys.serving.live import Live
 from recsys.serving.local import free_port, serve_in_thread
 from recsys.serving.service import RecommendationService
@@ -336,8 +337,11 @@ def test_acknowledged_events_survive_a_killed_server(
         f"port={port}",
         f"store.url=sqlite:///{db}",
     ]
-    env = {**os.environ, "RECSYS_ROOT": str(tmp_path)}
+    # auth on, as `recsys serve` runs by default: the user's own token
+    env = {**os.environ, "RECSYS_ROOT": str(tmp_path), "RECSYS_JWT_SECRET": "durability"}
     base = f"http://127.0.0.1:{port}"
+    token = Authenticator(secret="durability").issue("durable")
+    auth = {"Authorization": f"Bearer {token}"}
 
     def start() -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
@@ -357,13 +361,14 @@ def test_acknowledged_events_survive_a_killed_server(
     events = [{"user_id": "durable", "book_id": f"b{i}", "type": "read"} for i in range(20)]
     try:
         for event in events:  # one request each: every 202 must be durable by itself
-            assert httpx.post(f"{base}/events", json=event).status_code == 202
+            assert httpx.post(f"{base}/events", json=event, headers=auth).status_code == 202
     finally:
         process.send_signal(signal.SIGKILL)  # no shutdown hooks, no flush
         process.wait()
     process = start()
     try:
-        history = httpx.get(f"{base}/users/durable/history").json()["history"]
+        assert httpx.get(f"{base}/users/durable/history").status_code == 401
+        history = httpx.get(f"{base}/users/durable/history", headers=auth).json()["history"]
         assert [i["book_id"] for i in history] == [e["book_id"] for e in events]
     finally:
         process.terminate()

@@ -45,28 +45,50 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 
 def serve_and_ask(bundle: Bundle, user_id: str) -> None:
-    """Start the HTTP app (uvicorn, loopback), send real requests, print, stop."""
+    """Start the HTTP app (uvicorn, loopback) as `recsys serve` runs it — auth on, a SQLite
+    store, trending, cache — send real requests with a token, print, stop."""
+    import tempfile
+
     import httpx
 
     from recsys.serving.app import create_app
+    from recsys.serving.auth import Authenticator
+    from recsys.serving.live import Live
     from recsys.serving.local import serve_in_thread
     from recsys.serving.service import RecommendationService
 
-    app = create_app(lambda: RecommendationService(bundle, stage_timeout_s=1.0))
-    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
-        for title, call in (
-            (
-                f"POST {base}/recommendations/users/{user_id}",
-                lambda: client.post(f"/recommendations/users/{user_id}", json={"limit": 5}),
-            ),
-            (
-                "POST /recommendations/users/new-reader (unknown: popularity fallback)",
-                lambda: client.post("/recommendations/users/new-reader", json={"limit": 3}),
-            ),
+    with tempfile.TemporaryDirectory(prefix="recsys-demo-") as scratch:
+        live = Live.from_config({"store": {"url": f"sqlite:///{scratch}/store.db"}})
+        live.auth = Authenticator(secret="demo-only-secret")
+        token = live.auth.issue(user_id)
+        headers = {"Authorization": f"Bearer {token}"}
+        app = create_app(lambda: RecommendationService(bundle, stage_timeout_s=1.0, live=live))
+        with (
+            serve_in_thread(app) as base,
+            httpx.Client(base_url=base, timeout=30, headers=headers) as client,
         ):
-            body = call().json()
-            meta = body["metadata"]
-            print(f"\n{title} -> source={meta['source']} latency={meta['latency_ms']} ms")
-            for item in body["recommendations"]:
-                print(f"  {item['confidence_score']:8.3f}  {item['title']}  — {item['reasoning']}")
-    print(f"\nserve it yourself: recsys serve bundle={bundle.path}  (OpenAPI docs at /docs)")
+            first = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+            show(f"POST {base}/recommendations/users/{user_id} (bearer token for {user_id})", first)
+            top = first["recommendations"][0]["book_id"]
+            client.post("/events", json={"user_id": user_id, "book_id": top, "type": "read"})
+            after = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+            show(f"POST /events ({user_id} read {top}), then ask again: it updates at once", after)
+            other = client.post("/recommendations/users/new-reader", json={"limit": 3})
+            print(
+                f"\nPOST /recommendations/users/new-reader with {user_id}'s token -> "
+                f"{other.status_code} {other.json()['detail']}"
+            )
+            anonymous = httpx.get(f"{base}/recommendations/trending", params={"limit": 3})
+            show("GET /recommendations/trending (public, no token)", anonymous.json())
+    print(
+        "\nauth is on by default: `recsys token sub=<user id>` issues a development token; "
+        "`recsys serve auth.enabled=false` turns auth off."
+    )
+    print(f"serve it yourself: recsys serve bundle={bundle.path}  (OpenAPI docs at /docs)")
+
+
+def show(title: str, body: dict[str, Any]) -> None:
+    meta = body["metadata"]
+    print(f"\n{title} -> source={meta['source']} latency={meta['latency_ms']} ms")
+    for item in body["recommendations"]:
+        print(f"  {item['confidence_score']:8.3f}  {item['title']}  — {item['reasoning']}")

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.errors import RecsysError
 
-LIVE_KEYS = ("store", "trending", "cache")
+LIVE_KEYS = ("store", "trending", "cache", "auth", "rate_limits", "max_body_bytes")
 
 
 def main(cfg: DictConfig) -> None:
@@ -42,6 +42,11 @@ def serve_local(cfg: DictConfig, bundle: object) -> None:
         )
     )
     print(f"serving on http://{cfg.host}:{cfg.port} (docs at /docs)")
+    if cfg.auth.enabled:
+        print(
+            "auth is on: get a token with `recsys token sub=<user id>` "
+            "(or start with auth.enabled=false)"
+        )
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
 
 
@@ -55,7 +60,7 @@ def serve_ray(cfg: DictConfig, bundle: str) -> None:
         port=int(cfg.port),
         topology=cfg.ray.topology,
         stage_timeout_ms=float(cfg.stage_timeout_ms),
-        live={k: OmegaConf.to_container(cfg[k], resolve=True) for k in LIVE_KEYS},
+        live={k: _plain(cfg[k]) for k in LIVE_KEYS},
     )
     ray_runner.start_ray(cfg.ray.address, cfg.ray.num_cpus)
     import ray
@@ -73,3 +78,9 @@ def serve_ray(cfg: DictConfig, bundle: str) -> None:
         stop.wait()
     finally:
         ray.shutdown()
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,6 +27,8 @@ from prometheus_client import (
 from starlette.concurrency import run_in_threadpool
 
 from recsys.errors import RecsysError
+from recsys.serving.auth import CATALOGUE_WRITE, Forbidden, Principal, Unauthorized
+from recsys.serving.ratelimit import RateLimited
 from recsys.serving.schemas import (
     MAX_LIMIT,
     Book,
@@ -145,6 +147,62 @@ class Metrics:
         self.cache_hit_ratio.set(self._lookups[0] / self._lookups[1])
 
 
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Pure ASGI middleware: request bodies over ``limit()`` bytes get 413, whether announced
+    by Content-Length or streamed."""
+
+    def __init__(self, app: Any, limit: Callable[[], int]) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit()
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
+            return
+        received = 0
+        started = False
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+            return message
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if not started:
+                await self._reject(send, limit)
+
+    @staticmethod
+    async def _reject(send: Any, limit: int) -> None:
+        body = json.dumps({"detail": f"request body over {limit} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(load: Callable[[], RecommendationService], echo_request_id: bool = True) -> FastAPI:
     """Build the app; ``load`` returns the service (called once at start-up).
 
@@ -159,14 +217,35 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
         yield
         app.state.service.close()
 
+    async def guard(request: Request) -> None:
+        """Every API route: who is calling (bearer token), and their rate limit."""
+        live = request.app.state.service.live
+        principal = live.auth.principal(request.headers.get("authorization"))
+        request.state.principal = principal
+        if live.limiter is not None:
+            identity = (
+                f"sub:{principal.subject}"
+                if principal is not None and live.auth.enabled
+                else f"ip:{request.client.host if request.client else '-'}"
+            )
+            route = request.scope.get("route")
+            live.limiter.check(identity, getattr(route, "path", request.url.path))
+
     app = FastAPI(
         title="recsys",
         version="1",
         lifespan=lifespan,
+        dependencies=[Depends(guard)],
         description="Book recommendations: two-stage retrieval and ranking with "
         "popularity fallback.",
     )
     app.state.metrics = metrics
+
+    def body_limit() -> int:
+        svc = getattr(app.state, "service", None)
+        return int(svc.live.max_body_bytes) if svc is not None else 1_000_000
+
+    app.add_middleware(BodyLimit, limit=body_limit)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next: Any) -> Response:
@@ -211,6 +290,24 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     async def book_exists(request: Request, exc: BookExists) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            status_code=401, content={"detail": str(exc)}, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return JSONResponse(status_code=403, content={"detail": str(exc)})
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse(
+            status_code=429,
+            content={"detail": str(exc)},
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
     @app.exception_handler(StoreDisabled)
     async def store_disabled(request: Request, exc: StoreDisabled) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": str(exc)})
@@ -222,6 +319,13 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     def service(request: Request) -> RecommendationService:
         svc: RecommendationService = request.app.state.service
         return svc
+
+    def principal(request: Request) -> Principal | None:
+        who: Principal | None = getattr(request.state, "principal", None)
+        return who
+
+    def may_act(request: Request, user_id: str, scope: str) -> Principal:
+        return service(request).live.auth.require_user(principal(request), user_id, scope)
 
     async def respond(
         request: Request, endpoint: str, call: Callable[[RecommendationService], Answer]
@@ -263,6 +367,7 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
         """Personalised recommendations from everything known about the user (their history in
         the bundle and their events since); popularity if unknown. Cached per user and
         parameters until the user's next event, a bundle swap or the TTL."""
+        may_act(request, user_id, "recs:read:any")
         req = body or RecommendRequest.model_validate({})
         svc = service(request)
         cache, params = svc.live.cache, req.model_dump(mode="json")
@@ -307,6 +412,8 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     ) -> RecommendationResponse:
         """Similar books, re-ranked for the user in ``user_context`` when given."""
         ctx = body.user_context
+        if ctx is not None and ctx.user_id:
+            may_act(request, ctx.user_id, "recs:read:any")
         return await respond(
             request,
             "similar_v2",
@@ -322,6 +429,8 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     @app.post("/recommendations/hybrid", response_model=RecommendationResponse)
     async def hybrid(request: Request, body: HybridRequest) -> RecommendationResponse:
         """A known user and/or an anonymous history and/or seed books, blended into one list."""
+        if body.user_id:
+            may_act(request, body.user_id, "recs:read:any")
         return await respond(
             request,
             "hybrid",
@@ -351,6 +460,8 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
         svc = service(request)
         store = store_of(svc)
         batch = body.events if isinstance(body, EventBatch) else [body]
+        for user in sorted({e.user_id for e in batch}):
+            may_act(request, user, "events:write:any")
 
         def known(book_id: str) -> bool:
             index = svc.catalogue.index.get(book_id)
@@ -383,6 +494,7 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     @app.get("/users/{user_id}", response_model=UserProfile)
     async def get_user(request: Request, user_id: str) -> UserProfile:
         """What is known about a user (404 when nothing is, or after erasure)."""
+        may_act(request, user_id, "users:read:any")
         svc = service(request)
         store = store_of(svc)
         if await run_in_threadpool(store.is_deleted, user_id):
@@ -426,9 +538,11 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
         """GDPR erasure: the user's events and profile are deleted, cached answers purged,
         the id suppressed from later exports and batch outputs, and an audit entry written
         (actor from ``X-Actor``; the subject only as a salted hash)."""
+        who = may_act(request, user_id, "users:delete:any")
         svc = service(request)
         store = store_of(svc)
-        actor = request.headers.get("x-actor", "api")
+        # the token's subject; X-Actor only names the operator when auth is off
+        actor = who.subject if svc.live.auth.enabled else request.headers.get("x-actor", "api")
         removed = await run_in_threadpool(store.delete_user, user_id, actor)
         if svc.live.cache is not None:
             await run_in_threadpool(svc.live.cache.invalidate_user, user_id)
@@ -458,6 +572,7 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     async def create_book(request: Request, body: BookCreate) -> Book:
         """Add a book to the catalogue (409 if the id exists)."""
         svc = service(request)
+        svc.live.auth.require_scope(principal(request), CATALOGUE_WRITE)
         fields = body.model_dump(exclude={"book_id"})
         try:
             book = await run_in_threadpool(store_of(svc).put_book, body.book_id, fields, True)
@@ -475,6 +590,7 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     async def update_book(request: Request, book_id: str, body: BookIn) -> Book:
         """Change a book's catalogue fields (404 if it does not exist)."""
         svc = service(request)
+        svc.live.auth.require_scope(principal(request), CATALOGUE_WRITE)
         fields = body.model_dump(exclude_unset=True)
         try:
             book = await run_in_threadpool(store_of(svc).put_book, book_id, fields, False)
@@ -487,6 +603,7 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     async def delete_book(request: Request, book_id: str) -> Response:
         """Remove a book from the catalogue: it is no longer recommended or searchable."""
         svc = service(request)
+        svc.live.auth.require_scope(principal(request), CATALOGUE_WRITE)
         if not await run_in_threadpool(store_of(svc).delete_book, book_id):
             raise UnknownBook(f"unknown book id '{book_id}'")
         svc.catalogue.remove(book_id)

@@ -7,11 +7,13 @@ service, clears level 1 of the cache, and the bundle version in cache keys retir
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recsys.serving.auth import Authenticator
 from recsys.serving.cache import ResponseCache
+from recsys.serving.ratelimit import RateLimiter
 from recsys.serving.trending import Trending
 from recsys.stores.sql import EVENT_TYPES, Store
 
@@ -22,6 +24,9 @@ class Live:
     trending: Trending | None = None
     cache: ResponseCache | None = None
     refresh_s: float = 10.0
+    auth: Authenticator = field(default_factory=lambda: Authenticator(enabled=False))
+    limiter: RateLimiter | None = None
+    max_body_bytes: int = 1_000_000
 
     def refresh_trending(self, force: bool = False) -> None:
         """Rebuild trending from the store when it is older than ``refresh_s``."""
@@ -58,6 +63,25 @@ class Live:
                 max_users=int(cache_cfg.get("max_users", 100_000)),
                 redis_url=cache_cfg.get("redis_url"),
             )
-        live = cls(store, trending, cache, float(trend.get("refresh_s", 10)))
+        # Auth is on when the config has an `auth` section (as configs/serve.yaml does)
+        # unless it says enabled: false; programmatic Live() objects run without it.
+        auth_cfg = cfg.get("auth")
+        auth = (
+            Authenticator.from_config(auth_cfg)
+            if auth_cfg is not None
+            else Authenticator(enabled=False)
+        )
+        limiter = (
+            RateLimiter.from_config(cfg.get("rate_limits")) if cfg.get("rate_limits") else None
+        )
+        live = cls(
+            store,
+            trending,
+            cache,
+            float(trend.get("refresh_s", 10)),
+            auth,
+            limiter,
+            int(cfg.get("max_body_bytes", 1_000_000)),
+        )
         live.refresh_trending(force=True)
         return live

@@ -1,0 +1,63 @@
+"""Request rate limits per caller (token subject, else client address) and endpoint, with the
+`limits` library: a moving window in process memory, or in Redis so replicas share counts."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from limits import RateLimitItem, parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from recsys.errors import RecsysError
+
+
+class RateLimited(RecsysError):
+    """HTTP 429."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    """Args:
+    default: limit of every endpoint (``1000/minute``, the design's per-user budget).
+    endpoints: overrides by route path, e.g. ``{"/events": "6000/minute"}``.
+    redis_url: shared counters; None keeps them in this process.
+    """
+
+    def __init__(
+        self,
+        default: str = "1000/minute",
+        endpoints: dict[str, str] | None = None,
+        redis_url: str | None = None,
+    ) -> None:
+        try:
+            self.default: RateLimitItem = parse(default)
+            self.endpoints = {path: parse(limit) for path, limit in (endpoints or {}).items()}
+        except ValueError as exc:
+            raise RecsysError(f"bad rate limit ({exc}); write e.g. 1000/minute.") from None
+        self.limiter = MovingWindowRateLimiter(storage_from_string(redis_url or "memory://"))
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None) -> RateLimiter | None:
+        cfg = dict(cfg or {})
+        if not cfg.get("enabled", True):
+            return None
+        return cls(
+            str(cfg.get("default", "1000/minute")),
+            dict(cfg.get("endpoints") or {}),
+            cfg.get("redis_url"),
+        )
+
+    def check(self, identity: str, endpoint: str) -> None:
+        """Count one request; raise RateLimited (with seconds to wait) over the limit."""
+        item = self.endpoints.get(endpoint, self.default)
+        if self.limiter.hit(item, identity, endpoint):
+            return
+        reset = self.limiter.get_window_stats(item, identity, endpoint).reset_time
+        wait = max(1, math.ceil(reset - time.time()))
+        raise RateLimited(f"rate limit {item} exceeded for {endpoint}; retry in {wait} s", wait)
