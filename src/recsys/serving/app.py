@@ -147,10 +147,6 @@ class Metrics:
         self.cache_hit_ratio.set(self._lookups[0] / self._lookups[1])
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """Pure ASGI middleware: request bodies over ``limit()`` bytes get 413, whether announced
     by Content-Length or streamed."""
@@ -167,28 +163,29 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._reject(send, limit)
             return
-        received = 0
-        started = False
-
-        async def counted() -> Any:
-            nonlocal received
+        # Read the whole body first (bounded by the limit), then replay it to the app.
+        messages, received = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge
-            return message
-
-        async def tracked(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                messages.append(message)
+                break
+            received += len(message.get("body", b""))
+            if received > limit:
                 await self._reject(send, limit)
+                return
+            messages.append(message)
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> Any:
+            try:
+                return next(replay)
+            except StopIteration:
+                return await receive()
+
+        await self.app(scope, replayed, send)
 
     @staticmethod
     async def _reject(send: Any, limit: int) -> None:

@@ -1,0 +1,226 @@
+"""Authentication, authorisation, rate limits and input hardening over real HTTP, and an
+OpenAPI fuzz (schemathesis) that must find no server error."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from recsys.bundle.reader import load_bundle
+from recsys.serving.app import create_app
+from recsys.serving.auth import Authenticator
+from recsys.serving.live import Live
+from recsys.serving.local import serve_in_thread
+from recsys.serving.ratelimit import RateLimiter
+from recsys.serving.service import RecommendationService
+
+pytestmark = pytest.mark.integration
+SECRET = "security-tests-only-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Live:
+    folder = tmp_path_factory.mktemp("security")
+    live = Live.from_config(
+        {
+            "store": {"url": f"sqlite:///{folder / 'store.db'}"},
+            "auth": {"enabled": True, "secret": SECRET},
+            "rate_limits": {
+                "default": "1000/minute",
+                "endpoints": {"/recommendations/trending": "5/minute"},
+            },
+            "max_body_bytes": 20_000,
+        }
+    )
+    return live
+
+
+@pytest.fixture(scope="module")
+def app(trained_bundle: dict[str, Any], live: Live) -> Any:
+    bundle = load_bundle(trained_bundle["bundle"])
+    return create_app(lambda: RecommendationService(bundle, 10.0, live=live))
+
+
+@pytest.fixture(scope="module")
+def base(app: Any) -> Iterator[str]:
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def bearer(sub: str, scopes: list[str] | None = None, **claims: Any) -> dict[str, str]:
+    auth = Authenticator(secret=SECRET)
+    token = auth.issue(sub, scopes)
+    if claims:
+        payload = jwt.decode(token, SECRET, algorithms=["HS256"], audience="recsys-api")
+        payload.update(claims)
+        token = jwt.encode(payload, SECRET, algorithm="HS256")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def user_of(trained_bundle: dict[str, Any], row: int = 0) -> str:
+    return str(load_bundle(trained_bundle["bundle"]).known_histories.row(row)[0])
+
+
+def test_tokens_401_and_403(base: str, trained_bundle: dict[str, Any]) -> None:
+    me, other = user_of(trained_bundle, 0), user_of(trained_bundle, 1)
+    path = f"{base}/recommendations/users/{me}"
+    missing = httpx.post(path)
+    assert missing.status_code == 401
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    expired = bearer(me, exp=int(time.time()) - 3600)
+    assert httpx.post(path, headers=expired).status_code == 401
+    forged = Authenticator(secret="someone-else-with-a-long-enough-key-000").issue(me)
+    assert httpx.post(path, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    assert httpx.post(path, headers={"Authorization": "Basic abc"}).status_code == 401
+    wrong_audience = bearer(me, aud="another-api")
+    assert httpx.post(path, headers=wrong_audience).status_code == 401
+    assert "expired" in httpx.post(path, headers=expired).json()["detail"]
+
+    assert httpx.post(path, headers=bearer(me)).status_code == 200  # own recommendations
+    assert httpx.post(path, headers=bearer(other)).status_code == 403  # someone else's
+    assert httpx.post(path, headers=bearer("partner", ["recs:read:any"])).status_code == 200
+    assert httpx.post(path, headers=bearer("partner", ["users:read:any"])).status_code == 403
+
+    event = {"user_id": me, "book_id": "b1", "type": "view"}
+    assert httpx.post(f"{base}/events", json=event, headers=bearer(me)).status_code == 202
+    assert httpx.post(f"{base}/events", json=event, headers=bearer(other)).status_code == 403
+    assert httpx.post(f"{base}/events", json=event).status_code == 401
+    service = bearer("ingest", ["events:write:any"])
+    assert httpx.post(f"{base}/events", json=event, headers=service).status_code == 202
+
+    assert httpx.get(f"{base}/users/{me}", headers=bearer(me)).status_code == 200
+    assert httpx.get(f"{base}/users/{me}", headers=bearer(other)).status_code == 403
+    assert httpx.delete(f"{base}/users/{me}", headers=bearer(other)).status_code == 403
+    book = {"book_id": "sec-1", "title": "Locked"}
+    assert httpx.post(f"{base}/books", json=book, headers=bearer(me)).status_code == 403
+    editor = bearer("editor", ["catalogue:write"])
+    assert httpx.post(f"{base}/books", json=book, headers=editor).status_code == 201
+    hybrid = {"user_id": me, "history": ["b1"]}
+    assert httpx.post(f"{base}/recommendations/hybrid", json=hybrid).status_code == 401
+    assert httpx.post(f"{base}/recommendations/hybrid", json={"history": ["b1"]}).status_code == 200
+
+    # Public: health, readiness, metrics, docs, similar books, catalogue reads.
+    for path_ in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/books/b1"):
+        assert httpx.get(f"{base}{path_}").status_code == 200, path_
+    assert httpx.post(f"{base}/recommendations/books/b1").status_code == 200
+
+
+def test_erasure_is_audited_with_the_token_subject(
+    base: str, trained_bundle: dict[str, Any], live: Live
+) -> None:
+    user = user_of(trained_bundle, 4)
+    gone = httpx.delete(f"{base}/users/{user}", headers=bearer("dpo", ["users:delete:any"]))
+    assert gone.status_code == 200
+    assert live.store is not None
+    assert live.store.audit()[-1]["actor"] == "dpo"
+
+
+def test_rate_limit_answers_429_with_retry_after(base: str) -> None:
+    statuses = [httpx.get(f"{base}/recommendations/trending").status_code for _ in range(7)]
+    assert statuses[:5] == [200] * 5
+    assert statuses[5:] == [429, 429]
+    limited = httpx.get(f"{base}/recommendations/trending")
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert "rate limit" in limited.json()["detail"]
+    assert httpx.get(f"{base}/healthz").status_code == 200  # not counted
+
+
+def test_rate_limit_is_per_caller_and_shared_through_redis(redis_url: str) -> None:
+    first = RateLimiter("3/minute", redis_url=redis_url)
+    second = RateLimiter("3/minute", redis_url=redis_url)  # another replica
+    for limiter in (first, second, first):
+        limiter.check("sub:alice", "/x")
+    with pytest.raises(Exception, match="rate limit") as info:
+        second.check("sub:alice", "/x")
+    assert getattr(info.value, "retry_after", 0) >= 1
+    second.check("sub:bob", "/x")  # another caller has their own budget
+    second.check("sub:alice", "/y")  # and so has another endpoint
+
+
+def test_request_size_and_list_bounds(base: str, trained_bundle: dict[str, Any]) -> None:
+    me = user_of(trained_bundle, 2)
+    headers = {**bearer(me), "content-type": "application/json"}
+    big = b'{"limit": 5, "exclude": ["' + b"x" * 50_000 + b'"]}'
+    too_big = httpx.post(f"{base}/recommendations/users/{me}", content=big, headers=headers)
+    assert too_big.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # streamed, no Content-Length
+        yield b'{"limit": 5, "exclude": ["'
+        for _ in range(30):
+            yield b"y" * 1000
+        yield b'"]}'
+
+    streamed = httpx.post(f"{base}/recommendations/users/{me}", content=chunks(), headers=headers)
+    assert streamed.status_code == 413
+    too_many = {"history": [f"b{i}" for i in range(201)]}
+    assert httpx.post(f"{base}/recommendations/hybrid", json=too_many).status_code == 422
+    long_id = "u" * 201
+    assert httpx.get(f"{base}/books/{long_id}").status_code in (404, 422)
+
+
+def test_schemathesis_fuzz_finds_no_server_error(base: str) -> None:
+    """Every operation of the OpenAPI spec over real HTTP with generated inputs and a partner
+    token: any status but a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+
+    def served() -> float:
+        lines = httpx.get(f"{base}/metrics").text.splitlines()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith("recsys_requests_total{")
+        )
+
+    before = served()
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    token = bearer("fuzzer", ["recs:read:any", "events:write:any", "users:read:any"])
+    failures: list[str] = []
+    operations = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.method.upper() == "DELETE":
+            continue  # erasing and delisting generated ids is covered by the tests above
+        operations += 1
+
+        @settings(
+            max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
+        @given(case=operation.as_strategy())
+        def check(case: Any) -> None:
+            response = case.call(base_url=base, headers=token)
+            try:
+                case.validate_response(response, checks=[not_a_server_error])
+            except Exception as exc:
+                failures.append(f"{case.method} {case.formatted_path}: {exc}"[:500])
+                raise
+
+        with contextlib.suppress(Exception):  # recorded in failures with the operation
+            check()
+    assert operations >= 12
+    assert served() - before >= operations * 5  # the cases really reached the server
+    assert not failures, "\n".join(failures[:5])
+
+
+def test_auth_config_errors(tmp_path: Path) -> None:
+    from recsys.errors import RecsysError
+
+    with pytest.raises(RecsysError, match="public_key_file"):
+        Authenticator(algorithm="RS256")
+    with pytest.raises(RecsysError, match="HS256 or RS256"):
+        Authenticator(algorithm="none")
+    key = tmp_path / "jwt.key"
+    first = Authenticator(secret_file=str(key))
+    second = Authenticator(secret_file=str(key))
+    assert first.key == second.key  # created once, then reused
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(RecsysError, match="1000/minute"):
+        RateLimiter("lots")
