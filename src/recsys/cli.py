@@ -32,6 +32,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "recsys.jobs.export_embeddings",
         "book/user vectors -> Parquet + manifest (+ .npy, FAISS)",
     ),
+    "experiments report": (
+        "experiments_report",
+        "recsys.jobs.experiments_report",
+        "click-through per variant of an experiment, with intervals",
+    ),
     "token": ("token", "recsys.jobs.token", "issue a development JWT (sub=…, scopes=[…])"),
     "demo": ("demo", "recsys.jobs.demo", "the whole product end to end, offline"),
 }

@@ -263,9 +263,11 @@ def test_level_two_cache_is_shared_and_a_new_bundle_misses(
     from recsys.serving.cache import ResponseCache
 
     cache = ResponseCache(redis_url=redis_url)
-    assert cache.get(bundle.version, user_id, {"limit": 9, "exclude": [], "filters": None})[1] == (
-        "l2"
-    )
+    assert cache.get(
+        bundle.version,
+        user_id,
+        {"limit": 9, "exclude": [], "filters": None, "experiment": None, "variant": None},
+    )[1] == ("l2")
     assert cache.get("another-version", user_id, {"limit": 9})[1] == "miss"
 
 

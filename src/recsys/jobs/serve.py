@@ -10,7 +10,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.errors import RecsysError
 
-LIVE_KEYS = ("store", "trending", "cache", "auth", "rate_limits", "max_body_bytes")
+LIVE_KEYS = (
+    "store",
+    "trending",
+    "cache",
+    "auth",
+    "rate_limits",
+    "max_body_bytes",
+    "experiments",
+)
 
 
 def main(cfg: DictConfig) -> None:

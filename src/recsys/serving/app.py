@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from recsys.errors import RecsysError
 from recsys.serving.auth import CATALOGUE_WRITE, Forbidden, Principal, Unauthorized
+from recsys.serving.experiments import Experiments, FileWatcher
 from recsys.serving.ratelimit import RateLimited
 from recsys.serving.schemas import (
     MAX_LIMIT,
@@ -39,6 +40,7 @@ from recsys.serving.schemas import (
     EventBatch,
     EventIn,
     EventsAccepted,
+    FeedbackIn,
     HistoryItem,
     HybridRequest,
     Metadata,
@@ -55,6 +57,10 @@ from recsys.stores.sql import Event, Store
 
 logger = structlog.get_logger("recsys.serving")
 TRANSIENT = ("timeout", "stage_error")  # fallbacks never cached
+
+
+class BadVariant(RecsysError):
+    """An X-Experiment-Variant that names no variant of the active experiment (HTTP 422)."""
 
 
 class UnknownUser(RecsysError):
@@ -124,6 +130,15 @@ class Metrics:
             registry=self.registry,
         )
         self._lookups = [0, 0]  # hits, total
+        self.impressions = Counter(
+            "recsys_experiment_impressions",
+            "Lists served under an experiment",
+            ["experiment", "variant"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "recsys_feedback", "Feedback received, by type", ["type"], registry=self.registry
+        )
         self.service = Histogram(
             "recsys_service_latency_seconds",
             "Service call latency (everything but HTTP) by endpoint",
@@ -210,8 +225,23 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.service = await run_in_threadpool(load)
+        svc = await run_in_threadpool(load)
+        app.state.service = svc
+        app.state.experiments = Experiments(
+            svc.sibling, svc, lambda new: setattr(app.state, "service", new)
+        )
+        watcher = None
+        if svc.live.experiments_file:
+            watcher = await run_in_threadpool(
+                FileWatcher,
+                svc.live.experiments_file,
+                app.state.experiments,
+                svc.live.experiments_poll_s,
+            )
+        app.state.experiments_watcher = watcher
         yield
+        if watcher is not None:
+            watcher.stop()
         app.state.service.close()
 
     async def guard(request: Request) -> None:
@@ -275,6 +305,10 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
     async def unknown_book(request: Request, exc: UnknownBook) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
+    @app.exception_handler(BadVariant)
+    async def bad_variant(request: Request, exc: BadVariant) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
     @app.exception_handler(UnknownUser)
     async def unknown_user(request: Request, exc: UnknownUser) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
@@ -325,10 +359,13 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
         return service(request).live.auth.require_user(principal(request), user_id, scope)
 
     async def respond(
-        request: Request, endpoint: str, call: Callable[[RecommendationService], Answer]
+        request: Request,
+        endpoint: str,
+        call: Callable[[RecommendationService], Answer],
+        chosen: RecommendationService | None = None,
     ) -> RecommendationResponse:
         # One service object per request: a hot swap in between never mixes two bundles.
-        svc = service(request)
+        svc = chosen or service(request)
         started = time.perf_counter()
         answer = await run_in_threadpool(call, svc)
         metrics.service.labels(endpoint).observe(time.perf_counter() - started)
@@ -366,8 +403,14 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
         parameters until the user's next event, a bundle swap or the TTL."""
         may_act(request, user_id, "recs:read:any")
         req = body or RecommendRequest.model_validate({})
-        svc = service(request)
-        cache, params = svc.live.cache, req.model_dump(mode="json")
+        forced = request.headers.get("x-experiment-variant")
+        try:
+            arm = request.app.state.experiments.assign(user_id, forced)
+        except RecsysError as exc:
+            raise BadVariant(str(exc)) from None
+        svc: RecommendationService = arm.service
+        experiment = {"experiment": arm.experiment, "variant": arm.variant}
+        cache, params = svc.live.cache, {**req.model_dump(mode="json"), **experiment}
         if cache is not None:
             started = time.perf_counter()
             if cache.redis is None:
@@ -383,15 +426,52 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
                     cache=where,
                 )
                 request.state.source = cached["metadata"]["source"]
+                impression(svc, user_id, arm, cached)
                 return JSONResponse(cached)
         response = await respond(
             request,
             "user",
-            lambda svc: svc.for_user(user_id, req.limit, req.exclude, req.filters),
+            lambda svc: svc.for_user(
+                user_id, req.limit, req.exclude, req.filters, arm.retrieval_only
+            ),
+            svc,
         )
+        response.metadata.experiment, response.metadata.variant = arm.experiment, arm.variant
         if cache is not None and response.metadata.fallback_reason not in TRANSIENT:
             cache.put(svc.version, user_id, params, response.model_dump_json())
-        return JSONResponse(response.model_dump(mode="json"))
+        answer = response.model_dump(mode="json")
+        impression(svc, user_id, arm, answer)
+        return JSONResponse(answer)
+
+    def impression(
+        svc: RecommendationService, user_id: str, arm: Any, body: dict[str, Any]
+    ) -> None:
+        """Log a list served under an experiment (written in the background)."""
+        if arm.experiment is None or svc.live.impressions is None:
+            return
+        svc.live.impressions.add(
+            {
+                "request_id": body["metadata"]["request_id"],
+                "at": time.time(),
+                "user_id": user_id,
+                "experiment": arm.experiment,
+                "variant": arm.variant,
+                "books": json.dumps([i["book_id"] for i in body["recommendations"]]),
+            }
+        )
+        metrics.impressions.labels(arm.experiment, arm.variant).inc()
+
+    @app.post("/feedback", status_code=202)
+    async def post_feedback(request: Request, body: FeedbackIn) -> dict[str, str]:
+        """A reader's reaction to a served list (``request_id`` of that response):
+        ``click`` counts toward the experiment's click-through rate."""
+        may_act(request, body.user_id, "events:write:any")
+        store = store_of(service(request))
+        await run_in_threadpool(
+            store.log_feedback, body.request_id, body.user_id, body.book_id, body.type
+        )
+        metrics.feedback.labels(body.type).inc()
+        return {"status": "recorded"}
 
     @app.post("/recommendations/books/{book_id}", response_model=RecommendationResponse)
     async def similar_books(

@@ -13,6 +13,7 @@ from typing import Any
 
 from recsys.serving.auth import Authenticator
 from recsys.serving.cache import ResponseCache
+from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
 from recsys.serving.trending import Trending
 from recsys.stores.sql import EVENT_TYPES, Store
@@ -27,6 +28,13 @@ class Live:
     auth: Authenticator = field(default_factory=lambda: Authenticator(enabled=False))
     limiter: RateLimiter | None = None
     max_body_bytes: int = 1_000_000
+    experiments_file: str | None = None  # watched YAML (recsys.serving.experiments)
+    experiments_poll_s: float = 1.0
+    impressions: ImpressionLog | None = None
+
+    def __post_init__(self) -> None:
+        if self.store is not None and self.impressions is None:
+            self.impressions = ImpressionLog(self.store)
 
     def refresh_trending(self, force: bool = False) -> None:
         """Rebuild trending from the store when it is older than ``refresh_s``."""
@@ -37,6 +45,8 @@ class Live:
             self.trending.rebuild(self.store.recent(now - self.trending.window_s), now)
 
     def close(self) -> None:
+        if self.impressions is not None:
+            self.impressions.close()
         if self.store is not None:
             self.store.close()
 
@@ -82,6 +92,8 @@ class Live:
             auth,
             limiter,
             int(cfg.get("max_body_bytes", 1_000_000)),
+            (cfg.get("experiments") or {}).get("file"),
+            float((cfg.get("experiments") or {}).get("poll_s", 1.0)),
         )
         live.refresh_trending(force=True)
         return live

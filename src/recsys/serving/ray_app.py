@@ -282,6 +282,11 @@ class Ingress:
         if "stage_timeout_ms" in config:
             self.stage_timeout_s = float(config["stage_timeout_ms"]) / 1000
             self.service.stage_timeout_s = self.stage_timeout_s
+        if "experiments" in config and self.fastapi is not None:
+            try:  # variant traffic and bundles change with no restart; a bad one is refused
+                await asyncio.to_thread(self.fastapi.state.experiments.apply, config["experiments"])
+            except Exception as exc:
+                log.error("experiments refused, the current setup stays: %s", exc)
         if not config.get("bundle"):
             return
         metrics = self.fastapi.state.metrics if self.fastapi is not None else None
@@ -312,6 +317,7 @@ class Ingress:
             self.live.cache.clear()  # level 2 is keyed by bundle version
         if self.fastapi is not None:
             self.fastapi.state.service = service
+            self.fastapi.state.experiments.default = service
         if metrics is not None:
             metrics.swaps.labels("loaded").inc()
         log.info("bundle swapped: %s -> %s", old.version, service.version)

@@ -99,6 +99,8 @@ class Metadata(BaseModel):
     request_id: str
     fallback_reason: str | None = None
     cache: Literal["l1", "l2"] | None = None  # set when the answer came from the cache
+    experiment: str | None = None  # the active experiment the user is in
+    variant: str | None = None
 
 
 class RecommendationResponse(BaseModel):
@@ -204,3 +206,14 @@ class UserHistory(BaseModel):
 class Erasure(BaseModel):
     user_id: str
     removed: dict[str, int]
+
+
+class FeedbackIn(BaseModel):
+    """A reaction to a served list: ``request_id`` of the response it was in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(..., min_length=1, max_length=128)
+    user_id: str = ID
+    book_id: str = ID
+    type: Literal["click", "add_to_list", "purchase", "dismiss"] = "click"

@@ -46,6 +46,7 @@ class Personal:
     exclude: set[int]
     allowed: np.ndarray | None
     source: str
+    retrieval_only: bool = False  # an experiment setting: two-tower answer, no ranker
 
 
 @dataclass
@@ -326,7 +327,16 @@ class RecommendationService:
             (stacked.data, stacked.indices, stacked.indptr),
             shape=(stacked.shape[0], self.retriever.n_books),
         )
-        if self.pipeline is not None and self.stages is not None:
+        ranked = [r.retrieval_only is False for r in requests]
+        if self.pipeline is not None and any(ranked) and not all(ranked):
+            # a batch mixing ranked and retrieval-only requests: answer each group apart
+            merged: dict[int, Answer] = {}
+            for flag in (True, False):
+                rows = [i for i, r in enumerate(ranked) if r is flag]
+                part = self._personalised([requests[i] for i in rows], explain)
+                merged.update(zip(rows, part, strict=True))
+            return [merged[i] for i in range(len(requests))]
+        if self.pipeline is not None and self.stages is not None and all(ranked):
             started = time.perf_counter()
             retrieved = self.stages.retrieve(users, matrix)
             retrieved_at = time.perf_counter()
@@ -415,8 +425,18 @@ class RecommendationService:
 
     # --- endpoints -------------------------------------------------------------------------
 
+    def sibling(self, bundle: Bundle) -> RecommendationService:
+        """A service for another bundle sharing this one's stores, cache and settings (the
+        variants of an experiment)."""
+        return RecommendationService(bundle, self.stage_timeout_s, live=self.live)
+
     def for_user(
-        self, user_id: str, limit: int, exclude_ids: list[str], filters: Filters | None
+        self,
+        user_id: str,
+        limit: int,
+        exclude_ids: list[str],
+        filters: Filters | None,
+        retrieval_only: bool = False,
     ) -> Answer:
         exclude = {i for i in (self.catalogue.index.get(b, 1) for b in exclude_ids) if i >= 2}
         allowed = self.catalogue.allowed(filters, exclude)
@@ -426,7 +446,7 @@ class RecommendationService:
         matrix = self.history_matrix([history])
         seen = set(matrix.indices.tolist())
         return self._guarded(
-            Personal(user_id, matrix, limit, exclude, allowed, "personalized"),
+            Personal(user_id, matrix, limit, exclude, allowed, "personalized", retrieval_only),
             lambda reason: self.popular(limit, exclude | seen, allowed, reason),
         )
 

@@ -89,6 +89,27 @@ settings = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
+impressions = sa.Table(
+    "impressions",
+    metadata,
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("user_id", sa.String(200), nullable=False, index=True),
+    sa.Column("experiment", sa.String(200), nullable=False, index=True),
+    sa.Column("variant", sa.String(200), nullable=False),
+    sa.Column("books", sa.Text, nullable=False),
+)
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("user_id", sa.String(200), nullable=False, index=True),
+    sa.Column("book_id", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+)
+
 BOOK_FIELDS = ("title", "authors", "year", "publisher", "language", "tags", "cover_url")
 
 _FTS = [
@@ -311,11 +332,22 @@ class Store:
             removed_profile = conn.execute(
                 sa.delete(users).where(users.c.user_id == user_id)
             ).rowcount
+            removed_impressions = conn.execute(
+                sa.delete(impressions).where(impressions.c.user_id == user_id)
+            ).rowcount
+            removed_feedback = conn.execute(
+                sa.delete(feedback).where(feedback.c.user_id == user_id)
+            ).rowcount
             conn.execute(
                 self._insert(deleted_users).on_conflict_do_nothing(index_elements=["user_hash"]),
                 [{"user_hash": subject, "deleted_at": time.time()}],
             )
-            details = {"events": int(removed_events), "profile": int(removed_profile)}
+            details = {
+                "events": int(removed_events),
+                "profile": int(removed_profile),
+                "impressions": int(removed_impressions),
+                "feedback": int(removed_feedback),
+            }
             conn.execute(
                 audit_log.insert().values(
                     at=time.time(),
@@ -340,6 +372,49 @@ class Store:
             }
             for r in rows
         ]
+
+    # --- experiments -----------------------------------------------------------------------
+
+    def log_impressions(self, rows: list[dict[str, Any]]) -> None:
+        """Recommendation lists served under an experiment (request_id, at, user_id,
+        experiment, variant, books)."""
+        if not rows:
+            return
+        insert = self._insert(impressions).on_conflict_do_nothing(index_elements=["request_id"])
+        with self.engine.begin() as conn:
+            conn.execute(insert, rows)
+
+    def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                feedback.insert().values(
+                    at=time.time(),
+                    request_id=request_id,
+                    user_id=user_id,
+                    book_id=book_id,
+                    type=kind,
+                )
+            )
+
+    def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]:
+        """variant -> (impressions, impressions with at least one click)."""
+        clicked = (
+            sa.select(feedback.c.request_id).where(feedback.c.type == "click").distinct().subquery()
+        )
+        query = (
+            sa.select(
+                impressions.c.variant,
+                sa.func.count(),
+                sa.func.count(clicked.c.request_id),
+            )
+            .select_from(
+                impressions.outerjoin(clicked, clicked.c.request_id == impressions.c.request_id)
+            )
+            .where(impressions.c.experiment == name)
+            .group_by(impressions.c.variant)
+        )
+        with self.engine.connect() as conn:
+            return {str(v): (int(n), int(c)) for v, n, c in conn.execute(query)}
 
     # --- catalogue -------------------------------------------------------------------------
 

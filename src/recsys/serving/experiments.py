@@ -1,0 +1,275 @@
+"""A/B experiments and model switching for user recommendations.
+
+An experiments file (YAML, watched: edits apply without a restart)::
+
+    default_bundle: null            # promote: swap the bundle everyone else gets
+    experiments:
+      - name: ranker_v2
+        active: true
+        salt: ranker_v2             # assignment = sha256(salt:user_id), stable everywhere
+        variants: {control: 50, treatment: 50}      # percent, sums to 100
+        settings:                   # per variant: a bundle (version folder or family),
+          treatment: {bundle: artifacts/bundles/synthetic/20261129T...}
+          # and/or pipeline: retrieval (two-tower only) | two_stage (default)
+
+At most one experiment is active. A variant's bundle is loaded next to the default one
+(several versions serve at once); a new file is validated and its bundles loaded and verified
+before it replaces the current one, so a bad edit is refused and nothing fails meanwhile.
+``X-Experiment-Variant: <variant>`` forces a variant (testing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recsys.bundle.reader import load_bundle, resolve
+from recsys.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    variants: dict[str, float]  # percent
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    salt: str = ""
+    active: bool = True
+
+    def assign(self, user_id: str) -> str:
+        """The user's variant: a stable hash bucket in [0, 10000) over the percentages."""
+        digest = hashlib.sha256(f"{self.salt or self.name}:{user_id}".encode()).hexdigest()
+        bucket = int(digest[:8], 16) % 10_000
+        edge = 0.0
+        for variant, percent in self.variants.items():
+            edge += percent * 100
+            if bucket < edge:
+                return variant
+        return next(reversed(self.variants))
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Experiment:
+        name = str(raw.get("name") or "")
+        if not name:
+            raise RecsysError("an experiment needs a name")
+        variants = {str(k): float(v) for k, v in (raw.get("variants") or {}).items()}
+        if len(variants) < 2:
+            raise RecsysError(f"experiment {name}: give at least two variants")
+        if any(v < 0 for v in variants.values()) or abs(sum(variants.values()) - 100) > 1e-6:
+            raise RecsysError(f"experiment {name}: variant percentages must sum to 100")
+        settings = {str(k): dict(v or {}) for k, v in (raw.get("settings") or {}).items()}
+        unknown = set(settings) - set(variants)
+        if unknown:
+            raise RecsysError(f"experiment {name}: settings for unknown variant(s) {unknown}")
+        for variant, setting in settings.items():
+            extra = set(setting) - {"bundle", "pipeline"}
+            if extra:
+                raise RecsysError(f"experiment {name}/{variant}: unknown setting(s) {extra}")
+            if setting.get("pipeline", "two_stage") not in ("two_stage", "retrieval"):
+                raise RecsysError(f"experiment {name}/{variant}: pipeline two_stage|retrieval")
+        return cls(
+            name, variants, settings, str(raw.get("salt") or ""), bool(raw.get("active", True))
+        )
+
+
+@dataclass
+class Plan:
+    """A parsed experiments file."""
+
+    experiments: list[Experiment]
+    default_bundle: str | None = None
+
+    @property
+    def active(self) -> Experiment | None:
+        return next((e for e in self.experiments if e.active), None)
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> Plan:
+        raw = raw or {}
+        experiments = [Experiment.parse(e) for e in raw.get("experiments") or []]
+        names = [e.name for e in experiments]
+        if len(set(names)) != len(names):
+            raise RecsysError("experiment names must be unique")
+        if sum(e.active for e in experiments) > 1:
+            raise RecsysError("at most one experiment may be active at a time")
+        default = raw.get("default_bundle")
+        return cls(experiments, str(default) if default else None)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    experiment: str | None
+    variant: str | None
+    service: Any  # RecommendationService
+    retrieval_only: bool = False
+
+
+class Experiments:
+    """The services by bundle, the active experiment, and how to reload both.
+
+    Args:
+        build: bundle -> RecommendationService (sharing the process's stores and cache).
+        default: the service of the bundle the server started with.
+        on_default: called with the new default service when ``default_bundle`` changes.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[Any], Any],
+        default: Any,
+        on_default: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.build, self.on_default = build, on_default
+        self.default = default
+        self.plan = Plan([])
+        self.services: dict[str, Any] = {}  # variant bundle path -> service
+        self._lock = threading.Lock()
+
+    def assign(self, user_id: str, forced: str | None = None) -> Assignment:
+        plan, services, default = self.plan, self.services, self.default
+        experiment = plan.active
+        if experiment is None:
+            if forced:
+                raise RecsysError("X-Experiment-Variant given but no experiment is active")
+            return Assignment(None, None, default)
+        if forced is not None and forced not in experiment.variants:
+            raise RecsysError(
+                f"unknown variant '{forced}' of {experiment.name}: {sorted(experiment.variants)}"
+            )
+        variant = forced or experiment.assign(user_id)
+        setting = experiment.settings.get(variant, {})
+        service = services.get(str(resolve(setting["bundle"]))) if "bundle" in setting else None
+        return Assignment(
+            experiment.name,
+            variant,
+            service or default,
+            setting.get("pipeline") == "retrieval",
+        )
+
+    def apply(self, raw: dict[str, Any] | None) -> None:
+        """Validate ``raw``, load every bundle it names, then switch. Raises on a bad file
+        (nothing changes)."""
+        with self._lock:
+            plan = Plan.parse(raw)
+            wanted: dict[str, Any] = {}
+            for experiment in plan.experiments:
+                for setting in experiment.settings.values():
+                    if "bundle" in setting:
+                        path = str(resolve(setting["bundle"]))
+                        wanted[path] = self.services.get(path) or self.build(load_bundle(path))
+            new_default = None
+            if plan.default_bundle:
+                path = str(resolve(plan.default_bundle))
+                if path != str(self.default.bundle.path):
+                    new_default = wanted.get(path) or self.build(load_bundle(path))
+            retired = [s for p, s in self.services.items() if p not in wanted]
+            self.services, self.plan = wanted, plan
+            if new_default is not None:
+                old, self.default = self.default, new_default
+                if self.on_default is not None:
+                    self.on_default(new_default)
+                retired.append(old)
+            for service in retired:  # let requests holding them finish first
+                threading.Timer(30.0, service.close).start()
+            log.info(
+                "experiments applied: active=%s, bundles=%d",
+                plan.active.name if plan.active else None,
+                len(wanted),
+            )
+
+
+class FileWatcher:
+    """Re-apply an experiments file when it changes (polls its mtime)."""
+
+    def __init__(self, path: str, experiments: Experiments, poll_s: float = 1.0) -> None:
+        self.path, self.experiments, self.poll_s = Path(path), experiments, poll_s
+        self.mtime = 0.0
+        self.error: str | None = None
+        self.check()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="experiments-watch", daemon=True)
+        self._thread.start()
+
+    def check(self) -> bool:
+        """Apply the file if it changed; a bad file is logged and refused."""
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            return False
+        if mtime == self.mtime:
+            return False
+        try:
+            raw = yaml.safe_load(self.path.read_text()) or {}
+            self.experiments.apply(raw)
+            self.error = None
+            return True
+        except (RecsysError, yaml.YAMLError, OSError) as exc:
+            self.error = str(exc)
+            log.error("experiments file %s refused, the current setup stays: %s", self.path, exc)
+            return False
+        finally:
+            self.mtime = mtime  # marks this version as handled (applied or refused)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if trials == 0:
+        return 0.0, 0.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * ((p * (1 - p) / trials + z * z / (4 * trials * trials)) ** 0.5) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class ImpressionLog:
+    """Impressions written in the background, in batches (every ``flush_s``): logging them
+    must not add a disk sync to every request. ``flush`` writes what is queued now."""
+
+    def __init__(self, store: Any, flush_s: float = 0.5) -> None:
+        self.store, self.flush_s = store, flush_s
+        self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
+        self._thread.start()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._queue.put(row)
+
+    def flush(self) -> int:
+        rows = []
+        while True:
+            try:
+                rows.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if rows:
+            try:
+                self.store.log_impressions(rows)
+            except Exception:  # keep serving; the rows are lost, and logged as such
+                log.exception("could not write %d impressions", len(rows))
+        return len(rows)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
