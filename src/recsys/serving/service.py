@@ -321,12 +321,16 @@ class RecommendationService:
         users = np.array(
             [self.bundle.state.users.encode_one(r.user_id) if r.user_id else 1 for r in requests]
         )
-        stacked = sp.vstack([r.matrix for r in requests], format="csr")
-        # rows built before a book was added are narrower: widen them to the catalogue
-        matrix = sp.csr_matrix(
-            (stacked.data, stacked.indices, stacked.indptr),
-            shape=(stacked.shape[0], self.retriever.n_books),
-        )
+        n_books = self.retriever.n_books
+        if len(requests) == 1 and requests[0].matrix.shape[1] == n_books:
+            matrix = requests[0].matrix  # the common case under light load
+        else:
+            stacked = sp.vstack([r.matrix for r in requests], format="csr")
+            # rows built before a book was added are narrower: widen them to the catalogue
+            matrix = sp.csr_matrix(
+                (stacked.data, stacked.indices, stacked.indptr),
+                shape=(stacked.shape[0], n_books),
+            )
         ranked = [r.retrieval_only is False for r in requests]
         if self.pipeline is not None and any(ranked) and not all(ranked):
             # a batch mixing ranked and retrieval-only requests: answer each group apart
