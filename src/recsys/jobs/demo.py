@@ -59,7 +59,7 @@ def serve_and_ask(bundle: Bundle, user_id: str) -> None:
 
     with tempfile.TemporaryDirectory(prefix="recsys-demo-") as scratch:
         live = Live.from_config({"store": {"url": f"sqlite:///{scratch}/store.db"}})
-        live.auth = Authenticator(secret="demo-only-secret")
+        live.auth = Authenticator(secret="demo-only-secret-not-for-production-use")
         token = live.auth.issue(user_id)
         headers = {"Authorization": f"Bearer {token}"}
         app = create_app(lambda: RecommendationService(bundle, stage_timeout_s=1.0, live=live))
