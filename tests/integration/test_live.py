@@ -431,3 +431,23 @@ def test_new_book_is_retrievable_without_retraining(
     )
     assert restarted.catalogue.index["fresh-1"] in top[0]
     restarted.close()
+
+
+def test_erased_users_never_reach_training_data_again(tmp_path: Path) -> None:
+    """`recsys data prepare` / `train` drop users erased in the serving store, also from data
+    prepared before the erasure."""
+    from tests.helpers.hydra import compose_config
+
+    from recsys.jobs.common import load_or_prepare
+
+    small = ["data.reader.n_users=200", "data.reader.n_books=150"]
+    cfg = compose_config("prepare", tmp_path, small)
+    data = load_or_prepare(cfg)
+    victim = str(data.train.get_column("user_id")[0])
+    store = Store(str(cfg.paths.store_url))
+    store.delete_user(victim, "test")
+    again = load_or_prepare(compose_config("prepare", tmp_path, small))
+    for frame in (again.train, again.val, again.users):
+        if "user_id" in frame.columns:
+            assert victim not in frame.get_column("user_id").to_list()
+    assert again.train.height > 0

@@ -240,3 +240,40 @@ def test_fused_topology(
         check_endpoints(client, trained_bundle)
         metrics = client.get("/metrics").text
         assert 'recsys_stage_latency_seconds_count{stage="ranking"}' in metrics
+
+
+def test_experiments_through_user_config(
+    ray_cluster: int, chained: tuple[httpx.Client, dict[str, Any]], trained_bundle: dict[str, Any]
+) -> None:
+    """Variant traffic and a second bundle version arrive by `reconfigure` (no restart)."""
+    old = load_bundle(trained_bundle["bundle"])
+    other = Path(str(old.path) + "-exp")
+    if not other.exists():
+        other = copy_version(old.path, old.version + "-exp")
+    config, base = deploy(old.path, ray_cluster, topology="fused", stage_timeout_ms=1500)
+    experiments = {
+        "experiments": [
+            {
+                "name": "ray_ab",
+                "variants": {"control": 50, "treatment": 50},
+                "settings": {"treatment": {"bundle": str(other)}},
+            }
+        ]
+    }
+    swapped = ray_runner.with_swapped_bundle(config, str(old.path))
+    for entry in ray_runner.recsys_app(swapped)["deployments"]:
+        if entry["name"] == "Ingress":
+            entry["user_config"]["experiments"] = experiments
+    ray_runner.deploy(swapped)
+    user_id, _ = known_user(trained_bundle)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        deadline = time.monotonic() + 60
+        meta: dict[str, Any] = {}
+        while meta.get("experiment") != "ray_ab":
+            assert time.monotonic() < deadline, meta
+            time.sleep(0.2)
+            meta = client.post(f"/recommendations/users/{user_id}").json()["metadata"]
+        forced = client.post(
+            f"/recommendations/users/{user_id}", headers={"X-Experiment-Variant": "treatment"}
+        ).json()["metadata"]
+        assert (forced["variant"], forced["bundle_version"]) == ("treatment", other.name)

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -159,6 +160,8 @@ class Store:
         if unknown:
             raise RecsysError(f"unknown event type(s) {sorted(unknown)}; use {EVENT_TYPES}.")
         self.is_sqlite = url.startswith("sqlite")
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine: Engine = sa.create_engine(url)
         except (sa.exc.ArgumentError, ModuleNotFoundError) as exc:
