@@ -224,3 +224,70 @@ def test_auth_config_errors(tmp_path: Path) -> None:
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(RecsysError, match="1000/minute"):
         RateLimiter("lots")
+
+
+def test_rs256_tokens_from_an_identity_provider(tmp_path: Path) -> None:
+    """RS256: the server holds only the public key; tokens signed elsewhere are accepted,
+    tokens signed by another key are not."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from recsys.serving.auth import Unauthorized
+
+    def keypair() -> tuple[Any, str]:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return private, public.decode()
+
+    private, public = keypair()
+    stranger, _ = keypair()
+    pem = tmp_path / "idp.pem"
+    pem.write_text(public)
+    auth = Authenticator(algorithm="RS256", public_key_file=str(pem))
+    claims = {"sub": "u9", "exp": int(time.time()) + 60, "iss": "recsys", "aud": "recsys-api"}
+    good = jwt.encode({**claims, "scope": "recs:read:any"}, private, algorithm="RS256")
+    who = auth.principal(f"Bearer {good}")
+    assert who is not None
+    assert (who.subject, who.scopes) == ("u9", frozenset({"recs:read:any"}))
+    forged = jwt.encode(claims, stranger, algorithm="RS256")
+    with pytest.raises(Unauthorized):
+        auth.principal(f"Bearer {forged}")
+    hs = Authenticator(secret="x" * 40).issue("u9")  # an HS256 token is not accepted here
+    with pytest.raises(Unauthorized):
+        auth.principal(f"Bearer {hs}")
+    with pytest.raises(Exception, match="private key"):
+        auth.issue("u9")
+
+
+def test_token_command_issues_a_usable_token(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RECSYS_ROOT": str(tmp_path), "RECSYS_JWT_SECRET": SECRET}
+    done = subprocess.run(
+        [sys.executable, "scripts/issue_token.py", "sub=partner", "scopes=[recs:read:any]"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip().splitlines()[-1]
+    who = Authenticator(secret=SECRET).principal(f"Bearer {token}")
+    assert who is not None
+    assert (who.subject, who.scopes) == ("partner", frozenset({"recs:read:any"}))
+    bad = subprocess.run(
+        [sys.executable, "-m", "recsys", "token", "sub=x", "scopes=[root]"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "unknown scope" in bad.stderr
