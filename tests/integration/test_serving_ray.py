@@ -54,7 +54,7 @@ def copy_version(source: Path, version: str, corrupt: bool = False) -> Path:
 
 def deploy(bundle: Path, port: int, **args: Any) -> tuple[dict[str, Any], str]:
     # No response cache: every request goes through the stages under test.
-    live = {"store": None, "cache": {"enabled": False}}
+    live = {"store": None, "cache": {"enabled": False}, "auth": {"enabled": False}}
     config = ray_runner.with_overrides(
         ray_runner.load_config(CONFIG), str(bundle), host="127.0.0.1", port=port, live=live, **args
     )

@@ -73,14 +73,10 @@ class Live:
                 max_users=int(cache_cfg.get("max_users", 100_000)),
                 redis_url=cache_cfg.get("redis_url"),
             )
-        # Auth is on when the config has an `auth` section (as configs/serve.yaml does)
-        # unless it says enabled: false; programmatic Live() objects run without it.
-        auth_cfg = cfg.get("auth")
-        auth = (
-            Authenticator.from_config(auth_cfg)
-            if auth_cfg is not None
-            else Authenticator(enabled=False)
-        )
+        # From a config, auth is on unless it says `auth: {enabled: false}` (an explicit
+        # choice); without a key configured, HS256 uses a random per-process key. `Live()`
+        # built in code (tests, notebooks, batch jobs) has no HTTP auth.
+        auth = Authenticator.from_config(cfg.get("auth") or {})
         limiter = (
             RateLimiter.from_config(cfg.get("rate_limits")) if cfg.get("rate_limits") else None
         )

@@ -61,16 +61,32 @@ class RayAppArgs(BaseModel):
     batch_wait_timeout_ms: float = Field(2.0, ge=0)
     live: dict[str, Any] = Field(
         default_factory=dict,
-        description="store / trending / cache sections as in configs/serve.yaml "
-        "(default: no store, in-process cache)",
+        description="store / trending / cache / auth / rate_limits sections as in "
+        "configs/serve.yaml (default: no store, in-process cache, auth on)",
     )
 
     @field_validator("bundle")
     @classmethod
     def absolute(cls, value: str) -> str:
         # Replicas may not share the caller's working directory: pin the path now.
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else (Path.cwd() / path).resolve())
+        return _absolute(value)
+
+    @field_validator("live")
+    @classmethod
+    def absolute_live_paths(cls, value: dict[str, Any]) -> dict[str, Any]:
+        live = {k: dict(v) if isinstance(v, dict) else v for k, v in value.items()}
+        store = live.get("store")
+        if isinstance(store, dict) and str(store.get("url") or "").startswith("sqlite:///"):
+            store["url"] = "sqlite:///" + _absolute(store["url"].removeprefix("sqlite:///"))
+        auth = live.get("auth")
+        if isinstance(auth, dict) and auth.get("secret_file"):
+            auth["secret_file"] = _absolute(auth["secret_file"])
+        return live
+
+
+def _absolute(value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (Path.cwd() / path).resolve())
 
 
 class BundleCache:
