@@ -454,3 +454,20 @@ def test_erased_users_never_reach_training_data_again(tmp_path: Path) -> None:
         if "user_id" in frame.columns:
             assert victim not in frame.get_column("user_id").to_list()
     assert again.train.height > 0
+
+
+def test_a_store_shared_with_another_dataset_still_serves(
+    trained_bundle: dict[str, Any], tmp_path: Path
+) -> None:
+    """A store whose catalogue was seeded by another bundle (another dataset) does not delist
+    this bundle's books nor embed the foreign ones."""
+    bundle = load_bundle(trained_bundle["bundle"])
+    store = Store(f"sqlite:///{tmp_path / 'shared.db'}")
+    store.seed_books(pl.DataFrame({"book_id": [f"isbn-{i}" for i in range(50)]}))
+    live = Live(store=store)
+    service = RecommendationService(bundle, 10.0, live=live)
+    assert service.catalogue.listed[2:].all()
+    assert "isbn-0" not in service.catalogue.index  # seeded by a bundle: not "added"
+    user_id, _ = short_history_user(trained_bundle)
+    assert len(service.for_user(user_id, 10, [], None).books) == 10
+    service.close()

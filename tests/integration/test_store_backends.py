@@ -176,3 +176,20 @@ def test_store_interface(store: Store) -> None:
     entry = store.audit()[-1]
     assert (entry["actor"], entry["events"]) == ("dpo", 3)
     assert "ann" not in str(entry)
+
+
+def test_catalogue_seeding_keeps_edits_and_delistings(store: Store) -> None:
+    first = pl.DataFrame({"book_id": ["a1", "a2"], "title": ["One", "Two"]})
+    assert store.seed_books(first) == 2
+    store.put_book("new-1", {"title": "Fresh"}, True)
+    assert store.delete_book("a2")
+    assert not store.delete_book("a2")  # already delisted
+    # the next bundle (same books plus one) is seeded on the next start
+    second = pl.DataFrame({"book_id": ["a1", "a2", "a3"], "title": ["One!", "Two", "Three"]})
+    assert store.seed_books(second) == 1
+    assert store.book("a1")["title"] == "One"  # existing rows (and edits) are kept
+    assert store.book("a2") is None  # a delisting survives re-seeding
+    assert sorted(store.books_frame().get_column("book_id")) == ["a1", "a3", "new-1"]
+    assert [b["book_id"] for b in store.added_books()] == ["new-1"]
+    assert store.put_book("a2", {"title": "Two again"}, True)["title"] == "Two again"
+    assert store.book("a2") is not None  # listed again

@@ -182,11 +182,9 @@ class RecommendationService:
         self.store = self.live.store
         if self.store is not None:
             self.store.seed_books(bundle.books)
-            books = self.store.books_frame()
-            self.catalogue = Catalogue(bundle, books)
-            added = books.filter(~pl.col("book_id").is_in(bundle.state.books.ids.implode()))
-            if added.height:  # books added through the API since this bundle was trained
-                self.add_books([self.store.book(b) or {"book_id": b} for b in added["book_id"]])
+            self.catalogue = Catalogue(bundle, self.store.books_frame())
+            # books added through the API that this bundle was not trained on
+            self.add_books(self.store.added_books())
         else:
             self.catalogue = Catalogue(bundle)
         self.histories: dict[str, list[str]] = dict(bundle.known_histories.iter_rows())

@@ -66,6 +66,10 @@ books = sa.Table(
     sa.Column("tags", sa.Text, nullable=False, default="[]"),
     sa.Column("cover_url", sa.Text, nullable=True),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # bundle: seeded from a model bundle; api: added through the API (embedded at start)
+    sa.Column("origin", sa.String(16), nullable=False, server_default="bundle"),
+    # delisted through the API: kept, so a later seed never brings it back
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 deleted_users = sa.Table(
     "deleted_users",
@@ -112,6 +116,7 @@ feedback = sa.Table(
 )
 
 BOOK_FIELDS = ("title", "authors", "year", "publisher", "language", "tags", "cover_url")
+BOOK_COLUMNS = ("book_id", *BOOK_FIELDS)
 
 _FTS = [
     "CREATE VIRTUAL TABLE IF NOT EXISTS books_fts USING fts5("
@@ -170,6 +175,7 @@ class Store:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             metadata.create_all(self.engine)
+            self._migrate()
             with self.engine.begin() as conn:
                 if self.is_sqlite:
                     for statement in _FTS:
@@ -193,6 +199,18 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _migrate(self) -> None:
+        """Add columns that stores created by earlier versions lack."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("books")}
+        added = {
+            "origin": "VARCHAR(16) NOT NULL DEFAULT 'bundle'",
+            "deleted": "BOOLEAN NOT NULL DEFAULT FALSE",
+        }
+        with self.engine.begin() as conn:
+            for column, ddl in added.items():
+                if column not in present:
+                    conn.exec_driver_sql(f"ALTER TABLE books ADD COLUMN {column} {ddl}")
 
     # --- events ----------------------------------------------------------------------------
 
@@ -422,10 +440,13 @@ class Store:
     # --- catalogue -------------------------------------------------------------------------
 
     def seed_books(self, frame: pl.DataFrame) -> int:
-        """Fill an empty catalogue from the bundle's book table; returns rows added."""
+        """Add the bundle's books the catalogue does not have yet (every start: a new bundle
+        brings its new books; edits and delistings made through the API are kept). Returns
+        rows added."""
+        with self.engine.connect() as conn:
+            known = {str(b) for (b,) in conn.execute(sa.select(books.c.book_id))}
+        frame = frame.filter(~pl.col("book_id").cast(pl.String).is_in(list(known)))
         with self.engine.begin() as conn:
-            if conn.execute(sa.select(sa.func.count()).select_from(books)).scalar_one():
-                return 0
             now = time.time()
             rows = [
                 {
@@ -438,6 +459,8 @@ class Store:
                     "tags": json.dumps(list(r.get("tags") or [])),
                     "cover_url": r.get("cover_url") or r.get("image_url"),
                     "updated_at": now,
+                    "origin": "bundle",
+                    "deleted": False,
                 }
                 for r in frame.iter_rows(named=True)
             ]
@@ -446,10 +469,10 @@ class Store:
         return len(rows)
 
     def books_frame(self) -> pl.DataFrame:
-        """The whole catalogue: book_id, title, authors, year, language."""
+        """The listed catalogue: book_id, title, authors, year, language."""
         query = sa.select(
             books.c.book_id, books.c.title, books.c.authors, books.c.year, books.c.language
-        )
+        ).where(books.c.deleted == sa.false())
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return pl.DataFrame(
@@ -464,9 +487,17 @@ class Store:
             orient="row",
         )
 
-    def book(self, book_id: str) -> dict[str, Any] | None:
+    def added_books(self) -> list[dict[str, Any]]:
+        """Listed books created through the API (no bundle has them until retraining)."""
+        query = sa.select(books).where(books.c.origin == "api", books.c.deleted == sa.false())
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(books).where(books.c.book_id == book_id)).first()
+            return [_book(r) for r in conn.execute(query)]
+
+    def book(self, book_id: str) -> dict[str, Any] | None:
+        """A listed book (None when absent or delisted)."""
+        query = sa.select(books).where(books.c.book_id == book_id, books.c.deleted == sa.false())
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
         return _book(row) if row is not None else None
 
     def put_book(self, book_id: str, fields: dict[str, Any], create: bool) -> dict[str, Any]:
@@ -476,24 +507,33 @@ class Store:
             values["tags"] = json.dumps(list(values["tags"] or []))
         values["updated_at"] = time.time()
         with self._lock, self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(books.c.book_id).where(books.c.book_id == book_id)
-            ).first()
-            if create and exists:
+            row = conn.execute(sa.select(books.c.deleted).where(books.c.book_id == book_id)).first()
+            listed = row is not None and not row[0]
+            if create and listed:
                 raise KeyError(book_id)
-            if not create and not exists:
+            if not create and not listed:
                 raise LookupError(book_id)
-            if create:
-                conn.execute(books.insert().values(book_id=book_id, **values))
-            else:
-                conn.execute(sa.update(books).where(books.c.book_id == book_id).values(**values))
+            if row is None:
+                conn.execute(books.insert().values(book_id=book_id, origin="api", **values))
+            else:  # an update, or a delisted book listed again
+                conn.execute(
+                    sa.update(books)
+                    .where(books.c.book_id == book_id)
+                    .values(deleted=False, **values)
+                )
         book = self.book(book_id)
         assert book is not None
         return book
 
     def delete_book(self, book_id: str) -> bool:
+        """Delist a book (kept as delisted, so re-seeding never lists it again)."""
+        query = (
+            sa.update(books)
+            .where(books.c.book_id == book_id, books.c.deleted == sa.false())
+            .values(deleted=True, updated_at=time.time())
+        )
         with self.engine.begin() as conn:
-            return bool(conn.execute(sa.delete(books).where(books.c.book_id == book_id)).rowcount)
+            return bool(conn.execute(query).rowcount)
 
     def search_books(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
         """Books whose title or authors match ``query`` (every word, prefix match), best first."""
@@ -505,7 +545,7 @@ class Store:
                 match = " ".join(f'"{w}"*' for w in words)
                 rows = conn.exec_driver_sql(
                     "SELECT b.* FROM books_fts f JOIN books b ON b.book_id = f.book_id "
-                    "WHERE books_fts MATCH ? ORDER BY bm25(books_fts) LIMIT ?",
+                    "WHERE books_fts MATCH ? AND NOT b.deleted ORDER BY bm25(books_fts) LIMIT ?",
                     (match, limit),
                 ).all()
             else:
@@ -515,7 +555,8 @@ class Store:
                     + sa.func.coalesce(books.c.authors, "")
                 )
                 condition = sa.and_(*(text.contains(w.lower()) for w in words))
-                rows = conn.execute(sa.select(books).where(condition).limit(limit)).all()
+                listed = books.c.deleted == sa.false()
+                rows = conn.execute(sa.select(books).where(condition, listed).limit(limit)).all()
         return [_book(r) for r in rows]
 
     # --- helpers ---------------------------------------------------------------------------
@@ -528,7 +569,7 @@ class Store:
 
 
 def _book(row: Any) -> dict[str, Any]:
-    out = dict(row._mapping)
+    out = {k: v for k, v in row._mapping.items() if k in BOOK_COLUMNS}
     out["tags"] = json.loads(out.get("tags") or "[]")
     return out
 
