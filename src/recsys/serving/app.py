@@ -301,47 +301,30 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
         )
         return response
 
-    @app.exception_handler(UnknownBook)
-    async def unknown_book(request: Request, exc: UnknownBook) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
+    # Client errors: status per exception type (a subclass before RecsysError's 400).
+    statuses: dict[type[RecsysError], int] = {
+        UnknownBook: 404,
+        UnknownUser: 404,
+        BadVariant: 422,
+        UnknownEventBook: 422,
+        BookExists: 409,
+        Unauthorized: 401,
+        Forbidden: 403,
+        RateLimited: 429,
+        StoreDisabled: 503,
+    }
 
-    @app.exception_handler(BadVariant)
-    async def bad_variant(request: Request, exc: BadVariant) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+    async def client_error(request: Request, exc: Exception) -> JSONResponse:
+        status = next(code for kind, code in statuses.items() if isinstance(exc, kind))
+        headers = {}
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(exc.retry_after)
+        return JSONResponse(status_code=status, content={"detail": str(exc)}, headers=headers)
 
-    @app.exception_handler(UnknownUser)
-    async def unknown_user(request: Request, exc: UnknownUser) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(UnknownEventBook)
-    async def unknown_event_book(request: Request, exc: UnknownEventBook) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
-
-    @app.exception_handler(BookExists)
-    async def book_exists(request: Request, exc: BookExists) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
-
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
-        return JSONResponse(
-            status_code=401, content={"detail": str(exc)}, headers={"WWW-Authenticate": "Bearer"}
-        )
-
-    @app.exception_handler(Forbidden)
-    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return JSONResponse(status_code=403, content={"detail": str(exc)})
-
-    @app.exception_handler(RateLimited)
-    async def rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
-        return JSONResponse(
-            status_code=429,
-            content={"detail": str(exc)},
-            headers={"Retry-After": str(exc.retry_after)},
-        )
-
-    @app.exception_handler(StoreDisabled)
-    async def store_disabled(request: Request, exc: StoreDisabled) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
+    for kind in statuses:
+        app.add_exception_handler(kind, client_error)
 
     @app.exception_handler(RecsysError)
     async def bad_request(request: Request, exc: RecsysError) -> JSONResponse:
