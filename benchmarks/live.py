@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import random
 import shutil
 import subprocess
@@ -33,42 +32,22 @@ import numpy as np
 
 from recsys.bundle.reader import load_bundle
 from recsys.report import print_table, write_json
-from recsys.serving.local import free_port
+from recsys.serving.local import free_port, spawn_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import load
 
 
 def start_server(bundle: str, store: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "recsys",
-        "serve",
+    overrides = [
         f"bundle={bundle}",
-        f"port={port}",
         f"store.url=sqlite:///{store}",
         "stage_timeout_ms=1000",
         "auth.enabled=false",  # what is measured here is the store and the cache
         "rate_limits.enabled=false",
         *extra,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(1800):
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        time.sleep(0.1)
-    raise RuntimeError("server did not start")
+    return spawn_server(overrides, {"OMP_NUM_THREADS": "1"})
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ import numpy as np
 
 from recsys.bundle.reader import load_bundle
 from recsys.report import print_table, write_json
-from recsys.serving.local import free_port
+from recsys.serving.local import spawn_server
 from recsys.serving.service import RecommendationService
 
 
@@ -125,33 +122,18 @@ def bench_runner(
     runner: str, bundle: str, endpoints: dict[str, Any], seconds: float, clients: str
 ) -> dict[str, dict[str, float]]:
     """Start ``recsys serve`` with one runner in a subprocess, load it, stop it."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RECSYS_JWT_SECRET": BENCH_SECRET}
-    command = [sys.executable, "-m", "recsys", "serve", f"bundle={bundle}", f"port={port}"]
     headers = {}
     if "auth.enabled=false" not in RUNNERS[runner]:
         from recsys.serving.auth import Authenticator
 
         token = Authenticator(secret=BENCH_SECRET).issue("bench", ["recs:read:any"], 3600)
         headers = {"Authorization": f"Bearer {token}"}
-    server = subprocess.Popen(
-        [*command, *RUNNERS[runner], "stage_timeout_ms=1000"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
+    server, base = spawn_server(
+        [f"bundle={bundle}", *RUNNERS[runner], "stage_timeout_ms=1000"],
+        {"OMP_NUM_THREADS": "1", "RECSYS_JWT_SECRET": BENCH_SECRET},
     )
-    base = f"http://127.0.0.1:{port}"
     rows: dict[str, dict[str, float]] = {}
     try:
-        for _ in range(1800):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise RuntimeError(f"{runner} server exited with {server.returncode}")
-            time.sleep(0.1)
         asyncio.run(load(base, endpoints["user"], 2, 2.0, headers))  # warm-up
         for n in (int(c) for c in clients.split(",")):
             for name, make in endpoints.items():

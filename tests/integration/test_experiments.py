@@ -176,7 +176,7 @@ def test_impressions_clicks_and_report(
                 "type": "click",
             }
             assert client.post("/feedback", json=click).status_code == 202
-    assert setup["live"].impressions.flush() >= 0
+    setup["live"].impressions.flush()  # write what the background writer has not yet
     counts = setup["live"].store.experiment_counts("ctr_test")
     assert counts["control"][0] == served["control"]
     assert counts["treatment"] == (served["treatment"], served["treatment"])

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +24,7 @@ from recsys.offline.export import export_embeddings
 from recsys.serving.app import create_app
 from recsys.serving.auth import Authenticator
 from recsys.serving.live import Live
-from recsys.serving.local import free_port, serve_in_thread
+from recsys.serving.local import serve_in_thread, spawn_server
 from recsys.serving.service import RecommendationService
 from recsys.stores.sql import Store
 
@@ -329,38 +326,12 @@ def test_erasure_leaves_nothing_behind(
 def test_acknowledged_events_survive_a_killed_server(
     trained_bundle: dict[str, Any], tmp_path: Path
 ) -> None:
-    db = tmp_path / "durable.db"
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "recsys",
-        "serve",
-        f"bundle={trained_bundle['bundle']}",
-        f"port={port}",
-        f"store.url=sqlite:///{db}",
-    ]
+    overrides = [f"bundle={trained_bundle['bundle']}", f"store.url=sqlite:///{tmp_path}/d.db"]
     # auth on, as `recsys serve` runs by default: the user's own token
-    env = {**os.environ, "RECSYS_ROOT": str(tmp_path), "RECSYS_JWT_SECRET": "durability"}
-    base = f"http://127.0.0.1:{port}"
+    env = {"RECSYS_ROOT": str(tmp_path), "RECSYS_JWT_SECRET": "durability"}
     token = Authenticator(secret="durability").issue("durable")
     auth = {"Authorization": f"Bearer {token}"}
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    return process
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, "the server exited"
-            time.sleep(0.1)
-        raise AssertionError("the server did not start")
-
-    process = start()
+    process, base = spawn_server(overrides, env, timeout_s=60)
     events = [{"user_id": "durable", "book_id": f"b{i}", "type": "read"} for i in range(20)]
     try:
         for event in events:  # one request each: every 202 must be durable by itself
@@ -368,7 +339,7 @@ def test_acknowledged_events_survive_a_killed_server(
     finally:
         process.send_signal(signal.SIGKILL)  # no shutdown hooks, no flush
         process.wait()
-    process = start()
+    process, base = spawn_server(overrides, env, timeout_s=60)
     try:
         assert httpx.get(f"{base}/users/durable/history").status_code == 401
         history = httpx.get(f"{base}/users/durable/history", headers=auth).json()["history"]

@@ -122,9 +122,6 @@ def test_store_interface(store: Store) -> None:
     assert [b for b, _, _ in store.history("bob")] == ["b2"]
     assert store.event_histories() == {"ann": ["b1", "b2", "b3"], "bob": ["b2"]}
     assert {b for b, _, _ in store.recent(now - 15)} == {"b3", "b2"}
-    exported = store.export_events()
-    assert exported.height == 4
-    assert set(exported.columns) >= {"user_id", "book_id", "timestamp"}
 
     books = pl.DataFrame(
         {

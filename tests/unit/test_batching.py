@@ -22,7 +22,6 @@ def test_batches_form_under_load_and_keep_order() -> None:
     futures = [batcher.submit(i) for i in range(9)]
     release.set()
     assert [f.result(timeout=5) for f in futures] == [i * i for i in range(9)]
-    assert sizes[0] >= 1
     assert max(sizes) == 4  # the queued requests were answered in full batches
     assert sum(sizes) == 9
     batcher.close()

@@ -551,21 +551,30 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
         metrics.events.inc(stored)
         return EventsAccepted(stored=stored, duplicates=duplicates)
 
+    def user_events(svc: RecommendationService, user_id: str) -> list[tuple[str, float, str]]:
+        """The user's history events (book, time, type): one erasure check and one read.
+        UnknownUser (404) when nothing is known or the user was erased."""
+        store = store_of(svc)
+        if store.is_deleted(user_id):
+            raise UnknownUser(f"unknown user '{user_id}'")
+        events = store.history(user_id)
+        if user_id not in svc.histories and not events and store.user(user_id) is None:
+            raise UnknownUser(f"unknown user '{user_id}'")
+        return events
+
     @app.get("/users/{user_id}", response_model=UserProfile)
     async def get_user(request: Request, user_id: str) -> UserProfile:
         """What is known about a user (404 when nothing is, or after erasure)."""
         may_act(request, user_id, "users:read:any")
         svc = service(request)
-        store = store_of(svc)
-        if await run_in_threadpool(store.is_deleted, user_id):
-            raise UnknownUser(f"unknown user '{user_id}'")
-        events = await run_in_threadpool(store.history, user_id)
-        in_model = user_id in svc.histories
-        if not in_model and not events and store.user(user_id) is None:
-            raise UnknownUser(f"unknown user '{user_id}'")
-        history = svc.user_history(user_id) or []
+        events = await run_in_threadpool(user_events, svc, user_id)
+        known = svc.histories.get(user_id, [])
+        merged = dict.fromkeys([*known, *(b for b, _, _ in events)])  # as served
         return UserProfile(
-            user_id=user_id, in_model=in_model, history_length=len(history), events=len(events)
+            user_id=user_id,
+            in_model=user_id in svc.histories,
+            history_length=len(merged),
+            events=len(events),
         )
 
     @app.get("/users/{user_id}/history", response_model=UserHistory)
@@ -573,18 +582,18 @@ def create_app(load: Callable[[], RecommendationService], echo_request_id: bool 
         request: Request, user_id: str, limit: int = Query(200, ge=1, le=1000)
     ) -> UserHistory:
         """The user's reading history, most recent last: the bundle's, then their events."""
-        profile = await get_user(request, user_id)
+        may_act(request, user_id, "users:read:any")
         svc = service(request)
-        store = store_of(svc)
+        events = await run_in_threadpool(user_events, svc, user_id)
         items = [
             HistoryItem(book_id=b, title=book_title(svc, b), source="bundle")
             for b in svc.histories.get(user_id, [])
         ]
         items += [
             HistoryItem(book_id=b, title=book_title(svc, b), source="event", type=k, timestamp=t)
-            for b, t, k in await run_in_threadpool(store.history, user_id)
+            for b, t, k in events
         ]
-        return UserHistory(user_id=profile.user_id, history=items[-limit:])
+        return UserHistory(user_id=user_id, history=items[-limit:])
 
     def book_title(svc: RecommendationService, book_id: str) -> str | None:
         index = svc.catalogue.index.get(book_id)

@@ -25,8 +25,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,6 +44,7 @@ from recsys.serving.live import Live
 from recsys.serving.service import RecommendationService
 
 log = logging.getLogger("recsys.serving.ray")
+T = TypeVar("T")
 
 
 class RayAppArgs(BaseModel):
@@ -145,6 +147,18 @@ class _Stage:
         """Fault drill: the next ``fail_next`` calls raise; the next call sleeps first."""
         self.fail_next, self.slow_next_s = fail_next, slow_next_s
 
+    def _per_bundle(
+        self, bundles: list[str], call: Callable[[TwoStageRecommender, list[int]], list[T]]
+    ) -> list[T]:
+        """One model call per bundle version in a batch (a swap may mix two); results back in
+        request order."""
+        out: dict[int, T] = {}
+        for key in dict.fromkeys(bundles):
+            rows = [i for i, b in enumerate(bundles) if b == key]
+            _, model = self.cache.get(key)
+            out.update(zip(rows, call(model, rows), strict=True))
+        return [out[i] for i in range(len(bundles))]
+
     def _drill(self) -> None:
         if self.fail_next:
             self.fail_next -= 1
@@ -175,17 +189,15 @@ class Retrieval(_Stage):
     def _run(self, requests: list[tuple[str, np.ndarray, sp.csr_matrix]]) -> list[Retrieved]:
         self._drill()
         bundles, users, histories = (list(x) for x in zip(*requests, strict=True))
-        out: list[Retrieved | None] = [None] * len(bundles)
-        for key in dict.fromkeys(bundles):  # one model call per bundle in the batch
-            rows = [i for i, b in enumerate(bundles) if b == key]
-            _, model = self.cache.get(key)
+
+        def call(model: TwoStageRecommender, rows: list[int]) -> list[Retrieved]:
             merged = model.retrieve(
                 np.concatenate([users[i] for i in rows]),
                 sp.vstack([histories[i] for i in rows], format="csr"),
             )
-            for i, part in zip(rows, merged.split([len(users[i]) for i in rows]), strict=True):
-                out[i] = part
-        return [r for r in out if r is not None]
+            return merged.split([len(users[i]) for i in rows])
+
+        return self._per_bundle(bundles, call)
 
 
 @serve.deployment(name="Ranking")
@@ -208,17 +220,13 @@ class Ranking(_Stage):
         self._drill()
         bundles = [b for b, _ in requests]
         retrieved = [r for _, r in requests]
-        out: list[np.ndarray | None] = [None] * len(bundles)
-        for key in dict.fromkeys(bundles):
-            rows = [i for i, b in enumerate(bundles) if b == key]
-            _, model = self.cache.get(key)
+
+        def call(model: TwoStageRecommender, rows: list[int]) -> list[np.ndarray]:
             scores = model.rank(Retrieved.concat([retrieved[i] for i in rows]))
-            start = 0
-            for i in rows:
-                size = len(retrieved[i])
-                out[i] = scores[start : start + size]
-                start += size
-        return [s for s in out if s is not None]
+            ends = np.cumsum([len(retrieved[i]) for i in rows])[:-1]
+            return list(np.split(scores, ends))
+
+        return self._per_bundle(bundles, call)
 
 
 class RemoteStages:
@@ -364,26 +372,19 @@ def build(args: RayAppArgs) -> Application:
     )
     if args.topology == "fused":
         return ingress.bind(args.bundle, args.stage_timeout_ms, None, None, args.live)
-    stage_args = (args.bundle, args.max_batch_size, args.batch_wait_timeout_ms)
-    stage_config = {"bundle": args.bundle}
-    retrieval = (
-        as_deployment(Retrieval)
-        .options(
-            num_replicas=args.retrieval_replicas,
-            max_ongoing_requests=args.max_ongoing_requests,
-            ray_actor_options={"num_cpus": args.stage_cpus},
-            user_config=stage_config,
+
+    def stage(kind: Any, replicas: int) -> Application:
+        return (
+            as_deployment(kind)
+            .options(
+                num_replicas=replicas,
+                max_ongoing_requests=args.max_ongoing_requests,
+                ray_actor_options={"num_cpus": args.stage_cpus},
+                user_config={"bundle": args.bundle},
+            )
+            .bind(args.bundle, args.max_batch_size, args.batch_wait_timeout_ms)
         )
-        .bind(*stage_args)
-    )
-    ranking = (
-        as_deployment(Ranking)
-        .options(
-            num_replicas=args.ranking_replicas,
-            max_ongoing_requests=args.max_ongoing_requests,
-            ray_actor_options={"num_cpus": args.stage_cpus},
-            user_config=stage_config,
-        )
-        .bind(*stage_args)
-    )
+
+    retrieval = stage(Retrieval, args.retrieval_replicas)
+    ranking = stage(Ranking, args.ranking_replicas)
     return ingress.bind(args.bundle, args.stage_timeout_ms, retrieval, ranking, args.live)

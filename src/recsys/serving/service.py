@@ -93,6 +93,8 @@ class Catalogue:
         self.listed = np.concatenate(
             [[False] * NUM_RESERVED, present.get_column("present").fill_null(False).to_numpy()]
         )
+        # books removed from the catalogue (kept current by update/remove; read per request)
+        self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
 
     def update(self, book: dict[str, Any]) -> None:
         """A catalogue edit (create or update) of a book the model knows."""
@@ -104,6 +106,7 @@ class Catalogue:
         self.years[index] = -1 if year is None else int(year)
         self.languages[index] = book.get("language")
         self.listed[index] = True
+        self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
 
     def add(self, book: dict[str, Any]) -> int:
         """Append a book the model never saw; returns its index."""
@@ -122,11 +125,11 @@ class Catalogue:
         index = self.index.get(book_id)
         if index is not None:
             self.listed[index] = False
+            self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
 
     def allowed(self, filters: Filters | None, exclude: set[int]) -> np.ndarray | None:
         """Bool per book index, or None when nothing is filtered."""
-        removed = not self.listed[NUM_RESERVED:].all()
-        if filters is None and not exclude and not removed:
+        if filters is None and not exclude and not self.delisted:
             return None
         mask = self.listed.copy()
         mask[:NUM_RESERVED] = False

@@ -8,7 +8,6 @@ time so an event is one addition; they are rebuilt from the store at start and e
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Iterable
@@ -67,7 +66,3 @@ class Trending:
         with self._lock:
             ranked = sorted(self._scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
         return [(book, score * scale) for book, score in ranked if score * scale > 0]
-
-    def score(self, book_id: str, now: float | None = None) -> float:
-        now = time.time() if now is None else now
-        return self._scores.get(book_id, 0.0) * math.pow(2.0, (self._ref - now) / self.half_life_s)

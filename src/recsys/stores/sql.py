@@ -254,9 +254,6 @@ class Store:
         with self.engine.connect() as conn:
             return [(str(b), float(t), str(k)) for b, t, k in conn.execute(query)]
 
-    def history_books(self, user_id: str) -> list[str]:
-        return [book for book, _, _ in self.history(user_id)]
-
     def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
         """(erased?, history book ids oldest first) in one round trip: the per-request read
         of serving (a prepared text statement: ~35 µs on SQLite, where building the same
@@ -287,30 +284,6 @@ class Store:
         with self.engine.connect() as conn:
             for book, kind, ts in conn.execute(query):
                 yield str(book), str(kind), float(ts)
-
-    def export_events(self) -> pl.DataFrame:
-        """Every stored event in the canonical interaction schema (for retraining)."""
-        query = sa.select(
-            events.c.user_id, events.c.book_id, events.c.type, events.c.value, events.c.ts
-        ).order_by(events.c.seq)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return pl.DataFrame(
-            {
-                "user_id": [r[0] for r in rows],
-                "book_id": [r[1] for r in rows],
-                "event_type": [r[2] for r in rows],
-                "rating": [r[3] for r in rows],
-                "timestamp": [int(r[4]) for r in rows],
-            },
-            schema={
-                "user_id": pl.String,
-                "book_id": pl.String,
-                "event_type": pl.String,
-                "rating": pl.Float64,
-                "timestamp": pl.Int64,
-            },
-        )
 
     # --- users -----------------------------------------------------------------------------
 
