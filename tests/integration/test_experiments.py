@@ -5,18 +5,16 @@ applied with no restart and no failed request."""
 from __future__ import annotations
 
 import collections
-import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
 from omegaconf import OmegaConf
+from tests.helpers.bundles import copy_version
 
 from recsys.bundle.reader import load_bundle
 from recsys.jobs.experiments_report import main as report_main
@@ -27,16 +25,6 @@ from recsys.serving.local import serve_in_thread
 from recsys.serving.service import RecommendationService
 
 pytestmark = pytest.mark.integration
-
-
-def copy_version(source: Path, version: str) -> Path:
-    target = source.parent / version
-    if not target.exists():
-        shutil.copytree(source, target)
-        manifest = json.loads((target / "manifest.json").read_text())
-        manifest["bundle_version"] = version
-        (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
 
 
 @pytest.fixture(scope="module")

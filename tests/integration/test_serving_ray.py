@@ -8,8 +8,6 @@ fused topology on the same endpoints.
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 import time
 from collections import Counter
@@ -19,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.helpers.bundles import copy_version
 
 from recsys.bundle.reader import load_bundle
 from recsys.serving import ray_runner
@@ -37,19 +36,6 @@ def ray_cluster() -> Iterator[int]:
 
     yield free_port()
     ray.shutdown()  # serve.shutdown() can hang for 30 s; tearing Ray down stops Serve too
-
-
-def copy_version(source: Path, version: str, corrupt: bool = False) -> Path:
-    """Another version of the same bundle (optionally with a corrupted file)."""
-    target = source.parent / version
-    shutil.copytree(source, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["bundle_version"] = version
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    if corrupt:
-        ranker = next((target / "ranker").glob("*.pt"))
-        ranker.write_bytes(ranker.read_bytes()[:-16] + b"\0" * 16)
-    return target
 
 
 def deploy(bundle: Path, port: int, **args: Any) -> tuple[dict[str, Any], str]:
@@ -247,9 +233,7 @@ def test_experiments_through_user_config(
 ) -> None:
     """Variant traffic and a second bundle version arrive by `reconfigure` (no restart)."""
     old = load_bundle(trained_bundle["bundle"])
-    other = Path(str(old.path) + "-exp")
-    if not other.exists():
-        other = copy_version(old.path, old.version + "-exp")
+    other = copy_version(old.path, old.version + "-exp")
     config, base = deploy(old.path, ray_cluster, topology="fused", stage_timeout_ms=1500)
     experiments = {
         "experiments": [
