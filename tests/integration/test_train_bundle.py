@@ -221,6 +221,13 @@ def test_two_stage_bundle(trained: dict[str, Any]) -> None:
         assert len(set(row.tolist())) == 20
         assert set(row.tolist()).isdisjoint(train[user].indices.tolist())
     assert (np.diff(scores, axis=1) <= 1e-6).all()
+    # all three sources contribute candidates; MF is stored in the bundle
+    assert bundle.mf is not None
+    assert bundle.mf.n_books == bundle.state.books.size
+    cands = rec.retrieve(users, train[users]).candidates
+    for source in (cands.from_retrieval, cands.from_mf, cands.from_cooc):
+        assert source.any()
+    assert (cands.from_mf & ~cands.from_retrieval).any()  # MF adds books retrieval missed
     assert "two_stage/recall@20" in bundle.manifest.metrics
     eval_set = EvalSet.from_prepared(data)
     again = evaluate(rec, eval_set, ks=(20,))
@@ -251,6 +258,7 @@ def test_ranker_training_lists_do_not_leak(prepared: PreparedData) -> None:
     label retriever and co-occurrence were fitted on."""
     from recsys.features.pipeline import FeaturePipeline, book_feature_table
     from recsys.inference.cooccurrence import CooccurrenceRecommender
+    from recsys.inference.mf import MatrixFactorisation
     from recsys.inference.two_stage import CandidateGenerator
     from recsys.jobs.train_ranker import label_carve, log_popularity
     from recsys.lightning.ranking import build_examples
@@ -266,7 +274,10 @@ def test_ranker_training_lists_do_not_leak(prepared: PreparedData) -> None:
         carved.train, carved.books, carved.users, carved.user_vocab, carved.book_vocab
     )
     retriever = quick_retriever(carved, state)  # trained on the carve: it never saw the labels
-    generator = CandidateGenerator(retriever, cooc, n_retrieval=30, n_cooc=30, max_candidates=50)
+    mf = MatrixFactorisation.fit(history, factors=8, iterations=5)  # the carve only, too
+    generator = CandidateGenerator(
+        retriever, cooc, n_retrieval=30, n_cooc=30, max_candidates=70, mf=mf, n_mf=30
+    )
     users = np.arange(NUM_RESERVED, NUM_RESERVED + 60)
     examples = build_examples(
         generator,

@@ -86,6 +86,9 @@ def test_pair_features_by_hand() -> None:
         cooc_score=np.array([[0.3, 0.0, 0.9, 0.0]], dtype=np.float32),
         cooc_rank=np.array([[1, 4, 0, 4]], dtype=np.float32),
         from_cooc=np.array([[True, False, True, False]]),
+        mf_score=np.array([[2.0, 3.0, 1.0, 0.0]], dtype=np.float32),
+        mf_rank=np.array([[1, 0, 9, 9]], dtype=np.float32),
+        from_mf=np.array([[True, True, False, False]]),
     )
     history = torch.tensor(
         [[0, 2, 4]]
@@ -100,6 +103,12 @@ def test_pair_features_by_hand() -> None:
     assert f["log_popularity"][:3] == pytest.approx([math.log1p(3), math.log1p(5), math.log1p(6)])
     assert f["log_history_length"][0] == pytest.approx(math.log1p(2))
     assert f["from_cooc"][:3] == [1.0, 0.0, 1.0]
+    # list-relative scores: gap to the list's best, share of the list's best
+    assert f["retrieval_score_gap"][:3] == pytest.approx([0.0, -0.5, -0.8])
+    assert f["cooc_score_share"][:3] == pytest.approx([1 / 3, 0.0, 1.0])
+    assert f["mf_score"][:3] == [2.0, 3.0, 1.0]
+    assert f["mf_score_gap"][:3] == [-1.0, 0.0, -2.0]
+    assert f["from_mf"][:3] == [1.0, 1.0, 0.0]
     assert out[0, 3].abs().sum() == 0  # padding row
 
 

@@ -23,8 +23,10 @@ from recsys.features.pipeline import (
     book_feature_table,
     user_feature_table,
 )
+from recsys.features.ranking import FEATURES
 from recsys.index.faiss_index import FaissIndex
 from recsys.inference.cooccurrence import CooccurrenceRecommender
+from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
@@ -165,6 +167,13 @@ class Bundle:
 
     @cached_property
     def ranker(self) -> torch.nn.Module:
+        args = json.loads((self.path / "ranker" / "ranker.json").read_text())
+        if args.get("num_features") != len(FEATURES):
+            raise BundleError(
+                f"{self.path}: its ranker was trained on {args.get('num_features')} pair "
+                f"features, this recsys computes {len(FEATURES)}; retrain the ranker "
+                "(python training/train_ranker.py bundle=...) or the whole bundle."
+            )
         return self._load_module("ranker", "ranker", Ranker)
 
     @cached_property
@@ -172,6 +181,13 @@ class Bundle:
         return CooccurrenceRecommender.load(
             self.path / "cooccurrence" / "neighbours.parquet", self.state.books.size
         )
+
+    @cached_property
+    def mf(self) -> MatrixFactorisation | None:
+        """The matrix-factorisation candidate source, when the bundle has one."""
+        if not (self.path / "mf" / "mf.json").is_file():
+            return None
+        return MatrixFactorisation.load(self.path / "mf", self.state.books.size)
 
     @cached_property
     def book_table(self) -> BookFeatures:
@@ -182,7 +198,9 @@ class Bundle:
         if not self.has_ranker:
             raise BundleError(f"{self.path} has no ranker; train one (ranker.enabled=true).")
         generator = json.loads((self.path / "ranker" / "generator.json").read_text())
-        gen = CandidateGenerator(self.recommender(use_index), self.cooccurrence, **generator)
+        gen = CandidateGenerator(
+            self.recommender(use_index), self.cooccurrence, **generator, mf=self.mf
+        )
         pop = np.asarray(self.popularity_counts, dtype=np.float64)
         return TwoStageRecommender(
             gen, self.ranker, self.book_table, torch.from_numpy(np.log1p(pop)).float()

@@ -28,6 +28,12 @@ FEATURES = (
     "year_distance",
     "year_known",
     "tag_overlap",
+    "retrieval_score_gap",
+    "cooc_score_share",
+    "mf_score",
+    "mf_rank",
+    "from_mf",
+    "mf_score_gap",
 )
 
 
@@ -43,6 +49,9 @@ class Candidates:
         cooc_score: ``[B, K]`` co-occurrence score against the history (every candidate).
         cooc_rank: ``[B, K]`` rank in the co-occurrence list (list length if absent).
         from_cooc: ``[B, K]`` bool.
+        mf_score: ``[B, K]`` matrix-factorisation score (every candidate; 0 without MF).
+        mf_rank: ``[B, K]`` rank in the MF list (list length if absent).
+        from_mf: ``[B, K]`` bool.
     """
 
     books: np.ndarray
@@ -52,6 +61,9 @@ class Candidates:
     cooc_score: np.ndarray
     cooc_rank: np.ndarray
     from_cooc: np.ndarray
+    mf_score: np.ndarray
+    mf_rank: np.ndarray
+    from_mf: np.ndarray
 
     @property
     def mask(self) -> np.ndarray:
@@ -96,6 +108,15 @@ def pair_features(
         num_tags: tag vocabulary size.
     """
     idx = torch.from_numpy(np.maximum(cands.books, 0))
+    mask = torch.from_numpy(cands.mask)
+    retrieval = torch.from_numpy(cands.retrieval_score).float()
+    cooc = torch.from_numpy(cands.cooc_score).float()
+    # List-relative scores: the retriever serving a list is trained on more data than the one
+    # that produced the ranker's training lists, so absolute scores drift; gaps and shares less.
+    top_retrieval = retrieval.masked_fill(~mask, -torch.inf).amax(1, keepdim=True)
+    top_cooc = cooc.masked_fill(~mask, 0.0).amax(1, keepdim=True)
+    mf = torch.from_numpy(cands.mf_score).float()
+    top_mf = mf.masked_fill(~mask, -torch.inf).amax(1, keepdim=True)
     hist_len = (history > 0).sum(1)
     years_h = books["year"][history].float()
     known_h = (years_h > 0).float()
@@ -103,10 +124,10 @@ def pair_features(
     year_c = books["year"][idx].float()
     year_known = (year_c > 0) & (known_h.sum(1, keepdim=True) > 0)
     columns = [
-        torch.from_numpy(cands.retrieval_score).float(),
+        retrieval,
         torch.log1p(torch.from_numpy(cands.retrieval_rank).float()),
         torch.from_numpy(cands.from_retrieval).float(),
-        torch.from_numpy(cands.cooc_score).float(),
+        cooc,
         torch.log1p(torch.from_numpy(cands.cooc_rank).float()),
         torch.from_numpy(cands.from_cooc).float(),
         log_popularity[idx],
@@ -116,6 +137,12 @@ def pair_features(
         torch.where(year_known, (year_c - mean_year.unsqueeze(1)).abs(), torch.zeros_like(year_c)),
         year_known.float(),
         _tag_overlap(books["tags"][idx], books["tags"][history], num_tags),
+        torch.where(mask, retrieval - top_retrieval, torch.zeros_like(retrieval)),
+        torch.where(top_cooc > 0, cooc / top_cooc.clamp(min=1e-12), torch.zeros_like(cooc)),
+        mf,
+        torch.log1p(torch.from_numpy(cands.mf_rank).float()),
+        torch.from_numpy(cands.from_mf).float(),
+        torch.where(mask, mf - top_mf, torch.zeros_like(mf)),
     ]
     out = torch.stack(columns, dim=-1)
-    return out * torch.from_numpy(cands.mask).unsqueeze(-1)
+    return out * mask.unsqueeze(-1)

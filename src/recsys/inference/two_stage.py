@@ -1,6 +1,6 @@
-"""Two-stage recommendation: candidates from two-tower retrieval and co-occurrence, then the
-ranker orders them. Every stage's output can be inspected, and each recommendation carries a
-short reason."""
+"""Two-stage recommendation: candidates from two-tower retrieval, matrix factorisation and
+co-occurrence, then the ranker orders them. Every stage's output can be inspected, and each
+recommendation carries a short reason."""
 
 from __future__ import annotations
 
@@ -18,14 +18,17 @@ from recsys.features.ranking import FEATURES, Candidates, pair_features
 from recsys.features.vocab import NUM_RESERVED
 from recsys.inference.base import PADDING
 from recsys.inference.cooccurrence import CooccurrenceRecommender
+from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.two_tower import TwoTowerRecommender
 
 
 @dataclass
 class CandidateGenerator:
-    """Union of the two sources, deduplicated, seen books excluded, at most ``max_candidates``.
+    """Union of the sources, deduplicated, seen books excluded, at most ``max_candidates``.
 
-    Retrieval candidates come first (in retrieval order), then co-occurrence-only ones.
+    Two-tower candidates come first (in retrieval order), then MF-only ones, then
+    co-occurrence-only ones. Without ``mf`` (or with ``n_mf=0``) there is no MF list and the
+    MF features are zero.
     """
 
     retriever: TwoTowerRecommender
@@ -33,6 +36,31 @@ class CandidateGenerator:
     n_retrieval: int = 150
     n_cooc: int = 100
     max_candidates: int = 200
+    mf: MatrixFactorisation | None = None
+    n_mf: int = 0
+
+    def _mf_lists(
+        self, history: sp.csr_matrix, excluded: list[set[int]]
+    ) -> tuple[np.ndarray | None, list[list[int]]]:
+        """MF scores of every book ``[B, N]`` and each row's top-``n_mf`` unseen books."""
+        batch = history.shape[0]
+        if self.mf is None:
+            return None, [[] for _ in range(batch)]
+        scores = self.mf.score(np.arange(batch), history)
+        if self.n_mf <= 0:
+            return scores, [[] for _ in range(batch)]
+        ranked = scores.copy()
+        ranked[:, :NUM_RESERVED] = -np.inf
+        for row, seen in enumerate(excluded):
+            if seen:
+                ranked[row, list(seen)] = -np.inf
+        n = min(self.n_mf, ranked.shape[1] - 1)
+        top = np.argpartition(-ranked, n, axis=1)[:, :n]
+        lists = []
+        for row in range(batch):
+            cols = top[row][np.argsort(-ranked[row, top[row]], kind="stable")]
+            lists.append([int(c) for c in cols if np.isfinite(ranked[row, c])])
+        return scores, lists
 
     def generate(
         self, vectors: np.ndarray, history: sp.csr_matrix, excluded: list[set[int]]
@@ -40,10 +68,12 @@ class CandidateGenerator:
         tt_books, _ = self.retriever.search(vectors, self.n_retrieval, excluded)
         co = (history > 0).astype(np.float32) @ self.cooccurrence.neighbours  # (B, N) sparse
         co = sp.csr_matrix(co)
+        mf_scores, mf_lists = self._mf_lists(history, excluded)
         batch, width = len(vectors), self.max_candidates
         books = np.full((batch, width), PADDING, dtype=np.int64)
         tt_rank = np.full((batch, width), self.n_retrieval, dtype=np.float32)
         co_rank = np.full((batch, width), self.n_cooc, dtype=np.float32)
+        mf_rank = np.full((batch, width), self.n_mf, dtype=np.float32)
         for row in range(batch):
             start, end = co.indptr[row], co.indptr[row + 1]
             cols, vals = co.indices[start:end], co.data[start:end]
@@ -51,18 +81,25 @@ class CandidateGenerator:
             co_list = [int(c) for c in cols[order] if c >= NUM_RESERVED and c not in excluded[row]]
             co_list = co_list[: self.n_cooc]
             tt_list = [int(b) for b in tt_books[row] if b >= 0]
-            merged = list(dict.fromkeys(tt_list + co_list))[:width]
+            merged = list(dict.fromkeys(tt_list + mf_lists[row] + co_list))[:width]
             books[row, : len(merged)] = merged
             tt_pos = {b: i for i, b in enumerate(tt_list)}
             co_pos = {b: i for i, b in enumerate(co_list)}
             tt_rank[row, : len(merged)] = [tt_pos.get(b, self.n_retrieval) for b in merged]
             co_rank[row, : len(merged)] = [co_pos.get(b, self.n_cooc) for b in merged]
+            mf_pos = {b: i for i, b in enumerate(mf_lists[row])}
+            mf_rank[row, : len(merged)] = [mf_pos.get(b, self.n_mf) for b in merged]
         mask = books >= 0
         safe = np.maximum(books, 0)
         emb = self.retriever.book_embeddings[safe]  # (B, K, D)
         tt_score = np.einsum("bkd,bd->bk", emb, vectors) / self.retriever.temperature
         co_score = np.asarray(co[np.repeat(np.arange(batch), width), safe.ravel()]).reshape(
             batch, width
+        )
+        mf_score = (
+            np.take_along_axis(mf_scores, safe, axis=1)
+            if mf_scores is not None
+            else np.zeros((batch, width), dtype=np.float32)
         )
         return Candidates(
             books=books,
@@ -72,6 +109,9 @@ class CandidateGenerator:
             cooc_score=np.where(mask, co_score, 0).astype(np.float32),
             cooc_rank=co_rank,
             from_cooc=mask & (co_rank < self.n_cooc),
+            mf_score=np.where(mask, mf_score, 0).astype(np.float32),
+            mf_rank=mf_rank,
+            from_mf=mask & (mf_rank < self.n_mf),
         )
 
 
@@ -109,7 +149,7 @@ class Retrieved:
 
 
 class TwoStageRecommender:
-    """retrieve (two-tower + co-occurrence) -> rank -> top-K.
+    """retrieve (two-tower + MF + co-occurrence) -> rank -> top-K.
 
     Args:
         generator: the candidate generator.
@@ -145,13 +185,17 @@ class TwoStageRecommender:
         neighbours = self.generator.cooccurrence.neighbours.tocsr(copy=True)
         neighbours.resize((self.retriever.n_books, self.retriever.n_books))
         self.generator.cooccurrence = CooccurrenceRecommender(neighbours)  # never shared
+        if self.generator.mf is not None:
+            mf = self.generator.mf
+            self.generator.mf = MatrixFactorisation(mf.item_factors, mf.regularization, mf.alpha)
+            self.generator.mf.add_books(self.retriever.n_books - mf.n_books)
         self.n_books = self.retriever.n_books
         return new
 
     def retrieve(
         self, users: np.ndarray, history: sp.csr_matrix, exclude_seen: bool = True
     ) -> Retrieved:
-        """Stage 1: candidates from both sources, with the encoded histories the ranker needs."""
+        """Stage 1: candidates from every source, with the encoded histories the ranker needs."""
         feats = self.retriever.features_from_matrix(users, history)
         vectors = self.retriever.encode(feats)
         excluded = [

@@ -186,17 +186,21 @@ def write_histories(data: PreparedData, folder: Path) -> None:
 
 
 def ranking_parts(cfg: DictConfig, ranking: dict[str, Any]) -> dict[str, Any]:
-    """Bundle folders of the ranking stage: the ranker and the co-occurrence table."""
+    """Bundle folders of the ranking stage: the ranker, the co-occurrence table and (when
+    enabled) the matrix-factorisation source's book factors."""
 
     def write_ranker(folder: Path) -> None:
         save_module(ranking["ranker"], folder, "ranker", ranking["args"])
         generator = OmegaConf.to_container(cfg.ranker.generator, resolve=True)
         _write_json(folder / "generator.json", generator)
 
-    return {
+    parts = {
         "ranker": write_ranker,
         "cooccurrence": lambda d: ranking["cooccurrence"].save(d / "neighbours.parquet"),
     }
+    if ranking.get("mf") is not None:
+        parts["mf"] = ranking["mf"].save
+    return parts
 
 
 def eval_sample(data: PreparedData, seed: int, n: int = 2000) -> np.ndarray:
@@ -255,6 +259,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             cfg, data, state, serving, recommender_from_module(label_module.eval())
         )
         rows["cooccurrence"] = evaluate(ranking["cooccurrence"], eval_set, ks=ks)
+        if ranking["mf"] is not None:
+            rows["mf"] = evaluate(ranking["mf"], eval_set, ks=ks)
         two_stage = evaluate(ranking["pipeline"], eval_set, ks=ks)
         rows["two_stage"] = {
             **two_stage,
@@ -263,7 +269,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             + ranking["examples_seconds"],
         }
         metrics = {**metrics, **{f"two_stage/{k}": v for k, v in two_stage.items()}}
-        info["ranker"] = {k: ranking[k] for k in ("examples", "examples_seconds", "train_seconds")}
+        info["ranker"] = {
+            k: ranking[k] for k in ("examples", "examples_seconds", "train_seconds", "best_epoch")
+        }
     print_table(
         rows,
         ["recall@20", "ndcg@20", "hit_rate@20", "coverage@20", "train_seconds", "examples/s"],

@@ -18,6 +18,7 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -28,8 +29,10 @@ from recsys.features.pipeline import BookFeatures, FeatureState, book_feature_ta
 from recsys.features.ranking import FEATURES
 from recsys.features.vocab import NUM_RESERVED
 from recsys.inference.cooccurrence import CooccurrenceRecommender
+from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
+from recsys.lightning.callbacks import BudgetCosineLR
 from recsys.lightning.ranking import (
     RankerDataModule,
     RankerModule,
@@ -52,9 +55,21 @@ def label_carve(data: PreparedData, fraction: float, seed: int) -> PreparedData:
 
 
 def generator_for(
-    cfg: DictConfig, retriever: TwoTowerRecommender, cooc: CooccurrenceRecommender
+    cfg: DictConfig,
+    retriever: TwoTowerRecommender,
+    cooc: CooccurrenceRecommender,
+    mf: MatrixFactorisation | None,
 ) -> CandidateGenerator:
-    return CandidateGenerator(retriever, cooc, **cfg.ranker.generator)
+    return CandidateGenerator(retriever, cooc, **cfg.ranker.generator, mf=mf)
+
+
+def fit_mf(cfg: DictConfig, data: PreparedData) -> MatrixFactorisation | None:
+    """The matrix-factorisation source on ``data``'s training split (None when disabled)."""
+    node = cfg.ranker.get("mf")
+    if not node or not node.enabled:
+        return None
+    params = {k: v for k, v in node.items() if k != "enabled"}
+    return MatrixFactorisation.fit(data.matrix("train"), seed=cfg.seed, **params)
 
 
 def train_ranker(
@@ -72,10 +87,13 @@ def train_ranker(
     carved = label_carve(data, rcfg.label_fraction, cfg.seed + 1)
     books: BookFeatures = book_feature_table(data.books, state)
     popularity = log_popularity(carved)
-    generator_a = generator_for(
-        cfg, label_retriever, CooccurrenceRecommender.from_prepared(carved, **rcfg.cooccurrence)
-    )
     started = time.perf_counter()
+    generator_a = generator_for(
+        cfg,
+        label_retriever,
+        CooccurrenceRecommender.from_prepared(carved, **rcfg.cooccurrence),
+        fit_mf(cfg, carved),
+    )
     users = np.flatnonzero(np.diff(carved.matrix("val").indptr) > 0)
     users = users[users >= NUM_RESERVED]
     if rcfg.max_users and users.size > rcfg.max_users:
@@ -102,25 +120,42 @@ def train_ranker(
     module: RankerModule = hydra.utils.instantiate(rcfg.module, ranker=ranker)
 
     cooc = CooccurrenceRecommender.from_prepared(data, **rcfg.cooccurrence)
+    mf = fit_mf(cfg, data)
     full_pop = log_popularity(data)
 
     def serving_pipeline(model: nn.Module) -> TwoStageRecommender:
-        return TwoStageRecommender(generator_for(cfg, serving, cooc), model, books, full_pop)
+        return TwoStageRecommender(generator_for(cfg, serving, cooc, mf), model, books, full_pop)
 
+    evaluation = TwoStageEvaluation(
+        serving_pipeline, EvalSet.from_prepared(data), ks=(20,), max_users=rcfg.eval_users
+    )
     callbacks = [
-        TwoStageEvaluation(
-            serving_pipeline, EvalSet.from_prepared(data), ks=(20,), max_users=rcfg.eval_users
-        )
+        evaluation,
+        EarlyStopping(
+            monitor="val/two_stage_recall@20",
+            mode="max",
+            patience=rcfg.patience,
+            check_on_train_epoch_end=True,
+        ),
+        BudgetCosineLR(),  # anneal over max_epochs / max_time, as for the retriever
     ]
     trainer: L.Trainer = hydra.utils.instantiate(rcfg.trainer, callbacks=callbacks)
     started = time.perf_counter()
     trainer.fit(module, datamodule=RankerDataModule(examples, rcfg.batch_size, cfg.seed))
+    log.info(
+        "ranker: best epoch %d (two-stage recall@20 %.4f on %s validation users)",
+        evaluation.best_epoch,
+        evaluation.best_score,
+        rcfg.eval_users,
+    )
     return {
         "ranker": ranker.eval(),
         "args": args,
         "cooccurrence": cooc,
+        "mf": mf,
         "pipeline": serving_pipeline(ranker),
         "examples": len(examples["labels"]),
+        "best_epoch": evaluation.best_epoch,
         "examples_seconds": examples_seconds,
         "train_seconds": time.perf_counter() - started,
     }
@@ -182,7 +217,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     parts: dict[str, Any] = {
         child.name: (lambda d, src=child: shutil.copytree(src, d, dirs_exist_ok=True))
         for child in sorted(bundle.path.iterdir())
-        if child.is_dir() and child.name not in ("ranker", "cooccurrence")
+        if child.is_dir() and child.name not in ("ranker", "cooccurrence", "mf")
     }
     parts.update(ranking_parts(trained, ranking))
     path = write_bundle(bundle.path.parent.parent, manifest, parts, promote=bool(cfg.promote))

@@ -1,10 +1,13 @@
-"""Callbacks: full-catalogue validation metrics every epoch."""
+"""Callbacks: full-catalogue validation metrics every epoch; a budget-aware cosine LR."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Timer
 
 from recsys.evaluation import EvalSet, evaluate
 from recsys.inference.two_tower import TwoTowerRecommender
@@ -59,3 +62,55 @@ class RetrievalEvaluation(L.Callback):
         for k in self.ks:
             pl_module.log(f"val/recall@{k}", metrics[f"recall@{k}"], prog_bar=True)
             pl_module.log(f"val/ndcg@{k}", metrics[f"ndcg@{k}"])
+
+
+class BudgetCosineLR(L.Callback):
+    """Cosine learning-rate decay over the whole training budget, stepped every batch.
+
+    Progress is the larger of the share of ``trainer.max_time`` spent and the share of the
+    estimated steps (``max_epochs``) done, so a time-boxed run (``max_time``) anneals to
+    ``min_factor * lr`` exactly when its time runs out instead of stopping at a high rate.
+
+    Args:
+        min_factor: final learning rate as a share of the optimiser's initial one.
+        warmup_steps: linear warm-up from 0 over this many steps.
+    """
+
+    def __init__(self, min_factor: float = 0.0, warmup_steps: int = 0) -> None:
+        if not 0.0 <= min_factor <= 1.0:
+            raise ValueError(f"min_factor must be in [0, 1], got {min_factor}")
+        self.min_factor, self.warmup_steps = min_factor, warmup_steps
+        self.base_lrs: list[list[float]] = []
+        self.timer: Timer | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.base_lrs = [[g["lr"] for g in opt.param_groups] for opt in trainer.optimizers]
+        self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+
+    def progress(self, trainer: L.Trainer) -> float:
+        """Share of the budget spent, in [0, 1]."""
+        shares = [0.0]
+        steps = trainer.estimated_stepping_batches
+        if math.isfinite(steps) and steps > 0:
+            shares.append(trainer.global_step / steps)
+        if self.timer is not None:
+            remaining = self.timer.time_remaining()
+            if remaining is not None and self.timer._duration:
+                shares.append(1.0 - remaining / self.timer._duration)
+        return min(max(shares), 1.0)
+
+    def factor(self, trainer: L.Trainer) -> float:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * self.progress(trainer)))
+        value = self.min_factor + (1.0 - self.min_factor) * cosine
+        if self.warmup_steps and trainer.global_step < self.warmup_steps:
+            value *= (trainer.global_step + 1) / self.warmup_steps
+        return value
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        factor = self.factor(trainer)
+        for opt, lrs in zip(trainer.optimizers, self.base_lrs, strict=True):
+            for group, lr in zip(opt.param_groups, lrs, strict=True):
+                group["lr"] = lr * factor
+        pl_module.log("train/lr_factor", factor, on_step=True, on_epoch=False)
