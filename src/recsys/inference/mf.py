@@ -11,7 +11,10 @@ user half-step), so a new read changes the vector at once and a new user needs n
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,26 @@ from recsys.errors import BundleError, RecsysError
 from recsys.inference.base import ScoringRecommender
 
 SOLVE_CHUNK = 256  # users solved at once (memory ~ chunk x factors^2 x 4 bytes)
+SMALL_BATCH = 64  # below this many users, BLAS runs on one thread (see _blas_for)
+
+
+@cache
+def _blas() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+@contextlib.contextmanager
+def _blas_for(batch: int) -> Iterator[None]:
+    """One BLAS thread for request-sized batches: a 256x256 solve gains nothing from threads,
+    and OpenBLAS threads left spinning afterwards slowed the next FAISS search of the same
+    request about fourfold (two-stage retrieval for one user 10.6 ms -> 2.6 ms)."""
+    if batch >= SMALL_BATCH:
+        yield
+        return
+    with _blas().limit(limits=1):
+        yield
 
 
 class MatrixFactorisation(ScoringRecommender):
@@ -39,7 +62,9 @@ class MatrixFactorisation(ScoringRecommender):
         self.n_books = self.item_factors.shape[0]
         factors = self.item_factors.shape[1]
         gram = self.item_factors.T.astype(np.float64) @ self.item_factors.astype(np.float64)
-        self._base = (gram + self.regularization * np.eye(factors)).astype(np.float32)
+        base = gram + self.regularization * np.eye(factors)
+        self._base = base.astype(np.float32)
+        self._base_inv = np.linalg.inv(base).astype(np.float32)
 
     @classmethod
     def fit(
@@ -66,9 +91,36 @@ class MatrixFactorisation(ScoringRecommender):
                 f"history has {history.shape[1]} book columns, the factors cover {self.n_books}"
             )
         batch, factors = history.shape[0], self.item_factors.shape[1]
+        with _blas_for(batch):
+            return self._solve(history, batch, factors)
+
+    def _woodbury(self, y: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """The fold-in for a history shorter than the factor count, through the Woodbury
+        identity on ``A = B + Yᵀ D Y`` (``B = YᵀY + λI`` inverted once, ``D = diag(c - 1)``):
+        an ``n x n`` solve instead of ``F x F`` (about 20x less work for a 10-book history at
+        F = 256)."""
+        d = c - 1.0
+        z = y @ self._base_inv  # (n, F) = Y_h B⁻¹
+        g = z @ y.T  # (n, n) = Y_h B⁻¹ Y_hᵀ
+        m = np.eye(len(c), dtype=np.float32) + d[:, None] * g
+        t = np.linalg.solve(m, d * (g @ c))
+        return z.T @ (c - t)
+
+    def _solve(self, history: sp.csr_matrix, batch: int, factors: int) -> np.ndarray:
         out = np.zeros((batch, factors), dtype=np.float32)
-        for start in range(0, batch, SOLVE_CHUNK):
-            rows = range(start, min(start + SOLVE_CHUNK, batch))
+        long_rows = []
+        for row in range(batch):
+            lo, hi = history.indptr[row], history.indptr[row + 1]
+            if lo == hi:
+                continue
+            if hi - lo >= factors:
+                long_rows.append(row)
+                continue
+            y = self.item_factors[history.indices[lo:hi]]
+            c = self.alpha * (history.data[lo:hi] > 0).astype(np.float32)
+            out[row] = self._woodbury(y, c)
+        for start in range(0, len(long_rows), SOLVE_CHUNK):
+            rows = long_rows[start : start + SOLVE_CHUNK]
             a = np.repeat(self._base[None], len(rows), axis=0)
             b = np.zeros((len(rows), factors), dtype=np.float32)
             nonempty = np.zeros(len(rows), dtype=bool)
@@ -83,11 +135,13 @@ class MatrixFactorisation(ScoringRecommender):
                 nonempty[j] = True
             if nonempty.any():
                 solved = np.linalg.solve(a[nonempty], b[nonempty][..., None])[..., 0]
-                out[start + np.flatnonzero(nonempty)] = solved
+                out[np.asarray(rows)[nonempty]] = solved
         return out
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
-        return self.user_vectors(history) @ self.item_factors.T
+        vectors = self.user_vectors(history)
+        with _blas_for(len(vectors)):
+            return vectors @ self.item_factors.T
 
     def add_books(self, count: int) -> None:
         """Zero factors for ``count`` books added after training (MF cannot retrieve them)."""

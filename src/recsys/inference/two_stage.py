@@ -59,7 +59,7 @@ class CandidateGenerator:
         lists = []
         for row in range(batch):
             cols = top[row][np.argsort(-ranked[row, top[row]], kind="stable")]
-            lists.append([int(c) for c in cols if np.isfinite(ranked[row, c])])
+            lists.append(cols[np.isfinite(ranked[row, cols])].tolist())
         return scores, lists
 
     def generate(
@@ -78,8 +78,11 @@ class CandidateGenerator:
             start, end = co.indptr[row], co.indptr[row + 1]
             cols, vals = co.indices[start:end], co.data[start:end]
             order = np.lexsort((cols, -vals))
-            co_list = [int(c) for c in cols[order] if c >= NUM_RESERVED and c not in excluded[row]]
-            co_list = co_list[: self.n_cooc]
+            ranked_cols = cols[order]
+            keep = ranked_cols >= NUM_RESERVED
+            if excluded[row]:
+                keep &= ~np.isin(ranked_cols, np.fromiter(excluded[row], dtype=ranked_cols.dtype))
+            co_list = ranked_cols[keep][: self.n_cooc].tolist()
             tt_list = [int(b) for b in tt_books[row] if b >= 0]
             merged = list(dict.fromkeys(tt_list + mf_lists[row] + co_list))[:width]
             books[row, : len(merged)] = merged
