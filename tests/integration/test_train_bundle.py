@@ -325,3 +325,14 @@ def test_retrain_only_the_ranker(trained: dict[str, Any], tmp_path: Path) -> Non
     assert (after.path / "ranker" / "ranker.state_dict.pt").read_bytes() != (
         before.path / "ranker" / "ranker.state_dict.pt"
     ).read_bytes()
+
+
+def test_ranker_from_another_feature_list_is_refused(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle whose ranker saw a different pair-feature list is refused with the fix named."""
+    import recsys.bundle.reader as reader
+
+    monkeypatch.setattr(reader, "FEATURES", (*reader.FEATURES, "a_newer_feature"))
+    with pytest.raises(BundleError, match="retrain the ranker"):
+        _ = load_bundle(trained["bundle"]).ranker

@@ -45,9 +45,10 @@ def utc_now() -> str:
 
 
 def new_version(now: datetime | None = None) -> str:
-    """``<UTC yyyymmddThhmmss>-<git sha7>``."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
-    return f"{stamp}-{git_info()[0]}"
+    """``<UTC yyyymmddThhmmss.mmm>-<git sha7>``: milliseconds, so two versions made within
+    one second (a fast training followed by an index rebuild) never collide."""
+    now = now or datetime.now(UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%S')}.{now.microsecond // 1000:03d}-{git_info()[0]}"
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -167,14 +167,15 @@ class Bundle:
 
     @cached_property
     def ranker(self) -> torch.nn.Module:
-        args = json.loads((self.path / "ranker" / "ranker.json").read_text())
-        if args.get("num_features") != len(FEATURES):
+        ranker = cast(Ranker, self._load_module("ranker", "ranker", Ranker))
+        trained_on = ranker.feature_mean.numel()
+        if trained_on != len(FEATURES):
             raise BundleError(
-                f"{self.path}: its ranker was trained on {args.get('num_features')} pair "
-                f"features, this recsys computes {len(FEATURES)}; retrain the ranker "
+                f"{self.path}: its ranker was trained on {trained_on} pair features, this "
+                f"recsys computes {len(FEATURES)}; retrain the ranker "
                 "(python training/train_ranker.py bundle=...) or the whole bundle."
             )
-        return self._load_module("ranker", "ranker", Ranker)
+        return ranker
 
     @cached_property
     def cooccurrence(self) -> CooccurrenceRecommender:

@@ -12,6 +12,7 @@ user half-step), so a new read changes the vector at once and a new user needs n
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Iterator
 from functools import cache
@@ -143,11 +144,15 @@ class MatrixFactorisation(ScoringRecommender):
         with _blas_for(len(vectors)):
             return vectors @ self.item_factors.T
 
-    def add_books(self, count: int) -> None:
-        """Zero factors for ``count`` books added after training (MF cannot retrieve them)."""
-        pad = np.zeros((count, self.item_factors.shape[1]), dtype=np.float32)
-        self.item_factors = np.concatenate([self.item_factors, pad])
-        self.n_books = self.item_factors.shape[0]
+    def with_books(self, n_books: int) -> MatrixFactorisation:
+        """A copy covering ``n_books`` books: those added after training get zero factors
+        (MF cannot retrieve them). Zero rows leave ``YᵀY`` unchanged, so the solve state is
+        shared, not recomputed."""
+        extended = copy.copy(self)
+        pad = np.zeros((n_books - self.n_books, self.item_factors.shape[1]), dtype=np.float32)
+        extended.item_factors = np.concatenate([self.item_factors, pad])
+        extended.n_books = n_books
+        return extended
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

@@ -189,9 +189,7 @@ class TwoStageRecommender:
         neighbours.resize((self.retriever.n_books, self.retriever.n_books))
         self.generator.cooccurrence = CooccurrenceRecommender(neighbours)  # never shared
         if self.generator.mf is not None:
-            mf = self.generator.mf
-            self.generator.mf = MatrixFactorisation(mf.item_factors, mf.regularization, mf.alpha)
-            self.generator.mf.add_books(self.retriever.n_books - mf.n_books)
+            self.generator.mf = self.generator.mf.with_books(self.retriever.n_books)
         self.n_books = self.retriever.n_books
         return new
 

@@ -93,10 +93,10 @@ class BudgetCosineLR(L.Callback):
         steps = trainer.estimated_stepping_batches
         if math.isfinite(steps) and steps > 0:
             shares.append(trainer.global_step / steps)
-        if self.timer is not None:
-            remaining = self.timer.time_remaining()
-            if remaining is not None and self.timer._duration:
-                shares.append(1.0 - remaining / self.timer._duration)
+        remaining = self.timer.time_remaining() if self.timer is not None else None
+        if self.timer is not None and remaining is not None:
+            elapsed = self.timer.time_elapsed()
+            shares.append(elapsed / max(elapsed + remaining, 1e-9))
         return min(max(shares), 1.0)
 
     def factor(self, trainer: L.Trainer) -> float:
