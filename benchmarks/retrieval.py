@@ -37,6 +37,11 @@ ABLATIONS = {
     "temperature 0.05 (vs 0.1)": ["model.task.temperature=0.05"],
     "mean+attention pooling (vs mean)": ["model.user_tower.pooling=mean+attention"],
     "learned temperature": ["model.task.learn_temperature=true"],
+    "history dropout 0.1 (vs 0.3)": ["model.history_dropout=0.1"],
+    "MLP towers, hidden layer 128 (vs linear)": [
+        "model.user_tower.hidden_dims=[128]",
+        "model.book_tower.hidden_dims=[128]",
+    ],
 }
 COLUMNS = [
     "recall@20",

@@ -78,6 +78,17 @@ def test_towers_script() -> None:
     assert book(**_books()).shape == (4, 12)
 
 
+def test_linear_towers() -> None:
+    """No hidden layer = one Linear from the concatenated embeddings; still unit vectors."""
+    book = BookTower(SIZES, embedding_dim=8, hidden_dims=[], output_dim=12)
+    user = UserTower(SIZES, embedding_dim=8, hidden_dims=[], output_dim=12)
+    assert [type(m) for m in book.mlp] == [torch.nn.Linear]
+    assert book.mlp[0].in_features == 8 * 6
+    torch.testing.assert_close(book(**_books()).norm(dim=1), torch.ones(4))
+    scripted = torch.jit.script(user.eval())
+    torch.testing.assert_close(scripted(**_users()), user(**_users()))
+
+
 def test_bad_pooling() -> None:
     with pytest.raises(ValueError, match="pooling"):
         UserTower(SIZES, pooling="max")
