@@ -67,3 +67,35 @@ def test_new_user_vector_follows_history() -> None:
     top_genre = {int(b): g for b, g in zip(books, genre, strict=True)}
     share = np.mean([top_genre.get(int(b)) == target for b in top])
     assert share >= 0.6, share
+
+
+def test_top_books_exact_and_hnsw_agree_and_exclude() -> None:
+    rng = np.random.default_rng(0)
+    factors = rng.normal(size=(3000, 16)).astype(np.float32)
+    factors[:2] = 0  # reserved rows
+    exact = MatrixFactorisation(factors, 1.0, 10.0)
+    approximate = exact.with_ann(m=32, ef_search=256)
+    vectors = rng.normal(size=(5, 16)).astype(np.float32)
+    scores = vectors @ factors.T
+    excluded = [set(np.argsort(-scores[row])[:3].tolist()) for row in range(4)] + [set()]
+    lists = exact.top_books(vectors, 50, excluded)
+    for row, books in enumerate(lists):
+        expected = [int(b) for b in np.argsort(-scores[row]) if b >= 2 and b not in excluded[row]]
+        assert books == expected[:50]
+    # HNSW: the same exclusions, almost the same books; one query and a large batch
+    for ann_lists in (
+        approximate.top_books(vectors, 50, excluded),
+        approximate.top_books(
+            np.repeat(vectors, 20, axis=0), 50, [e for e in excluded for _ in range(20)]
+        )[::20],
+    ):
+        for row, books in enumerate(ann_lists):
+            assert len(books) == 50
+            assert not set(books) & excluded[row]
+            assert min(books) >= 2
+            assert len(set(books) & set(lists[row])) >= 45
+    assert exact.top_books(vectors, 0, excluded) == [[]] * 5
+    picked = np.array([[5, 7, 2999], [0, 1, 100], [9, 9, 9], [3, 4, 5], [6, 6, 6]])
+    np.testing.assert_allclose(
+        exact.scores_of(vectors, picked), np.take_along_axis(scores, picked, 1), rtol=1e-5
+    )

@@ -26,7 +26,7 @@ from recsys.features.pipeline import (
 from recsys.features.ranking import FEATURES
 from recsys.index.faiss_index import FaissIndex
 from recsys.inference.cooccurrence import CooccurrenceRecommender
-from recsys.inference.mf import MatrixFactorisation
+from recsys.inference.mf import ANN_MIN_BOOKS, MatrixFactorisation
 from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
@@ -191,16 +191,29 @@ class Bundle:
         return MatrixFactorisation.load(self.path / "mf", self.state.books.size)
 
     @cached_property
+    def mf_approximate(self) -> MatrixFactorisation | None:
+        """The MF source with an HNSW index for its top books, on catalogues large enough for
+        exact scoring to cost (``ANN_MIN_BOOKS``); below that, the exact source."""
+        if self.mf is None or self.mf.n_books < ANN_MIN_BOOKS:
+            return self.mf
+        return self.mf.with_ann()
+
+    @cached_property
     def book_table(self) -> BookFeatures:
         return book_feature_table(self.books, self.state)
 
     def two_stage(self, use_index: bool = True) -> TwoStageRecommender:
-        """retrieve (two-tower + co-occurrence) -> rank: the full product."""
+        """retrieve (two-tower + MF + co-occurrence) -> rank: the full product. ``use_index``:
+        approximate search (the FAISS index, HNSW over the MF factors) as served; False scores
+        every book exactly."""
         if not self.has_ranker:
             raise BundleError(f"{self.path} has no ranker; train one (ranker.enabled=true).")
         generator = json.loads((self.path / "ranker" / "generator.json").read_text())
         gen = CandidateGenerator(
-            self.recommender(use_index), self.cooccurrence, **generator, mf=self.mf
+            self.recommender(use_index),
+            self.cooccurrence,
+            **generator,
+            mf=self.mf_approximate if use_index else self.mf,
         )
         pop = np.asarray(self.popularity_counts, dtype=np.float64)
         return TwoStageRecommender(

@@ -23,10 +23,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.errors import BundleError, RecsysError
+from recsys.features.vocab import NUM_RESERVED
 from recsys.inference.base import ScoringRecommender
 
 SOLVE_CHUNK = 256  # users solved at once (memory ~ chunk x factors^2 x 4 bytes)
 SMALL_BATCH = 64  # below this many users, BLAS runs on one thread (see _blas_for)
+ANN_MIN_BOOKS = 10_000  # bundles serve MF top books through HNSW from this catalogue size
 
 
 @cache
@@ -66,6 +68,7 @@ class MatrixFactorisation(ScoringRecommender):
         base = gram + self.regularization * np.eye(factors)
         self._base = base.astype(np.float32)
         self._base_inv = np.linalg.inv(base).astype(np.float32)
+        self._ann: Any = None  # optional HNSW index over the factors (see with_ann)
 
     @classmethod
     def fit(
@@ -143,6 +146,63 @@ class MatrixFactorisation(ScoringRecommender):
         vectors = self.user_vectors(history)
         with _blas_for(len(vectors)):
             return vectors @ self.item_factors.T
+
+    def with_ann(self, m: int = 32, ef_search: int = 128) -> MatrixFactorisation:
+        """A copy whose :meth:`top_books` searches an HNSW inner-product index instead of
+        scoring every book. Exact scoring streams all factors from memory per user (25 MB for
+        Amazon-Book at 256 factors: about 0.6 ms on one thread); HNSW with M=32, efSearch=128
+        took 0.21 ms at recall@100 0.96 against exact on the same data."""
+        import faiss
+
+        index = faiss.IndexHNSWFlat(self.item_factors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        index.add(self.item_factors)
+        index.hnsw.efSearch = ef_search
+        approximate = copy.copy(self)
+        approximate._ann = index
+        return approximate
+
+    def top_books(self, vectors: np.ndarray, n: int, excluded: list[set[int]]) -> list[list[int]]:
+        """Each user's ``n`` best-scoring books (by ``vectors`` from :meth:`user_vectors`),
+        reserved rows and ``excluded`` books left out, best first."""
+        if n <= 0:
+            return [[] for _ in range(len(vectors))]
+        if self._ann is not None:
+            return self._top_books_ann(vectors, n, excluded)
+        with _blas_for(len(vectors)):
+            ranked = vectors @ self.item_factors.T
+        ranked[:, :NUM_RESERVED] = -np.inf
+        for row, seen in enumerate(excluded):
+            if seen:
+                ranked[row, list(seen)] = -np.inf
+        n = min(n, ranked.shape[1] - 1)
+        top = np.argpartition(-ranked, n, axis=1)[:, :n]
+        lists = []
+        for row in range(len(vectors)):
+            cols = top[row][np.argsort(-ranked[row, top[row]], kind="stable")]
+            lists.append(cols[np.isfinite(ranked[row, cols])].tolist())
+        return lists
+
+    def _top_books_ann(
+        self, vectors: np.ndarray, n: int, excluded: list[set[int]]
+    ) -> list[list[int]]:
+        most_seen = max((len(seen) for seen in excluded), default=0)
+        k = min(n + NUM_RESERVED + most_seen, self._ann.ntotal)
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(queries) < SMALL_BATCH:
+            # One query at a time: a batched search fans out over OpenMP threads, which on a
+            # busy server contend with the request threads (x8 clients: 2 -> 12 ms).
+            found = np.concatenate([self._ann.search(q[None], k)[1] for q in queries])
+        else:
+            found = self._ann.search(queries, k)[1]
+        lists = []
+        for row, seen in enumerate(excluded):
+            books = [int(b) for b in found[row] if b >= NUM_RESERVED and int(b) not in seen]
+            lists.append(books[:n])
+        return lists
+
+    def scores_of(self, vectors: np.ndarray, books: np.ndarray) -> np.ndarray:
+        """``[B, K]`` scores of the books ``books`` ``[B, K]`` (valid indices) for each user."""
+        return np.einsum("bkf,bf->bk", self.item_factors[books], vectors)
 
     def with_books(self, n_books: int) -> MatrixFactorisation:
         """A copy covering ``n_books`` books: those added after training get zero factors

@@ -42,25 +42,12 @@ class CandidateGenerator:
     def _mf_lists(
         self, history: sp.csr_matrix, excluded: list[set[int]]
     ) -> tuple[np.ndarray | None, list[list[int]]]:
-        """MF scores of every book ``[B, N]`` and each row's top-``n_mf`` unseen books."""
+        """MF fold-in vectors ``[B, F]`` and each row's top-``n_mf`` unseen books."""
         batch = history.shape[0]
         if self.mf is None:
             return None, [[] for _ in range(batch)]
-        scores = self.mf.score(np.arange(batch), history)
-        if self.n_mf <= 0:
-            return scores, [[] for _ in range(batch)]
-        ranked = scores.copy()
-        ranked[:, :NUM_RESERVED] = -np.inf
-        for row, seen in enumerate(excluded):
-            if seen:
-                ranked[row, list(seen)] = -np.inf
-        n = min(self.n_mf, ranked.shape[1] - 1)
-        top = np.argpartition(-ranked, n, axis=1)[:, :n]
-        lists = []
-        for row in range(batch):
-            cols = top[row][np.argsort(-ranked[row, top[row]], kind="stable")]
-            lists.append(cols[np.isfinite(ranked[row, cols])].tolist())
-        return scores, lists
+        vectors = self.mf.user_vectors(history)
+        return vectors, self.mf.top_books(vectors, self.n_mf, excluded)
 
     def generate(
         self, vectors: np.ndarray, history: sp.csr_matrix, excluded: list[set[int]]
@@ -68,7 +55,7 @@ class CandidateGenerator:
         tt_books, _ = self.retriever.search(vectors, self.n_retrieval, excluded)
         co = (history > 0).astype(np.float32) @ self.cooccurrence.neighbours  # (B, N) sparse
         co = sp.csr_matrix(co)
-        mf_scores, mf_lists = self._mf_lists(history, excluded)
+        mf_vectors, mf_lists = self._mf_lists(history, excluded)
         batch, width = len(vectors), self.max_candidates
         books = np.full((batch, width), PADDING, dtype=np.int64)
         tt_rank = np.full((batch, width), self.n_retrieval, dtype=np.float32)
@@ -100,8 +87,8 @@ class CandidateGenerator:
             batch, width
         )
         mf_score = (
-            np.take_along_axis(mf_scores, safe, axis=1)
-            if mf_scores is not None
+            self.mf.scores_of(mf_vectors, safe)
+            if self.mf is not None and mf_vectors is not None
             else np.zeros((batch, width), dtype=np.float32)
         )
         return Candidates(
