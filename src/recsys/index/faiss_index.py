@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from recsys.errors import BundleError, RecsysError
+from recsys.features.vocab import NUM_RESERVED
 
 KINDS = ("flat", "ivf_flat", "hnsw", "ivf_pq")
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
@@ -127,6 +128,42 @@ class FaissIndex:
         scores, rows = self.index.search(queries, k)
         books = np.where(rows >= 0, self.book_index[np.maximum(rows, 0)], -1)
         return books, scores
+
+    def search_excluding(
+        self,
+        queries: np.ndarray,
+        k: int,
+        excluded: list[set[int]],
+        allowed: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` books per query, skipping ``excluded`` books (and reserved rows) and, when
+        ``allowed`` (bool per book index) is given, books it rules out. Over-fetches until ``k``
+        books survive or the index is exhausted; missing slots hold -1 / -inf. Returns raw
+        inner products."""
+        top = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        total = self.index.ntotal
+        pending = np.arange(len(queries))
+        fetch = min(total, k + max((len(e) for e in excluded), default=0))
+        while pending.size:
+            books, sims = self.search(queries[pending], fetch)
+            still = []
+            for j, row in enumerate(pending):
+                keep = [
+                    (b, s)
+                    for b, s in zip(books[j].tolist(), sims[j].tolist(), strict=True)
+                    if b >= NUM_RESERVED
+                    and b not in excluded[row]
+                    and (allowed is None or allowed[b])
+                ][:k]
+                if len(keep) < k and fetch < total:
+                    still.append(row)
+                    continue
+                top[row, : len(keep)] = [b for b, _ in keep]
+                scores[row, : len(keep)] = [s for _, s in keep]
+            pending = np.asarray(still, dtype=np.int64)
+            fetch = min(total, fetch * 2)
+        return top, scores
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from recsys.errors import RecsysError
 from recsys.features.pipeline import FeatureState, UserFeatures, pad_histories, transform_users
 from recsys.features.vocab import NUM_RESERVED
 from recsys.index.faiss_index import FaissIndex
-from recsys.inference.base import PADDING, ScoringRecommender, top_k
+from recsys.inference.base import ScoringRecommender, top_k
 
 
 class TwoTowerRecommender(ScoringRecommender):
@@ -126,8 +126,6 @@ class TwoTowerRecommender(ScoringRecommender):
         (bool per book index) is given, books it rules out. Over-fetches from the index until
         ``k`` books survive or the index is exhausted; missing slots hold -1 / -inf.
         """
-        top = np.full((len(vectors), k), PADDING, dtype=np.int64)
-        scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
         if self.index is None:
             exact = self.score_vectors(vectors)
             exact[:, :NUM_RESERVED] = -np.inf
@@ -136,28 +134,8 @@ class TwoTowerRecommender(ScoringRecommender):
             if allowed is not None:
                 exact[:, ~allowed] = -np.inf
             return top_k(exact, k)
-        total = self.index.index.ntotal
-        pending = np.arange(len(vectors))
-        fetch = min(total, k + max((len(e) for e in excluded), default=0))
-        while pending.size:
-            books, sims = self.index.search(vectors[pending], fetch)
-            still = []
-            for j, row in enumerate(pending):
-                keep = [
-                    (b, s)
-                    for b, s in zip(books[j].tolist(), sims[j].tolist(), strict=True)
-                    if b >= NUM_RESERVED
-                    and b not in excluded[row]
-                    and (allowed is None or allowed[b])
-                ][:k]
-                if len(keep) < k and fetch < total:
-                    still.append(row)
-                    continue
-                top[row, : len(keep)] = [b for b, _ in keep]
-                scores[row, : len(keep)] = [s / self.temperature for _, s in keep]
-            pending = np.asarray(still, dtype=np.int64)
-            fetch = min(total, fetch * 2)
-        return top, scores
+        top, sims = self.index.search_excluding(vectors, k, excluded, allowed)
+        return top, sims / self.temperature
 
     def similar_books(
         self, book_ids: list[str], k: int, allowed: np.ndarray | None = None
