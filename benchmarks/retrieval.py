@@ -31,6 +31,7 @@ from recsys.report import print_table, write_json
 
 ALS = {"factors": 256, "regularization": 5.0, "alpha": 40.0}  # best of benchmarks/baselines.py
 ABLATIONS = {
+    "random init (vs spectral)": ["model.init=random"],
     "no logQ correction": ["model.task.logq_correction=false"],
     "no mixed negatives (in-batch only)": ["model.task.num_uniform_negatives=0"],
     "history length 20 (vs 100)": ["features.config.max_history=20"],

@@ -48,6 +48,31 @@ def test_amazon_book_experiment_composes(tmp_path: Path, shared_data: Path) -> N
     assert cfg.trainer.max_time == "00:00:10:00"
 
 
+def test_spectral_init_through_the_train_job(tmp_path: Path) -> None:
+    """The train job applies the Amazon-Book recipe's init (linear towers, spectral): with no
+    training batch at all the spectral towers already retrieve the planted structure (0.82
+    Recall@20 here), the random ones do not (0.12)."""
+    recall = {}
+    for init in ("random", "spectral"):
+        cfg = compose_config(
+            "train",
+            tmp_path / init,
+            [
+                *TINY,
+                "trainer.limit_train_batches=0",
+                "data.reader.n_users=400",
+                "data.reader.n_books=200",
+                f"model.init={init}",
+                "model.user_tower.pooling=mean",
+                "model.user_tower.hidden_dims=[]",
+                "model.book_tower.hidden_dims=[]",
+                "ranker.enabled=false",
+            ],
+        )
+        recall[init] = train_main(cfg)["metrics"]["recall@20"]
+    assert recall["spectral"] > 3 * recall["random"], recall
+
+
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_model_options_instantiate(pooling: str, tmp_path: Path) -> None:
     cfg = compose_config(

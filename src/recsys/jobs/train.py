@@ -86,6 +86,7 @@ def fit(
     datamodule = RetrievalDataModule(data, state, batch_size=cfg.batch_size, seed=cfg.seed)
     module, args = build_module(cfg, state)
     module.attach(datamodule)
+    module.initialise(datamodule)
     eval_set = EvalSet.from_prepared(data)
     loggers = _loggers(cfg) if tag == "retriever" else []  # auxiliary fits are not logged
     for logger in loggers:

@@ -23,6 +23,7 @@ from recsys.features.pipeline import (
     user_histories,
 )
 from recsys.features.vocab import NUM_RESERVED
+from recsys.models.spectral import spectral_book_factors, spectral_init
 from recsys.tasks.retrieval import RetrievalTask, log_q
 
 MASK_LIMIT = 100_000_000  # skip same-user masking when batch x catalogue exceeds this
@@ -77,6 +78,10 @@ class TwoTowerModule(L.LightningModule):
             table (one vector per book, learnt from both roles).
         scheduler: optional partial ``ReduceLROnPlateau`` (or any epoch scheduler) stepped on
             ``val/recall@20`` from the evaluation callback.
+        init: ``"random"`` or ``"spectral"``: book tables from the training matrix's singular
+            vectors (see :mod:`recsys.models.spectral`), applied by :meth:`initialise`.
+        init_popularity_power: spectral init only: the matrix's columns are divided by
+            ``(readers + 1) ** power`` before the decomposition.
     """
 
     def __init__(
@@ -88,6 +93,8 @@ class TwoTowerModule(L.LightningModule):
         history_dropout: float = 0.1,
         share_embeddings: bool = False,
         scheduler: Callable[..., Any] | None = None,
+        init: str = "random",
+        init_popularity_power: float = 0.5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["user_tower", "book_tower", "task"])
@@ -95,6 +102,9 @@ class TwoTowerModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.history_dropout = history_dropout
+        if init not in ("random", "spectral"):
+            raise ValueError(f"model.init must be random or spectral, got {init!r}")
+        self.init, self.init_popularity_power = init, init_popularity_power
         if share_embeddings:
             history: Any = user_tower.history
             history.weight = cast(nn.Embedding, book_tower.book).weight
@@ -107,6 +117,23 @@ class TwoTowerModule(L.LightningModule):
         """Give the module the encoded feature tables (data, not parameters)."""
         self.user_table, self.book_table = datamodule.user_table, datamodule.book_table
         self.book_freq, self.feature_state = datamodule.book_freq, datamodule.state
+
+    def initialise(self, datamodule: RetrievalDataModule) -> None:
+        """Apply the configured initialisation from the training split (before fitting; a
+        module loaded from a checkpoint or bundle is never re-initialised)."""
+        if self.init != "spectral":
+            return
+        book_table = cast(nn.Embedding, self.book_tower.book)
+        factors = spectral_book_factors(
+            datamodule.users.numpy(),
+            datamodule.books.numpy(),
+            n_users=int(datamodule.user_table["history"].shape[0]),
+            n_books=book_table.num_embeddings,
+            dim=book_table.embedding_dim,
+            popularity_power=self.init_popularity_power,
+            seed=datamodule.seed,
+        )
+        spectral_init(self.user_tower, self.book_tower, factors)
 
     def encode_books(self, ids: torch.Tensor) -> torch.Tensor:
         assert self.book_table is not None, "call attach() first"
