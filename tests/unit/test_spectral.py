@@ -41,6 +41,34 @@ def _cos(x: np.ndarray) -> np.ndarray:
     return unit @ unit.T
 
 
+def test_small_side_gram_paths_match_svd() -> None:
+    """A side shorter than 2 x dim goes through its dense Gram matrix: the book side (42 books,
+    dim 30) agrees with the sparse solver, the user side (9 users) with numpy's SVD."""
+    # Skewed random reads: distinct singular values, so components are defined up to sign.
+    rng = np.random.default_rng(3)
+    weights = 1.0 / np.arange(1, N_BOOKS - 1)
+    many = np.repeat(np.arange(2, 302), 5)
+    read = np.concatenate(
+        [
+            rng.choice(np.arange(2, N_BOOKS), 5, replace=False, p=weights / weights.sum())
+            for _ in range(300)
+        ]
+    )
+    sparse = spectral_book_factors(many, read, 302, N_BOOKS, 4)
+    by_books = spectral_book_factors(many, read, 302, N_BOOKS, 30)
+    np.testing.assert_allclose(np.abs(by_books[:, :4]), np.abs(sparse), atol=1e-4)
+
+    users, books, _ = _block_interactions()
+    few_users, few_books = users[:40], books[:40]  # users 2..8
+    by_users = spectral_book_factors(few_users, few_books, 9, N_BOOKS, 6)
+    matrix = np.zeros((9, N_BOOKS))
+    matrix[few_users, few_books] = 1.0
+    matrix /= np.sqrt(matrix.sum(0) + 1.0)
+    _, values, vt = np.linalg.svd(matrix, full_matrices=False)
+    expected = vt[:6].T * np.sqrt(values[:6])
+    np.testing.assert_allclose(np.abs(by_users), np.abs(expected), atol=1e-4)
+
+
 @pytest.mark.parametrize("dim", [4, 64])  # sparse solver (k < rank) and dense fallback
 def test_factors_put_co_read_books_together(dim: int) -> None:
     users, books, n_users = _block_interactions()

@@ -49,9 +49,22 @@ def spectral_book_factors(
     factors = np.zeros((n_books, dim), dtype=np.float32)
     if rank < 1 or matrix.nnz == 0:
         return factors
-    if rank < dim or min(matrix.shape) <= 2 * dim:  # tiny matrix: dense SVD is exact and fast
-        _, values, vt = np.linalg.svd(matrix.toarray(), full_matrices=False)
-        values, vt = values[:rank], vt[:rank]
+    if rank < dim or min(matrix.shape) <= 2 * dim:
+        # One small side: eigen-decompose its dense Gram matrix (exact; never densifies the
+        # long side, e.g. millions of users x 100 books).
+        if n_books <= n_users:
+            gram = (matrix.T @ matrix).toarray().astype(np.float64)
+            eigvals, eigvecs = np.linalg.eigh(gram)
+            top = np.argsort(-eigvals)[:rank]
+            values = np.sqrt(np.maximum(eigvals[top], 0.0))
+            vt = eigvecs[:, top].T
+        else:
+            gram = (matrix @ matrix.T).toarray().astype(np.float64)
+            eigvals, eigvecs = np.linalg.eigh(gram)
+            top = np.argsort(-eigvals)[:rank]
+            values = np.sqrt(np.maximum(eigvals[top], 0.0))
+            safe = np.where(values > 1e-9, values, 1.0)
+            vt = (matrix.T @ eigvecs[:, top]).T / safe[:, None]  # V = X^T U / S
     else:
         rng = np.random.default_rng(seed)
         v0 = rng.standard_normal(min(matrix.shape)).astype(np.float32)
