@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recsys.models.spectral import TARGET_ROW_NORM, spectral_book_factors, spectral_init
@@ -20,6 +21,13 @@ def _block_interactions(seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
         users += [user] * len(read)
         books += read.tolist()
     return np.array(users), np.array(books), 62
+
+
+def _factors(users: np.ndarray, books: np.ndarray, n_users: int, dim: int) -> np.ndarray:
+    """Spectral factors of these reads (a user x book CSR matrix, as PreparedData.matrix)."""
+    ones = np.ones(len(users), dtype=np.float32)
+    matrix = sp.csr_matrix((ones, (users, books)), shape=(n_users, N_BOOKS))
+    return spectral_book_factors(matrix, dim)
 
 
 def _sizes() -> dict[str, int]:
@@ -54,13 +62,13 @@ def test_small_side_gram_paths_match_svd() -> None:
             for _ in range(300)
         ]
     )
-    sparse = spectral_book_factors(many, read, 302, N_BOOKS, 4)
-    by_books = spectral_book_factors(many, read, 302, N_BOOKS, 30)
+    sparse = _factors(many, read, 302, 4)
+    by_books = _factors(many, read, 302, 30)
     np.testing.assert_allclose(np.abs(by_books[:, :4]), np.abs(sparse), atol=1e-4)
 
     users, books, _ = _block_interactions()
     few_users, few_books = users[:40], books[:40]  # users 2..8
-    by_users = spectral_book_factors(few_users, few_books, 9, N_BOOKS, 6)
+    by_users = _factors(few_users, few_books, 9, 6)
     matrix = np.zeros((9, N_BOOKS))
     matrix[few_users, few_books] = 1.0
     matrix /= np.sqrt(matrix.sum(0) + 1.0)
@@ -73,14 +81,14 @@ def test_small_side_gram_paths_match_svd() -> None:
 def test_factors_put_co_read_books_together(dim: int) -> None:
     users, books, n_users = _block_interactions()
     if dim == 64:  # 64 > min(shape) - 1 = 41: the dense path, columns past it zero
-        factors = spectral_book_factors(users, books, n_users, N_BOOKS, dim)
+        factors = _factors(users, books, n_users, dim)
         assert factors.shape == (N_BOOKS, dim)
         assert np.abs(factors[:, 41:]).max() == 0.0
     else:  # tile to a matrix large enough for the sparse solver
         reps = 5
         users = np.concatenate([users + r * n_users for r in range(reps)])
         books = np.tile(books, reps)
-        factors = spectral_book_factors(users, books, n_users * reps, N_BOOKS, dim)
+        factors = _factors(users, books, n_users * reps, dim)
     assert np.abs(factors[:2]).max() == 0.0  # reserved rows never read
     sims = _cos(factors[2:])
     within = np.concatenate(
@@ -94,7 +102,7 @@ def test_factors_put_co_read_books_together(dim: int) -> None:
 
 def test_untrained_spectral_towers_retrieve_the_history_cluster() -> None:
     users, books, n_users = _block_interactions()
-    factors = spectral_book_factors(users, books, n_users, N_BOOKS, 8)
+    factors = _factors(users, books, n_users, 8)
     torch.manual_seed(0)
     user_tower = UserTower(_sizes(), embedding_dim=8, hidden_dims=[], output_dim=8, pooling="mean")
     book_tower = BookTower(_sizes(), embedding_dim=8, hidden_dims=[], output_dim=8)
@@ -116,7 +124,7 @@ def test_untrained_spectral_towers_retrieve_the_history_cluster() -> None:
 def test_unread_books_keep_random_rows_and_mlp_towers_keep_random_layers() -> None:
     users, books, n_users = _block_interactions()
     books = np.where(books == 41, 40, books)  # book 41 is never read
-    factors = spectral_book_factors(users, books, n_users, N_BOOKS, 8)
+    factors = _factors(users, books, n_users, 8)
     torch.manual_seed(0)
     user_tower = UserTower(_sizes(), embedding_dim=8, hidden_dims=[16], output_dim=8)
     book_tower = BookTower(_sizes(), embedding_dim=8, hidden_dims=[16], output_dim=8)

@@ -215,16 +215,23 @@ def _candidates(kind: str) -> list[dict[str, int]]:
 
 
 def build_index(
-    vectors: np.ndarray, book_index: np.ndarray, spec: IndexSpec, queries: np.ndarray | None = None
+    vectors: np.ndarray,
+    book_index: np.ndarray,
+    spec: IndexSpec,
+    queries: np.ndarray | None = None,
+    search_params: dict[str, int] | None = None,
 ) -> FaissIndex:
     """Build, then tune search parameters on ``queries`` (e.g. real user vectors).
 
     Args:
-        vectors: book vectors ``[n, D]`` (unit length), real books only.
+        vectors: book vectors ``[n, D]`` (the towers' unit vectors, or any vectors scored by
+            inner product), real books only.
         book_index: book-vocab index of each row ``[n]``.
         spec: index type and recall target.
         queries: ``[q, D]`` vectors to measure recall against exact search (default: a sample
             of the book vectors themselves).
+        search_params: fixed search parameters instead of tuning (recall not measured:
+            ``report.recall_queries`` stays 0).
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
@@ -250,8 +257,11 @@ def build_index(
         recall_k=min(spec.recall_k, n),
         build_seconds=build_seconds,
     )
+    if search_params is not None:
+        report.search_params = dict(search_params)
     wrapped = FaissIndex(index, book_index, report)
-    tune(wrapped, vectors, spec, queries)
+    if search_params is None:
+        tune(wrapped, vectors, spec, queries)
     return wrapped
 
 

@@ -35,6 +35,21 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top, vals
 
 
+def top_k_excluding(
+    scores: np.ndarray, k: int, excluded: list[set[int]], allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact counterpart of ``FaissIndex.search_excluding``: top-``k`` of ``scores``
+    ``[B, N]`` (modified in place) without reserved columns, each row's ``excluded`` books and,
+    when ``allowed`` (bool per book) is given, the books it rules out."""
+    scores[:, :NUM_RESERVED] = -np.inf
+    for row, banned in enumerate(excluded):
+        if banned:
+            scores[row, list(banned)] = -np.inf
+    if allowed is not None:
+        scores[:, ~allowed] = -np.inf
+    return top_k(scores, k)
+
+
 class ScoringRecommender:
     """Mixin: ``recommend`` from ``score`` by masking and exact top-K."""
 

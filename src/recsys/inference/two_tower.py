@@ -12,7 +12,7 @@ from recsys.errors import RecsysError
 from recsys.features.pipeline import FeatureState, UserFeatures, pad_histories, transform_users
 from recsys.features.vocab import NUM_RESERVED
 from recsys.index.faiss_index import FaissIndex
-from recsys.inference.base import ScoringRecommender, top_k
+from recsys.inference.base import ScoringRecommender, top_k_excluding
 
 
 class TwoTowerRecommender(ScoringRecommender):
@@ -127,13 +127,7 @@ class TwoTowerRecommender(ScoringRecommender):
         ``k`` books survive or the index is exhausted; missing slots hold -1 / -inf.
         """
         if self.index is None:
-            exact = self.score_vectors(vectors)
-            exact[:, :NUM_RESERVED] = -np.inf
-            for i, banned in enumerate(excluded):
-                exact[i, list(banned)] = -np.inf
-            if allowed is not None:
-                exact[:, ~allowed] = -np.inf
-            return top_k(exact, k)
+            return top_k_excluding(self.score_vectors(vectors), k, excluded, allowed)
         top, sims = self.index.search_excluding(vectors, k, excluded, allowed)
         return top, sims / self.temperature
 

@@ -125,10 +125,7 @@ class TwoTowerModule(L.LightningModule):
             return
         book_table = cast(nn.Embedding, self.book_tower.book)
         factors = spectral_book_factors(
-            datamodule.users.numpy(),
-            datamodule.books.numpy(),
-            n_users=int(datamodule.user_table["history"].shape[0]),
-            n_books=book_table.num_embeddings,
+            datamodule.data.matrix("train", binary=True),
             dim=book_table.embedding_dim,
             popularity_power=self.init_popularity_power,
             seed=datamodule.seed,

@@ -22,58 +22,48 @@ TARGET_ROW_NORM = 0.4  # mean row norm of the default N(0, 0.05^2) init at 64 di
 
 
 def spectral_book_factors(
-    users: np.ndarray,
-    books: np.ndarray,
-    n_users: int,
-    n_books: int,
+    interactions: sp.spmatrix,
     dim: int,
     popularity_power: float = 0.5,
     singular_power: float = 0.5,
     seed: int = 0,
 ) -> np.ndarray:
-    """``[n_books, dim]``: right singular vectors of the binary user x book matrix whose
-    columns are divided by ``(readers + 1) ** popularity_power`` (0.5: cosine-like, so the top
-    components are not just the bestsellers), each component scaled by
-    ``singular_value ** singular_power``. Rows of books absent from the interactions are zero;
-    when ``dim`` exceeds the matrix rank the extra columns are zero.
+    """``[n_books, dim]`` from the user x book ``interactions`` (e.g.
+    ``PreparedData.matrix(binary=True)``; any non-zero counts as one read): right singular
+    vectors of that binary matrix with columns divided by ``(readers + 1) ** popularity_power``
+    (0.5: cosine-like, so the top components are not just the bestsellers), each component
+    scaled by ``singular_value ** singular_power``. Rows of unread books are zero; when ``dim``
+    exceeds the matrix rank the extra columns are zero.
     """
-    matrix = sp.csr_matrix(
-        (np.ones(len(users), dtype=np.float32), (users, books)), shape=(n_users, n_books)
-    )
-    matrix.data[:] = 1.0  # repeated reads count once
+    matrix = sp.csr_matrix(interactions, dtype=np.float32, copy=True)
+    matrix.data[:] = 1.0
     readers = np.diff(matrix.tocsc().indptr)
     if popularity_power:
         weights = np.power(readers + 1.0, -popularity_power).astype(np.float32)
         matrix = (matrix @ sp.diags(weights)).tocsr()
-    rank = min(dim, min(matrix.shape) - 1)
+    n_users, n_books = matrix.shape
+    rank = min(dim, min(n_users, n_books) - 1)
     factors = np.zeros((n_books, dim), dtype=np.float32)
     if rank < 1 or matrix.nnz == 0:
         return factors
-    if rank < dim or min(matrix.shape) <= 2 * dim:
-        # One small side: eigen-decompose its dense Gram matrix (exact; never densifies the
-        # long side, e.g. millions of users x 100 books).
-        if n_books <= n_users:
-            gram = (matrix.T @ matrix).toarray().astype(np.float64)
-            eigvals, eigvecs = np.linalg.eigh(gram)
-            top = np.argsort(-eigvals)[:rank]
-            values = np.sqrt(np.maximum(eigvals[top], 0.0))
+    if min(n_users, n_books) <= 2 * dim:
+        # One short side: eigen-decompose its dense Gram matrix (exact; the long side, e.g.
+        # millions of users x 100 books, is never densified).
+        books_short = n_books <= n_users
+        gram = (matrix.T @ matrix if books_short else matrix @ matrix.T).toarray()
+        eigvals, eigvecs = np.linalg.eigh(gram.astype(np.float64))
+        top = np.argsort(-eigvals)[:rank]
+        values = np.sqrt(np.maximum(eigvals[top], 0.0))
+        if books_short:
             vt = eigvecs[:, top].T
-        else:
-            gram = (matrix @ matrix.T).toarray().astype(np.float64)
-            eigvals, eigvecs = np.linalg.eigh(gram)
-            top = np.argsort(-eigvals)[:rank]
-            values = np.sqrt(np.maximum(eigvals[top], 0.0))
-            safe = np.where(values > 1e-9, values, 1.0)
-            vt = (matrix.T @ eigvecs[:, top]).T / safe[:, None]  # V = X^T U / S
+        else:  # V = X^T U / S
+            vt = (matrix.T @ eigvecs[:, top]).T / np.where(values > 1e-9, values, 1.0)[:, None]
     else:
-        rng = np.random.default_rng(seed)
-        v0 = rng.standard_normal(min(matrix.shape)).astype(np.float32)
-        _, values, vt = svds(matrix, k=rank, v0=v0)
+        v0 = np.random.default_rng(seed).standard_normal(min(n_users, n_books))
+        _, values, vt = svds(matrix, k=rank, v0=v0.astype(np.float32))
         order = np.argsort(-values)
         values, vt = values[order], vt[order]
-    factors[:, :rank] = (vt.T * np.power(np.maximum(values, 0.0), singular_power)).astype(
-        np.float32
-    )
+    factors[:, :rank] = vt.T * np.power(np.maximum(values, 0.0), singular_power)
     factors[readers == 0] = 0.0  # unread books: solver noise only
     return factors
 
