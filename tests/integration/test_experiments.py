@@ -59,7 +59,7 @@ def setup(
 
 def write_and_wait(setup: dict[str, Any], raw: dict[str, Any]) -> None:
     """Write the experiments file and wait until the watcher has looked at it."""
-    watcher = setup["app"].state.experiments_watcher
+    watcher = setup["app"].state.core.watcher
     before = watcher.mtime
     time.sleep(0.02)  # a distinct mtime
     setup["file"].write_text(yaml.safe_dump(raw))
@@ -71,7 +71,7 @@ def write_and_wait(setup: dict[str, Any], raw: dict[str, Any]) -> None:
 
 def apply(setup: dict[str, Any], raw: dict[str, Any]) -> None:
     write_and_wait(setup, raw)
-    error = setup["app"].state.experiments_watcher.error
+    error = setup["app"].state.core.watcher.error
     assert error is None, error
 
 
@@ -165,7 +165,7 @@ def test_impressions_clicks_and_report(
             }
             assert client.post("/feedback", json=click).status_code == 202
     setup["live"].impressions.flush()  # write what the background writer has not yet
-    counts = setup["live"].store.experiment_counts("ctr_test")
+    counts = setup["live"].stores.experiments.experiment_counts("ctr_test")
     assert counts["control"][0] == served["control"]
     assert counts["treatment"] == (served["treatment"], served["treatment"])
     assert counts["control"][1] == served["control"] // 2
@@ -219,7 +219,7 @@ def test_traffic_change_and_promotion_under_load(setup: dict[str, Any]) -> None:
     assert {status for status, _ in outcomes} == {200}, outcomes
     after = client.post(f"/recommendations/users/{ids[0]}", json={"limit": 5}).json()["metadata"]
     assert (after["bundle_version"], after["experiment"]) == (setup["other"].name, None)
-    watcher = setup["app"].state.experiments_watcher
+    watcher = setup["app"].state.core.watcher
     write_and_wait(setup, {"experiments": [{"name": "bad", "variants": {"a": 10, "b": 10}}]})
     assert watcher.error is not None
     assert "sum to 100" in watcher.error

@@ -26,7 +26,7 @@ from recsys.serving.auth import Authenticator
 from recsys.serving.live import Live
 from recsys.serving.local import serve_in_thread, spawn_server
 from recsys.serving.service import RecommendationService
-from recsys.stores.sql import Store
+from recsys.stores import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -305,19 +305,19 @@ def test_erasure_leaves_nothing_behind(
     after = recommend(client, user_id)
     assert after["metadata"]["fallback_reason"] == "unknown_user"
     # Audit: who, when, what — and the subject only as a hash.
-    store = Store(f"sqlite:///{db}")
-    entry = store.audit()[-1]
+    store = open_store(f"sqlite:///{db}")
+    entry = store.users.audit()[-1]
     assert entry["actor"] == "dpo@example.org"
     assert entry["action"] == "delete_user"
     assert (entry["events"], entry["profile"]) == (1, 1)
-    assert entry["subject_hash"] == store.user_hash(user_id) != user_id
+    assert entry["subject_hash"] == store.users.user_hash(user_id) != user_id
     # Later batch outputs and exports leave the user out.
     plan = make_plan(trained_bundle["bundle"], "all", 10, 100, f"sqlite:///{db}")
     assert user_id not in plan.users
     assert user_id not in plan.unknown
     assert plan.deleted == 1
     out = tmp_path / "export"
-    export_embeddings(load_bundle(trained_bundle["bundle"]), out, store=store)
+    export_embeddings(load_bundle(trained_bundle["bundle"]), out, stores=store)
     assert user_id not in pl.read_parquet(out / "users.parquet").get_column("user_id").to_list()
     exported = pl.read_parquet(out / "users.parquet").get_column("user_id").to_list()
     assert "fan0" in exported  # a user known only from events is exported
@@ -381,7 +381,7 @@ def test_new_book_is_retrievable_without_retraining(
         own = client.post("/recommendations/books/fresh-1", json={"limit": 10}).json()
         neighbours = [genre.get(i["book_id"]) for i in own["recommendations"]]
         assert neighbours.count(twin["tags"][0]) >= 8
-        service: RecommendationService = app.state.service
+        service: RecommendationService = app.state.core.service
         readers = [
             u
             for u, h in bundle.known_histories.iter_rows()
@@ -418,8 +418,8 @@ def test_erased_users_never_reach_training_data_again(tmp_path: Path) -> None:
     cfg = compose_config("prepare", tmp_path, small)
     data = load_or_prepare(cfg)
     victim = str(data.train.get_column("user_id")[0])
-    store = Store(str(cfg.paths.store_url))
-    store.delete_user(victim, "test")
+    store = open_store(str(cfg.paths.store_url))
+    store.users.delete_user(victim, "test")
     again = load_or_prepare(compose_config("prepare", tmp_path, small))
     for frame in (again.train, again.val, again.users):
         if "user_id" in frame.columns:
@@ -433,9 +433,9 @@ def test_a_store_shared_with_another_dataset_still_serves(
     """A store whose catalogue was seeded by another bundle (another dataset) does not delist
     this bundle's books nor embed the foreign ones."""
     bundle = load_bundle(trained_bundle["bundle"])
-    store = Store(f"sqlite:///{tmp_path / 'shared.db'}")
-    store.seed_books(pl.DataFrame({"book_id": [f"isbn-{i}" for i in range(50)]}))
-    live = Live(store=store)
+    store = open_store(f"sqlite:///{tmp_path / 'shared.db'}")
+    store.catalogue.seed_books(pl.DataFrame({"book_id": [f"isbn-{i}" for i in range(50)]}))
+    live = Live(stores=store)
     service = RecommendationService(bundle, 10.0, live=live)
     assert service.catalogue.listed[2:].all()
     assert "isbn-0" not in service.catalogue.index  # seeded by a bundle: not "added"

@@ -118,8 +118,8 @@ def test_erasure_is_audited_with_the_token_subject(
     user = user_of(trained_bundle, 4)
     gone = httpx.delete(f"{base}/users/{user}", headers=bearer("dpo", ["users:delete:any"]))
     assert gone.status_code == 200
-    assert live.store is not None
-    assert live.store.audit()[-1]["actor"] == "dpo"
+    assert live.stores.persistent
+    assert live.stores.users.audit()[-1]["actor"] == "dpo"
 
 
 def test_rate_limit_answers_429_with_retry_after(base: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from recsys.bundle.reader import load_bundle
 from recsys.serving.app import create_app
+from recsys.serving.faults import FaultyStages
 from recsys.serving.local import serve_in_thread
 from recsys.serving.service import RecommendationService
 
@@ -87,20 +89,27 @@ def test_stage_failure_and_timeout_fall_back(
 ) -> None:
     client, app = server
     user_id, history = known_user(trained_bundle)
-    service: RecommendationService = app.state.service
-    service.fail_next_stage = True
-    body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
-    assert body["metadata"]["source"] == "popularity"
-    assert body["metadata"]["fallback_reason"] == "stage_error"
-    assert not {i["book_id"] for i in body["recommendations"]} & set(history)
+    service: RecommendationService = app.state.core.service
+    assert service.stages is not None
+    real, drill = service.stages, FaultyStages(service.stages)
+    service.stages = drill
     budget = service.stage_timeout_s
-    service.stage_timeout_s = 0.05
-    service.slow_next_stage_s = 1.0  # the stage overruns its 50 ms budget
     try:
+        drill.inject(fail_next=1)
         body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+        assert body["metadata"]["source"] == "popularity"
+        assert body["metadata"]["fallback_reason"] == "stage_error"
+        assert not {i["book_id"] for i in body["recommendations"]} & set(history)
+        service.stage_timeout_s = 0.05
+        drill.inject(slow_next_s=1.0)  # the stage overruns its 50 ms budget
+        body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+        assert body["metadata"]["fallback_reason"] == "timeout"
+        time.sleep(1.0)  # the slow call drains
     finally:
         service.stage_timeout_s = budget
-    assert body["metadata"]["fallback_reason"] == "timeout"
+        service.stages = real
+    body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+    assert body["metadata"]["source"] == "personalized"  # the drill is over
     metrics = client.get("/metrics").text
     assert 'recsys_fallbacks_total{reason="stage_error"}' in metrics
     assert 'recsys_fallbacks_total{reason="timeout"}' in metrics
@@ -180,3 +189,25 @@ def test_health_docs_metrics(server: tuple[httpx.Client, Any]) -> None:
     metrics = client.get("/metrics").text
     assert "recsys_requests_total" in metrics
     assert "recsys_request_latency_seconds_bucket" in metrics
+
+
+def test_endpoints_that_need_the_store_say_so(server: tuple[httpx.Client, Any]) -> None:
+    """A server run without a store (the null store) answers recommendations and gives a
+    clear 503 wherever the store is needed."""
+    client, _ = server
+    needs_store = [
+        client.post("/events", json={"user_id": "u1", "book_id": "x", "type": "read"}),
+        client.post("/feedback", json={"request_id": "r", "user_id": "u1", "book_id": "x"}),
+        client.get("/users/u1"),
+        client.get("/users/u1/history"),
+        client.delete("/users/u1"),
+        client.get("/books", params={"q": "dune"}),
+        client.get("/books/b1"),
+        client.post("/books", json={"book_id": "new", "title": "New"}),
+        client.put("/books/b1", json={"title": "Changed"}),
+        client.delete("/books/b1"),
+    ]
+    for response in needs_store:
+        assert response.status_code == 503, (response.request.url, response.text)
+        assert "store.url=null" in response.json()["detail"]
+    assert client.get("/recommendations/trending").status_code == 200

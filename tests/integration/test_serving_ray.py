@@ -53,7 +53,9 @@ def chained(
     ray_cluster: int, trained_bundle: dict[str, Any]
 ) -> Iterator[tuple[httpx.Client, dict[str, Any]]]:
     bundle = load_bundle(trained_bundle["bundle"]).path
-    config, base = deploy(bundle, ray_cluster, topology="chained", stage_timeout_ms=1500)
+    config, base = deploy(
+        bundle, ray_cluster, topology="chained", stage_timeout_ms=1500, drills=True
+    )
     with httpx.Client(base_url=base, timeout=30) as client:
         yield client, config
 

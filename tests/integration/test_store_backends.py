@@ -1,5 +1,6 @@
-"""The store's interface on both backends: SQLite (embedded default) and a real PostgreSQL
-server started for the test (skipped, with the reason, when PostgreSQL is not installed)."""
+"""One store test suite, run on both backends (as gorse's ``baseTestSuite``): SQLite (the
+embedded default) and a real PostgreSQL server started for the module (skipped, with the
+reason, when PostgreSQL is not installed); and the null set of a server without a store."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from recsys.stores.sql import Event, Store
+from recsys.errors import RecsysError
+from recsys.stores import Event, Stores, StoreUnavailable, open_store
 
 pytestmark = pytest.mark.integration
 
@@ -89,104 +91,165 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    store = Store(url)
-    yield store
-    if request.param == "postgres":  # one server for the module: leave it empty
-        import sqlalchemy as sa
+class StoreSuite:
+    """The role stores' contract; a backend's test class provides the ``url`` fixture."""
 
-        from recsys.stores.sql import metadata
+    @pytest.fixture
+    def store(self, url: str) -> Iterator[Stores]:
+        store = open_store(url)
+        yield store
+        if store.db is not None and not store.db.is_sqlite:  # one server: leave it empty
+            import sqlalchemy as sa
 
-        metadata.drop_all(store.engine)
-        with store.engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS settings"))
-    store.close()
+            from recsys.stores.schema import metadata
 
+            metadata.drop_all(store.db.engine)
+            with store.db.engine.begin() as conn:
+                conn.execute(sa.text("DROP TABLE IF EXISTS settings"))
+        store.close()
 
-def test_store_interface(store: Store) -> None:
-    now = time.time()
-    events = [
-        Event("ann", "b1", "read", now - 30, None, "e1"),
-        Event("ann", "b2", "view", now - 20, None, "e2"),
-        Event("ann", "b3", "rate", now - 10, 8.0, "e3"),
-        Event("bob", "b2", "purchase", now, None, "e4"),
-    ]
-    assert store.append(events) == (4, 0)
-    assert store.append(events[:2]) == (0, 2)  # idempotent by event id
-    assert store.serving_history("ann") == (False, ["b1", "b2", "b3"])
-    assert [b for b, _, _ in store.history("bob")] == ["b2"]
-    assert store.event_histories() == {"ann": ["b1", "b2", "b3"], "bob": ["b2"]}
-    assert {b for b, _, _ in store.recent(now - 15)} == {"b3", "b2"}
-
-    books = pl.DataFrame(
-        {
-            "book_id": ["b1", "b2", "b3"],
-            "title": ["The Hobbit", "Dune Messiah", "Children of Dune"],
-            "authors": ["J.R.R. Tolkien", "Frank Herbert", "Frank Herbert"],
-            "year": [1937, 1969, 1976],
-        }
-    )
-    assert store.seed_books(books) == 3
-    assert store.seed_books(books) == 0  # only into an empty catalogue
-    assert {b["book_id"] for b in store.search_books("herbert dune")} == {"b2", "b3"}
-    assert [b["book_id"] for b in store.search_books("hobbit")] == ["b1"]
-    store.put_book("b4", {"title": "Dune", "authors": "Frank Herbert", "tags": ["sf"]}, True)
-    assert store.book("b4")["tags"] == ["sf"]
-    with pytest.raises(KeyError):
-        store.put_book("b4", {"title": "again"}, True)
-    assert store.delete_book("b1")
-    assert store.search_books("hobbit") == []
-    assert store.books_frame().height == 3
-
-    store.log_impressions(
-        [
-            {
-                "request_id": "r1",
-                "at": now,
-                "user_id": "ann",
-                "experiment": "x",
-                "variant": "control",
-                "books": "[]",
-            },
-            {
-                "request_id": "r2",
-                "at": now,
-                "user_id": "bob",
-                "experiment": "x",
-                "variant": "treatment",
-                "books": "[]",
-            },
+    def test_events(self, store: Stores) -> None:
+        now = time.time()
+        events = [
+            Event("ann", "b1", "read", now - 30, None, "e1"),
+            Event("ann", "b2", "view", now - 20, None, "e2"),
+            Event("ann", "b3", "rate", now - 10, 8.0, "e3"),
+            Event("bob", "b2", "purchase", now, None, "e4"),
         ]
-    )
-    store.log_feedback("r2", "bob", "b2", "click")
-    assert store.experiment_counts("x") == {"control": (1, 0), "treatment": (1, 1)}
+        assert store.events.append(events) == (4, 0)
+        assert store.events.append(events[:2]) == (0, 2)  # idempotent by event id
+        assert store.events.serving_history("ann") == (False, ["b1", "b2", "b3"])
+        assert [b for b, _, _ in store.events.history("bob")] == ["b2"]
+        assert store.events.event_histories() == {"ann": ["b1", "b2", "b3"], "bob": ["b2"]}
+        assert {b for b, _, _ in store.events.recent(now - 15)} == {"b3", "b2"}
+        assert store.users.user("ann") is not None  # a profile on the first event
 
-    removed = store.delete_user("ann", "dpo")
-    assert removed == {"events": 3, "profile": 1, "impressions": 1, "feedback": 0}
-    assert store.serving_history("ann") == (True, [])
-    assert store.deleted_filter(["ann", "bob"]) == {"ann"}
-    entry = store.audit()[-1]
-    assert (entry["actor"], entry["events"]) == ("dpo", 3)
-    assert "ann" not in str(entry)
+    def test_catalogue(self, store: Stores) -> None:
+        books = pl.DataFrame(
+            {
+                "book_id": ["b1", "b2", "b3"],
+                "title": ["The Hobbit", "Dune Messiah", "Children of Dune"],
+                "authors": ["J.R.R. Tolkien", "Frank Herbert", "Frank Herbert"],
+                "year": [1937, 1969, 1976],
+            }
+        )
+        assert store.catalogue.seed_books(books) == 3
+        assert store.catalogue.seed_books(books) == 0  # only into an empty catalogue
+        found = {b["book_id"] for b in store.catalogue.search_books("herbert dune")}
+        assert found == {"b2", "b3"}
+        assert [b["book_id"] for b in store.catalogue.search_books("hobbit")] == ["b1"]
+        dune = {"title": "Dune", "authors": "Frank Herbert", "tags": ["sf"]}
+        store.catalogue.put_book("b4", dune, True)
+        assert store.catalogue.book("b4")["tags"] == ["sf"]
+        with pytest.raises(KeyError):
+            store.catalogue.put_book("b4", {"title": "again"}, True)
+        with pytest.raises(LookupError):
+            store.catalogue.put_book("nope", {"title": "missing"}, False)
+        assert store.catalogue.delete_book("b1")
+        assert store.catalogue.search_books("hobbit") == []
+        assert store.catalogue.books_frame().height == 3
+
+    def test_seeding_keeps_edits_and_delistings(self, store: Stores) -> None:
+        first = pl.DataFrame({"book_id": ["a1", "a2"], "title": ["One", "Two"]})
+        assert store.catalogue.seed_books(first) == 2
+        store.catalogue.put_book("new-1", {"title": "Fresh"}, True)
+        assert store.catalogue.delete_book("a2")
+        assert not store.catalogue.delete_book("a2")  # already delisted
+        # the next bundle (same books plus one) is seeded on the next start
+        second = pl.DataFrame({"book_id": ["a1", "a2", "a3"], "title": ["One!", "Two", "Three"]})
+        listed = store.catalogue.listed(second)  # seeds a3, returns the listed catalogue
+        assert sorted(listed.get_column("book_id")) == ["a1", "a3", "new-1"]
+        assert store.catalogue.book("a1")["title"] == "One"  # existing rows (and edits) are kept
+        assert store.catalogue.book("a2") is None  # a delisting survives re-seeding
+        assert [b["book_id"] for b in store.catalogue.added_books()] == ["new-1"]
+        again = store.catalogue.put_book("a2", {"title": "Two again"}, True)
+        assert again["title"] == "Two again"
+        assert store.catalogue.book("a2") is not None  # listed again
+
+    def test_experiments(self, store: Stores) -> None:
+        now = time.time()
+        store.experiments.log_impressions(
+            [
+                {
+                    "request_id": f"r{i}",
+                    "at": now,
+                    "user_id": user,
+                    "experiment": "x",
+                    "variant": variant,
+                    "books": "[]",
+                }
+                for i, (user, variant) in enumerate([("ann", "control"), ("bob", "treatment")])
+            ]
+        )
+        store.experiments.log_feedback("r1", "bob", "b2", "click")
+        store.experiments.log_feedback("r1", "bob", "b3", "click")  # one impression, 2 clicks
+        counts = store.experiments.experiment_counts("x")
+        assert counts == {"control": (1, 0), "treatment": (1, 1)}
+        assert store.experiments.experiment_counts("other") == {}
+
+    def test_erasure(self, store: Stores) -> None:
+        now = time.time()
+        store.events.append(
+            [Event("ann", f"b{i}", "read", now - i, None, f"e{i}") for i in (1, 2, 3)]
+        )
+        store.events.append([Event("bob", "b2", "purchase", now, None, "e4")])
+        row = {"at": now, "experiment": "x", "variant": "control", "books": "[]"}
+        store.experiments.log_impressions([{**row, "request_id": "r0", "user_id": "ann"}])
+        removed = store.users.delete_user("ann", "dpo")
+        assert removed == {"events": 3, "profile": 1, "impressions": 1, "feedback": 0}
+        assert store.events.serving_history("ann") == (True, [])
+        assert store.events.serving_history("bob") == (False, ["b2"])
+        assert store.users.is_deleted("ann")
+        assert not store.users.is_deleted("bob")
+        assert store.users.deleted_filter(["ann", "bob"]) == {"ann"}
+        entry = store.users.audit()[-1]
+        assert (entry["actor"], entry["events"]) == ("dpo", 3)
+        assert "ann" not in str(entry)
 
 
-def test_catalogue_seeding_keeps_edits_and_delistings(store: Store) -> None:
-    first = pl.DataFrame({"book_id": ["a1", "a2"], "title": ["One", "Two"]})
-    assert store.seed_books(first) == 2
-    store.put_book("new-1", {"title": "Fresh"}, True)
-    assert store.delete_book("a2")
-    assert not store.delete_book("a2")  # already delisted
-    # the next bundle (same books plus one) is seeded on the next start
-    second = pl.DataFrame({"book_id": ["a1", "a2", "a3"], "title": ["One!", "Two", "Three"]})
-    assert store.seed_books(second) == 1
-    assert store.book("a1")["title"] == "One"  # existing rows (and edits) are kept
-    assert store.book("a2") is None  # a delisting survives re-seeding
-    assert sorted(store.books_frame().get_column("book_id")) == ["a1", "a3", "new-1"]
-    assert [b["book_id"] for b in store.added_books()] == ["new-1"]
-    assert store.put_book("a2", {"title": "Two again"}, True)["title"] == "Two again"
-    assert store.book("a2") is not None  # listed again
+class TestSQLite(StoreSuite):
+    @pytest.fixture
+    def url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+class TestPostgres(StoreSuite):
+    @pytest.fixture
+    def url(self, postgres_url: str) -> str:
+        return postgres_url
+
+
+def test_null_stores_serve_the_bundle_and_refuse_the_rest() -> None:
+    store = open_store(None)
+    assert not store.persistent
+    assert store.url is None
+    assert store.events.serving_history("ann") == (False, [])  # nothing beyond the bundle
+    assert list(store.events.recent(0.0)) == []
+    assert store.events.event_histories() == {}
+    assert store.users.deleted_filter(["ann"]) == set()
+    books = pl.DataFrame({"book_id": ["a1"], "title": ["One"]})
+    assert store.catalogue.listed(books) is books
+    assert store.catalogue.added_books() == []
+    refused = [
+        lambda: store.events.append([Event("ann", "b1", "read", 0.0)]),
+        lambda: store.events.history("ann"),
+        lambda: store.catalogue.book("a1"),
+        lambda: store.catalogue.search_books("one"),
+        lambda: store.catalogue.put_book("a2", {}, True),
+        lambda: store.catalogue.delete_book("a1"),
+        lambda: store.users.is_deleted("ann"),
+        lambda: store.users.delete_user("ann", "dpo"),
+        lambda: store.experiments.log_feedback("r", "ann", "b1", "click"),
+        lambda: store.experiments.experiment_counts("x"),
+    ]
+    for call in refused:
+        with pytest.raises(StoreUnavailable, match=r"store\.url=null"):
+            call()
+
+
+def test_open_existing_only(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'absent.db'}"
+    assert not open_store(url, create=False).persistent  # batch jobs never create a store
+    assert not (tmp_path / "absent.db").exists()
+    with pytest.raises(RecsysError, match="unknown event type"):
+        open_store(url, ["read", "skim"])

@@ -126,7 +126,7 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
             log.info("prepared data in %s came from another config; preparing again", folder)
     dataset = hydra.utils.instantiate(cfg.data.reader)
     if store is not None:  # GDPR: erased users never reach training data again
-        deleted = store.deleted_filter(dataset.interactions.get_column("user_id").unique())
+        deleted = store.users.deleted_filter(dataset.interactions.get_column("user_id").unique())
         if deleted:
             users = dataset.users
             if "user_id" in users.columns:
@@ -146,16 +146,16 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
 
 
 def _erasure_store(cfg: DictConfig) -> Any:
-    from recsys.offline.batch import open_store
+    from recsys.stores import open_store
 
-    return open_store(cfg.paths.get("store_url")) if "paths" in cfg else None
+    return open_store(cfg.paths.get("store_url"), create=False) if "paths" in cfg else None
 
 
 def _erased(store: Any, *frames: pl.DataFrame) -> int:
     if store is None:
         return 0
     users = pl.concat([f.select("user_id") for f in frames]).get_column("user_id").unique()
-    return len(store.deleted_filter(users.to_list()))
+    return len(store.users.deleted_filter(users.to_list()))
 
 
 def summary_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -39,12 +39,13 @@ def report(counts: dict[str, tuple[int, int]], control: str = "control") -> dict
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
-    from recsys.offline.batch import open_store
+    from recsys.stores import open_store
 
-    store = open_store(cfg.store_url)
-    if store is None:
+    stores = open_store(cfg.store_url, create=False)
+    if not stores.persistent:
         raise RecsysError(f"no store at {cfg.store_url}: nothing was served with it yet.")
-    counts = store.experiment_counts(str(cfg.name))
+    counts = stores.experiments.experiment_counts(str(cfg.name))
+    stores.close()
     if not counts:
         raise RecsysError(f"no impressions for experiment '{cfg.name}' in {cfg.store_url}.")
     rows = report(counts, str(cfg.control))

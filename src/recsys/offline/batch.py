@@ -1,7 +1,7 @@
 """Batch scoring: top-K books for many users, written as a Parquet dataset.
 
 The answers come from the online service's own personalised path
-(:meth:`RecommendationService.personalised`): same histories (every known interaction),
+(:meth:`RecommendationService.score_users`): same histories (every known interaction),
 same two stages, same exclusions, same popularity top-up. Only the batching differs.
 
 Output folder ``out/``::
@@ -32,8 +32,8 @@ from recsys.bundle.reader import Bundle, load_bundle
 from recsys.checksums import sha256_file
 from recsys.errors import RecsysError
 from recsys.serving.live import Live
-from recsys.serving.service import Personal, RecommendationService
-from recsys.stores.sql import Store
+from recsys.serving.service import RecommendationService
+from recsys.stores import open_store
 
 SCHEMA = {
     "user_id": pl.String,
@@ -91,7 +91,7 @@ class BatchScorer:
         if not 1 <= k <= MAX_K:
             raise RecsysError(f"k={k} is out of range: use 1 <= k <= {MAX_K}.")
         self.bundle, self.k, self.batch_size = bundle, k, batch_size
-        live = Live(store=Store(store_url)) if store_url else None
+        live = Live(stores=open_store(store_url))
         self.service = RecommendationService(bundle, stage_timeout_s=float("inf"), live=live)
 
     def close(self) -> None:
@@ -107,22 +107,8 @@ class BatchScorer:
         sources: list[str] = []
         catalogue = self.service.catalogue.ids
         for start in range(0, len(users), self.batch_size):
-            chunk, histories = [], []
-            for user in users[start : start + self.batch_size]:
-                history = self.service.user_history(user)  # bundle + events; None if erased
-                if history:
-                    chunk.append(user)
-                    histories.append(history)
-            if not chunk:
-                continue
-            matrix = self.service.history_matrix(histories)
-            requests = [
-                Personal(user, matrix[row : row + 1], self.k, set(), None, "personalized")
-                for row, user in enumerate(chunk)
-            ]
-            for user, answer in zip(
-                chunk, self.service.personalised(requests, explain=False), strict=True
-            ):
+            chunk = users[start : start + self.batch_size]
+            for user, answer in self.service.score_users(chunk, self.k):
                 n = len(answer.books)
                 ids += [user] * n
                 ranks += range(1, n + 1)
@@ -242,16 +228,6 @@ def finish(out: Path, plan: Plan, seconds: float, executor: str) -> dict[str, An
     return manifest
 
 
-def open_store(url: str | None) -> Store | None:
-    """The serving store at ``url``; None when unset or an embedded SQLite file that does not
-    exist yet (no events were ever recorded)."""
-    if not url:
-        return None
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        return None
-    return Store(url)
-
-
 def make_plan(
     bundle_path: str, users_spec: str, k: int, chunk_size: int, store_url: str | None = None
 ) -> Plan:
@@ -262,19 +238,18 @@ def make_plan(
         raise RecsysError(f"chunk_size={chunk_size} must be at least 1.")
     if not 1 <= k <= MAX_K:
         raise RecsysError(f"k={k} is out of range: use 1 <= k <= {MAX_K}.")
-    store = open_store(store_url)
-    event_users = list(store.event_histories()) if store is not None else []
+    stores = open_store(store_url, create=False)
+    event_users = list(stores.events.event_histories())
     requested = read_users(users_spec, bundle)
     if users_spec == "all":
         requested = list(dict.fromkeys([*requested, *event_users]))
     known_ids = {str(u) for u in bundle.known_histories.get_column("user_id").to_list()}
     known_ids |= set(event_users)
-    deleted = store.deleted_filter(requested) if store is not None else set()
+    deleted = stores.users.deleted_filter(requested)
     users = [u for u in requested if u in known_ids and u not in deleted]
     unknown = [u for u in requested if u not in known_ids and u not in deleted]
-    if store is not None:
-        store.close()
-    url = store_url if store is not None else None
+    stores.close()
+    url = stores.url
     return Plan(str(bundle.path), bundle.version, k, chunk_size, users, unknown, url, len(deleted))
 
 

@@ -34,7 +34,7 @@ from recsys.bundle.reader import Bundle
 from recsys.checksums import sha256_file
 from recsys.errors import RecsysError
 from recsys.features.vocab import NUM_RESERVED
-from recsys.stores.sql import Store
+from recsys.stores import Stores
 
 FORMAT = "recsys-embeddings/1"
 
@@ -44,27 +44,27 @@ def _frame(key: str, ids: list[str], vectors: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame({key: ids, "vector": pl.Series(vectors, dtype=pl.Array(pl.Float32, dim))})
 
 
-def known_histories(bundle: Bundle, store: Store | None = None) -> dict[str, list[str]]:
-    """Every known user's history: the bundle's, then events from ``store``; erased users
+def known_histories(bundle: Bundle, stores: Stores | None = None) -> dict[str, list[str]]:
+    """Every known user's history: the bundle's, then events from ``stores``; erased users
     left out."""
     histories: dict[str, list[str]] = {
         str(u): list(h) for u, h in bundle.known_histories.iter_rows()
     }
-    if store is None:
+    if stores is None:
         return histories
-    for user, books in store.event_histories().items():
+    for user, books in stores.events.event_histories().items():
         histories[user] = list(dict.fromkeys([*histories.get(user, []), *books]))
-    for user in store.deleted_filter(histories):
+    for user in stores.users.deleted_filter(histories):
         del histories[user]
     return histories
 
 
 def user_vectors(
-    bundle: Bundle, store: Store | None = None, batch_size: int = 4096
+    bundle: Bundle, stores: Stores | None = None, batch_size: int = 4096
 ) -> tuple[list[str], np.ndarray]:
     """Vectors of every known user, from all of their known interactions."""
     retriever = bundle.recommender(use_index=False)
-    histories = known_histories(bundle, store)
+    histories = known_histories(bundle, stores)
     ids = list(histories)
     rows = [histories[u] for u in ids]
     out = np.zeros((len(ids), bundle.manifest.embedding_dim), dtype=np.float32)
@@ -81,7 +81,7 @@ def export_embeddings(
     out: str | Path,
     npy: bool = True,
     faiss_index: bool = True,
-    store: Store | None = None,
+    stores: Stores | None = None,
 ) -> dict[str, Any]:
     """Write an export of ``bundle`` to ``out`` (atomically: built aside, then renamed).
 
@@ -98,7 +98,7 @@ def export_embeddings(
     try:
         books = bundle.book_embeddings[NUM_RESERVED:].astype(np.float32)
         book_ids = [str(b) for b in bundle.state.books.ids.to_list()]
-        user_ids, users = user_vectors(bundle, store)
+        user_ids, users = user_vectors(bundle, stores)
         files: dict[str, dict[str, Any]] = {}
         _frame("book_id", book_ids, books).write_parquet(staging / "books.parquet")
         _frame("user_id", user_ids, users).write_parquet(staging / "users.parquet")

@@ -119,7 +119,8 @@ class Experiments:
     Args:
         build: bundle -> RecommendationService (sharing the process's stores and cache).
         default: the service of the bundle the server started with.
-        on_default: called with the new default service when ``default_bundle`` changes.
+        on_default: installs a new default service when ``default_bundle`` changes (the
+            serving core's hot swap: it sets ``default`` and retires the old one).
     """
 
     def __init__(
@@ -174,10 +175,11 @@ class Experiments:
             retired = [s for p, s in self.services.items() if p not in wanted]
             self.services, self.plan = wanted, plan
             if new_default is not None:
-                old, self.default = self.default, new_default
                 if self.on_default is not None:
-                    self.on_default(new_default)
-                retired.append(old)
+                    self.on_default(new_default)  # the serving core's hot swap
+                else:
+                    retired.append(self.default)
+                    self.default = new_default
             for service in retired:  # let requests holding them finish first
                 threading.Timer(30.0, service.close).start()
             log.info(

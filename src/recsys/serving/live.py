@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from recsys.serving.auth import Authenticator
@@ -16,12 +15,12 @@ from recsys.serving.cache import ResponseCache
 from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
 from recsys.serving.trending import Trending
-from recsys.stores.sql import EVENT_TYPES, Store
+from recsys.stores import Stores, null_stores, open_store
 
 
 @dataclass
 class Live:
-    store: Store | None = None
+    stores: Stores = field(default_factory=null_stores)
     trending: Trending | None = None
     cache: ResponseCache | None = None
     refresh_s: float = 10.0
@@ -33,32 +32,27 @@ class Live:
     impressions: ImpressionLog | None = None
 
     def __post_init__(self) -> None:
-        if self.store is not None and self.impressions is None:
-            self.impressions = ImpressionLog(self.store)
+        if self.stores.persistent and self.impressions is None:
+            self.impressions = ImpressionLog(self.stores.experiments)
 
     def refresh_trending(self, force: bool = False) -> None:
         """Rebuild trending from the store when it is older than ``refresh_s``."""
-        if self.store is None or self.trending is None:
+        if self.trending is None:
             return
         now = time.time()
         if force or now - self.trending.built_at >= self.refresh_s:
-            self.trending.rebuild(self.store.recent(now - self.trending.window_s), now)
+            self.trending.rebuild(self.stores.events.recent(now - self.trending.window_s), now)
 
     def close(self) -> None:
         if self.impressions is not None:
             self.impressions.close()
-        if self.store is not None:
-            self.store.close()
+        self.stores.close()
 
     @classmethod
     def from_config(cls, cfg: Any) -> Live:
         """From the ``store``, ``trending`` and ``cache`` sections of the serve config."""
-        store = None
-        url = cfg.get("store", {}).get("url") if cfg.get("store") else None
-        if url:
-            if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            store = Store(url, cfg["store"].get("history_types") or EVENT_TYPES)
+        store_cfg = cfg.get("store") or {}
+        stores = open_store(store_cfg.get("url"), store_cfg.get("history_types"))
         trend = cfg.get("trending") or {}
         trending = Trending(
             half_life_s=float(trend.get("half_life_hours", 6)) * 3600,
@@ -81,7 +75,7 @@ class Live:
             RateLimiter.from_config(cfg.get("rate_limits")) if cfg.get("rate_limits") else None
         )
         live = cls(
-            store,
+            stores,
             trending,
             cache,
             float(trend.get("refresh_s", 10)),

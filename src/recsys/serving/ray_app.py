@@ -20,10 +20,10 @@ corrupt or incompatible bundle is refused while the old one keeps serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +40,8 @@ from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
 from recsys.inference.two_stage import Retrieved, TwoStageRecommender
 from recsys.serving.app import configure_logging, create_app
+from recsys.serving.core import ServingCore
+from recsys.serving.faults import drill_deployment
 from recsys.serving.live import Live
 from recsys.serving.service import RecommendationService
 
@@ -61,6 +63,9 @@ class RayAppArgs(BaseModel):
     max_ongoing_requests: int = Field(32, ge=1)
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_ms: float = Field(2.0, ge=0)
+    drills: bool = Field(
+        False, description="stage deployments accept fault drills (tests; recsys.serving.faults)"
+    )
     live: dict[str, Any] = Field(
         default_factory=dict,
         description="store / trending / cache / auth / rate_limits sections as in "
@@ -115,7 +120,7 @@ class BundleCache:
 
 
 class _Stage:
-    """Shared by the two stage deployments: bundle cache, preload, hot swap, drills."""
+    """Shared by the two stage deployments: bundle cache, preload, hot swap."""
 
     def __init__(self, bundle: str, max_batch_size: int, batch_wait_timeout_ms: float) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -123,8 +128,6 @@ class _Stage:
         self.cache.get(bundle)
         self.batch_size = max_batch_size
         self.batch_wait_s = batch_wait_timeout_ms / 1000
-        self.fail_next = 0
-        self.slow_next_s = 0.0
 
     def _tune(self, batched: Any) -> None:
         """Apply the configured batch size and wait to a ``@serve.batch`` method."""
@@ -143,10 +146,6 @@ class _Stage:
             except RecsysError as exc:
                 log.error("bundle refused, the current one keeps serving: %s", exc)
 
-    def inject(self, fail_next: int = 0, slow_next_s: float = 0.0) -> None:
-        """Fault drill: the next ``fail_next`` calls raise; the next call sleeps first."""
-        self.fail_next, self.slow_next_s = fail_next, slow_next_s
-
     def _per_bundle(
         self, bundles: list[str], call: Callable[[TwoStageRecommender, list[int]], list[T]]
     ) -> list[T]:
@@ -158,14 +157,6 @@ class _Stage:
             _, model = self.cache.get(key)
             out.update(zip(rows, call(model, rows), strict=True))
         return [out[i] for i in range(len(bundles))]
-
-    def _drill(self) -> None:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise RuntimeError(f"injected failure in {type(self).__name__}")
-        if self.slow_next_s:
-            delay, self.slow_next_s = self.slow_next_s, 0.0
-            time.sleep(delay)
 
 
 @serve.deployment(name="Retrieval")
@@ -187,7 +178,6 @@ class Retrieval(_Stage):
         return await asyncio.to_thread(self._run, requests)
 
     def _run(self, requests: list[tuple[str, np.ndarray, sp.csr_matrix]]) -> list[Retrieved]:
-        self._drill()
         bundles, users, histories = (list(x) for x in zip(*requests, strict=True))
 
         def call(model: TwoStageRecommender, rows: list[int]) -> list[Retrieved]:
@@ -217,7 +207,6 @@ class Ranking(_Stage):
         return await asyncio.to_thread(self._run, requests)
 
     def _run(self, requests: list[tuple[str, Retrieved]]) -> list[np.ndarray]:
-        self._drill()
         bundles = [b for b, _ in requests]
         retrieved = [r for _, r in requests]
 
@@ -280,12 +269,16 @@ class Ingress:
         self.live = Live.from_config(live or {})
         self.retrieval, self.ranking = retrieval, ranking
         self.stage_timeout_s = stage_timeout_ms / 1000
-        self.service = self._service(load_bundle(bundle))
-        self.fastapi: Any = None
+        self.core = ServingCore(self._service(load_bundle(bundle)))
 
-    def _service(self, bundle: Bundle) -> RecommendationService:
+    def _service(self, bundle: Bundle, preload: bool = False) -> RecommendationService:
+        """The service of ``bundle``; ``preload``: the stages load it first (a swap; at
+        start the stages load the bundle they are built with). Called off the event loop."""
         stages = None
         if self.retrieval is not None and self.ranking is not None and bundle.has_ranker:
+            if preload:  # no request can ask the stages for a version they lack
+                for stage in (self.retrieval, self.ranking):
+                    stage.preload.remote(str(bundle.path)).result(timeout_s=600)
             # The stages answer within the budget or the service falls back; the handle
             # gives up a little later so no worker thread waits forever.
             stages = RemoteStages(
@@ -298,54 +291,22 @@ class Ingress:
         return RecommendationService(bundle, self.stage_timeout_s, stages, live=self.live)
 
     def __serve_build_asgi_app__(self) -> Any:
-        self.fastapi = create_app(lambda: self.service, echo_request_id=False)
-        return self.fastapi
+        return create_app(lambda: self.core, echo_request_id=False)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        """Hot swap to ``config['bundle']``; a bundle that fails to load is refused."""
+        """Hot swap to ``config['bundle']`` (the core's swap: a bundle that fails to load is
+        refused); experiments and the stage budget change in place."""
         if "stage_timeout_ms" in config:
             self.stage_timeout_s = float(config["stage_timeout_ms"]) / 1000
-            self.service.stage_timeout_s = self.stage_timeout_s
-        if "experiments" in config and self.fastapi is not None:
+            self.core.service.stage_timeout_s = self.stage_timeout_s
+        if "experiments" in config:
             try:  # variant traffic and bundles change with no restart; a bad one is refused
-                await asyncio.to_thread(self.fastapi.state.experiments.apply, config["experiments"])
+                await asyncio.to_thread(self.core.experiments.apply, config["experiments"])
             except Exception as exc:
                 log.error("experiments refused, the current setup stays: %s", exc)
-        if not config.get("bundle"):
-            return
-        metrics = self.fastapi.state.metrics if self.fastapi is not None else None
-        try:
-            path = resolve(str(config["bundle"]))
-            if path == self.service.bundle.path:
-                return
-            bundle = await asyncio.to_thread(load_bundle, path)
-            if self.retrieval is not None and self.ranking is not None:
-                # Stages load the new version before any request can ask them for it.
-                await asyncio.gather(
-                    self.retrieval.preload.remote(str(bundle.path)),
-                    self.ranking.preload.remote(str(bundle.path)),
-                )
-            service = await asyncio.to_thread(self._service, bundle)
-        except Exception as exc:  # any failure leaves the old bundle serving
-            log.error(
-                "bundle %s refused, %s keeps serving: %s",
-                config["bundle"],
-                self.service.version,
-                exc,
-            )
-            if metrics is not None:
-                metrics.swaps.labels("refused").inc()
-            return
-        old, self.service = self.service, service
-        if self.live.cache is not None:
-            self.live.cache.clear()  # level 2 is keyed by bundle version
-        if self.fastapi is not None:
-            self.fastapi.state.service = service
-            self.fastapi.state.experiments.default = service
-        if metrics is not None:
-            metrics.swaps.labels("loaded").inc()
-        log.info("bundle swapped: %s -> %s", old.version, service.version)
-        old.close()
+        if config.get("bundle"):
+            build = functools.partial(self._service, preload=True)
+            await asyncio.to_thread(self.core.swap, str(config["bundle"]), build)
 
 
 def as_deployment(decorated: Any) -> Deployment:
@@ -385,6 +346,9 @@ def build(args: RayAppArgs) -> Application:
             .bind(args.bundle, args.max_batch_size, args.batch_wait_timeout_ms)
         )
 
-    retrieval = stage(Retrieval, args.retrieval_replicas)
-    ranking = stage(Ranking, args.ranking_replicas)
+    kinds = (Retrieval, Ranking)
+    if args.drills:
+        kinds = tuple(drill_deployment(kind) for kind in kinds)
+    retrieval = stage(kinds[0], args.retrieval_replicas)
+    ranking = stage(kinds[1], args.ranking_replicas)
     return ingress.bind(args.bundle, args.stage_timeout_ms, retrieval, ranking, args.live)

@@ -1,0 +1,61 @@
+"""The catalogue through the API: search, read, add (retrievable at once), edit, delist."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recsys.errors import RecsysError
+from recsys.serving.core import ServingCore
+from recsys.serving.service import UnknownBook
+
+
+class BookExists(RecsysError):
+    """POST /books of an existing id (HTTP 409)."""
+
+
+class Books:
+    """Catalogue operations of one serving process (the store and the live catalogue)."""
+
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
+
+    @property
+    def _store(self) -> Any:
+        return self.core.live.stores.catalogue
+
+    def search(self, query: str, limit: int) -> list[dict[str, Any]]:
+        return list(self._store.search_books(query, limit))
+
+    def get(self, book_id: str) -> dict[str, Any]:
+        book: dict[str, Any] | None = self._store.book(book_id)
+        if book is None:
+            raise UnknownBook(f"unknown book id '{book_id}'")
+        return book
+
+    def create(self, book_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Add a book (BookExists if listed); a book the model never saw gets a vector from
+        its side features and is recommendable without retraining."""
+        try:
+            book: dict[str, Any] = self._store.put_book(book_id, fields, True)
+        except KeyError:
+            raise BookExists(f"book '{book_id}' already exists; use PUT to change it") from None
+        svc = self.core.service
+        if book["book_id"] in svc.catalogue.index:
+            svc.catalogue.update(book)  # a model book deleted earlier and listed again
+        else:
+            svc.add_books([book])
+        return book
+
+    def update(self, book_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        try:
+            book: dict[str, Any] = self._store.put_book(book_id, fields, False)
+        except LookupError:
+            raise UnknownBook(f"unknown book id '{book_id}'") from None
+        self.core.service.catalogue.update(book)
+        return book
+
+    def delete(self, book_id: str) -> None:
+        """Delist: no longer recommended or searchable (UnknownBook if not listed)."""
+        if not self._store.delete_book(book_id):
+            raise UnknownBook(f"unknown book id '{book_id}'")
+        self.core.service.catalogue.remove(book_id)

@@ -1,0 +1,100 @@
+"""The live catalogue by vocabulary index: book metadata for filters and responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.bundle.reader import Bundle
+from recsys.features.vocab import NUM_RESERVED
+from recsys.serving.schemas import Filters
+
+
+class Catalogue:
+    """Book metadata by vocabulary index, for filters and responses.
+
+    ``books`` is the live catalogue (the store's, when serving has one; the bundle's
+    otherwise). Model books missing from it were removed from the catalogue: never
+    recommended.
+    """
+
+    def __init__(self, bundle: Bundle, books: pl.DataFrame | None = None) -> None:
+        vocab = bundle.state.books
+        table = bundle.books if books is None else books
+        present = pl.DataFrame({"book_id": vocab.ids}).join(
+            table.select("book_id").with_columns(present=pl.lit(True)),
+            on="book_id",
+            how="left",
+            maintain_order="left",
+        )
+        frame = pl.DataFrame({"book_id": vocab.ids}).join(
+            table, on="book_id", how="left", maintain_order="left"
+        )
+        pad: list[Any] = [None] * NUM_RESERVED
+        self.index = {b: i + NUM_RESERVED for i, b in enumerate(vocab.ids.to_list())}
+        self.ids: list[str | None] = pad + vocab.ids.to_list()
+        self.titles: list[str | None] = pad + frame.get_column("title").to_list()
+        self.authors: list[str | None] = pad + frame.get_column("authors").to_list()
+        years = frame.get_column("year").fill_null(-1).to_numpy()
+        self.years = np.concatenate([[-1] * NUM_RESERVED, years])
+        self.languages = np.array(pad + frame.get_column("language").to_list(), dtype=object)
+        self.listed = np.concatenate(
+            [[False] * NUM_RESERVED, present.get_column("present").fill_null(False).to_numpy()]
+        )
+        # books removed from the catalogue (kept current by update/remove; read per request)
+        self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
+
+    def update(self, book: dict[str, Any]) -> None:
+        """A catalogue edit (create or update) of a book the model knows."""
+        index = self.index.get(str(book["book_id"]))
+        if index is None:
+            return
+        self.titles[index], self.authors[index] = book.get("title"), book.get("authors")
+        year = book.get("year")
+        self.years[index] = -1 if year is None else int(year)
+        self.languages[index] = book.get("language")
+        self.listed[index] = True
+        self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
+
+    def add(self, book: dict[str, Any]) -> int:
+        """Append a book the model never saw; returns its index."""
+        index = len(self.ids)
+        self.index[str(book["book_id"])] = index
+        self.ids.append(str(book["book_id"]))
+        self.titles.append(book.get("title"))
+        self.authors.append(book.get("authors"))
+        year = book.get("year")
+        self.years = np.append(self.years, -1 if year is None else int(year))
+        self.languages = np.append(self.languages, np.array([book.get("language")], dtype=object))
+        self.listed = np.append(self.listed, True)
+        return index
+
+    def remove(self, book_id: str) -> None:
+        index = self.index.get(book_id)
+        if index is not None:
+            self.listed[index] = False
+            self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
+
+    def allowed(self, filters: Filters | None, exclude: set[int]) -> np.ndarray | None:
+        """Bool per book index, or None when nothing is filtered."""
+        if filters is None and not exclude and not self.delisted:
+            return None
+        mask = self.listed.copy()
+        mask[:NUM_RESERVED] = False
+        if exclude:
+            mask[list(exclude)] = False
+        if filters is not None:
+            if filters.year_min is not None:
+                mask &= self.years >= filters.year_min
+            if filters.year_max is not None:
+                mask &= (self.years >= 0) & (self.years <= filters.year_max)
+            if filters.languages:
+                mask &= np.isin(self.languages, filters.languages)
+            if filters.authors:
+                wanted = [a.lower() for a in filters.authors]
+                mask &= np.array(
+                    [a is not None and any(w in a.lower() for w in wanted) for a in self.authors]
+                )
+        return mask

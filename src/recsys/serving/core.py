@@ -1,0 +1,221 @@
+"""ServingCore: what one serving process holds beyond a request, for every runner.
+
+The current bundle's :class:`RecommendationService`, the experiments (variant services), and
+the policies around the recommendation endpoints: response cache, experiment assignment,
+impression logging, answer shaping and its metrics. Hot swap is one mechanism here
+(:meth:`ServingCore.swap` verifies and loads a bundle, :meth:`ServingCore.install` switches),
+used by the uvicorn runner (experiment promotion) and by Ray Serve (``reconfigure``) alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from recsys.bundle.reader import Bundle, load_bundle, resolve
+from recsys.errors import RecsysError
+from recsys.serving.experiments import Assignment, Experiments, FileWatcher
+from recsys.serving.live import Live
+from recsys.serving.metrics import Metrics
+from recsys.serving.personalised import Answer
+from recsys.serving.schemas import (
+    Metadata,
+    Recommendation,
+    RecommendationResponse,
+    RecommendRequest,
+)
+from recsys.serving.service import RecommendationService
+
+log = logging.getLogger(__name__)
+TRANSIENT = ("timeout", "stage_error")  # fallbacks never cached
+Call = Callable[[RecommendationService], Answer]
+
+
+class BadVariant(RecsysError):
+    """An X-Experiment-Variant that names no variant of the active experiment (HTTP 422)."""
+
+
+class ServingCore:
+    """Process-level serving state and policies (see the module docstring).
+
+    Args:
+        service: the service of the bundle the process starts with.
+        metrics: where answers, cache lookups, impressions and swaps are counted.
+    """
+
+    def __init__(self, service: RecommendationService, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+        self.live: Live = service.live
+        self.experiments = Experiments(service.sibling, service, self.install)
+        self.watcher: FileWatcher | None = None
+
+    @property
+    def service(self) -> RecommendationService:
+        """The service of the current default bundle (changes on a swap)."""
+        current: RecommendationService = self.experiments.default
+        return current
+
+    def start(self) -> None:
+        """Background work: watch the experiments file, when one is configured."""
+        if self.live.experiments_file:
+            self.watcher = FileWatcher(
+                self.live.experiments_file, self.experiments, self.live.experiments_poll_s
+            )
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.service.close()
+
+    # --- hot swap --------------------------------------------------------------------------
+
+    def swap(
+        self,
+        path: str | Path,
+        build: Callable[[Bundle], RecommendationService] | None = None,
+    ) -> bool:
+        """Load and verify the bundle at ``path`` (a version or a family folder), build its
+        service (default: sharing this process's stores and settings), then switch to it.
+        A bundle that fails to load or build is refused and the current one keeps serving.
+        Returns whether it switched (False also when ``path`` is the current bundle)."""
+        current = self.service
+        try:
+            folder = resolve(path)
+            if folder == current.bundle.path:
+                return False
+            service = (build or current.sibling)(load_bundle(folder))
+        except Exception as exc:  # any failure leaves the old bundle serving
+            log.error("bundle %s refused, %s keeps serving: %s", path, current.version, exc)
+            self.metrics.swaps.labels("refused").inc()
+            return False
+        self.install(service)
+        return True
+
+    def install(self, service: RecommendationService) -> None:
+        """Make ``service`` the default: requests already holding the old one finish on it
+        (one service object per request, so no answer mixes two bundles)."""
+        old = self.experiments.default
+        self.experiments.default = service
+        if self.live.cache is not None:
+            self.live.cache.clear()  # level 2 is keyed by bundle version
+        self.metrics.swaps.labels("loaded").inc()
+        log.info("bundle swapped: %s -> %s", old.version, service.version)
+        if old is not service:
+            old.close()
+
+    # --- recommendation policies -----------------------------------------------------------
+
+    async def recommend_user(
+        self, user_id: str, req: RecommendRequest, forced: str | None, request_id: str
+    ) -> dict[str, Any]:
+        """A user's list as response JSON: experiment arm, then the cache, else the model
+        (cached unless a transient fallback); the impression logged under an experiment."""
+        try:
+            arm = self.experiments.assign(user_id, forced)
+        except RecsysError as exc:
+            raise BadVariant(str(exc)) from None
+        svc: RecommendationService = arm.service
+        params = {
+            **req.model_dump(mode="json"),
+            "experiment": arm.experiment,
+            "variant": arm.variant,
+        }
+        cached = await self._cached(svc, user_id, params, request_id)
+        if cached is not None:
+            self._impression(user_id, arm, cached)
+            return cached
+        response = await self.respond(
+            "user",
+            lambda s: s.for_user(user_id, req.limit, req.exclude, req.filters, arm.retrieval_only),
+            request_id,
+            svc,
+        )
+        response.metadata.experiment, response.metadata.variant = arm.experiment, arm.variant
+        cache = svc.live.cache
+        if cache is not None and response.metadata.fallback_reason not in TRANSIENT:
+            cache.put(svc.version, user_id, params, response.model_dump_json())
+        body = response.model_dump(mode="json")
+        self._impression(user_id, arm, body)
+        return body
+
+    async def _cached(
+        self, svc: RecommendationService, user_id: str, params: dict[str, Any], request_id: str
+    ) -> dict[str, Any] | None:
+        """A cached answer with this request's metadata, or None (cache off or a miss)."""
+        cache = svc.live.cache
+        if cache is None:
+            return None
+        started = time.perf_counter()
+        if cache.redis is None:  # in-process only: no thread hop
+            hit, where = cache.get(svc.version, user_id, params)
+        else:
+            hit, where = await run_in_threadpool(cache.get, svc.version, user_id, params)
+        self.metrics.cache_lookup(where)
+        if hit is None:
+            return None
+        cached: dict[str, Any] = json.loads(hit)
+        cached["metadata"].update(
+            request_id=request_id,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            cache=where,
+        )
+        return cached
+
+    def _impression(self, user_id: str, arm: Assignment, body: dict[str, Any]) -> None:
+        """Log a list served under an experiment (written in the background)."""
+        if arm.experiment is None or self.live.impressions is None:
+            return
+        self.live.impressions.add(
+            {
+                "request_id": body["metadata"]["request_id"],
+                "at": time.time(),
+                "user_id": user_id,
+                "experiment": arm.experiment,
+                "variant": arm.variant,
+                "books": json.dumps([i["book_id"] for i in body["recommendations"]]),
+            }
+        )
+        self.metrics.impressions.labels(arm.experiment, arm.variant).inc()
+
+    async def respond(
+        self,
+        endpoint: str,
+        call: Call,
+        request_id: str,
+        chosen: RecommendationService | None = None,
+    ) -> RecommendationResponse:
+        """Run ``call`` on one service (a swap in between never mixes two bundles) in a
+        worker thread, count it, and shape the answer as the response."""
+        svc = chosen or self.service
+        started = time.perf_counter()
+        answer = await run_in_threadpool(call, svc)
+        self.metrics.service.labels(endpoint).observe(time.perf_counter() - started)
+        for stage, ms in answer.timings_ms.items():
+            self.metrics.stage.labels(stage).observe(ms / 1000)
+        if answer.fallback_reason:
+            self.metrics.fallbacks.labels(answer.fallback_reason).inc()
+        cat = svc.catalogue
+        items = [
+            Recommendation(
+                book_id=str(cat.ids[b]),
+                title=cat.titles[b],
+                author=cat.authors[b],
+                confidence_score=round(float(s), 6),
+                reasoning=r,
+            )
+            for b, s, r in zip(answer.books, answer.scores, answer.reasons, strict=True)
+        ]
+        meta = Metadata(
+            source=answer.source,  # type: ignore[arg-type]
+            bundle_version=svc.version,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            request_id=request_id,
+            fallback_reason=answer.fallback_reason,
+        )
+        return RecommendationResponse(recommendations=items, metadata=meta)

@@ -1,0 +1,68 @@
+"""FastAPI dependencies: the serving core, the caller (bearer token) and their rate limit,
+and the resource services routes call.
+
+Dependencies are ``async def``: FastAPI runs plain ``def`` dependencies in the thread pool,
+a thread hop per request for no work.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from recsys.serving.auth import Principal
+from recsys.serving.books import Books
+from recsys.serving.core import ServingCore
+from recsys.serving.ingest import Ingest
+from recsys.serving.users import Users
+
+
+def core_of(request: Request) -> ServingCore:
+    """The process's serving core (set at start-up)."""
+    found: ServingCore = request.app.state.core
+    return found
+
+
+async def core(request: Request) -> ServingCore:
+    return core_of(request)
+
+
+async def guard(request: Request) -> None:
+    """Every API route: who is calling (bearer token), and their rate limit."""
+    live = core_of(request).live
+    principal = live.auth.principal(request.headers.get("authorization"))
+    request.state.principal = principal
+    if live.limiter is not None:
+        identity = (
+            f"sub:{principal.subject}"
+            if principal is not None and live.auth.enabled
+            else f"ip:{request.client.host if request.client else '-'}"
+        )
+        route = request.scope.get("route")
+        live.limiter.check(identity, getattr(route, "path", request.url.path))
+
+
+def principal(request: Request) -> Principal | None:
+    who: Principal | None = getattr(request.state, "principal", None)
+    return who
+
+
+def may_act(request: Request, user_id: str, scope: str) -> Principal:
+    """The caller, if they may act for ``user_id`` with ``scope`` (401/403 otherwise)."""
+    return core_of(request).live.auth.require_user(principal(request), user_id, scope)
+
+
+def require_scope(request: Request, scope: str) -> Principal:
+    """The caller, if their token has ``scope`` (401/403 otherwise)."""
+    return core_of(request).live.auth.require_scope(principal(request), scope)
+
+
+async def ingest(request: Request) -> Ingest:
+    return Ingest(core_of(request))
+
+
+async def users(request: Request) -> Users:
+    return Users(core_of(request))
+
+
+async def books(request: Request) -> Books:
+    return Books(core_of(request))

@@ -1,0 +1,65 @@
+"""Reading events and experiment feedback coming in: validated, stored durably, and made
+visible to trending, the cache and the next recommendation."""
+
+from __future__ import annotations
+
+import time
+
+from recsys.errors import RecsysError
+from recsys.serving.core import ServingCore
+from recsys.serving.schemas import EventIn, FeedbackIn
+from recsys.stores import Event
+
+
+class UnknownEventBook(RecsysError):
+    """An event about a book not in the catalogue (HTTP 422)."""
+
+
+class Ingest:
+    """Events and feedback for one serving process."""
+
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
+
+    def record(self, batch: list[EventIn]) -> tuple[int, int]:
+        """Store events (idempotent by ``event_id``); returns (stored, duplicates).
+
+        Every book must be listed in the catalogue (the model's or one added through the
+        API); the user's cached answers are dropped and trending sees the events at once.
+        """
+        svc, stores = self.core.service, self.core.live.stores
+        unknown = sorted({e.book_id for e in batch if not self._listed(e.book_id)})
+        if unknown:
+            raise UnknownEventBook(
+                f"unknown book id(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}; "
+                "add books to the catalogue first (POST /books)"
+            )
+        now = time.time()
+        rows = [
+            Event(e.user_id, e.book_id, e.type, e.timestamp or now, e.value, e.event_id or "")
+            for e in batch
+        ]
+        stored, duplicates = stores.events.append(rows)
+        live = self.core.live
+        if live.trending is not None:
+            for event in rows:
+                live.trending.add(event.book_id, event.type, event.ts, now)
+        if live.cache is not None:
+            for user in {e.user_id for e in rows}:
+                live.cache.invalidate_user(user, svc.version)
+        self.core.metrics.events.inc(stored)
+        return stored, duplicates
+
+    def _listed(self, book_id: str) -> bool:
+        catalogue = self.core.service.catalogue
+        index = catalogue.index.get(book_id)
+        if index is not None:
+            return bool(catalogue.listed[index])
+        return self.core.live.stores.catalogue.book(book_id) is not None
+
+    def feedback(self, body: FeedbackIn) -> None:
+        """A reader's reaction to a served list (``click`` counts toward click-through)."""
+        self.core.live.stores.experiments.log_feedback(
+            body.request_id, body.user_id, body.book_id, body.type
+        )
+        self.core.metrics.feedback.labels(body.type).inc()

@@ -1,0 +1,221 @@
+"""The one personalised path: candidates -> filters and exclusions -> rank -> reasons.
+
+Every personalised answer goes through :class:`PersonalisedPath`: online requests (micro-batched
+by the service), offline batch scoring (``explain=False``) and both Ray topologies (the stages
+run in process or behind deployment handles, see :mod:`recsys.serving.stages`). Lists that
+filters leave short are topped up from popularity.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys.features.ranking import Candidates
+from recsys.features.vocab import IdVocab
+from recsys.inference.popularity import PopularityRecommender
+from recsys.inference.two_stage import TwoStageRecommender
+from recsys.inference.two_tower import TwoTowerRecommender
+from recsys.serving.catalogue import Catalogue
+from recsys.serving.stages import Stages
+
+
+@dataclass
+class Personal:
+    """One personalised request for the model stages: a history row and what to leave out."""
+
+    user_id: str | None
+    matrix: sp.csr_matrix  # [1, n_books]
+    limit: int
+    exclude: set[int]
+    allowed: np.ndarray | None
+    source: str
+    retrieval_only: bool = False  # an experiment setting: two-tower answer, no ranker
+
+
+@dataclass
+class Answer:
+    """Books (vocabulary indices) with scores and reasons, and which path produced them."""
+
+    books: list[int]
+    scores: list[float]
+    reasons: list[str]
+    source: str
+    fallback_reason: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    from_model: int | None = None  # leading books from the model; the rest topped up
+
+
+class PersonalisedPath:
+    """Answers batches of personalised requests from one bundle's models.
+
+    Args:
+        users: the bundle's user vocabulary (a known user id adds its id features).
+        retriever: the two-tower retriever (the retrieval-only path and vectors).
+        pipeline: the two-stage recommender, None for a bundle without a ranker.
+        stages: where retrieval and ranking run for the two-stage path.
+        catalogue: the live catalogue (titles for reasons, listed books).
+        popularity: the fallback and top-up order.
+    """
+
+    def __init__(
+        self,
+        users: IdVocab,
+        retriever: TwoTowerRecommender,
+        pipeline: TwoStageRecommender | None,
+        stages: Stages | None,
+        catalogue: Catalogue,
+        popularity: PopularityRecommender,
+    ) -> None:
+        self.users, self.retriever, self.pipeline = users, retriever, pipeline
+        self.stages, self.catalogue, self.popularity = stages, catalogue, popularity
+
+    def popular(
+        self,
+        limit: int,
+        exclude: set[int],
+        allowed: np.ndarray | None,
+        reason: str | None,
+        source: str = "popularity",
+    ) -> Answer:
+        """The most popular listed books not excluded (the fallback and the top-up)."""
+        books = []
+        listed = self.catalogue.listed
+        for book in self.popularity.order:
+            if book not in exclude and listed[book] and (allowed is None or allowed[book]):
+                books.append(int(book))
+                if len(books) == limit:
+                    break
+        scores = [float(self.popularity.scores[b]) for b in books]
+        return Answer(books, scores, ["popular with readers"] * len(books), source, reason)
+
+    def answer(self, requests: list[Personal], explain: bool = True) -> list[Answer]:
+        """Two-stage (or retrieval-only) answers for a batch of requests, one model call per
+        path; ``explain=False`` skips the reasons (batch scoring)."""
+        ranked = [r.retrieval_only is False for r in requests]
+        two_stage = self.pipeline is not None and self.stages is not None
+        if two_stage and any(ranked) and not all(ranked):
+            # a batch mixing ranked and retrieval-only requests: answer each group apart
+            merged: dict[int, Answer] = {}
+            for flag in (True, False):
+                rows = [i for i, r in enumerate(ranked) if r is flag]
+                part = self.answer([requests[i] for i in rows], explain)
+                merged.update(zip(rows, part, strict=True))
+            return [merged[i] for i in range(len(requests))]
+        users = np.array([self.users.encode_one(r.user_id) if r.user_id else 1 for r in requests])
+        matrix = self._stack(requests)
+        if two_stage and all(ranked):
+            answers = self._two_stage(requests, users, matrix, explain)
+        else:
+            answers = self._retrieval_only(requests, users, matrix, explain)
+        for req, answer in zip(requests, answers, strict=True):
+            self._top_up(req, answer, explain)
+        return answers
+
+    def _stack(self, requests: list[Personal]) -> sp.csr_matrix:
+        n_books = self.retriever.n_books
+        if len(requests) == 1 and requests[0].matrix.shape[1] == n_books:
+            return requests[0].matrix  # the common case under light load
+        stacked = sp.vstack([r.matrix for r in requests], format="csr")
+        # rows built before a book was added are narrower: widen them to the catalogue
+        return sp.csr_matrix(
+            (stacked.data, stacked.indices, stacked.indptr), shape=(stacked.shape[0], n_books)
+        )
+
+    def _two_stage(
+        self, requests: list[Personal], users: np.ndarray, matrix: sp.csr_matrix, explain: bool
+    ) -> list[Answer]:
+        assert self.stages is not None
+        started = time.perf_counter()
+        retrieved = self.stages.retrieve(users, matrix)
+        retrieved_at = time.perf_counter()
+        scores = self.stages.rank(retrieved)
+        timings = {
+            "retrieval": (retrieved_at - started) * 1000,
+            "ranking": (time.perf_counter() - retrieved_at) * 1000,
+        }
+        answers = [
+            self._ranked(req, retrieved.candidates, retrieved.history, scores, row, explain)
+            for row, req in enumerate(requests)
+        ]
+        for answer in answers:
+            answer.timings_ms = timings
+        return answers
+
+    def _retrieval_only(
+        self, requests: list[Personal], users: np.ndarray, matrix: sp.csr_matrix, explain: bool
+    ) -> list[Answer]:
+        vectors = self.retriever.encode(self.retriever.features_from_matrix(users, matrix))
+        answers = []
+        for row, req in enumerate(requests):
+            seen = set(req.matrix.indices.tolist())
+            top, top_scores = self.retriever.search(
+                vectors[row : row + 1], req.limit, [seen | req.exclude], req.allowed
+            )
+            books = [int(b) for b in top[0] if b >= 0]
+            answers.append(
+                Answer(
+                    books,
+                    [float(s) for s in top_scores[0][: len(books)]],
+                    ["matches your reading history"] * len(books) if explain else [],
+                    req.source,
+                )
+            )
+        return answers
+
+    def _top_up(self, req: Personal, answer: Answer, explain: bool) -> None:
+        """Filters left too few books: fill the list from popularity."""
+        answer.from_model = len(answer.books)
+        if len(answer.books) >= req.limit:
+            return
+        seen = set(req.matrix.indices.tolist())
+        extra = self.popular(
+            req.limit - len(answer.books), seen | req.exclude | set(answer.books), req.allowed, None
+        )
+        answer.books += extra.books
+        answer.scores += extra.scores
+        answer.reasons += extra.reasons if explain else []
+
+    def _ranked(
+        self,
+        req: Personal,
+        cands: Candidates,
+        history: torch.Tensor,
+        scores: np.ndarray,
+        row: int,
+        explain: bool,
+    ) -> Answer:
+        """One user's answer from the ranker scores of its candidates (row ``row``)."""
+        assert self.pipeline is not None
+        order = np.argsort(-scores[row], kind="stable")
+        books = cands.books[row][order]
+        ranked = [
+            (int(b), float(scores[row][i]))
+            for b, i in zip(books, order, strict=True)
+            if b >= 0 and b not in req.exclude and (req.allowed is None or req.allowed[b])
+        ][: req.limit]
+        chosen = [b for b, _ in ranked]
+        answer = Answer(chosen, [s for _, s in ranked], [], req.source)
+        if explain:
+            from_cooc = {
+                int(b) for b, c in zip(cands.books[row], cands.from_cooc[row], strict=True) if c
+            }
+            why, kinds = self.pipeline.reasons(
+                history[row],
+                np.array(chosen, dtype=np.int64),
+                np.array([b in from_cooc for b in chosen]),
+            )
+            answer.reasons = [
+                f"readers of {self.title(w)} also read this"
+                if k == "co-read"
+                else f"because you read {self.title(w)}"
+                for w, k in zip(why, kinds, strict=True)
+            ]
+        return answer
+
+    def title(self, index: int) -> str:
+        return str(self.catalogue.titles[index] or self.catalogue.ids[index])

@@ -1,0 +1,37 @@
+"""Reading events and experiment feedback."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from recsys.serving.deps import ingest, may_act
+from recsys.serving.ingest import Ingest
+from recsys.serving.schemas import EventBatch, EventIn, EventsAccepted, FeedbackIn
+
+router = APIRouter(tags=["events"])
+IngestDep = Annotated[Ingest, Depends(ingest)]
+
+
+@router.post("/events", status_code=202, response_model=EventsAccepted)
+async def post_events(
+    request: Request, body: EventIn | EventBatch, events: IngestDep
+) -> EventsAccepted:
+    """Record reading events (one, or ``{"events": [...]}`` up to 1000), durably. The
+    user's next recommendation uses them; ``event_id`` makes retries idempotent."""
+    batch = body.events if isinstance(body, EventBatch) else [body]
+    for user in sorted({e.user_id for e in batch}):
+        may_act(request, user, "events:write:any")
+    stored, duplicates = await run_in_threadpool(events.record, batch)
+    return EventsAccepted(stored=stored, duplicates=duplicates)
+
+
+@router.post("/feedback", status_code=202)
+async def post_feedback(request: Request, body: FeedbackIn, events: IngestDep) -> dict[str, str]:
+    """A reader's reaction to a served list (``request_id`` of that response):
+    ``click`` counts toward the experiment's click-through rate."""
+    may_act(request, body.user_id, "events:write:any")
+    await run_in_threadpool(events.feedback, body)
+    return {"status": "recorded"}

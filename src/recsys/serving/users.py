@@ -1,0 +1,77 @@
+"""What is known about a user (profile, history) and GDPR erasure."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from recsys.errors import RecsysError
+from recsys.serving.core import ServingCore
+from recsys.serving.schemas import HistoryItem, UserHistory, UserProfile
+
+log = logging.getLogger(__name__)
+
+
+class UnknownUser(RecsysError):
+    """A user id nothing is known about (HTTP 404)."""
+
+
+class Users:
+    """Users of one serving process: the bundle's histories and the stores' events."""
+
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
+
+    def _events(self, user_id: str) -> list[tuple[str, float, str]]:
+        """The user's history events (book, time, type): one erasure check and one read.
+        UnknownUser (404) when nothing is known or the user was erased."""
+        stores, svc = self.core.live.stores, self.core.service
+        if stores.users.is_deleted(user_id):
+            raise UnknownUser(f"unknown user '{user_id}'")
+        events = stores.events.history(user_id)
+        if user_id not in svc.histories and not events and stores.users.user(user_id) is None:
+            raise UnknownUser(f"unknown user '{user_id}'")
+        return events
+
+    def profile(self, user_id: str) -> UserProfile:
+        """Counts of what is known (404 when nothing is, or after erasure)."""
+        events = self._events(user_id)
+        known = self.core.service.histories.get(user_id, [])
+        merged = dict.fromkeys([*known, *(b for b, _, _ in events)])  # as served
+        return UserProfile(
+            user_id=user_id,
+            in_model=user_id in self.core.service.histories,
+            history_length=len(merged),
+            events=len(events),
+        )
+
+    def history(self, user_id: str, limit: int) -> UserHistory:
+        """The reading history, most recent last: the bundle's, then the events."""
+        events = self._events(user_id)
+        svc = self.core.service
+        items = [
+            HistoryItem(book_id=b, title=self._title(b), source="bundle")
+            for b in svc.histories.get(user_id, [])
+        ]
+        items += [
+            HistoryItem(book_id=b, title=self._title(b), source="event", type=k, timestamp=t)
+            for b, t, k in events
+        ]
+        return UserHistory(user_id=user_id, history=items[-limit:])
+
+    def _title(self, book_id: str) -> str | None:
+        catalogue = self.core.service.catalogue
+        index = catalogue.index.get(book_id)
+        if index is not None:
+            return catalogue.titles[index]
+        book = self.core.live.stores.catalogue.book(book_id)
+        return book["title"] if book else None
+
+    def erase(self, user_id: str, actor: str) -> dict[str, Any]:
+        """GDPR erasure: events and profile deleted, cached answers purged, the id suppressed
+        from later exports and batch outputs, an audit entry written. Returns the counts."""
+        removed = self.core.live.stores.users.delete_user(user_id, actor)
+        if self.core.live.cache is not None:
+            self.core.live.cache.invalidate_user(user_id)
+        removed["model_history"] = len(self.core.service.histories.get(user_id, []))
+        return removed

@@ -1,0 +1,107 @@
+"""The database every role store shares: engine, schema creation, migrations, the hash salt.
+
+SQLAlchemy Core, so one interface serves the embedded default (SQLite in WAL mode with
+``synchronous=FULL``: an acknowledged event survives a crash of the process) and PostgreSQL in
+production (``store.url=postgresql+psycopg://…``, extra ``postgres``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from recsys.errors import RecsysError
+from recsys.stores.schema import metadata, settings
+
+# SQLite full-text search over titles and authors, kept in step by triggers.
+_FTS = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS books_fts USING fts5("
+    "book_id UNINDEXED, title, authors, tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS books_fts_insert AFTER INSERT ON books BEGIN "
+    "INSERT INTO books_fts(book_id, title, authors) "
+    "VALUES (new.book_id, new.title, new.authors); END",
+    "CREATE TRIGGER IF NOT EXISTS books_fts_delete AFTER DELETE ON books BEGIN "
+    "DELETE FROM books_fts WHERE book_id = old.book_id; END",
+    "CREATE TRIGGER IF NOT EXISTS books_fts_update AFTER UPDATE ON books BEGIN "
+    "DELETE FROM books_fts WHERE book_id = old.book_id; "
+    "INSERT INTO books_fts(book_id, title, authors) "
+    "VALUES (new.book_id, new.title, new.authors); END",
+]
+
+
+class Database:
+    """One SQL database: creates the schema (and migrates older stores) on open.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:///artifacts/stores/recsys.db``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine: Engine = sa.create_engine(url)
+        except (sa.exc.ArgumentError, ModuleNotFoundError) as exc:
+            raise RecsysError(f"bad store.url {url!r}: {exc}") from None
+        if self.is_sqlite:
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            metadata.create_all(self.engine)
+            self._migrate()
+            self.salt = self._create_extras()
+        except sa.exc.OperationalError as exc:
+            raise RecsysError(f"cannot open the store at {url}: {exc.orig}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def user_hash(self, user_id: str) -> str:
+        """The salted hash that stands for an erased user (never the id itself)."""
+        return hashlib.sha256(f"{self.salt}:{user_id}".encode()).hexdigest()
+
+    def insert(self, table: sa.Table) -> Any:
+        """INSERT with ``on_conflict_do_nothing`` for this dialect."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        return sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
+
+    def _migrate(self) -> None:
+        """Add columns that stores created by earlier versions lack."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("books")}
+        added = {
+            "origin": "VARCHAR(16) NOT NULL DEFAULT 'bundle'",
+            "deleted": "BOOLEAN NOT NULL DEFAULT FALSE",
+        }
+        with self.engine.begin() as conn:
+            for column, ddl in added.items():
+                if column not in present:
+                    conn.exec_driver_sql(f"ALTER TABLE books ADD COLUMN {column} {ddl}")
+
+    def _create_extras(self) -> str:
+        """Full-text search (SQLite) and the per-store salt of user hashes; returns the salt."""
+        with self.engine.begin() as conn:
+            if self.is_sqlite:
+                for statement in _FTS:
+                    conn.exec_driver_sql(statement)
+            salt = conn.execute(
+                sa.select(settings.c.value).where(settings.c.key == "user_hash_salt")
+            ).scalar()
+            if salt is None:
+                salt = uuid.uuid4().hex
+                conn.execute(settings.insert().values(key="user_hash_salt", value=salt))
+        return str(salt)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged commit survives a crash
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

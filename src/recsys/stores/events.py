@@ -1,0 +1,105 @@
+"""Reading events: durable, idempotent appends and the history reads of serving and batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+import sqlalchemy as sa
+
+from recsys.errors import RecsysError
+from recsys.stores.engine import Database
+from recsys.stores.schema import EVENT_TYPES, Event, events, users
+
+
+class EventStore:
+    """Events by user, idempotent by ``event_id``.
+
+    Args:
+        db: the shared database.
+        history_types: event types that count as reading history.
+    """
+
+    def __init__(self, db: Database, history_types: Iterable[str] = EVENT_TYPES) -> None:
+        self.db = db
+        self.history_types = tuple(history_types)
+        unknown = set(self.history_types) - set(EVENT_TYPES)
+        if unknown:
+            raise RecsysError(f"unknown event type(s) {sorted(unknown)}; use {EVENT_TYPES}.")
+        types = ", ".join(f"'{t}'" for t in self.history_types)  # validated names only
+        self._serving_query = sa.text(
+            "SELECT 1 AS k, '' AS book_id, 0.0 AS ts, 0 AS seq FROM deleted_users "
+            "WHERE user_hash = :h UNION ALL SELECT 0, book_id, ts, seq FROM events "
+            f"WHERE user_id = :u AND type IN ({types}) ORDER BY k DESC, ts, seq"
+        )
+
+    def append(self, batch: list[Event]) -> tuple[int, int]:
+        """Store events durably (one transaction); returns (stored, duplicates)."""
+        rows = [
+            {
+                "event_id": e.event_id,
+                "user_id": e.user_id,
+                "book_id": e.book_id,
+                "type": e.type,
+                "value": e.value,
+                "ts": e.ts,
+                "received_at": time.time(),
+            }
+            for e in (event.with_id() for event in batch)
+        ]
+        if not rows:
+            return 0, 0
+        insert = (
+            self.db.insert(events)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(events.c.event_id)
+        )
+        with self.db.engine.begin() as conn:
+            stored = len(conn.execute(insert, rows).all())
+            new_users = {r["user_id"] for r in rows}
+            conn.execute(
+                self.db.insert(users).on_conflict_do_nothing(index_elements=["user_id"]),
+                [{"user_id": u, "created_at": time.time(), "profile": "{}"} for u in new_users],
+            )
+        return stored, len(rows) - stored
+
+    def history(self, user_id: str) -> list[tuple[str, float, str]]:
+        """(book_id, ts, type) of the user's history events, oldest first."""
+        query = (
+            sa.select(events.c.book_id, events.c.ts, events.c.type)
+            .where(events.c.user_id == user_id, events.c.type.in_(self.history_types))
+            .order_by(events.c.ts, events.c.seq)
+        )
+        with self.db.engine.connect() as conn:
+            return [(str(b), float(t), str(k)) for b, t, k in conn.execute(query)]
+
+    def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
+        """(erased?, history book ids oldest first) in one round trip: the per-request read
+        of serving (a prepared text statement: ~35 µs on SQLite, where building the same
+        query with the expression language costs ~200 µs)."""
+        params = {"h": self.db.user_hash(user_id), "u": user_id}
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(self._serving_query, params).all()
+        if rows and rows[0][0] == 1:
+            return True, []
+        return False, [str(r[1]) for r in rows]
+
+    def event_histories(self) -> dict[str, list[str]]:
+        """Every user's history events (book ids, oldest first): batch jobs and exports."""
+        query = (
+            sa.select(events.c.user_id, events.c.book_id)
+            .where(events.c.type.in_(self.history_types))
+            .order_by(events.c.user_id, events.c.ts, events.c.seq)
+        )
+        out: dict[str, list[str]] = {}
+        with self.db.engine.connect() as conn:
+            for user, book in conn.execute(query):
+                out.setdefault(str(user), []).append(str(book))
+        return out
+
+    def recent(self, since: float) -> Iterator[tuple[str, str, float]]:
+        """(book_id, type, ts) of events since ``since``: trending."""
+        query = sa.select(events.c.book_id, events.c.type, events.c.ts).where(events.c.ts >= since)
+        with self.db.engine.connect() as conn:
+            for book, kind, ts in conn.execute(query):
+                yield str(book), str(kind), float(ts)

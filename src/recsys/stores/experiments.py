@@ -1,0 +1,59 @@
+"""A/B experiments: impressions (lists served under a variant) and feedback on them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from recsys.stores.engine import Database
+from recsys.stores.schema import feedback, impressions
+
+
+class ExperimentStore:
+    """Impressions and feedback, and the per-variant counts of the experiments report."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def log_impressions(self, rows: list[dict[str, Any]]) -> None:
+        """Recommendation lists served under an experiment (request_id, at, user_id,
+        experiment, variant, books)."""
+        if not rows:
+            return
+        insert = self.db.insert(impressions).on_conflict_do_nothing(index_elements=["request_id"])
+        with self.db.engine.begin() as conn:
+            conn.execute(insert, rows)
+
+    def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                feedback.insert().values(
+                    at=time.time(),
+                    request_id=request_id,
+                    user_id=user_id,
+                    book_id=book_id,
+                    type=kind,
+                )
+            )
+
+    def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]:
+        """variant -> (impressions, impressions with at least one click)."""
+        clicked = (
+            sa.select(feedback.c.request_id).where(feedback.c.type == "click").distinct().subquery()
+        )
+        query = (
+            sa.select(
+                impressions.c.variant,
+                sa.func.count(),
+                sa.func.count(clicked.c.request_id),
+            )
+            .select_from(
+                impressions.outerjoin(clicked, clicked.c.request_id == impressions.c.request_id)
+            )
+            .where(impressions.c.experiment == name)
+            .group_by(impressions.c.variant)
+        )
+        with self.db.engine.connect() as conn:
+            return {str(v): (int(n), int(c)) for v, n, c in conn.execute(query)}

@@ -1,0 +1,100 @@
+"""The null stores of a server run without a store (``store.url=null``): the recommendation
+path sees no events and the bundle's catalogue; every endpoint that needs the store gets a
+clear 503 (:class:`StoreUnavailable`) instead of ``None`` checks all through serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, NoReturn
+
+import polars as pl
+
+from recsys.stores.base import Stores, StoreUnavailable
+from recsys.stores.schema import EVENT_TYPES, Event
+
+REASON = "this server runs without a store (store.url=null)"
+
+
+def _unavailable(*_: Any, **__: Any) -> NoReturn:
+    raise StoreUnavailable(REASON)
+
+
+class NullEvents:
+    history_types: tuple[str, ...] = EVENT_TYPES
+
+    def append(self, batch: list[Event]) -> tuple[int, int]:
+        _unavailable()
+
+    def history(self, user_id: str) -> list[tuple[str, float, str]]:
+        _unavailable()
+
+    def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
+        return False, []  # nothing known beyond the bundle
+
+    def event_histories(self) -> dict[str, list[str]]:
+        return {}
+
+    def recent(self, since: float) -> Iterator[tuple[str, str, float]]:
+        return iter(())
+
+
+class NullCatalogue:
+    def seed_books(self, frame: pl.DataFrame) -> int:
+        return 0
+
+    def listed(self, bundle_books: pl.DataFrame) -> pl.DataFrame:
+        return bundle_books  # the bundle's catalogue, unedited
+
+    def books_frame(self) -> pl.DataFrame:
+        _unavailable()
+
+    def added_books(self) -> list[dict[str, Any]]:
+        return []
+
+    def book(self, book_id: str) -> dict[str, Any] | None:
+        _unavailable()
+
+    def put_book(self, book_id: str, fields: dict[str, Any], create: bool) -> dict[str, Any]:
+        _unavailable()
+
+    def delete_book(self, book_id: str) -> bool:
+        _unavailable()
+
+    def search_books(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        _unavailable()
+
+
+class NullUsers:
+    def user(self, user_id: str) -> dict[str, Any] | None:
+        _unavailable()
+
+    def user_hash(self, user_id: str) -> str:
+        _unavailable()
+
+    def is_deleted(self, user_id: str) -> bool:
+        _unavailable()
+
+    def deleted_filter(self, user_ids: Iterable[str]) -> set[str]:
+        return set()  # nobody was erased where nothing is stored
+
+    def delete_user(self, user_id: str, actor: str) -> dict[str, Any]:
+        _unavailable()
+
+    def audit(self) -> list[dict[str, Any]]:
+        _unavailable()
+
+
+class NullExperiments:
+    def log_impressions(self, rows: list[dict[str, Any]]) -> None:
+        _unavailable()
+
+    def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None:
+        _unavailable()
+
+    def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]:
+        _unavailable()
+
+
+def null_stores() -> Stores:
+    """The store set of a server without a store."""
+    return Stores(NullEvents(), NullCatalogue(), NullUsers(), NullExperiments())

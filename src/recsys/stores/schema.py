@@ -1,0 +1,118 @@
+"""Tables of the serving database (SQLAlchemy Core), shared by every role store.
+
+``events`` (idempotent by ``event_id``), ``users`` (profiles), ``books`` (the catalogue:
+seeded from the bundle, then edited through the API), ``deleted_users`` (suppression list: a
+salted hash of each erased id, so erased users stay out of later exports and batch outputs
+without keeping the id), ``audit_log`` (who erased what and when, counts only),
+``impressions`` and ``feedback`` (A/B experiments), ``settings`` (the hash salt).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+EVENT_TYPES = ("view", "rate", "want_to_read", "read", "purchase")
+BOOK_FIELDS = ("title", "authors", "year", "publisher", "language", "tags", "cover_url")
+BOOK_COLUMNS = ("book_id", *BOOK_FIELDS)
+
+metadata = sa.MetaData()
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("user_id", sa.String(200), nullable=False),
+    sa.Column("book_id", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("value", sa.Float, nullable=True),
+    sa.Column("ts", sa.Float, nullable=False),  # event time, epoch seconds
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Index("events_user_ts", "user_id", "ts"),
+    sa.Index("events_ts", "ts"),
+)
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("user_id", sa.String(200), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("profile", sa.Text, nullable=False, default="{}"),
+)
+books = sa.Table(
+    "books",
+    metadata,
+    sa.Column("book_id", sa.String(200), primary_key=True),
+    sa.Column("title", sa.Text, nullable=True),
+    sa.Column("authors", sa.Text, nullable=True),
+    sa.Column("year", sa.Integer, nullable=True),
+    sa.Column("publisher", sa.Text, nullable=True),
+    sa.Column("language", sa.String(32), nullable=True),
+    sa.Column("tags", sa.Text, nullable=False, default="[]"),
+    sa.Column("cover_url", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # bundle: seeded from a model bundle; api: added through the API (embedded at start)
+    sa.Column("origin", sa.String(16), nullable=False, server_default="bundle"),
+    # delisted through the API: kept, so a later seed never brings it back
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+deleted_users = sa.Table(
+    "deleted_users",
+    metadata,
+    sa.Column("user_hash", sa.String(64), primary_key=True),
+    sa.Column("deleted_at", sa.Float, nullable=False),
+)
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("subject_hash", sa.String(64), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+)
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+impressions = sa.Table(
+    "impressions",
+    metadata,
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("user_id", sa.String(200), nullable=False, index=True),
+    sa.Column("experiment", sa.String(200), nullable=False, index=True),
+    sa.Column("variant", sa.String(200), nullable=False),
+    sa.Column("books", sa.Text, nullable=False),
+)
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("user_id", sa.String(200), nullable=False, index=True),
+    sa.Column("book_id", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction. ``event_id`` makes a retried delivery idempotent."""
+
+    user_id: str
+    book_id: str
+    type: str
+    ts: float
+    value: float | None = None
+    event_id: str = ""
+
+    def with_id(self) -> Event:
+        if self.event_id:
+            return self
+        return Event(self.user_id, self.book_id, self.type, self.ts, self.value, uuid.uuid4().hex)

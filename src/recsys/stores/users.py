@@ -1,0 +1,93 @@
+"""Users: profiles, GDPR erasure (suppression list + audit log)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+from recsys.stores.engine import Database
+from recsys.stores.schema import audit_log, deleted_users, events, feedback, impressions, users
+
+
+class UserStore:
+    """Profiles and erasure. Erased users are kept only as a salted hash."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def user(self, user_id: str) -> dict[str, Any] | None:
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(users).where(users.c.user_id == user_id)).first()
+        if row is None:
+            return None
+        return {"user_id": row.user_id, "created_at": row.created_at, **json.loads(row.profile)}
+
+    def user_hash(self, user_id: str) -> str:
+        return self.db.user_hash(user_id)
+
+    def is_deleted(self, user_id: str) -> bool:
+        query = sa.select(deleted_users.c.user_hash).where(
+            deleted_users.c.user_hash == self.db.user_hash(user_id)
+        )
+        with self.db.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    def deleted_filter(self, user_ids: Iterable[str]) -> set[str]:
+        """The ids among ``user_ids`` that were erased."""
+        with self.db.engine.connect() as conn:
+            hashes = {str(h) for (h,) in conn.execute(sa.select(deleted_users.c.user_hash))}
+        if not hashes:
+            return set()
+        return {u for u in user_ids if self.db.user_hash(u) in hashes}
+
+    def delete_user(self, user_id: str, actor: str) -> dict[str, Any]:
+        """GDPR erasure: events, profile, impressions and feedback removed, the id
+        suppressed, an audit entry written (one transaction).
+
+        Returns what was removed (counts). The audit entry holds the actor, the time and the
+        counts, and the subject as a salted hash only.
+        """
+        subject = self.db.user_hash(user_id)
+        owned = {
+            "events": events,
+            "profile": users,
+            "impressions": impressions,
+            "feedback": feedback,
+        }
+        with self.db.engine.begin() as conn:
+            details = {
+                name: int(conn.execute(sa.delete(t).where(t.c.user_id == user_id)).rowcount)
+                for name, t in owned.items()
+            }
+            conn.execute(
+                self.db.insert(deleted_users).on_conflict_do_nothing(index_elements=["user_hash"]),
+                [{"user_hash": subject, "deleted_at": time.time()}],
+            )
+            conn.execute(
+                audit_log.insert().values(
+                    at=time.time(),
+                    actor=actor,
+                    action="delete_user",
+                    subject_hash=subject,
+                    details=json.dumps(details),
+                )
+            )
+        return details
+
+    def audit(self) -> list[dict[str, Any]]:
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.id)).all()
+        return [
+            {
+                "at": r.at,
+                "actor": r.actor,
+                "action": r.action,
+                "subject_hash": r.subject_hash,
+                **json.loads(r.details),
+            }
+            for r in rows
+        ]
