@@ -1,56 +1,215 @@
-"""Every Recommender passes the same contract: k unique books, none already read, OOV users ok."""
+"""Every Recommender passes the same contract (tests/helpers/contract.py): one subclass per
+implementation, all built once per module on the small synthetic data, plus a check that no
+implementation in src/recsys is left without one."""
 
 from __future__ import annotations
 
-import importlib.util
+import ast
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from tests.helpers.contract import RecommenderContract
+from tests.helpers.retriever import quick_retriever
 
+from recsys.baselines.als import ALSRecommender
 from recsys.data.prepared import PreparedData
-from recsys.features.vocab import NUM_RESERVED, OOV
+from recsys.features.pipeline import FeaturePipeline, FeatureState, book_feature_table
+from recsys.features.ranking import FEATURES
+from recsys.features.vocab import NUM_RESERVED
+from recsys.index.faiss_index import IndexSpec, build_index
+from recsys.inference.cooccurrence import CooccurrenceRecommender
+from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.popularity import PopularityRecommender
+from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
+from recsys.inference.two_tower import TwoTowerRecommender
+from recsys.models.ranker import Ranker
 from recsys.types import Recommender
 
-
-def _models(prepared: PreparedData) -> list[Recommender]:
-    models: list[Recommender] = [PopularityRecommender.from_prepared(prepared)]
-    if importlib.util.find_spec("implicit"):
-        from recsys.baselines.als import ALSRecommender
-
-        models.append(ALSRecommender.from_prepared(prepared, factors=16, iterations=3))
-    return models
+SRC = Path(__file__).resolve().parents[2] / "src" / "recsys"
 
 
 @pytest.fixture(scope="module")
-def models(prepared: PreparedData) -> list[Recommender]:
-    return _models(prepared)
+def state(prepared: PreparedData) -> FeatureState:
+    return FeaturePipeline().fit(
+        prepared.train, prepared.books, prepared.users, prepared.user_vocab, prepared.book_vocab
+    )
 
 
-def test_protocol(models: list[Recommender]) -> None:
-    for model in models:
-        assert isinstance(model, Recommender)
+@pytest.fixture(scope="module")
+def retriever(prepared: PreparedData, state: FeatureState) -> TwoTowerRecommender:
+    """Exact scoring over every book (no index)."""
+    return quick_retriever(prepared, state)
 
 
-def test_k_unique_unseen_real_books(models: list[Recommender], prepared: PreparedData) -> None:
-    train = prepared.matrix("train")
-    users = np.arange(NUM_RESERVED, NUM_RESERVED + 40)
-    for model in models:
-        top, scores = model.recommend(users, train[users], k=25)
-        assert top.shape == (40, 25)
-        assert scores.shape == (40, 25)
-        for row, user in zip(top, users, strict=True):
-            assert len(set(row.tolist())) == 25
-            assert (row >= NUM_RESERVED).all()
-            assert set(row.tolist()).isdisjoint(train[user].indices.tolist())
-        assert (np.diff(scores, axis=1) <= 1e-6).all(), type(model).__name__
+@pytest.fixture(scope="module")
+def indexed_retriever(retriever: TwoTowerRecommender) -> TwoTowerRecommender:
+    """The same towers retrieving through a FAISS index over the real books, as served."""
+    books = np.arange(NUM_RESERVED, retriever.n_books)
+    index = build_index(
+        retriever.book_embeddings[books], books, IndexSpec(kind="flat"), search_params={}
+    )
+    return TwoTowerRecommender(
+        retriever.user_tower,
+        retriever.book_embeddings,
+        retriever.state,
+        retriever.temperature,
+        retriever.user_side,
+        index,
+    )
 
 
-def test_oov_user_with_no_history(models: list[Recommender], prepared: PreparedData) -> None:
-    empty = prepared.matrix("train")[[OOV]]
-    empty.data[:] = 0
-    empty.eliminate_zeros()
-    for model in models:
-        top, _ = model.recommend(np.array([OOV]), empty, k=10)
-        assert top.shape == (1, 10)
-        assert (top >= NUM_RESERVED).all()
+@pytest.fixture(scope="module")
+def cooccurrence(prepared: PreparedData) -> CooccurrenceRecommender:
+    return CooccurrenceRecommender.from_prepared(prepared)
+
+
+@pytest.fixture(scope="module")
+def mf(prepared: PreparedData) -> MatrixFactorisation:
+    return MatrixFactorisation.fit(prepared.matrix("train"), factors=16, iterations=3)
+
+
+def _two_stage(
+    prepared: PreparedData,
+    state: FeatureState,
+    retriever: TwoTowerRecommender,
+    cooccurrence: CooccurrenceRecommender,
+    mf: MatrixFactorisation,
+) -> TwoStageRecommender:
+    """The pipeline with an untrained ranker: the contract is about its mechanics, whatever
+    the ranker's weights (tests/integration/test_bundle_contract.py runs a trained one)."""
+    generator = CandidateGenerator(
+        retriever, cooccurrence, n_retrieval=30, n_cooc=30, max_candidates=70, mf=mf, n_mf=30
+    )
+    torch.manual_seed(0)
+    ranker = Ranker(state.sizes(), num_features=len(FEATURES), embedding_dim=8, hidden_dims=[16])
+    counts = np.asarray(prepared.matrix("train", binary=True).sum(0)).ravel()
+    log_popularity = torch.from_numpy(np.log1p(counts)).float()
+    return TwoStageRecommender(
+        generator, ranker, book_feature_table(prepared.books, state), log_popularity
+    )
+
+
+@pytest.fixture(scope="module")
+def two_stage(
+    prepared: PreparedData,
+    state: FeatureState,
+    indexed_retriever: TwoTowerRecommender,
+    cooccurrence: CooccurrenceRecommender,
+    mf: MatrixFactorisation,
+) -> TwoStageRecommender:
+    """As bundles serve it below ``ANN_MIN_BOOKS`` books: FAISS retrieval, exact MF."""
+    return _two_stage(prepared, state, indexed_retriever, cooccurrence, mf)
+
+
+@pytest.fixture(scope="module")
+def two_stage_approximate(
+    prepared: PreparedData,
+    state: FeatureState,
+    indexed_retriever: TwoTowerRecommender,
+    cooccurrence: CooccurrenceRecommender,
+    mf: MatrixFactorisation,
+) -> TwoStageRecommender:
+    """As bundles serve it from ``ANN_MIN_BOOKS`` books: MF's top books through HNSW too."""
+    return _two_stage(prepared, state, indexed_retriever, cooccurrence, mf.with_ann())
+
+
+class TestPopularityContract(RecommenderContract):
+    implementation = PopularityRecommender
+
+    @pytest.fixture
+    def model(self, prepared: PreparedData) -> Recommender:
+        return PopularityRecommender.from_prepared(prepared)
+
+
+class TestALSContract(RecommenderContract):
+    implementation = ALSRecommender
+
+    @pytest.fixture(scope="class")
+    def model(self, prepared: PreparedData) -> Recommender:
+        return ALSRecommender.from_prepared(prepared, factors=16, iterations=3)
+
+
+class TestCooccurrenceContract(RecommenderContract):
+    implementation = CooccurrenceRecommender
+
+    @pytest.fixture
+    def model(self, cooccurrence: CooccurrenceRecommender) -> Recommender:
+        return cooccurrence
+
+
+class TestMatrixFactorisationContract(RecommenderContract):
+    implementation = MatrixFactorisation
+
+    @pytest.fixture
+    def model(self, mf: MatrixFactorisation) -> Recommender:
+        return mf
+
+
+class TestTwoTowerExactContract(RecommenderContract):
+    implementation = TwoTowerRecommender
+
+    @pytest.fixture
+    def model(self, retriever: TwoTowerRecommender) -> Recommender:
+        return retriever
+
+
+class TestTwoTowerIndexedContract(RecommenderContract):
+    implementation = TwoTowerRecommender
+
+    @pytest.fixture
+    def model(self, indexed_retriever: TwoTowerRecommender) -> Recommender:
+        return indexed_retriever
+
+
+class TestTwoStageContract(RecommenderContract):
+    implementation = TwoStageRecommender
+
+    @pytest.fixture
+    def model(self, two_stage: TwoStageRecommender) -> Recommender:
+        return two_stage
+
+
+class TestTwoStageApproximateContract(RecommenderContract):
+    implementation = TwoStageRecommender
+
+    @pytest.fixture
+    def model(self, two_stage_approximate: TwoStageRecommender) -> Recommender:
+        return two_stage_approximate
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="FaissIndex.search_excluding fetches k + the longest exclusion set of the whole "
+        "batch, and HNSW's answer depends on how many it fetches: a row's MF candidates depend "
+        "on the other rows. An empty history (MF's zero vector, every book tied at 0) shows it: "
+        "the OOV user's MF list, so its ranked top-20, differs alone and next to 8 users.",
+    )
+    def test_batch_rows_match_single_requests(self, model: Recommender, data: PreparedData) -> None:
+        super().test_batch_rows_match_single_requests(model, data)
+
+
+def _implementations() -> set[str]:
+    """Classes in src/recsys that implement the protocol: subclasses of ScoringRecommender,
+    or classes defining both ``score`` and ``recommend`` (read from source, nothing imported)."""
+    found = set()
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = {ast.unparse(base) for base in node.bases}
+            methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+            if "ScoringRecommender" in bases or {"score", "recommend"} <= methods:
+                found.add(node.name)
+    return found - {"Recommender", "ScoringRecommender"}  # the protocol and the shared base
+
+
+def test_every_implementation_runs_the_contract() -> None:
+    implementations = _implementations()
+    assert len(implementations) >= 6
+    covered = {
+        cls.implementation.__name__
+        for name, cls in globals().items()
+        if name.startswith("Test") and issubclass(cls, RecommenderContract)
+    }
+    assert implementations == covered
