@@ -41,6 +41,7 @@ def setup(
             "store": {"url": f"sqlite:///{folder / 'store.db'}"},
             "cache": {"enabled": False},
             "auth": {"enabled": False},
+            "rate_limits": {"enabled": False},
             "experiments": {"file": str(file), "poll_s": 0.1},
         }
     )

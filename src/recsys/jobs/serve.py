@@ -7,33 +7,37 @@ import signal
 import threading
 
 from omegaconf import DictConfig, OmegaConf
+from pydantic import ValidationError
 
 from recsys.errors import RecsysError
+from recsys.serving.settings import ServeSettings
 
-LIVE_KEYS = (
-    "store",
-    "trending",
-    "cache",
-    "auth",
-    "rate_limits",
-    "max_body_bytes",
-    "experiments",
-)
+
+def settings(cfg: DictConfig) -> ServeSettings:
+    """The composed config as typed settings (a bad value is a one-line error)."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    raw.pop("paths", None)
+    try:
+        return ServeSettings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RecsysError(f"bad serve setting {where}: {first['msg']}") from None
 
 
 def main(cfg: DictConfig) -> None:
     from recsys.bundle.reader import load_bundle
 
-    bundle = load_bundle(cfg.bundle)  # fail fast, with the bundle's own error message
-    if cfg.engine == "local":
-        serve_local(cfg, bundle)
-    elif cfg.engine == "ray":
-        serve_ray(cfg, str(bundle.path))
+    typed = settings(cfg)
+    bundle = load_bundle(typed.bundle)  # fail fast, with the bundle's own error message
+    if typed.engine == "local":
+        serve_local(typed, bundle)
     else:
-        raise RecsysError(f"unknown engine '{cfg.engine}': use engine=local or engine=ray.")
+        serve_ray(typed, str(bundle.path))
 
 
-def serve_local(cfg: DictConfig, bundle: object) -> None:
+def serve_local(cfg: ServeSettings, bundle: object) -> None:
     import uvicorn
 
     from recsys.serving.app import configure_logging, create_app
@@ -41,7 +45,7 @@ def serve_local(cfg: DictConfig, bundle: object) -> None:
     from recsys.serving.service import RecommendationService
 
     configure_logging()
-    live = Live.from_config(OmegaConf.to_container(cfg, resolve=True))
+    live = Live.from_config(cfg)
     app = create_app(
         lambda: RecommendationService(
             bundle,  # type: ignore[arg-type]
@@ -58,7 +62,7 @@ def serve_local(cfg: DictConfig, bundle: object) -> None:
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
 
 
-def serve_ray(cfg: DictConfig, bundle: str) -> None:
+def serve_ray(cfg: ServeSettings, bundle: str) -> None:
     from recsys.serving import ray_runner
 
     config = ray_runner.with_overrides(
@@ -68,7 +72,7 @@ def serve_ray(cfg: DictConfig, bundle: str) -> None:
         port=int(cfg.port),
         topology=cfg.ray.topology,
         stage_timeout_ms=float(cfg.stage_timeout_ms),
-        live={k: _plain(cfg[k]) for k in LIVE_KEYS},
+        live=cfg.live().model_dump(mode="json"),
     )
     ray_runner.start_ray(cfg.ray.address, cfg.ray.num_cpus)
     import ray
@@ -86,9 +90,3 @@ def serve_ray(cfg: DictConfig, bundle: str) -> None:
         stop.wait()
     finally:
         ray.shutdown()
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, DictConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value

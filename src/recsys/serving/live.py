@@ -14,12 +14,17 @@ from recsys.serving.auth import Authenticator
 from recsys.serving.cache import ResponseCache
 from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
+from recsys.serving.settings import LiveSettings
 from recsys.serving.trending import Trending
 from recsys.stores import Stores, null_stores, open_store
 
 
 @dataclass
 class Live:
+    """Process-level serving resources. ``Live()`` built in code (tests, notebooks, batch
+    jobs) serves the bundle alone with no HTTP auth; :meth:`from_config` builds what the
+    settings say (auth on unless ``auth.enabled`` is false)."""
+
     stores: Stores = field(default_factory=null_stores)
     trending: Trending | None = None
     cache: ResponseCache | None = None
@@ -49,41 +54,28 @@ class Live:
         self.stores.close()
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Live:
-        """From the ``store``, ``trending`` and ``cache`` sections of the serve config."""
-        store_cfg = cfg.get("store") or {}
-        stores = open_store(store_cfg.get("url"), store_cfg.get("history_types"))
-        trend = cfg.get("trending") or {}
-        trending = Trending(
-            half_life_s=float(trend.get("half_life_hours", 6)) * 3600,
-            window_s=float(trend.get("window_days", 7)) * 86400,
-        )
-        cache_cfg = cfg.get("cache") or {}
-        cache = None
-        if cache_cfg.get("enabled", True):
-            cache = ResponseCache(
-                ttl_s=float(cache_cfg.get("ttl_s", 3600)),
-                l1_ttl_s=float(cache_cfg.get("l1_ttl_s", 10)),
-                max_users=int(cache_cfg.get("max_users", 100_000)),
-                redis_url=cache_cfg.get("redis_url"),
-            )
-        # From a config, auth is on unless it says `auth: {enabled: false}` (an explicit
-        # choice); without a key configured, HS256 uses a random per-process key. `Live()`
-        # built in code (tests, notebooks, batch jobs) has no HTTP auth.
-        auth = Authenticator.from_config(cfg.get("auth") or {})
-        limiter = (
-            RateLimiter.from_config(cfg.get("rate_limits")) if cfg.get("rate_limits") else None
-        )
+    def from_config(cls, cfg: LiveSettings | dict[str, Any]) -> Live:
+        """From the live settings (or their plain-data form: the ``store``, ``trending``,
+        ``cache``, ``auth``, ``rate_limits``, ``experiments`` sections of the serve config)."""
+        settings = cfg if isinstance(cfg, LiveSettings) else LiveSettings.model_validate(cfg)
+        trend, cache = settings.trending, settings.cache
         live = cls(
-            stores,
-            trending,
-            cache,
-            float(trend.get("refresh_s", 10)),
-            auth,
-            limiter,
-            int(cfg.get("max_body_bytes", 1_000_000)),
-            (cfg.get("experiments") or {}).get("file"),
-            float((cfg.get("experiments") or {}).get("poll_s", 1.0)),
+            open_store(settings.store.url, settings.store.history_types),
+            Trending(half_life_s=trend.half_life_hours * 3600, window_s=trend.window_days * 86400),
+            ResponseCache(
+                ttl_s=cache.ttl_s,
+                l1_ttl_s=cache.l1_ttl_s,
+                max_users=cache.max_users,
+                redis_url=cache.redis_url,
+            )
+            if cache.enabled
+            else None,
+            trend.refresh_s,
+            Authenticator.from_config(settings.auth.model_dump()),
+            RateLimiter.from_config(settings.rate_limits.model_dump()),
+            settings.max_body_bytes,
+            settings.experiments.file,
+            settings.experiments.poll_s,
         )
         live.refresh_trending(force=True)
         return live

@@ -44,6 +44,7 @@ from recsys.serving.core import ServingCore
 from recsys.serving.faults import drill_deployment
 from recsys.serving.live import Live
 from recsys.serving.service import RecommendationService
+from recsys.serving.settings import STAGE_TIMEOUT_MS, LiveSettings
 
 log = logging.getLogger("recsys.serving.ray")
 T = TypeVar("T")
@@ -54,22 +55,23 @@ class RayAppArgs(BaseModel):
 
     bundle: str = Field(description="bundle version folder, or a family folder with LATEST")
     topology: Literal["fused", "chained"] = "fused"
-    stage_timeout_ms: float = Field(100.0, gt=0)
-    ingress_replicas: int = Field(1, ge=1)
-    retrieval_replicas: int = Field(1, ge=1)
-    ranking_replicas: int = Field(1, ge=1)
-    ingress_cpus: float = Field(0.5, ge=0)
-    stage_cpus: float = Field(0.5, ge=0)
-    max_ongoing_requests: int = Field(32, ge=1)
-    max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_ms: float = Field(2.0, ge=0)
+    stage_timeout_ms: float = Field(default=STAGE_TIMEOUT_MS, gt=0)
+    ingress_replicas: int = Field(default=1, ge=1)
+    retrieval_replicas: int = Field(default=1, ge=1)
+    ranking_replicas: int = Field(default=1, ge=1)
+    ingress_cpus: float = Field(default=0.5, ge=0)
+    stage_cpus: float = Field(default=0.5, ge=0)
+    max_ongoing_requests: int = Field(default=32, ge=1)
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_wait_timeout_ms: float = Field(default=2.0, ge=0)
     drills: bool = Field(
-        False, description="stage deployments accept fault drills (tests; recsys.serving.faults)"
+        default=False,
+        description="stage deployments accept fault drills (tests; recsys.serving.faults)",
     )
-    live: dict[str, Any] = Field(
-        default_factory=dict,
-        description="store / trending / cache / auth / rate_limits sections as in "
-        "configs/serve.yaml (default: no store, in-process cache, auth on)",
+    live: LiveSettings = Field(
+        default_factory=LiveSettings,
+        description="store / trending / cache / auth / rate_limits / experiments sections "
+        "(recsys.serving.settings.LiveSettings; default: no store, cache and auth on)",
     )
 
     @field_validator("bundle")
@@ -80,14 +82,12 @@ class RayAppArgs(BaseModel):
 
     @field_validator("live")
     @classmethod
-    def absolute_live_paths(cls, value: dict[str, Any]) -> dict[str, Any]:
-        live = {k: dict(v) if isinstance(v, dict) else v for k, v in value.items()}
-        store = live.get("store")
-        if isinstance(store, dict) and str(store.get("url") or "").startswith("sqlite:///"):
-            store["url"] = "sqlite:///" + _absolute(store["url"].removeprefix("sqlite:///"))
-        auth = live.get("auth")
-        if isinstance(auth, dict) and auth.get("secret_file"):
-            auth["secret_file"] = _absolute(auth["secret_file"])
+    def absolute_live_paths(cls, live: LiveSettings) -> LiveSettings:
+        url = live.store.url or ""
+        if url.startswith("sqlite:///"):
+            live.store.url = "sqlite:///" + _absolute(url.removeprefix("sqlite:///"))
+        if live.auth.secret_file:
+            live.auth.secret_file = _absolute(live.auth.secret_file)
         return live
 
 
@@ -325,6 +325,7 @@ def build(args: RayAppArgs) -> Application:
             "(use topology=fused, or train with ranker.enabled=true)."
         )
     user_config = {"bundle": args.bundle, "stage_timeout_ms": args.stage_timeout_ms}
+    live = args.live.model_dump(mode="json")  # plain data for the replicas
     ingress = as_deployment(Ingress).options(
         num_replicas=args.ingress_replicas,
         max_ongoing_requests=args.max_ongoing_requests,
@@ -332,7 +333,7 @@ def build(args: RayAppArgs) -> Application:
         user_config=user_config,
     )
     if args.topology == "fused":
-        return ingress.bind(args.bundle, args.stage_timeout_ms, None, None, args.live)
+        return ingress.bind(args.bundle, args.stage_timeout_ms, None, None, live)
 
     def stage(kind: Any, replicas: int) -> Application:
         return (
@@ -351,4 +352,4 @@ def build(args: RayAppArgs) -> Application:
         kinds = tuple(drill_deployment(kind) for kind in kinds)
     retrieval = stage(kinds[0], args.retrieval_replicas)
     ranking = stage(kinds[1], args.ranking_replicas)
-    return ingress.bind(args.bundle, args.stage_timeout_ms, retrieval, ranking, args.live)
+    return ingress.bind(args.bundle, args.stage_timeout_ms, retrieval, ranking, live)

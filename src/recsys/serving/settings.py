@@ -1,0 +1,126 @@
+"""Serving settings: the one place serving defaults are written.
+
+Every runner reads these models: `recsys serve` (its Hydra config is composed on top of
+:meth:`ServeSettings.defaults`, registered by :mod:`recsys.jobs`), the Ray Serve application
+builder (:class:`recsys.serving.ray_app.RayAppArgs` takes a :class:`LiveSettings`) and
+``serving/config.yaml`` (which names only what differs from these defaults).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from recsys.stores.schema import EVENT_TYPES
+
+STAGE_TIMEOUT_MS = 100.0  # the personalised path's budget before popularity answers
+EventType = Literal["view", "rate", "want_to_read", "read", "purchase"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(_Section):
+    """Events, catalogue edits, user profiles, erasure; ``url: null`` serves the bundle alone."""
+
+    url: str | None = Field(default=None, description="sqlite:///… or postgresql+psycopg://…")
+    history_types: list[EventType] = Field(
+        default_factory=lambda: list(EVENT_TYPES),  # type: ignore[arg-type]
+        description="events that count as reading",
+    )
+
+
+class TrendingSettings(_Section):
+    half_life_hours: float = Field(default=6.0, gt=0)
+    window_days: float = Field(default=7.0, gt=0)
+    refresh_s: float = Field(default=10.0, ge=0, description="rebuild from the store this often")
+
+
+class CacheSettings(_Section):
+    enabled: bool = True
+    ttl_s: float = Field(default=3600.0, gt=0, description="the design's 1 h")
+    l1_ttl_s: float = Field(default=10.0, ge=0, description="in-process level when Redis is on")
+    max_users: int = Field(default=100_000, ge=1)
+    redis_url: str | None = Field(default=None, description="redis://… adds the shared level 2")
+
+
+class AuthSettings(_Section):
+    """JWT bearer tokens (:mod:`recsys.serving.auth`); ``enabled: false`` turns checks off."""
+
+    enabled: bool = True
+    algorithm: Literal["HS256", "RS256"] = "HS256"
+    secret: str | None = Field(default=None, description="HS256 key; else $RECSYS_JWT_SECRET")
+    secret_file: str | None = Field(
+        default=None, description="HS256 key file, created when missing"
+    )
+    public_key_file: str | None = Field(default=None, description="RS256: PEM of the issuer's key")
+    issuer: str = "recsys"
+    audience: str = "recsys-api"
+    leeway_s: float = Field(default=30.0, ge=0)
+
+
+class RateLimitSettings(_Section):
+    """Per caller (token subject, else address) and endpoint."""
+
+    enabled: bool = True
+    default: str = Field(default="1000/minute", description="the design's per-user budget")
+    endpoints: dict[str, str] = Field(default_factory=dict, description="{/events: 6000/minute}")
+    redis_url: str | None = Field(default=None, description="shared by replicas when set")
+
+
+class ExperimentSettings(_Section):
+    file: str | None = Field(default=None, description="watched YAML of A/B experiments")
+    poll_s: float = Field(default=1.0, gt=0)
+
+
+class LiveSettings(_Section):
+    """Everything a serving process keeps beyond the bundle (see :class:`Live`)."""
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    trending: TrendingSettings = Field(default_factory=TrendingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    max_body_bytes: int = Field(default=1_000_000, ge=1, description="larger bodies get 413")
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+
+    @field_validator("store", "trending", "cache", "auth", "experiments", mode="before")
+    @classmethod
+    def null_is_default(cls, value: Any) -> Any:
+        return {} if value is None else value  # `store: null` = a section left at defaults
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def null_is_off(cls, value: Any) -> Any:
+        return {"enabled": False} if value is None else value  # `rate_limits: null` = none
+
+
+class RaySettings(_Section):
+    config: str = Field(default="serving/config.yaml", description="the Serve config file")
+    address: str | None = Field(default=None, description="an existing cluster; null starts one")
+    topology: Literal["fused", "chained"] | None = Field(
+        default=None, description="null keeps the Serve config's choice"
+    )
+    num_cpus: int | None = None
+
+
+class ServeSettings(LiveSettings):
+    """`recsys serve`: which bundle, where, on which runner, and the live sections."""
+
+    engine: Literal["local", "ray"] = "local"
+    bundle: str = "artifacts/bundles/synthetic"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    stage_timeout_ms: float = Field(default=STAGE_TIMEOUT_MS, gt=0)
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    def live(self) -> LiveSettings:
+        """The live sections alone (what the Ray application's replicas receive)."""
+        return LiveSettings.model_validate(self.model_dump(include=set(LiveSettings.model_fields)))
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every default as plain data (the base of the Hydra ``serve`` config)."""
+        return cls().model_dump(mode="json")
