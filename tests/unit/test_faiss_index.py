@@ -95,3 +95,22 @@ def test_refusals(data: tuple[np.ndarray, ...], tmp_path: Path) -> None:
         IndexSpec(kind="annoy")
     with pytest.raises(RecsysError, match="must divide"):
         IndexSpec(kind="ivf_pq", pq_m=7).factory(1000, 32)
+
+
+def test_excluding_search_does_not_depend_on_the_batch(data: tuple[np.ndarray, ...]) -> None:
+    """An approximate index answers differently for another fetch size: a row's answer must
+    depend on its own exclusions only, never on the other rows of its batch."""
+    vectors, book_index, queries = data
+    index = build_index(vectors, book_index, IndexSpec(kind="hnsw", recall_k=20), queries)
+    faiss.downcast_index(index.index).hnsw.efSearch = 16
+    rng = np.random.default_rng(3)
+    sizes = (0, 3, 40, 300)
+    excluded = [{int(b) for b in rng.choice(book_index, size=n, replace=False)} for n in sizes]
+    # a zero query ties every book (an empty history's MF vector): the hardest case
+    batch = np.vstack([np.zeros((1, queries.shape[1]), np.float32), queries[:3]])
+    together, scores = index.search_excluding(batch, 25, excluded)
+    for row in range(4):
+        alone, alone_scores = index.search_excluding(batch[row : row + 1], 25, [excluded[row]])
+        np.testing.assert_array_equal(together[row], alone[0])
+        np.testing.assert_allclose(scores[row], alone_scores[0])
+        assert not set(together[row].tolist()) & excluded[row]

@@ -178,16 +178,6 @@ class TestTwoStageApproximateContract(RecommenderContract):
     def model(self, two_stage_approximate: TwoStageRecommender) -> Recommender:
         return two_stage_approximate
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="FaissIndex.search_excluding fetches k + the longest exclusion set of the whole "
-        "batch, and HNSW's answer depends on how many it fetches: a row's MF candidates depend "
-        "on the other rows. An empty history (MF's zero vector, every book tied at 0) shows it: "
-        "the OOV user's MF list, so its ranked top-20, differs alone and next to 8 users.",
-    )
-    def test_batch_rows_match_single_requests(self, model: Recommender, data: PreparedData) -> None:
-        super().test_batch_rows_match_single_requests(model, data)
-
 
 def _implementations() -> set[str]:
     """Classes in src/recsys that implement the protocol: subclasses of ScoringRecommender,

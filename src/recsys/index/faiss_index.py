@@ -143,26 +143,31 @@ class FaissIndex:
         top = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         total = self.index.ntotal
+        # Each row's fetch depends on its own exclusions only (rounded up to a power of two so
+        # a batch needs few searches): an approximate index answers differently for another
+        # fetch size, and a user's answer must not depend on who else is in the batch.
+        fetch = np.array([min(total, k + _pow2(len(e))) for e in excluded], dtype=np.int64)
         pending = np.arange(len(queries))
-        fetch = min(total, k + max((len(e) for e in excluded), default=0))
         while pending.size:
-            books, sims = self.search(queries[pending], fetch)
             still = []
-            for j, row in enumerate(pending):
-                keep = [
-                    (b, s)
-                    for b, s in zip(books[j].tolist(), sims[j].tolist(), strict=True)
-                    if b >= NUM_RESERVED
-                    and b not in excluded[row]
-                    and (allowed is None or allowed[b])
-                ][:k]
-                if len(keep) < k and fetch < total:
-                    still.append(row)
-                    continue
-                top[row, : len(keep)] = [b for b, _ in keep]
-                scores[row, : len(keep)] = [s for _, s in keep]
-            pending = np.asarray(still, dtype=np.int64)
-            fetch = min(total, fetch * 2)
+            for size in np.unique(fetch[pending]).tolist():
+                rows = pending[fetch[pending] == size]
+                books, sims = self.search(queries[rows], size)
+                for j, row in enumerate(rows.tolist()):
+                    keep = [
+                        (b, s)
+                        for b, s in zip(books[j].tolist(), sims[j].tolist(), strict=True)
+                        if b >= NUM_RESERVED
+                        and b not in excluded[row]
+                        and (allowed is None or allowed[b])
+                    ][:k]
+                    if len(keep) < k and size < total:
+                        still.append(row)
+                        continue
+                    top[row, : len(keep)] = [b for b, _ in keep]
+                    scores[row, : len(keep)] = [s for _, s in keep]
+            pending = np.asarray(sorted(still), dtype=np.int64)
+            fetch[pending] = np.minimum(total, fetch[pending] * 2)
         return top, scores
 
     def save(self, folder: Path) -> None:
@@ -297,3 +302,8 @@ def tune(
     index.report.recall = best[0]
     index.report.recall_queries = len(queries)
     index.report.tuning = tuning
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (0 for 0)."""
+    return 0 if n <= 0 else 1 << (n - 1).bit_length()
