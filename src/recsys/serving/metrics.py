@@ -5,51 +5,42 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
 
 class Metrics:
-    """Prometheus metrics of one app (own registry, so several apps can live in one process)."""
+    """Every metric the app exports, by attribute."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
+        count, time = self._counter, self._histogram
+        self.requests = count(
             "recsys_requests",
             "Requests by endpoint, source and status",
-            ["endpoint", "source", "status"],
-            registry=self.registry,
+            "endpoint",
+            "source",
+            "status",
         )
-        self.latency = Histogram(
+        self.latency = time(
             "recsys_request_latency_seconds",
             "Request latency",
-            ["endpoint", "source"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            REQUEST_BUCKETS,
+            "endpoint",
+            "source",
         )
-        self.fallbacks = Counter(
-            "recsys_fallbacks",
-            "Answers served by the fallback, by reason",
-            ["reason"],
-            registry=self.registry,
+        self.fallbacks = count(
+            "recsys_fallbacks", "Answers served by the fallback, by reason", "reason"
         )
-        self.errors = Counter(
-            "recsys_errors",
-            "Error responses by endpoint and status",
-            ["endpoint", "status"],
-            registry=self.registry,
+        self.errors = count(
+            "recsys_errors", "Error responses by endpoint and status", "endpoint", "status"
         )
-        self.swaps = Counter(
-            "recsys_bundle_swaps",
-            "Hot swaps of the bundle, by result (loaded, refused)",
-            ["result"],
-            registry=self.registry,
+        self.swaps = count(
+            "recsys_bundle_swaps", "Hot swaps of the bundle, by result (loaded, refused)", "result"
         )
-        self.events = Counter(
-            "recsys_events_stored", "Events stored (duplicates excluded)", registry=self.registry
-        )
-        self.cache = Counter(
-            "recsys_cache_lookups",
-            "Response cache lookups by result (l1, l2, miss)",
-            ["result"],
-            registry=self.registry,
+        self.events = count("recsys_events_stored", "Events stored (duplicates excluded)")
+        self.cache = count(
+            "recsys_cache_lookups", "Response cache lookups by result (l1, l2, miss)", "result"
         )
         self.cache_hit_ratio = Gauge(
             "recsys_cache_hit_ratio",
@@ -57,29 +48,33 @@ class Metrics:
             registry=self.registry,
         )
         self._lookups = [0, 0]  # hits, total
-        self.impressions = Counter(
+        self.impressions = count(
             "recsys_experiment_impressions",
             "Lists served under an experiment",
-            ["experiment", "variant"],
-            registry=self.registry,
+            "experiment",
+            "variant",
         )
-        self.feedback = Counter(
-            "recsys_feedback", "Feedback received, by type", ["type"], registry=self.registry
-        )
-        self.service = Histogram(
+        self.feedback = count("recsys_feedback", "Feedback received, by type", "type")
+        self.service = time(
             "recsys_service_latency_seconds",
             "Service call latency (everything but HTTP) by endpoint",
-            ["endpoint"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            REQUEST_BUCKETS,
+            "endpoint",
         )
-        self.stage = Histogram(
+        self.stage = time(
             "recsys_stage_latency_seconds",
             "Model stage latency (retrieval, ranking) as seen by the service",
-            ["stage"],
-            registry=self.registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            STAGE_BUCKETS,
+            "stage",
         )
+
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, doc: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(name, doc, labels, registry=self.registry, buckets=buckets)
 
     def cache_lookup(self, where: str) -> None:
         """Count a cache lookup (``l1``, ``l2`` or ``miss``) and update the hit ratio."""
