@@ -178,6 +178,15 @@ def test_impressions_clicks_and_report(
     assert rows["control"]["ctr_95_low"] < rows["control"]["ctr"] < rows["control"]["ctr_95_high"]
     assert rows["treatment"]["diff_95_low"] > 0  # a real difference at this size
     assert "ctr_test" in capsys.readouterr().out
+    # The same figures over HTTP, with the experiment as applied.
+    overview = client.get("/experiments").json()
+    assert overview["bundle_version"] == setup["bundle"].version
+    (status,) = overview["experiments"]
+    assert (status["name"], status["active"]) == ("ctr_test", True)
+    assert status["variants"] == {"control": 50.0, "treatment": 50.0}
+    for variant, row in rows.items():
+        assert status["results"][variant] == {k: row.get(k) for k in status["results"][variant]}
+    assert status["results"]["treatment"]["impressions"] == served["treatment"]
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.404, abs=1e-3)
     assert high == pytest.approx(0.596, abs=1e-3)

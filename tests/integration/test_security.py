@@ -102,6 +102,10 @@ def test_tokens_401_and_403(base: str, trained_bundle: dict[str, Any]) -> None:
     assert httpx.post(f"{base}/books", json=book, headers=bearer(me)).status_code == 403
     editor = bearer("editor", ["catalogue:write"])
     assert httpx.post(f"{base}/books", json=book, headers=editor).status_code == 201
+    assert httpx.get(f"{base}/experiments").status_code == 401
+    assert httpx.get(f"{base}/experiments", headers=editor).status_code == 403
+    analyst = bearer("analyst", ["experiments:read"])
+    assert httpx.get(f"{base}/experiments", headers=analyst).json()["experiments"] == []
     hybrid = {"user_id": me, "history": ["b1"]}
     assert httpx.post(f"{base}/recommendations/hybrid", json=hybrid).status_code == 401
     assert httpx.post(f"{base}/recommendations/hybrid", json={"history": ["b1"]}).status_code == 200

@@ -19,10 +19,17 @@ from recsys.serving.core import ServingCore
 from recsys.serving.deps import guard
 from recsys.serving.metrics import Metrics
 from recsys.serving.middleware import BodyLimit, add_request_context
-from recsys.serving.routers import books, events, health, recommendations, users
+from recsys.serving.routers import books, events, experiments, health, recommendations, users
 from recsys.serving.service import RecommendationService
 
-ROUTERS = (recommendations.router, events.router, users.router, books.router, health.router)
+ROUTERS = (
+    recommendations.router,
+    events.router,
+    users.router,
+    books.router,
+    experiments.router,
+    health.router,
+)
 
 
 def create_app(

@@ -36,6 +36,8 @@ from recsys.errors import RecsysError
 
 SCOPES = ("recs:read:any", "events:write:any", "users:read:any", "users:delete:any")
 CATALOGUE_WRITE = "catalogue:write"
+EXPERIMENTS_READ = "experiments:read"
+ALL_SCOPES = (*SCOPES, CATALOGUE_WRITE, EXPERIMENTS_READ)
 
 
 class Unauthorized(RecsysError):
@@ -55,7 +57,7 @@ class Principal:
         return self.subject == user_id or scope in self.scopes
 
 
-ANONYMOUS_OFF = Principal("auth-disabled", frozenset([*SCOPES, CATALOGUE_WRITE]))
+ANONYMOUS_OFF = Principal("auth-disabled", frozenset(ALL_SCOPES))
 
 
 class Authenticator:

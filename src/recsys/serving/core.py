@@ -20,11 +20,13 @@ from starlette.concurrency import run_in_threadpool
 
 from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
-from recsys.serving.experiments import Assignment, Experiments, FileWatcher
+from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr_report
 from recsys.serving.live import Live
 from recsys.serving.metrics import Metrics
 from recsys.serving.personalised import Answer
 from recsys.serving.schemas import (
+    ExperimentsOverview,
+    ExperimentStatus,
     Metadata,
     Recommendation,
     RecommendationResponse,
@@ -108,6 +110,30 @@ class ServingCore:
         log.info("bundle swapped: %s -> %s", old.version, service.version)
         if old is not service:
             old.close()
+
+    # --- experiments -----------------------------------------------------------------------
+
+    def experiments_overview(self, control: str = "control") -> ExperimentsOverview:
+        """The experiments file as applied, with click-through per variant from the store."""
+        plan, stores = self.experiments.plan, self.live.stores
+        out = []
+        for experiment in plan.experiments:
+            results = None
+            if stores.persistent:
+                counts = stores.experiments.experiment_counts(experiment.name)
+                results = ctr_report(counts, control)
+            out.append(
+                ExperimentStatus(
+                    name=experiment.name,
+                    active=experiment.active,
+                    variants=experiment.variants,
+                    settings={
+                        v: {k: str(x) for k, x in s.items()} for v, s in experiment.settings.items()
+                    },
+                    results=results,
+                )
+            )
+        return ExperimentsOverview(bundle_version=self.service.version, experiments=out)
 
     # --- recommendation policies -----------------------------------------------------------
 

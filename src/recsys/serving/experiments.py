@@ -240,6 +240,31 @@ def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def ctr_report(counts: dict[str, tuple[int, int]], control: str = "control") -> dict[str, Any]:
+    """Rows per variant from (impressions, clicked impressions): CTR with a Wilson 95%
+    interval, and the difference to ``control`` with a normal-approximation 95% interval."""
+    rows: dict[str, dict[str, Any]] = {}
+    base = counts.get(control)
+    for variant, (shown, clicked) in sorted(counts.items()):
+        ctr = clicked / shown if shown else 0.0
+        low, high = wilson(clicked, shown)
+        row: dict[str, Any] = {
+            "impressions": shown,
+            "clicked": clicked,
+            "ctr": round(ctr, 5),
+            "ctr_95_low": round(low, 5),
+            "ctr_95_high": round(high, 5),
+        }
+        if base is not None and variant != control and shown and base[0]:
+            p0 = base[1] / base[0]
+            se = (ctr * (1 - ctr) / shown + p0 * (1 - p0) / base[0]) ** 0.5
+            row["diff_vs_control"] = round(ctr - p0, 5)
+            row["diff_95_low"] = round(ctr - p0 - 1.96 * se, 5)
+            row["diff_95_high"] = round(ctr - p0 + 1.96 * se, 5)
+        rows[variant] = row
+    return rows
+
+
 class ImpressionLog:
     """Impressions written in the background, in batches (every ``flush_s``): logging them
     must not add a disk sync to every request. ``flush`` writes what is queued now."""

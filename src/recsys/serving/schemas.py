@@ -217,3 +217,31 @@ class FeedbackIn(BaseModel):
     user_id: str = ID
     book_id: str = ID
     type: Literal["click", "add_to_list", "purchase", "dismiss"] = "click"
+
+
+class VariantStats(BaseModel):
+    """Click-through of one variant: impressions with at least one click, Wilson 95%."""
+
+    impressions: int
+    clicked: int
+    ctr: float
+    ctr_95_low: float
+    ctr_95_high: float
+    diff_vs_control: float | None = None
+    diff_95_low: float | None = None
+    diff_95_high: float | None = None
+
+
+class ExperimentStatus(BaseModel):
+    name: str
+    active: bool
+    variants: dict[str, float] = Field(description="traffic share per variant, percent")
+    settings: dict[str, dict[str, str]] = Field(description="bundle / pipeline per variant")
+    results: dict[str, VariantStats] | None = Field(
+        None, description="from the store's impressions and feedback; null without a store"
+    )
+
+
+class ExperimentsOverview(BaseModel):
+    bundle_version: str = Field(description="the bundle everyone outside an experiment gets")
+    experiments: list[ExperimentStatus]
