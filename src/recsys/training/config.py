@@ -10,7 +10,7 @@ here once instead of in each job. The steps themselves take typed arguments only
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,13 +197,6 @@ class TrainingRun:
     retriever: RetrieverFit
     ranker: RankerFit | None = None
 
-    def training(self) -> dict[str, Any]:
-        """Facts about the run (``eval/metrics.json`` under ``training``)."""
-        facts = self.retriever.facts()
-        if self.ranker is not None:
-            facts["ranker"] = self.ranker.facts()
-        return facts
-
     def report(self, name: str) -> None:
         """Print the validation table and where the bundle went."""
         print_table(self.rows, REPORT_COLUMNS, title=f"{name}: full-catalogue validation")
@@ -216,10 +209,18 @@ class TrainingRun:
             "rows": self.rows,
             "popularity": self.rows["popularity"],
             "bundle": str(self.bundle),
-            **self.retriever.facts(),
+            **training_facts(self.retriever, self.ranker),
             "tower_args": self.retriever.tower_args,
-            **({"ranker": self.ranker.facts()} if self.ranker is not None else {}),
         }
+
+
+def training_facts(retriever: RetrieverFit, ranker: RankerFit | None) -> dict[str, Any]:
+    """Facts about a run: the retriever's, and the ranker's under ``ranker`` (the bundle's
+    ``eval/metrics.json`` records them under ``training``)."""
+    facts = retriever.facts()
+    if ranker is not None:
+        facts["ranker"] = ranker.facts()
+    return facts
 
 
 def run_training(cfg: DictConfig, data: PreparedData) -> TrainingRun:
@@ -243,18 +244,11 @@ def run_training(cfg: DictConfig, data: PreparedData) -> TrainingRun:
         label, ranker = fit_ranking_from(cfg, data, state, serving)
         metrics = {**metrics, **ranking_rows(rows, label, ranker, eval_set, ks)}
     indexed = index_retriever(retriever, data, hydra.utils.instantiate(cfg.index), cfg.seed)
-    run = TrainingRun(metrics, rows, Path(), retriever, ranker)
-    contents = BundleContents(
-        data,
-        retriever,
-        indexed,
-        metrics,
-        run.training(),
-        OmegaConf.to_yaml(cfg, resolve=True),
-        ranker,
-    )
+    facts = training_facts(retriever, ranker)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    contents = BundleContents(data, retriever, indexed, metrics, facts, resolved, ranker)
     path = write_bundle(contents, cfg.bundle.root, str(cfg.bundle.name), bool(cfg.bundle.promote))
-    return replace(run, bundle=path)
+    return TrainingRun(metrics, rows, path, retriever, ranker)
 
 
 def ranking_rows(
