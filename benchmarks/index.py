@@ -93,7 +93,7 @@ def bundle_check(path: str) -> dict[str, dict[str, Any]]:
     from recsys.bundle.reader import load_bundle
     from recsys.data.prepared import PreparedData
     from recsys.evaluation import EvalSet, evaluate
-    from recsys.jobs.build_index import index_books, user_queries
+    from recsys.training.index import index_books, user_queries
 
     bundle = load_bundle(path)
     data = PreparedData.load(Path("data/processed") / bundle.manifest.bundle_name)

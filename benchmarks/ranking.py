@@ -26,9 +26,9 @@ from recsys.baselines.als import ALSRecommender
 from recsys.bundle.reader import load_bundle
 from recsys.evaluation import EvalSet, evaluate
 from recsys.features.ranking import pair_features
-from recsys.jobs.common import compose_config, load_or_prepare, max_time
 from recsys.jobs.train import main as train_main
 from recsys.report import print_table, write_json
+from recsys.runner import compose_config, load_or_prepare, max_time
 
 TWO_STAGE = "two-stage (two-tower + MF + co-occurrence -> rank)"
 ALS = {"factors": 256, "regularization": 5.0, "alpha": 40.0}  # best of benchmarks/baselines.py

@@ -25,9 +25,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 from recsys.baselines.als import ALSRecommender
 from recsys.evaluation import EvalSet, evaluate
-from recsys.jobs.common import compose_config, load_or_prepare, max_time
 from recsys.jobs.train import main as train_main
 from recsys.report import print_table, write_json
+from recsys.runner import compose_config, load_or_prepare, max_time
 
 ALS = {"factors": 256, "regularization": 5.0, "alpha": 40.0}  # best of benchmarks/baselines.py
 ABLATIONS = {

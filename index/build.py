@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from recsys.jobs.build_index import main as build
-from recsys.jobs.common import guarded
+from recsys.runner import guarded
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from recsys.jobs.common import guarded
 from recsys.jobs.train_ranker import main as train_ranker
+from recsys.runner import guarded
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 

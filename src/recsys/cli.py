@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         name = " ".join(args[:words])
         if name in COMMANDS and len(args) >= words:
             config_name, module, _ = COMMANDS[name]
-            from recsys.jobs.common import run
+            from recsys.runner import run
 
             run(config_name, importlib.import_module(module).main, args[words:])
             return

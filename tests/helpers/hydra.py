@@ -6,11 +6,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from recsys.jobs import common
+from recsys import runner
 
-CONFIGS = common.config_dir()
+CONFIGS = runner.config_dir()
 
 
 def compose_config(name: str, root: Path, overrides: list[str] | None = None) -> DictConfig:
     """Compose a repo config with all outputs under ``root``."""
-    return common.compose_config(name, overrides, root=root)
+    return runner.compose_config(name, overrides, root=root)

@@ -112,3 +112,38 @@ def test_wandb_logger_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     from recsys.bundle.reader import load_bundle
 
     assert load_bundle(result["bundle"]).manifest.wandb_run_id == result["wandb_run_id"]
+
+
+def test_training_entry_returns_the_optimized_metric(tmp_path: Path) -> None:
+    """`python training/train.py` returns the metric `optimized_metric` names, so Hydra sweepers
+    (Optuna) can tune it (lightning-hydra-template's src/train.py does the same)."""
+    import importlib.util
+
+    assert compose_config("train", tmp_path).optimized_metric == "recall@20"
+    cfg = compose_config(
+        "train", tmp_path, [*TINY, "ranker.enabled=false", "optimized_metric=ndcg@20"]
+    )
+    spec = importlib.util.spec_from_file_location(
+        "train_entry", CONFIGS.parent / "training" / "train.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    value = entry.main(cfg)  # hydra.main passes a given config straight to the task
+    from recsys.bundle.reader import load_bundle
+
+    metrics = load_bundle(Path(cfg.bundle.root) / cfg.bundle.name).manifest.metrics
+    assert isinstance(value, float)
+    assert value == metrics["ndcg@20"]
+    assert value != metrics["recall@20"]
+
+
+def test_unknown_optimized_metric_is_refused() -> None:
+    from recsys.errors import RecsysError
+    from recsys.runner import optimized_metric
+
+    assert optimized_metric({"recall@20": 0.25}, "recall@20") == 0.25
+    assert optimized_metric({"recall@20": 0.25}, None) is None
+    with pytest.raises(RecsysError, match="optimized_metric 'val/acc' is not a metric"):
+        optimized_metric({"recall@20": 0.25}, "val/acc")

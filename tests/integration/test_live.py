@@ -417,7 +417,7 @@ def test_erased_users_never_reach_training_data_again(tmp_path: Path) -> None:
     prepared before the erasure."""
     from tests.helpers.hydra import compose_config
 
-    from recsys.jobs.common import load_or_prepare
+    from recsys.runner import load_or_prepare
 
     small = ["data.reader.n_users=200", "data.reader.n_books=150"]
     cfg = compose_config("prepare", tmp_path, small)

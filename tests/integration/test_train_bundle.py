@@ -160,13 +160,13 @@ def test_bundle_has_index_and_indexed_recall_matches_exact(trained: dict[str, An
 
 def test_rebuild_index_makes_new_version(trained: dict[str, Any], tmp_path: Path) -> None:
     from recsys.index.faiss_index import IndexSpec
-    from recsys.jobs.build_index import rebuild
+    from recsys.training.index import rebuild_index
 
     family = tmp_path / "bundles" / "synthetic"
     source = family / Path(trained["bundle"]).name
     shutil.copytree(trained["bundle"], source)
     before = load_bundle(source)
-    path = rebuild(before, IndexSpec(kind="hnsw", recall_target=0.99, recall_k=50))
+    path = rebuild_index(before, IndexSpec(kind="hnsw", recall_target=0.99, recall_k=50))
     after = load_bundle(family)  # LATEST now names the new version
     assert after.path == path
     assert after.version != before.version
@@ -260,10 +260,10 @@ def test_ranker_training_lists_do_not_leak(prepared: PreparedData) -> None:
     from recsys.inference.cooccurrence import CooccurrenceRecommender
     from recsys.inference.mf import MatrixFactorisation
     from recsys.inference.two_stage import CandidateGenerator
-    from recsys.jobs.train_ranker import label_carve, log_popularity
     from recsys.lightning.ranking import build_examples
+    from recsys.training.ranker import carve_ranker_labels, log_popularity
 
-    carved = label_carve(prepared, 0.2, seed=1)
+    carved = carve_ranker_labels(prepared, 0.2, seed=1).data
     history, labels = carved.matrix("train"), carved.matrix("val")
     assert history.multiply(labels).nnz == 0
     assert history.nnz + labels.nnz == prepared.matrix("train").nnz

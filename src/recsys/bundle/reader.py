@@ -13,6 +13,7 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
+from recsys.bundle import layout
 from recsys.bundle.manifest import MANIFEST, MANIFEST_SCHEMA, Manifest
 from recsys.checksums import sha256_file
 from recsys.errors import BundleError
@@ -41,7 +42,7 @@ def resolve(path: str | Path) -> Path:
     folder = Path(path)
     if (folder / MANIFEST).is_file():
         return folder
-    latest = folder / "LATEST"
+    latest = folder / layout.LATEST
     if latest.is_file():
         return folder / latest.read_text().strip()
     if not folder.exists():
@@ -95,29 +96,29 @@ class Bundle:
 
     @cached_property
     def state(self) -> FeatureState:
-        return FeatureState.load(self.path / "features")
+        return FeatureState.load(self.path / layout.FEATURES)
 
     def _tower(self, name: str, cls: type[torch.nn.Module]) -> torch.nn.Module:
-        return self._load_module("towers", name, cls)
+        return self._load_module(layout.TOWERS, name, cls)
 
     def _load_module(self, part: str, name: str, cls: type[torch.nn.Module]) -> torch.nn.Module:
         folder = self.path / part
-        args: dict[str, Any] = json.loads((folder / f"{name}.json").read_text())
+        args: dict[str, Any] = json.loads(layout.module_args(folder, name).read_text())
         module = cls(**args)
-        module.load_state_dict(torch.load(folder / f"{name}.state_dict.pt", weights_only=True))
+        module.load_state_dict(torch.load(layout.module_state(folder, name), weights_only=True))
         return module.eval()
 
     @cached_property
     def user_tower(self) -> torch.nn.Module:
-        return self._tower("user_tower", UserTower)
+        return self._tower(layout.USER_TOWER, UserTower)
 
     @cached_property
     def book_tower(self) -> torch.nn.Module:
-        return self._tower("book_tower", BookTower)
+        return self._tower(layout.BOOK_TOWER, BookTower)
 
     @cached_property
     def book_embeddings(self) -> np.ndarray:
-        array = np.load(self.path / "embeddings" / "books.npy", allow_pickle=False)
+        array = np.load(self.path / layout.EMBEDDINGS / layout.BOOK_EMBEDDINGS, allow_pickle=False)
         if array.shape != (self.state.books.size, self.manifest.embedding_dim):
             raise BundleError(
                 f"{self.path}: book embeddings have shape {array.shape}, expected "
@@ -127,35 +128,35 @@ class Bundle:
 
     @cached_property
     def books(self) -> pl.DataFrame:
-        return pl.read_parquet(self.path / "features" / "books.parquet")
+        return pl.read_parquet(self.path / layout.FEATURES / layout.BOOKS)
 
     @cached_property
     def users(self) -> pl.DataFrame:
-        return pl.read_parquet(self.path / "features" / "users.parquet")
+        return pl.read_parquet(self.path / layout.FEATURES / layout.USERS)
 
     @cached_property
     def histories(self) -> pl.DataFrame:
         """``(user_id, history)`` of the training carve: what the models were trained on."""
-        return pl.read_parquet(self.path / "data" / "histories.parquet")
+        return pl.read_parquet(self.path / layout.DATA / layout.HISTORIES)
 
     @cached_property
     def known_histories(self) -> pl.DataFrame:
         """``(user_id, history)`` of every interaction known at training time (training and
         validation): what serving and batch scoring use and exclude. Bundles written before
         this file existed fall back to the training carve."""
-        path = self.path / "data" / "known_histories.parquet"
+        path = self.path / layout.DATA / layout.KNOWN_HISTORIES
         return pl.read_parquet(path) if path.is_file() else self.histories
 
     @cached_property
     def popularity(self) -> PopularityRecommender:
-        return PopularityRecommender.load(self.path / "fallback" / "popularity.parquet")
+        return PopularityRecommender.load(self.path / layout.FALLBACK / layout.POPULARITY)
 
     @cached_property
     def index(self) -> FaissIndex | None:
         """The ANN index, when the bundle has one (checked against the embedding dim)."""
         if not self.manifest.index_spec:
             return None
-        return FaissIndex.load(self.path / "index", dim=self.manifest.embedding_dim)
+        return FaissIndex.load(self.path / layout.INDEX, dim=self.manifest.embedding_dim)
 
     @cached_property
     def user_table(self) -> UserFeatures:
@@ -163,11 +164,11 @@ class Bundle:
 
     @property
     def has_ranker(self) -> bool:
-        return (self.path / "ranker" / "ranker.json").is_file()
+        return layout.module_args(self.path / layout.RANKER, layout.RANKER_MODULE).is_file()
 
     @cached_property
     def ranker(self) -> torch.nn.Module:
-        ranker = cast(Ranker, self._load_module("ranker", "ranker", Ranker))
+        ranker = cast(Ranker, self._load_module(layout.RANKER, layout.RANKER_MODULE, Ranker))
         trained_on = ranker.feature_mean.numel()
         if trained_on != len(FEATURES):
             raise BundleError(
@@ -180,15 +181,15 @@ class Bundle:
     @cached_property
     def cooccurrence(self) -> CooccurrenceRecommender:
         return CooccurrenceRecommender.load(
-            self.path / "cooccurrence" / "neighbours.parquet", self.state.books.size
+            self.path / layout.COOCCURRENCE / layout.NEIGHBOURS, self.state.books.size
         )
 
     @cached_property
     def mf(self) -> MatrixFactorisation | None:
         """The matrix-factorisation candidate source, when the bundle has one."""
-        if not (self.path / "mf" / "mf.json").is_file():
+        if not (self.path / layout.MF / layout.MF_META).is_file():
             return None
-        return MatrixFactorisation.load(self.path / "mf", self.state.books.size)
+        return MatrixFactorisation.load(self.path / layout.MF, self.state.books.size)
 
     @cached_property
     def mf_approximate(self) -> MatrixFactorisation | None:
@@ -208,7 +209,7 @@ class Bundle:
         every book exactly."""
         if not self.has_ranker:
             raise BundleError(f"{self.path} has no ranker; train one (ranker.enabled=true).")
-        generator = json.loads((self.path / "ranker" / "generator.json").read_text())
+        generator = json.loads((self.path / layout.RANKER / layout.GENERATOR).read_text())
         gen = CandidateGenerator(
             self.recommender(use_index),
             self.cooccurrence,

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsys.bundle import layout
 from recsys.bundle.manifest import MANIFEST, Manifest
 from recsys.errors import BundleError
 
@@ -67,18 +68,18 @@ def promote_version(family: Path, version: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".LATEST.", dir=family)
     with os.fdopen(fd, "w") as handle:
         handle.write(version + "\n")
-    os.replace(tmp, family / "LATEST")
+    os.replace(tmp, family / layout.LATEST)
 
 
 def save_module(module: torch.nn.Module, folder: Path, name: str, args: dict[str, object]) -> None:
     """State dict + constructor args (+ TorchScript when the module scripts)."""
-    torch.save(module.state_dict(), folder / f"{name}.state_dict.pt")
-    (folder / f"{name}.json").write_text(json.dumps(args, indent=2, sort_keys=True))
+    torch.save(module.state_dict(), layout.module_state(folder, name))
+    layout.module_args(folder, name).write_text(json.dumps(args, indent=2, sort_keys=True))
     try:
         scripted = torch.jit.script(module.eval())
-        scripted.save(str(folder / f"{name}.pt"))
+        scripted.save(str(layout.module_script(folder, name)))
     except Exception as exc:  # pragma: no cover - depends on the module
-        (folder / f"{name}.noscript.txt").write_text(f"TorchScript failed: {exc}\n")
+        layout.module_noscript(folder, name).write_text(f"TorchScript failed: {exc}\n")
 
 
 def save_array(array: np.ndarray, path: Path) -> None:

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import numpy as np
 from omegaconf import DictConfig
 
 from recsys.bundle.reader import Bundle, load_bundle
-from recsys.jobs.train import main as train
+from recsys.runner import load_or_prepare
+from recsys.training.config import run_training
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
-    result = train(cfg)
-    bundle = load_bundle(result["bundle"])
+    L.seed_everything(cfg.seed, workers=True)
+    data = load_or_prepare(cfg)
+    run = run_training(cfg, data)  # as `recsys train` does
+    run.report(data.name)
+    bundle = load_bundle(run.bundle)
     titles = dict(bundle.books.select("book_id", "title").iter_rows())
     vocab = bundle.state.books
 
@@ -41,7 +46,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
                 print(f"  {score:7.3f}  {title(book)}  ({verb} {title(why)})")
     print(f"\nbundle: {bundle.path}")
     serve_and_ask(bundle, str(bundle.histories.item(0, "user_id")))
-    return result
+    return run.as_dict()
 
 
 def serve_and_ask(bundle: Bundle, user_id: str) -> None:

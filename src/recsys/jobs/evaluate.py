@@ -9,8 +9,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from recsys.evaluation import EvalSet, evaluate
-from recsys.jobs.common import load_or_prepare
 from recsys.report import print_table, write_json
+from recsys.runner import load_or_prepare
 
 HEADLINE = (
     "recall@20",

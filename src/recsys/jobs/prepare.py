@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig
 
-from recsys.jobs.common import load_or_prepare, summary_rows
 from recsys.report import print_table
+from recsys.runner import load_or_prepare
 
 
 def main(cfg: DictConfig) -> None:
@@ -13,3 +15,20 @@ def main(cfg: DictConfig) -> None:
     print_table(
         summary_rows(data.summary), title=f"prepared {data.name} -> {cfg.data.processed_dir}"
     )
+
+
+def summary_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Summary of a prepared dataset as table rows."""
+    return {
+        summary["name"]: {
+            "users": summary["users"],
+            "books": summary["books"],
+            "interactions": summary["interactions"],
+            "density": summary["density"],
+            "duplicates merged": summary["duplicates_merged"],
+            "train rows": summary["train"]["interactions"],
+            "val rows": summary["val"]["interactions"],
+            "val users": summary["val"]["users"],
+            "val OOV books": summary["val"]["oov_books"],
+        }
+    }

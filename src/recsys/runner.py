@@ -1,4 +1,9 @@
-"""Helpers shared by jobs: running under Hydra with clean errors, loading prepared data."""
+"""Running jobs as commands: Hydra with clean user errors, composing configs for programmatic
+runs, and the config nodes every job reads the same way (prepared data, time budgets).
+
+Jobs (:mod:`recsys.jobs`) are leaves that never import each other; what they share lives here
+(the command layer, next to :mod:`recsys.cli`) or in the library.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ def config_dir() -> Path:
     env = os.environ.get("RECSYS_CONFIG_DIR")
     if env:
         return Path(env).resolve()
-    return Path(__file__).resolve().parents[3] / "configs"
+    return Path(__file__).resolve().parents[2] / "configs"
 
 
 def user_error(exc: BaseException) -> RecsysError | None:
@@ -158,18 +163,17 @@ def _erased(store: Any, *frames: pl.DataFrame) -> int:
     return len(store.users.deleted_filter(users.to_list()))
 
 
-def summary_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Summary of a prepared dataset as table rows."""
-    return {
-        summary["name"]: {
-            "users": summary["users"],
-            "books": summary["books"],
-            "interactions": summary["interactions"],
-            "density": summary["density"],
-            "duplicates merged": summary["duplicates_merged"],
-            "train rows": summary["train"]["interactions"],
-            "val rows": summary["val"]["interactions"],
-            "val users": summary["val"]["users"],
-            "val OOV books": summary["val"]["oov_books"],
-        }
-    }
+def optimized_metric(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value of the metric a sweep optimises (``optimized_metric`` in the config).
+
+    Raises:
+        RecsysError: ``name`` is not among ``metrics``.
+    """
+    if not name:
+        return None
+    if name not in metrics:
+        raise RecsysError(
+            f"optimized_metric '{name}' is not a metric of this run; choose one of "
+            f"{sorted(metrics)} (e.g. optimized_metric=recall@20)."
+        )
+    return float(metrics[name])

@@ -1,0 +1,270 @@
+"""Config -> the objects and settings the training steps take.
+
+The one module under :mod:`recsys.training` that reads a ``DictConfig`` (STYLE §4 stops it at
+the jobs): Hydra instantiates ``_target_`` nodes from the node itself, with data-derived
+arguments added at that moment (tower sizes from the fitted ``FeatureState``, a trainer's
+callbacks), so the mapping needs the node. Both the ``train`` and ``train-ranker`` jobs fit
+retrievers and rankers this way, and a job never imports another job, so the mapping lives
+here once instead of in each job. The steps themselves take typed arguments only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from recsys.data.prepared import PreparedData
+from recsys.evaluation import EvalSet, evaluate
+from recsys.features.pipeline import FeatureState, book_feature_table
+from recsys.features.ranking import FEATURES
+from recsys.inference.popularity import PopularityRecommender
+from recsys.inference.two_tower import TwoTowerRecommender
+from recsys.lightning.retrieval import RetrievalDataModule, TwoTowerModule
+from recsys.report import print_table
+from recsys.training.export import BundleContents, write_bundle
+from recsys.training.index import index_retriever
+from recsys.training.ranker import (
+    CandidateSources,
+    RankerFit,
+    RankerLoop,
+    ServingStage,
+    build_ranker_examples,
+    carve_ranker_labels,
+    fit_ranker,
+    log_popularity,
+)
+from recsys.training.retriever import RetrieverFit, fit_features, fit_retriever
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    args = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(args, dict)
+    args.pop("_target_", None)
+    return {str(k): v for k, v in args.items()}
+
+
+def build_module(cfg: DictConfig, state: FeatureState) -> tuple[TwoTowerModule, dict[str, Any]]:
+    """Instantiate towers with data-derived sizes, then the LightningModule around them.
+
+    Returns:
+        The module and each tower's constructor arguments.
+    """
+    sizes = state.sizes()
+    user_tower = hydra.utils.instantiate(cfg.model.user_tower, sizes=sizes)
+    book_tower = hydra.utils.instantiate(cfg.model.book_tower, sizes=sizes)
+    module = hydra.utils.instantiate(cfg.model, user_tower=user_tower, book_tower=book_tower)
+    args = {
+        "user_tower": {"sizes": sizes, **_plain(cfg.model.user_tower)},
+        "book_tower": {"sizes": sizes, **_plain(cfg.model.book_tower)},
+    }
+    return module, args
+
+
+def _loggers(cfg: DictConfig) -> list[Logger]:
+    if not cfg.get("logger"):
+        return []
+    return [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
+
+
+def _callbacks(cfg: DictConfig, eval_set: EvalSet, tag: str) -> list[L.Callback]:
+    out = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        extra = {"dirpath": f"{node.dirpath}/{tag}"} if node.get("dirpath") else {}
+        obj = hydra.utils.instantiate(node, **extra)
+        out.append(obj(eval_set=eval_set) if name == "evaluation" else obj)
+    return out
+
+
+def fit_retriever_from(
+    cfg: DictConfig, data: PreparedData, state: FeatureState, tag: str = "retriever"
+) -> RetrieverFit:
+    """Train the configured towers on ``data``'s training split.
+
+    ``tag`` separates the checkpoints of several fits in one run; only the ``retriever`` fit
+    is logged (auxiliary fits are not).
+    """
+    datamodule = RetrievalDataModule(data, state, batch_size=cfg.batch_size, seed=cfg.seed)
+    module, tower_args = build_module(cfg, state)
+    module.attach(datamodule)
+    eval_set = EvalSet.from_prepared(data)
+    loggers = _loggers(cfg) if tag == "retriever" else []
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=_callbacks(cfg, eval_set, tag)
+    )
+    return fit_retriever(module, datamodule, trainer, tower_args)
+
+
+def candidate_sources(cfg: DictConfig) -> CandidateSources:
+    """``ranker.generator``, ``ranker.cooccurrence`` and ``ranker.mf`` as typed settings."""
+    rcfg = cfg.ranker
+    node = rcfg.get("mf")
+    mf = (
+        {k: v for k, v in _plain(node).items() if k != "enabled"} if node and node.enabled else None
+    )
+    return CandidateSources(
+        generator=_plain(rcfg.generator),
+        cooccurrence=_plain(rcfg.cooccurrence),
+        mf=mf,
+        seed=int(cfg.seed),
+    )
+
+
+def ranker_loop(cfg: DictConfig) -> RankerLoop:
+    """``ranker.module``, ``ranker.trainer`` and the loop settings."""
+    rcfg = cfg.ranker
+
+    def make_trainer(callbacks: list[L.Callback]) -> L.Trainer:
+        trainer: L.Trainer = hydra.utils.instantiate(rcfg.trainer, callbacks=callbacks)
+        return trainer
+
+    return RankerLoop(
+        make_module=lambda ranker: hydra.utils.instantiate(rcfg.module, ranker=ranker),
+        make_trainer=make_trainer,
+        batch_size=int(rcfg.batch_size),
+        seed=int(cfg.seed),
+        eval_users=rcfg.eval_users,
+        patience=int(rcfg.patience),
+    )
+
+
+def fit_ranking_from(
+    cfg: DictConfig, data: PreparedData, state: FeatureState, serving: TwoTowerRecommender
+) -> tuple[RetrieverFit, RankerFit]:
+    """The configured ranking stage behind ``serving``: carve the labels once, train the
+    label retriever on the carve, build the lists, fit the ranker.
+
+    Returns:
+        The label retriever's fit (for its timing) and the ranker's.
+    """
+    rcfg = cfg.ranker
+    carve = carve_ranker_labels(data, float(rcfg.label_fraction), int(cfg.seed))
+    label = fit_retriever_from(cfg, carve.data, state, tag="label_retriever")
+    books = book_feature_table(data.books, state)
+    sources = candidate_sources(cfg)
+    examples = build_ranker_examples(
+        carve, label.recommender(), books, sources, rcfg.max_users, int(cfg.seed)
+    )
+    sizes = {"sizes": state.sizes(), "num_features": len(FEATURES)}
+    ranker: nn.Module = hydra.utils.instantiate(rcfg.model, **sizes)
+    stage = ServingStage(serving, sources.fit(data), sources, books, log_popularity(data))
+    ranker_fit = fit_ranker(
+        examples,
+        ranker,
+        {**sizes, **_plain(rcfg.model)},
+        ranker_loop(cfg),
+        stage,
+        EvalSet.from_prepared(data),
+    )
+    return label, ranker_fit
+
+
+REPORT_COLUMNS = (
+    "recall@20",
+    "ndcg@20",
+    "hit_rate@20",
+    "coverage@20",
+    "train_seconds",
+    "examples/s",
+)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A whole training run: its fits, validation rows and the bundle it wrote.
+
+    Attributes:
+        metrics: the bundle's top-line metrics (two-tower, and ``two_stage/*`` with a ranker).
+        rows: per-model validation rows (popularity, two_tower, and the ranking stage's).
+        bundle: the bundle version written.
+        retriever: the serving retriever's fit.
+        ranker: the ranking stage's fit, when enabled.
+    """
+
+    metrics: dict[str, float]
+    rows: dict[str, dict[str, Any]]
+    bundle: Path
+    retriever: RetrieverFit
+    ranker: RankerFit | None = None
+
+    def report(self, name: str) -> None:
+        """Print the validation table and where the bundle went."""
+        print_table(self.rows, REPORT_COLUMNS, title=f"{name}: full-catalogue validation")
+        print(f"bundle written to {self.bundle}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``train`` job's result (what tests, benchmarks and sweeps read)."""
+        return {
+            "metrics": self.metrics,
+            "rows": self.rows,
+            "popularity": self.rows["popularity"],
+            "bundle": str(self.bundle),
+            **training_facts(self.retriever, self.ranker),
+            "tower_args": self.retriever.tower_args,
+        }
+
+
+def training_facts(retriever: RetrieverFit, ranker: RankerFit | None) -> dict[str, Any]:
+    """Facts about a run: the retriever's, and the ranker's under ``ranker`` (the bundle's
+    ``eval/metrics.json`` records them under ``training``)."""
+    facts = retriever.facts()
+    if ranker is not None:
+        facts["ranker"] = ranker.facts()
+    return facts
+
+
+def run_training(cfg: DictConfig, data: PreparedData) -> TrainingRun:
+    """Features -> retriever -> (ranking stage) -> index -> bundle, as ``cfg`` says."""
+    state = fit_features(hydra.utils.instantiate(cfg.features), data)
+    retriever = fit_retriever_from(cfg, data, state)
+    serving = retriever.recommender()
+    eval_set = EvalSet.from_prepared(data)
+    ks = list(cfg.eval.ks)
+    metrics = evaluate(serving, eval_set, ks=ks)
+    rows: dict[str, dict[str, Any]] = {
+        "popularity": evaluate(PopularityRecommender.from_prepared(data), eval_set, ks=ks),
+        "two_tower": {
+            **metrics,
+            "train_seconds": retriever.train_seconds,
+            "examples/s": retriever.examples_per_second,
+        },
+    }
+    ranker = None
+    if cfg.ranker.enabled:
+        label, ranker = fit_ranking_from(cfg, data, state, serving)
+        metrics = {**metrics, **ranking_rows(rows, label, ranker, eval_set, ks)}
+    indexed = index_retriever(retriever, data, hydra.utils.instantiate(cfg.index), cfg.seed)
+    facts = training_facts(retriever, ranker)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    contents = BundleContents(data, retriever, indexed, metrics, facts, resolved, ranker)
+    path = write_bundle(contents, cfg.bundle.root, str(cfg.bundle.name), bool(cfg.bundle.promote))
+    return TrainingRun(metrics, rows, path, retriever, ranker)
+
+
+def ranking_rows(
+    rows: dict[str, dict[str, Any]],
+    label: RetrieverFit,
+    ranker: RankerFit,
+    eval_set: EvalSet,
+    ks: list[int],
+) -> dict[str, float]:
+    """Add the ranking stage's validation rows to ``rows``; returns the ``two_stage/*``
+    metrics for the manifest."""
+    sources = ranker.serving.sources
+    rows["cooccurrence"] = evaluate(sources.cooccurrence, eval_set, ks=ks)
+    if sources.mf is not None:
+        rows["mf"] = evaluate(sources.mf, eval_set, ks=ks)
+    two_stage = evaluate(ranker.pipeline, eval_set, ks=ks)
+    seconds = label.train_seconds + ranker.train_seconds + ranker.examples_seconds
+    rows["two_stage"] = {**two_stage, "train_seconds": seconds}
+    return {f"two_stage/{k}": v for k, v in two_stage.items()}

@@ -1,0 +1,104 @@
+"""Steps of the retrieval stage: fit the feature pipeline, then the two towers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from recsys.data.prepared import PreparedData
+from recsys.features.pipeline import FeaturePipeline, FeatureState
+from recsys.inference.two_tower import TwoTowerRecommender
+from recsys.lightning.callbacks import recommender_from_module
+from recsys.lightning.retrieval import RetrievalDataModule, TwoTowerModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrieverFit:
+    """A trained two-tower module (best checkpoint's weights) and facts about its training.
+
+    Attributes:
+        module: the module, attached to its training data's feature tables.
+        tower_args: constructor arguments of each tower (``user_tower``, ``book_tower``), so
+            the bundle can rebuild them without the training code.
+        train_seconds: wall time of initialisation (the spectral SVD) plus fitting.
+        epochs: epochs run.
+        steps: optimiser steps run.
+        examples_per_second: training throughput.
+        wandb_run_id: the wandb run that logged this fit, if any.
+    """
+
+    module: TwoTowerModule
+    tower_args: dict[str, dict[str, Any]]
+    train_seconds: float
+    epochs: int
+    steps: int
+    examples_per_second: float
+    wandb_run_id: str | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """What the bundle's ``eval/metrics.json`` records under ``training``."""
+        return {
+            "train_seconds": self.train_seconds,
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "examples_per_second": self.examples_per_second,
+            "wandb_run_id": self.wandb_run_id,
+        }
+
+    def recommender(self) -> TwoTowerRecommender:
+        """The exact-scoring recommender of the trained towers (puts the module in eval)."""
+        return recommender_from_module(self.module.eval())
+
+    def book_embeddings(self) -> np.ndarray:
+        """``[num_books, dim]`` book vectors (rows 0 and 1 are the reserved ids)."""
+        return np.asarray(self.module.book_embeddings().numpy())
+
+
+def fit_features(pipeline: FeaturePipeline, data: PreparedData) -> FeatureState:
+    """Fit the feature pipeline on the training split (the only place it is fitted)."""
+    return pipeline.fit(data.train, data.books, data.users, data.user_vocab, data.book_vocab)
+
+
+def fit_retriever(
+    module: TwoTowerModule,
+    datamodule: RetrievalDataModule,
+    trainer: L.Trainer,
+    tower_args: dict[str, dict[str, Any]],
+) -> RetrieverFit:
+    """Initialise and train ``module`` on ``datamodule``; restore the best checkpoint.
+
+    Args:
+        module: towers + task, already attached to ``datamodule``'s feature tables.
+        datamodule: the training split's (user, book) pairs.
+        trainer: the configured Lightning trainer (callbacks, loggers, budget).
+        tower_args: the towers' constructor arguments (recorded, see :class:`RetrieverFit`).
+    """
+    started = time.perf_counter()
+    module.initialise(datamodule)  # part of training time (the spectral SVD: ~2 s)
+    trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - started
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best:
+        log.info("restoring best checkpoint %s", best)
+        module.load_state_dict(torch.load(best, weights_only=False)["state_dict"])
+    steps = trainer.global_step
+    return RetrieverFit(
+        module=module,
+        tower_args=tower_args,
+        train_seconds=seconds,
+        epochs=trainer.current_epoch,
+        steps=steps,
+        examples_per_second=steps * datamodule.batch_size / max(seconds, 1e-9),
+        wandb_run_id=next(
+            (lg.experiment.id for lg in trainer.loggers if isinstance(lg, WandbLogger)), None
+        ),
+    )
