@@ -26,6 +26,24 @@ from recsys.errors import RecsysError
 log = logging.getLogger(__name__)
 
 
+def register_settings() -> None:
+    """Register the typed serving defaults with Hydra's ConfigStore (``serve_schema``: every
+    serving default but auth; ``auth/schema``), so the ``serve`` and ``auth`` configs are
+    composed on top of :mod:`recsys.serving.settings` and name only path-derived values."""
+    from hydra.core.config_store import ConfigStore
+
+    from recsys.serving.settings import AuthSettings, ServeSettings
+
+    store = ConfigStore.instance()
+    serve = ServeSettings.defaults()
+    serve.pop("auth")  # the auth group: shared with `recsys token`
+    store.store(name="serve_schema", node=serve)
+    store.store(group="auth", name="schema", node=AuthSettings().model_dump(mode="json"))
+
+
+register_settings()  # before any config is composed, by any entry point
+
+
 def config_dir() -> Path:
     """The repository's ``configs/`` folder (override with RECSYS_CONFIG_DIR)."""
     import os

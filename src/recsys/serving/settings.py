@@ -1,7 +1,7 @@
 """Serving settings: the one place serving defaults are written.
 
 Every runner reads these models: `recsys serve` (its Hydra config is composed on top of
-:meth:`ServeSettings.defaults`, registered by :mod:`recsys.jobs`), the Ray Serve application
+:meth:`ServeSettings.defaults`, registered by :mod:`recsys.runner`), the Ray Serve application
 builder (:class:`recsys.serving.ray_app.RayAppArgs` takes a :class:`LiveSettings`) and
 ``serving/config.yaml`` (which names only what differs from these defaults).
 """
