@@ -8,6 +8,16 @@ export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 export RAY_USAGE_STATS_ENABLED ?= 0
 
+# $(call apt_install,<command or pg_ctl>,<Debian package>): install the package as root when
+# the command is missing (pg_ctl lives outside PATH, under /usr/lib/postgresql/*/bin).
+define apt_install
+	{ command -v $(1) >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/$(1) >/dev/null 2>&1; } \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get install -y -q $(2) >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
+	  && apt-get install -y -q $(2) >/dev/null 2>&1; }; }; } \
+	  || echo "note: $(2) could not be installed; the tests that need it will be skipped"
+endef
+
 .PHONY: help install demo test test-all lint fmt typecheck bench
 
 help:  ## list targets
@@ -19,11 +29,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), v"
-	# A real Redis server for the cache tests (skipped with a reason when it cannot be installed).
-	command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-	  && { apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
-	  && apt-get install -y -q redis-server >/dev/null 2>&1; }; }; } \
-	  || echo "note: redis-server could not be installed; Redis-backed tests will be skipped"
+	# Real Redis and PostgreSQL servers for the cache and store tests (skipped with a reason
+	# when they cannot be installed).
+	$(call apt_install,redis-server,redis-server)
+	$(call apt_install,pg_ctl,postgresql)
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install recsys with all extras (pinned)
