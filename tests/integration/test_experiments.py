@@ -41,7 +41,6 @@ def setup(
             "store": {"url": f"sqlite:///{folder / 'store.db'}"},
             "cache": {"enabled": False},
             "auth": {"enabled": False},
-            "rate_limits": {"enabled": False},
             "experiments": {"file": str(file), "poll_s": 0.1},
         }
     )
@@ -184,8 +183,9 @@ def test_impressions_clicks_and_report(
     (status,) = overview["experiments"]
     assert (status["name"], status["active"]) == ("ctr_test", True)
     assert status["variants"] == {"control": 50.0, "treatment": 50.0}
+    optional = dict.fromkeys(("diff_vs_control", "diff_95_low", "diff_95_high"))
     for variant, row in rows.items():
-        assert status["results"][variant] == {k: row.get(k) for k in status["results"][variant]}
+        assert status["results"][variant] == {**optional, **row}
     assert status["results"]["treatment"]["impressions"] == served["treatment"]
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.404, abs=1e-3)
@@ -198,17 +198,24 @@ def test_traffic_change_and_promotion_under_load(setup: dict[str, Any]) -> None:
     ids = users(setup, 30)
     base = {"name": "rollout", "settings": {"treatment": {"bundle": str(setup["other"])}}}
     write_and_wait(setup, {"experiments": [{**base, "variants": {"control": 90, "treatment": 10}}]})
-    outcomes: collections.Counter[tuple[int, str]] = collections.Counter()
+    outcomes: collections.Counter[tuple[int | str, str]] = collections.Counter()
+    fallbacks: collections.Counter[str] = collections.Counter()
     stop = threading.Event()
 
     def hammer() -> None:
         with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
             i = 0
             while not stop.is_set():
-                r = own.post(f"/recommendations/users/{ids[i % len(ids)]}", json={"limit": 5})
-                version = r.json()["metadata"]["bundle_version"] if r.status_code == 200 else ""
-                outcomes[(r.status_code, version)] += 1
+                user = ids[i % len(ids)]
                 i += 1
+                try:  # a transport error is a failed request too
+                    r = own.post(f"/recommendations/users/{user}", json={"limit": 5})
+                except httpx.HTTPError as exc:
+                    outcomes[(type(exc).__name__, "")] += 1
+                    continue
+                meta = r.json()["metadata"] if r.status_code == 200 else {}
+                outcomes[(r.status_code, meta.get("bundle_version", ""))] += 1
+                fallbacks[str(meta.get("fallback_reason"))] += 1
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for thread in threads:
@@ -216,10 +223,11 @@ def test_traffic_change_and_promotion_under_load(setup: dict[str, Any]) -> None:
     try:
         time.sleep(0.3)
         write_and_wait(
-            setup, {"experiments": [{**base, "variants": {"control": 0, "treatment": 100}}]}
+            setup, {"experiments": [{**base, "variants": {"control": 50, "treatment": 50}}]}
         )
         time.sleep(0.3)
-        # promote: the other version becomes the default, the experiment ends
+        # promote while the old default still serves half the traffic: the other version
+        # becomes the default, the experiment ends
         write_and_wait(setup, {"default_bundle": str(setup["other"]), "experiments": []})
         time.sleep(0.3)
     finally:
@@ -227,6 +235,9 @@ def test_traffic_change_and_promotion_under_load(setup: dict[str, Any]) -> None:
         for thread in threads:
             thread.join()
     assert {status for status, _ in outcomes} == {200}, outcomes
+    # no request on a retired service waited out its budget
+    assert not {"timeout", "stage_error"} & set(fallbacks), fallbacks
+    assert {v for _, v in outcomes} == {setup["bundle"].version, setup["other"].name}
     after = client.post(f"/recommendations/users/{ids[0]}", json={"limit": 5}).json()["metadata"]
     assert (after["bundle_version"], after["experiment"]) == (setup["other"].name, None)
     watcher = setup["app"].state.core.watcher

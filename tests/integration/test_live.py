@@ -41,7 +41,6 @@ def make_live(db: Path, redis_url: str | None) -> Live:
         {
             "store": {"url": f"sqlite:///{db}"},
             "auth": {"enabled": False},  # auth has its own tests (test_security.py)
-            "rate_limits": {"enabled": False},  # and rate limits too
             "trending": {"half_life_hours": 6, "window_days": 7, "refresh_s": 3600},
             "cache": {"enabled": True, "ttl_s": 3600, "l1_ttl_s": 30, "redis_url": redis_url},
         }
@@ -371,11 +370,7 @@ def test_new_book_is_retrievable_without_retraining(
         "tags": list(twin["tags"]),
     }
     live = Live.from_config(
-        {
-            "store": {"url": f"sqlite:///{tmp_path / 'new.db'}"},
-            "auth": {"enabled": False},
-            "rate_limits": {"enabled": False},
-        }
+        {"store": {"url": f"sqlite:///{tmp_path / 'new.db'}"}, "auth": {"enabled": False}}
     )
     app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
     with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:

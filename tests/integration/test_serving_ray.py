@@ -40,12 +40,7 @@ def ray_cluster() -> Iterator[int]:
 
 def deploy(bundle: Path, port: int, **args: Any) -> tuple[dict[str, Any], str]:
     # No response cache: every request goes through the stages under test.
-    live = {
-        "store": None,
-        "cache": {"enabled": False},
-        "auth": {"enabled": False},
-        "rate_limits": None,  # none: the load below is one client
-    }
+    live = {"store": None, "cache": {"enabled": False}, "auth": {"enabled": False}}
     config = ray_runner.with_overrides(
         ray_runner.load_config(CONFIG), str(bundle), host="127.0.0.1", port=port, live=live, **args
     )

@@ -157,7 +157,9 @@ class StoreSuite:
         assert not store.catalogue.delete_book("a2")  # already delisted
         # the next bundle (same books plus one) is seeded on the next start
         second = pl.DataFrame({"book_id": ["a1", "a2", "a3"], "title": ["One!", "Two", "Three"]})
-        listed = store.catalogue.listed(second)  # seeds a3, returns the listed catalogue
+        assert store.catalogue.seed_books(second) == 1  # a3 only
+        assert store.catalogue.seed_books(second) == 0
+        listed = store.catalogue.listed(second)  # seeds (nothing new), the listed catalogue
         assert sorted(listed.get_column("book_id")) == ["a1", "a3", "new-1"]
         assert store.catalogue.book("a1")["title"] == "One"  # existing rows (and edits) are kept
         assert store.catalogue.book("a2") is None  # a delisting survives re-seeding

@@ -1,4 +1,4 @@
-"""The bundle's folder layout: the one module that knows part and file names (STYLE §6).
+"""The bundle's folder layout: the one module that knows part and file names (docs/training.md).
 
 A bundle version is a folder of *parts* (sub-folders written by one writer each) plus
 ``manifest.json``. Writers, the reader and :func:`recsys.bundle.derive.derive` name parts and

@@ -53,7 +53,7 @@ def new_version(now: datetime | None = None) -> str:
 
 @dataclass
 class Manifest:
-    """Top-level facts about a bundle (see STYLE §6)."""
+    """Top-level facts about a bundle (docs/training.md)."""
 
     bundle_name: str
     bundle_version: str

@@ -7,6 +7,7 @@ from typing import Any
 from recsys.errors import RecsysError
 from recsys.serving.core import ServingCore
 from recsys.serving.service import UnknownBook
+from recsys.stores.base import CatalogueStore
 
 
 class BookExists(RecsysError):
@@ -20,14 +21,14 @@ class Books:
         self.core = core
 
     @property
-    def _store(self) -> Any:
+    def _store(self) -> CatalogueStore:
         return self.core.live.stores.catalogue
 
     def search(self, query: str, limit: int) -> list[dict[str, Any]]:
-        return list(self._store.search_books(query, limit))
+        return self._store.search_books(query, limit)
 
     def get(self, book_id: str) -> dict[str, Any]:
-        book: dict[str, Any] | None = self._store.book(book_id)
+        book = self._store.book(book_id)
         if book is None:
             raise UnknownBook(f"unknown book id '{book_id}'")
         return book
@@ -36,7 +37,7 @@ class Books:
         """Add a book (BookExists if listed); a book the model never saw gets a vector from
         its side features and is recommendable without retraining."""
         try:
-            book: dict[str, Any] = self._store.put_book(book_id, fields, True)
+            book = self._store.put_book(book_id, fields, True)
         except KeyError:
             raise BookExists(f"book '{book_id}' already exists; use PUT to change it") from None
         svc = self.core.service
@@ -48,7 +49,7 @@ class Books:
 
     def update(self, book_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         try:
-            book: dict[str, Any] = self._store.put_book(book_id, fields, False)
+            book = self._store.put_book(book_id, fields, False)
         except LookupError:
             raise UnknownBook(f"unknown book id '{book_id}'") from None
         self.core.service.catalogue.update(book)

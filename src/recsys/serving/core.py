@@ -101,15 +101,15 @@ class ServingCore:
 
     def install(self, service: RecommendationService) -> None:
         """Make ``service`` the default: requests already holding the old one finish on it
-        (one service object per request, so no answer mixes two bundles)."""
+        (one service object per request, so no answer mixes two bundles), and it is closed
+        after a grace period unless an experiment variant still serves it."""
         old = self.experiments.default
         self.experiments.default = service
         if self.live.cache is not None:
             self.live.cache.clear()  # level 2 is keyed by bundle version
         self.metrics.swaps.labels("loaded").inc()
         log.info("bundle swapped: %s -> %s", old.version, service.version)
-        if old is not service:
-            old.close()
+        self.experiments.retire(old)
 
     # --- experiments -----------------------------------------------------------------------
 

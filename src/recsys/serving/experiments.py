@@ -119,17 +119,19 @@ class Experiments:
     Args:
         build: bundle -> RecommendationService (sharing the process's stores and cache).
         default: the service of the bundle the server started with.
-        on_default: installs a new default service when ``default_bundle`` changes (the
+        install: makes a new default service current when ``default_bundle`` changes (the
             serving core's hot swap: it sets ``default`` and retires the old one).
+        grace_s: how long a retired service keeps answering requests that hold it.
     """
 
     def __init__(
         self,
         build: Callable[[Any], Any],
         default: Any,
-        on_default: Callable[[Any], None] | None = None,
+        install: Callable[[Any], None],
+        grace_s: float = 30.0,
     ) -> None:
-        self.build, self.on_default = build, on_default
+        self.build, self.install, self.grace_s = build, install, grace_s
         self.default = default
         self.plan = Plan([])
         self.services: dict[str, Any] = {}  # variant bundle path -> service
@@ -156,9 +158,24 @@ class Experiments:
             setting.get("pipeline") == "retrieval",
         )
 
+    def retire(self, service: Any) -> None:
+        """Close ``service`` after the grace period (requests holding it finish first), unless
+        it is the default or a variant's again by then."""
+
+        def close() -> None:
+            if service is not self.default and all(
+                s is not service for s in self.services.values()
+            ):
+                service.close()
+
+        timer = threading.Timer(self.grace_s, close)
+        timer.daemon = True
+        timer.start()
+
     def apply(self, raw: dict[str, Any] | None) -> None:
         """Validate ``raw``, load every bundle it names, then switch. Raises on a bad file
-        (nothing changes)."""
+        (nothing changes). A new ``default_bundle`` goes through ``install`` (the serving
+        core's hot swap)."""
         with self._lock:
             plan = Plan.parse(raw)
             wanted: dict[str, Any] = {}
@@ -175,13 +192,9 @@ class Experiments:
             retired = [s for p, s in self.services.items() if p not in wanted]
             self.services, self.plan = wanted, plan
             if new_default is not None:
-                if self.on_default is not None:
-                    self.on_default(new_default)  # the serving core's hot swap
-                else:
-                    retired.append(self.default)
-                    self.default = new_default
-            for service in retired:  # let requests holding them finish first
-                threading.Timer(30.0, service.close).start()
+                self.install(new_default)
+            for service in {id(s): s for s in retired}.values():
+                self.retire(service)  # never the default or a variant still in use
             log.info(
                 "experiments applied: active=%s, bundles=%d",
                 plan.active.name if plan.active else None,

@@ -8,6 +8,7 @@ import time
 from recsys.errors import RecsysError
 from recsys.serving.core import ServingCore
 from recsys.serving.schemas import EventIn, FeedbackIn
+from recsys.serving.service import RecommendationService
 from recsys.stores import Event
 
 
@@ -21,6 +22,10 @@ class Ingest:
     def __init__(self, core: ServingCore) -> None:
         self.core = core
 
+    def require_store(self) -> None:
+        """503 (with the reason) before anything else on a server without a store."""
+        self.core.live.stores.require()
+
     def record(self, batch: list[EventIn]) -> tuple[int, int]:
         """Store events (idempotent by ``event_id``); returns (stored, duplicates).
 
@@ -28,7 +33,7 @@ class Ingest:
         API); the user's cached answers are dropped and trending sees the events at once.
         """
         svc, stores = self.core.service, self.core.live.stores
-        unknown = sorted({e.book_id for e in batch if not self._listed(e.book_id)})
+        unknown = sorted({e.book_id for e in batch if not self._listed(svc, e.book_id)})
         if unknown:
             raise UnknownEventBook(
                 f"unknown book id(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}; "
@@ -50,8 +55,8 @@ class Ingest:
         self.core.metrics.events.inc(stored)
         return stored, duplicates
 
-    def _listed(self, book_id: str) -> bool:
-        catalogue = self.core.service.catalogue
+    def _listed(self, svc: RecommendationService, book_id: str) -> bool:
+        catalogue = svc.catalogue
         index = catalogue.index.get(book_id)
         if index is not None:
             return bool(catalogue.listed[index])

@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from recsys.errors import RecsysError
 from recsys.serving.auth import Authenticator
 from recsys.serving.cache import ResponseCache
 from recsys.serving.experiments import ImpressionLog
@@ -57,8 +60,8 @@ class Live:
     def from_config(cls, cfg: LiveSettings | dict[str, Any]) -> Live:
         """From the live settings (or their plain-data form: the ``store``, ``trending``,
         ``cache``, ``auth``, ``rate_limits``, ``experiments`` sections of the serve config)."""
-        settings = cfg if isinstance(cfg, LiveSettings) else LiveSettings.model_validate(cfg)
-        trend, cache = settings.trending, settings.cache
+        settings = cfg if isinstance(cfg, LiveSettings) else _validated(cfg)
+        trend, cache, limits = settings.trending, settings.cache, settings.rate_limits
         live = cls(
             open_store(settings.store.url, settings.store.history_types),
             Trending(half_life_s=trend.half_life_hours * 3600, window_s=trend.window_days * 86400),
@@ -72,10 +75,21 @@ class Live:
             else None,
             trend.refresh_s,
             Authenticator.from_config(settings.auth.model_dump()),
-            RateLimiter.from_config(settings.rate_limits.model_dump()),
+            RateLimiter.from_config(limits.model_dump())
+            if (limits := settings.rate_limits)
+            else None,
             settings.max_body_bytes,
             settings.experiments.file,
             settings.experiments.poll_s,
         )
         live.refresh_trending(force=True)
         return live
+
+
+def _validated(raw: dict[str, Any]) -> LiveSettings:
+    try:
+        return LiveSettings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RecsysError(f"bad serving setting {where}: {first['msg']}") from None

@@ -71,7 +71,8 @@ class RayAppArgs(BaseModel):
     live: LiveSettings = Field(
         default_factory=LiveSettings,
         description="store / trending / cache / auth / rate_limits / experiments sections "
-        "(recsys.serving.settings.LiveSettings; default: no store, cache and auth on)",
+        "(recsys.serving.settings.LiveSettings; default: no store, cache and auth on, no "
+        "rate limits)",
     )
 
     @field_validator("bundle")
@@ -277,8 +278,9 @@ class Ingress:
         stages = None
         if self.retrieval is not None and self.ranking is not None and bundle.has_ranker:
             if preload:  # no request can ask the stages for a version they lack
-                for stage in (self.retrieval, self.ranking):
-                    stage.preload.remote(str(bundle.path)).result(timeout_s=600)
+                calls = [s.preload.remote(str(bundle.path)) for s in (self.retrieval, self.ranking)]
+                for call in calls:  # both load at once
+                    call.result(timeout_s=600)
             # The stages answer within the budget or the service falls back; the handle
             # gives up a little later so no worker thread waits forever.
             stages = RemoteStages(

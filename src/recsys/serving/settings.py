@@ -31,6 +31,11 @@ class StoreSettings(_Section):
         description="events that count as reading",
     )
 
+    @field_validator("history_types", mode="before")
+    @classmethod
+    def null_is_all(cls, value: Any) -> Any:
+        return list(EVENT_TYPES) if value is None else value
+
 
 class TrendingSettings(_Section):
     half_life_hours: float = Field(default=6.0, gt=0)
@@ -82,7 +87,9 @@ class LiveSettings(_Section):
     trending: TrendingSettings = Field(default_factory=TrendingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
-    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    rate_limits: RateLimitSettings | None = Field(
+        default=None, description="none unless configured (`recsys serve` configures them)"
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="larger bodies get 413")
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
 
@@ -90,11 +97,6 @@ class LiveSettings(_Section):
     @classmethod
     def null_is_default(cls, value: Any) -> Any:
         return {} if value is None else value  # `store: null` = a section left at defaults
-
-    @field_validator("rate_limits", mode="before")
-    @classmethod
-    def null_is_off(cls, value: Any) -> Any:
-        return {"enabled": False} if value is None else value  # `rate_limits: null` = none
 
 
 class RaySettings(_Section):
@@ -115,6 +117,8 @@ class ServeSettings(LiveSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     stage_timeout_ms: float = Field(default=STAGE_TIMEOUT_MS, gt=0)
     ray: RaySettings = Field(default_factory=RaySettings)
+    # a served config limits every caller by default (the design's per-user budget)
+    rate_limits: RateLimitSettings | None = Field(default_factory=RateLimitSettings)
 
     def live(self) -> LiveSettings:
         """The live sections alone (what the Ray application's replicas receive)."""

@@ -10,13 +10,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from recsys.stores.base import Stores, StoreUnavailable
-from recsys.stores.catalogue import CatalogueStore
+from recsys.stores.catalogue import SqlCatalogueStore
 from recsys.stores.engine import Database
-from recsys.stores.events import EventStore
-from recsys.stores.experiments import ExperimentStore
+from recsys.stores.events import SqlEventStore, check_history_types
+from recsys.stores.experiments import SqlExperimentStore
 from recsys.stores.null import null_stores
 from recsys.stores.schema import EVENT_TYPES, Event
-from recsys.stores.users import UserStore
+from recsys.stores.users import SqlUserStore
 
 __all__ = ["EVENT_TYPES", "Event", "StoreUnavailable", "Stores", "null_stores", "open_store"]
 
@@ -32,11 +32,12 @@ def open_store(
     embedded = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
     if not create and embedded is not None and not Path(embedded).is_file():
         return null_stores()
+    types = check_history_types(history_types or EVENT_TYPES)  # before anything is created
     db = Database(url)
     return Stores(
-        EventStore(db, history_types or EVENT_TYPES),
-        CatalogueStore(db),
-        UserStore(db),
-        ExperimentStore(db),
+        SqlEventStore(db, types),
+        SqlCatalogueStore(db),
+        SqlUserStore(db),
+        SqlExperimentStore(db),
         db,
     )

@@ -14,13 +14,15 @@ from recsys.errors import RecsysError
 from recsys.stores.engine import Database
 from recsys.stores.schema import Event
 
+NO_STORE = "this server runs without a store (store.url=null)"
+
 
 class StoreUnavailable(RecsysError):
-    """An operation that needs the store, on a server without one or while it is down
-    (HTTP 503, with the reason)."""
+    """An operation that needs the store, on a server without one (HTTP 503, with the
+    reason)."""
 
 
-class Events(Protocol):
+class EventStore(Protocol):
     history_types: tuple[str, ...]
 
     def append(self, batch: list[Event]) -> tuple[int, int]: ...
@@ -30,7 +32,7 @@ class Events(Protocol):
     def recent(self, since: float) -> Iterator[tuple[str, str, float]]: ...
 
 
-class Catalogue(Protocol):
+class CatalogueStore(Protocol):
     def seed_books(self, frame: pl.DataFrame) -> int: ...
     def listed(self, bundle_books: pl.DataFrame) -> pl.DataFrame: ...
     def books_frame(self) -> pl.DataFrame: ...
@@ -41,7 +43,7 @@ class Catalogue(Protocol):
     def search_books(self, query: str, limit: int = 20) -> list[dict[str, Any]]: ...
 
 
-class Users(Protocol):
+class UserStore(Protocol):
     def user(self, user_id: str) -> dict[str, Any] | None: ...
     def user_hash(self, user_id: str) -> str: ...
     def is_deleted(self, user_id: str) -> bool: ...
@@ -50,7 +52,7 @@ class Users(Protocol):
     def audit(self) -> list[dict[str, Any]]: ...
 
 
-class Experiments(Protocol):
+class ExperimentStore(Protocol):
     def log_impressions(self, rows: list[dict[str, Any]]) -> None: ...
     def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None: ...
     def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]: ...
@@ -64,10 +66,10 @@ class Stores:
     "nothing beyond the bundle", every other operation raises :class:`StoreUnavailable`.
     """
 
-    events: Events
-    catalogue: Catalogue
-    users: Users
-    experiments: Experiments
+    events: EventStore
+    catalogue: CatalogueStore
+    users: UserStore
+    experiments: ExperimentStore
     db: Database | None = None  # None: the null set
 
     @property
@@ -77,6 +79,11 @@ class Stores:
     @property
     def url(self) -> str | None:
         return self.db.url if self.db is not None else None
+
+    def require(self) -> None:
+        """Raise :class:`StoreUnavailable` on the null set."""
+        if self.db is None:
+            raise StoreUnavailable(NO_STORE)
 
     def close(self) -> None:
         if self.db is not None:

@@ -14,7 +14,7 @@ from recsys.stores.engine import Database
 from recsys.stores.schema import BOOK_COLUMNS, BOOK_FIELDS, books
 
 
-class CatalogueStore:
+class SqlCatalogueStore:
     """Books by id. Delisting is a soft delete, so re-seeding never lists a book again.
 
     Search uses SQLite FTS5 when the database is SQLite and a case-insensitive substring

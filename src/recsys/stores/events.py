@@ -12,7 +12,16 @@ from recsys.stores.engine import Database
 from recsys.stores.schema import EVENT_TYPES, Event, events, users
 
 
-class EventStore:
+def check_history_types(types: Iterable[str]) -> tuple[str, ...]:
+    """The event types that count as reading history (RecsysError naming the known ones)."""
+    out = tuple(types)
+    unknown = set(out) - set(EVENT_TYPES)
+    if unknown:
+        raise RecsysError(f"unknown event type(s) {sorted(unknown)}; use {EVENT_TYPES}.")
+    return out
+
+
+class SqlEventStore:
     """Events by user, idempotent by ``event_id``.
 
     Args:
@@ -22,10 +31,7 @@ class EventStore:
 
     def __init__(self, db: Database, history_types: Iterable[str] = EVENT_TYPES) -> None:
         self.db = db
-        self.history_types = tuple(history_types)
-        unknown = set(self.history_types) - set(EVENT_TYPES)
-        if unknown:
-            raise RecsysError(f"unknown event type(s) {sorted(unknown)}; use {EVENT_TYPES}.")
+        self.history_types = check_history_types(history_types)
         types = ", ".join(f"'{t}'" for t in self.history_types)  # validated names only
         self._serving_query = sa.text(
             "SELECT 1 AS k, '' AS book_id, 0.0 AS ts, 0 AS seq FROM deleted_users "

@@ -11,7 +11,7 @@ from recsys.stores.engine import Database
 from recsys.stores.schema import feedback, impressions
 
 
-class ExperimentStore:
+class SqlExperimentStore:
     """Impressions and feedback, and the per-variant counts of the experiments report."""
 
     def __init__(self, db: Database) -> None:

@@ -9,14 +9,12 @@ from typing import Any, NoReturn
 
 import polars as pl
 
-from recsys.stores.base import Stores, StoreUnavailable
+from recsys.stores.base import NO_STORE, Stores, StoreUnavailable
 from recsys.stores.schema import EVENT_TYPES, Event
-
-REASON = "this server runs without a store (store.url=null)"
 
 
 def _unavailable(*_: Any, **__: Any) -> NoReturn:
-    raise StoreUnavailable(REASON)
+    raise StoreUnavailable(NO_STORE)
 
 
 class NullEvents:

@@ -13,7 +13,7 @@ from recsys.stores.engine import Database
 from recsys.stores.schema import audit_log, deleted_users, events, feedback, impressions, users
 
 
-class UserStore:
+class SqlUserStore:
     """Profiles and erasure. Erased users are kept only as a salted hash."""
 
     def __init__(self, db: Database) -> None:

@@ -1,7 +1,7 @@
 """Config -> the objects and settings the training steps take.
 
-The one module under :mod:`recsys.training` that reads a ``DictConfig`` (STYLE §4 stops it at
-the jobs): Hydra instantiates ``_target_`` nodes from the node itself, with data-derived
+The one module under :mod:`recsys.training` that reads a ``DictConfig`` (CONTRIBUTING.md stops it
+at the jobs): Hydra instantiates ``_target_`` nodes from the node itself, with data-derived
 arguments added at that moment (tower sizes from the fitted ``FeatureState``, a trainer's
 callbacks), so the mapping needs the node. Both the ``train`` and ``train-ranker`` jobs fit
 retrievers and rankers this way, and a job never imports another job, so the mapping lives

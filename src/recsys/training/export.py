@@ -48,7 +48,7 @@ class BundleContents:
 
 
 def write_bundle(contents: BundleContents, root: str | Path, name: str, promote: bool) -> Path:
-    """Write ``root/<name>/<new version>/`` (see STYLE §6 and :mod:`recsys.bundle.layout`).
+    """Write ``root/<name>/<new version>/`` (see :mod:`recsys.bundle.layout`).
 
     Returns:
         The new version's folder.

@@ -21,6 +21,7 @@ async def post_events(
 ) -> EventsAccepted:
     """Record reading events (one, or ``{"events": [...]}`` up to 1000), durably. The
     user's next recommendation uses them; ``event_id`` makes retries idempotent."""
+    events.require_store()
     batch = body.events if isinstance(body, EventBatch) else [body]
     for user in sorted({e.user_id for e in batch}):
         may_act(request, user, "events:write:any")
