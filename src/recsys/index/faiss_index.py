@@ -146,14 +146,17 @@ class FaissIndex:
         # Each row's fetch depends on its own exclusions only (rounded up to a power of two so
         # a batch needs few searches): an approximate index answers differently for another
         # fetch size, and a user's answer must not depend on who else is in the batch.
-        fetch = np.array([min(total, k + _pow2(len(e))) for e in excluded], dtype=np.int64)
-        pending = np.arange(len(queries))
-        while pending.size:
-            still = []
-            for size in np.unique(fetch[pending]).tolist():
-                rows = pending[fetch[pending] == size]
-                books, sims = self.search(queries[rows], size)
-                for j, row in enumerate(rows.tolist()):
+        fetch = [min(total, k + _pow2(len(e))) for e in excluded]
+        pending = list(range(len(queries)))
+        while pending:
+            groups: dict[int, list[int]] = {}
+            for row in pending:
+                groups.setdefault(fetch[row], []).append(row)
+            pending = []
+            for size, rows in groups.items():
+                whole = len(rows) == len(queries)  # rows ascending: the batch as it came
+                books, sims = self.search(queries if whole else queries[rows], size)
+                for j, row in enumerate(rows):
                     keep = [
                         (b, s)
                         for b, s in zip(books[j].tolist(), sims[j].tolist(), strict=True)
@@ -162,12 +165,11 @@ class FaissIndex:
                         and (allowed is None or allowed[b])
                     ][:k]
                     if len(keep) < k and size < total:
-                        still.append(row)
+                        pending.append(row)
+                        fetch[row] = min(total, size * 2)
                         continue
                     top[row, : len(keep)] = [b for b, _ in keep]
                     scores[row, : len(keep)] = [s for _, s in keep]
-            pending = np.asarray(sorted(still), dtype=np.int64)
-            fetch[pending] = np.minimum(total, fetch[pending] * 2)
         return top, scores
 
     def save(self, folder: Path) -> None:
