@@ -115,7 +115,7 @@ RUNNERS = {
     "ray-fused": ["engine=ray", "ray.topology=fused", *OPEN],
     "ray-chained": ["engine=ray", "ray.topology=chained", *OPEN],
 }
-BENCH_SECRET = "benchmark-only-secret"
+BENCH_SECRET = "benchmark-only-secret-0123456789abcdef"
 
 
 def bench_runner(

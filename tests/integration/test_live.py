@@ -328,8 +328,9 @@ def test_acknowledged_events_survive_a_killed_server(
 ) -> None:
     overrides = [f"bundle={trained_bundle['bundle']}", f"store.url=sqlite:///{tmp_path}/d.db"]
     # auth on, as `recsys serve` runs by default: the user's own token
-    env = {"RECSYS_ROOT": str(tmp_path), "RECSYS_JWT_SECRET": "durability"}
-    token = Authenticator(secret="durability").issue("durable")
+    key = "durability-test-key-0123456789abcdef"
+    env = {"RECSYS_ROOT": str(tmp_path), "RECSYS_JWT_SECRET": key}
+    token = Authenticator(secret=key).issue("durable")
     auth = {"Authorization": f"Bearer {token}"}
     process, base = spawn_server(overrides, env, timeout_s=60)
     events = [{"user_id": "durable", "book_id": f"b{i}", "type": "read"} for i in range(20)]

@@ -4,6 +4,7 @@ OpenAPI fuzz (schemathesis) that must find no server error."""
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,3 +296,119 @@ def test_token_command_issues_a_usable_token(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "unknown scope" in bad.stderr
+
+
+def test_signing_keys_too_short_or_empty_are_refused(tmp_path: Path) -> None:
+    """An empty, whitespace-only or short key file (or secret) stops the server and `recsys
+    token` with one line naming the fix, instead of 500s on every authenticated request."""
+    import os
+    import subprocess
+    import sys
+
+    from recsys.errors import RecsysError
+
+    for content in ("", "  \n", "short-key"):
+        key = tmp_path / f"k{len(content)}.key"
+        key.write_text(content)
+        with pytest.raises(RecsysError, match=r"needs at least 32.*secrets\.token_urlsafe"):
+            Authenticator(secret_file=str(key))
+        with pytest.raises(RecsysError, match="needs at least 32"):
+            Live.from_config({"auth": {"secret_file": str(key)}})
+    with pytest.raises(RecsysError, match=r"auth\.secret is 9 bytes"):
+        Authenticator(secret="too-short")
+    env = {**os.environ, "RECSYS_ROOT": str(tmp_path), "RECSYS_JWT_SECRET": "short"}
+    done = subprocess.run(
+        [sys.executable, "-m", "recsys", "token", "sub=x"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "RECSYS_JWT_SECRET is 5 bytes" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _create_key(path: str) -> str:
+    return str(Authenticator(secret_file=path).key)
+
+
+def test_replicas_starting_together_share_one_whole_key(tmp_path: Path) -> None:
+    """Processes racing to create the key file all end with the same, complete key."""
+    import multiprocessing
+
+    for attempt in range(5):
+        path = str(tmp_path / f"race{attempt}" / "jwt.key")
+        with multiprocessing.get_context("spawn").Pool(6) as pool:
+            keys = pool.map(_create_key, [path] * 6)
+        assert len(set(keys)) == 1
+        assert len(keys[0]) >= 32
+        assert Path(path).read_text() == keys[0]
+        assert [p.name for p in Path(path).parent.iterdir()] == ["jwt.key"]  # no leftovers
+
+
+X = "__RAW__"  # where a raw JSON token goes
+
+
+def raw_json(body: dict[str, Any], token: str) -> bytes:
+    """``body`` as JSON with the string ``X`` replaced by ``token`` verbatim."""
+    return json.dumps(body).replace(f'"{X}"', token).encode()
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e309"])
+def test_non_finite_numbers_are_422_everywhere(
+    base: str, trained_bundle: dict[str, Any], value: str
+) -> None:
+    """Python's JSON parser takes NaN and Infinity, and 1e309 overflows: every JSON endpoint
+    answers 422 naming the problem, never 500 (the echo of the value cannot be serialised)."""
+    me = user_of(trained_bundle)
+    editor = bearer("editor", ["catalogue:write"])
+    event = {"user_id": me, "book_id": "b1", "type": "read"}
+    cases = [
+        ("POST", f"/recommendations/users/{me}", {"limit": X}, bearer(me)),
+        ("POST", "/recommendations/books/b1", {"limit": X}, {}),
+        ("POST", "/v2/recommendations/similar-books", {"book_id": "b1", "limit": X}, {}),
+        ("POST", "/recommendations/hybrid", {"history": ["b1"], "limit": X}, {}),
+        ("POST", "/events", {**event, "timestamp": X}, bearer(me)),
+        ("POST", "/events", {**event, "type": "rate", "value": X}, bearer(me)),
+        ("POST", "/feedback", {"request_id": "r", "user_id": me, "book_id": X}, bearer(me)),
+        ("POST", "/books", {"book_id": "nan-1", "year": X}, editor),
+        ("PUT", "/books/b1", {"title": X}, editor),
+    ]
+    for method, path, body, headers in cases:
+        response = httpx.request(
+            method,
+            f"{base}{path}",
+            content=raw_json(body, value),
+            headers={**headers, "content-type": "application/json"},
+        )
+        assert response.status_code == 422, (method, path, response.status_code, response.text)
+        assert response.json()["detail"], path
+
+
+def test_bad_text_and_ids_are_422(base: str, trained_bundle: dict[str, Any]) -> None:
+    """A lone surrogate in any body text, and control characters or 10,000 characters in a
+    path id, are client errors (the store and the response encoder cannot take them)."""
+    me = user_of(trained_bundle)
+    editor = bearer("editor", ["catalogue:write"])
+    surrogate = '"x\\ud800"'
+    cases = [
+        ("/events", {"user_id": me, "book_id": "b1", "type": "read", "event_id": X}, bearer(me)),
+        ("/books", {"book_id": "s-1", "title": X}, editor),
+        ("/recommendations/hybrid", {"history": [X]}, {}),
+    ]
+    for path, body, headers in cases:
+        response = httpx.post(
+            f"{base}{path}",
+            content=raw_json(body, surrogate),
+            headers={**headers, "content-type": "application/json"},
+        )
+        assert response.status_code == 422, (path, response.text)
+        assert "not valid Unicode" in response.text
+    ops = bearer("ops", ["users:read:any"])
+    for bad in ("a%00b", "a%0D%0Ab", "x" * 10_000):
+        for method, path in (("GET", f"/users/{bad}"), ("POST", f"/recommendations/books/{bad}")):
+            response = httpx.request(method, f"{base}{path}", headers=ops)
+            assert response.status_code == 422, (method, path[:40], response.status_code)
+    assert httpx.get(f"{base}/users/{me}", headers=bearer(me)).status_code == 200

@@ -78,7 +78,12 @@ class Authenticator:
         self.issuer, self.audience, self.leeway_s = issuer, audience, leeway_s
         self.signing_key: str | None = None
         if algorithm == "HS256":
-            self.key: Any = secret or os.environ.get("RECSYS_JWT_SECRET") or _secret(secret_file)
+            if secret:
+                self.key: Any = check_key(secret, "auth.secret")
+            elif os.environ.get("RECSYS_JWT_SECRET"):
+                self.key = check_key(os.environ["RECSYS_JWT_SECRET"], "$RECSYS_JWT_SECRET")
+            else:
+                self.key = _secret(secret_file)
             self.signing_key = self.key
         elif algorithm == "RS256":
             if not public_key_file:
@@ -164,16 +169,45 @@ class Authenticator:
         return who
 
 
+MIN_KEY_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash
+
+
+def check_key(key: str, source: str) -> str:
+    """``key``, if long enough for HS256; a RecsysError naming ``source`` and the fix."""
+    if len(key.encode()) < MIN_KEY_BYTES:
+        raise RecsysError(
+            f"the HS256 key from {source} is {len(key.encode())} bytes; it needs at least "
+            f"{MIN_KEY_BYTES}. Write a new one, e.g. `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`."
+        )
+    return key
+
+
 def _secret(path: str | None) -> str:
-    """A random HS256 key kept in ``path`` (created once, mode 0600)."""
+    """A random HS256 key kept in ``path`` (created once, mode 0600).
+
+    Replicas starting together race to create it: each writes its own candidate under a
+    unique name and links it into place, which only the first can do; all then read the
+    file, so every replica holds the same, complete key.
+    """
     if not path:
         return secrets.token_urlsafe(32)  # per process: only this process can issue tokens
     file = Path(path)
-    if file.is_file():
-        return file.read_text().strip()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(key)
-    return key
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        candidate = file.with_name(f".{file.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(candidate, file)  # atomic; fails when another process won the race
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink()
+    try:
+        return check_key(file.read_text().strip(), f"auth.secret_file {file}")
+    except OSError as exc:
+        raise RecsysError(f"cannot read auth.secret_file {file}: {exc.strerror}") from None

@@ -7,13 +7,19 @@ a thread hop per request for no work.
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Path, Request
 
 from recsys.serving.auth import Principal
 from recsys.serving.books import Books
 from recsys.serving.core import ServingCore
 from recsys.serving.ingest import Ingest
+from recsys.serving.schemas import PATH_ID_PATTERN
 from recsys.serving.users import Users
+
+# A user or book id in a path: up to 200 characters, no control characters (422 otherwise).
+PathId = Annotated[str, Path(min_length=1, max_length=200, pattern=PATH_ID_PATTERN)]
 
 
 def core_of(request: Request) -> ServingCore:

@@ -6,7 +6,11 @@ its status (a subclass before ``RecsysError``'s 400), with the message as ``deta
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from recsys.errors import RecsysError
@@ -43,7 +47,29 @@ async def client_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": str(exc)}, headers=headers)
 
 
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """422 with pydantic's errors, as FastAPI answers, but safe to send whatever the input
+    held: non-finite numbers and lone surrogates are echoed as text, never a 500."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(status_code=422, content={"detail": _printable(exc.errors())})
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {str(_printable(k)): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _printable(str(value))  # exceptions in ``ctx``, bytes, ...
+
+
 def install(app: FastAPI) -> None:
-    """Register :func:`client_error` for every client-error type."""
+    """Register :func:`client_error` for every client-error type, and the 422 handler."""
     for kind in (*STATUS, RecsysError):
         app.add_exception_handler(kind, client_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)

@@ -2,19 +2,58 @@
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_LIMIT = 50
 MAX_LIST = 200
+# ids in paths: any printable text up to 200 characters (no control characters: NUL, CR, LF)
+PATH_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
-class Filters(BaseModel):
+class RequestModel(BaseModel):
+    """A request body: unknown keys refused, numbers finite, text valid Unicode.
+
+    JSON allows ``NaN``/``Infinity`` in Python's parser and ``1e309`` overflows to infinity;
+    a lone surrogate (``"\\ud800"``) parses but cannot be stored or sent back. Either is a
+    422 naming the field, never a 500.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean(cls, data: Any) -> Any:
+        _check_clean(data, ())
+        return data
+
+
+def _check_clean(value: Any, where: tuple[str | int, ...]) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{_path(where)}: text is not valid Unicode") from None
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{_path(where)}: numbers must be finite")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_clean(key, where)
+            _check_clean(item, (*where, str(key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_clean(item, (*where, i))
+
+
+def _path(where: tuple[str | int, ...]) -> str:
+    return ".".join(str(w) for w in where) or "body"
+
+
+class Filters(RequestModel):
     """Optional constraints on recommended books."""
-
-    model_config = ConfigDict(extra="forbid")
 
     year_min: int | None = Field(None, ge=0, le=3000)
     year_max: int | None = Field(None, ge=0, le=3000)
@@ -32,47 +71,37 @@ class Filters(BaseModel):
         return self
 
 
-class RecommendRequest(BaseModel):
+class RecommendRequest(RequestModel):
     """Body of POST /recommendations/users/{user_id}."""
-
-    model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(10, ge=1, le=MAX_LIMIT)
     exclude: list[str] = Field(default_factory=list, max_length=MAX_LIST)
     filters: Filters | None = None
 
 
-class SimilarRequest(BaseModel):
+class SimilarRequest(RequestModel):
     """Body of POST /recommendations/books/{book_id}."""
-
-    model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(10, ge=1, le=MAX_LIMIT)
     filters: Filters | None = None
 
 
-class UserContext(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UserContext(RequestModel):
     user_id: str | None = Field(None, max_length=200)
     preferences: list[str] = Field(default_factory=list, max_length=MAX_LIST)
 
 
-class SimilarBooksV2Request(BaseModel):
+class SimilarBooksV2Request(RequestModel):
     """Body of POST /v2/recommendations/similar-books."""
-
-    model_config = ConfigDict(extra="forbid")
 
     book_id: str = Field(..., min_length=1, max_length=200)
     limit: int = Field(10, ge=1, le=MAX_LIMIT)
     user_context: UserContext | None = None
 
 
-class HybridRequest(BaseModel):
+class HybridRequest(RequestModel):
     """Body of POST /recommendations/hybrid: any mix of a known user, an anonymous history and
     seed books."""
-
-    model_config = ConfigDict(extra="forbid")
 
     user_id: str | None = Field(None, max_length=200)
     history: list[str] = Field(default_factory=list, max_length=MAX_LIST)
@@ -108,15 +137,13 @@ class RecommendationResponse(BaseModel):
     metadata: Metadata
 
 
-ID = Field(..., min_length=1, max_length=200, pattern=r"^[^\s/]+$")
+ID = Field(..., min_length=1, max_length=200, pattern=r"^[^\s/\x00-\x1f\x7f]+$")
 MAX_EVENTS = 1000
 EventType = Literal["view", "rate", "want_to_read", "read", "purchase"]
 
 
-class EventIn(BaseModel):
+class EventIn(RequestModel):
     """One interaction. Send ``event_id`` to make retries idempotent."""
-
-    model_config = ConfigDict(extra="forbid")
 
     user_id: str = ID
     book_id: str = ID
@@ -125,7 +152,7 @@ class EventIn(BaseModel):
     timestamp: float | None = Field(
         None, description="epoch seconds; default: when received. Not more than 1 h ahead."
     )
-    event_id: str | None = Field(None, min_length=1, max_length=128)
+    event_id: str | None = Field(None, min_length=1, max_length=128, pattern=PATH_ID_PATTERN)
 
     @model_validator(mode="after")
     def _check(self) -> EventIn:
@@ -139,9 +166,7 @@ class EventIn(BaseModel):
         return self
 
 
-class EventBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EventBatch(RequestModel):
     events: list[EventIn] = Field(..., min_length=1, max_length=MAX_EVENTS)
 
 
@@ -150,10 +175,8 @@ class EventsAccepted(BaseModel):
     duplicates: int
 
 
-class BookIn(BaseModel):
+class BookIn(RequestModel):
     """Catalogue fields of a book (create or update)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(None, max_length=500)
     authors: str | None = Field(None, max_length=500)
@@ -208,12 +231,10 @@ class Erasure(BaseModel):
     removed: dict[str, int]
 
 
-class FeedbackIn(BaseModel):
+class FeedbackIn(RequestModel):
     """A reaction to a served list: ``request_id`` of the response it was in."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    request_id: str = Field(..., min_length=1, max_length=128)
+    request_id: str = Field(..., min_length=1, max_length=128, pattern=PATH_ID_PATTERN)
     user_id: str = ID
     book_id: str = ID
     type: Literal["click", "add_to_list", "purchase", "dismiss"] = "click"

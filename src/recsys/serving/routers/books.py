@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from recsys.serving.auth import CATALOGUE_WRITE
 from recsys.serving.books import Books
-from recsys.serving.deps import books, require_scope
+from recsys.serving.deps import PathId, books, require_scope
 from recsys.serving.schemas import Book, BookCreate, BookIn, BookList
 
 router = APIRouter(tags=["books"])
@@ -28,7 +28,7 @@ async def search_books(
 
 
 @router.get("/books/{book_id}", response_model=Book)
-async def get_book(book_id: str, catalogue: BooksDep) -> Book:
+async def get_book(book_id: PathId, catalogue: BooksDep) -> Book:
     return Book(**await run_in_threadpool(catalogue.get, book_id))
 
 
@@ -41,7 +41,7 @@ async def create_book(request: Request, body: BookCreate, catalogue: BooksDep) -
 
 
 @router.put("/books/{book_id}", response_model=Book)
-async def update_book(request: Request, book_id: str, body: BookIn, catalogue: BooksDep) -> Book:
+async def update_book(request: Request, book_id: PathId, body: BookIn, catalogue: BooksDep) -> Book:
     """Change a book's catalogue fields (404 if it does not exist)."""
     require_scope(request, CATALOGUE_WRITE)
     fields = body.model_dump(exclude_unset=True)
@@ -49,7 +49,7 @@ async def update_book(request: Request, book_id: str, body: BookIn, catalogue: B
 
 
 @router.delete("/books/{book_id}", status_code=204)
-async def delete_book(request: Request, book_id: str, catalogue: BooksDep) -> Response:
+async def delete_book(request: Request, book_id: PathId, catalogue: BooksDep) -> Response:
     """Remove a book from the catalogue: it is no longer recommended or searchable."""
     require_scope(request, CATALOGUE_WRITE)
     await run_in_threadpool(catalogue.delete, book_id)

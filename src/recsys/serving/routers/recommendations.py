@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from recsys.serving.core import Call, ServingCore
-from recsys.serving.deps import core, may_act
+from recsys.serving.deps import PathId, core, may_act
 from recsys.serving.schemas import (
     MAX_LIMIT,
     HybridRequest,
@@ -32,7 +32,7 @@ async def _respond(
 
 @router.post("/recommendations/users/{user_id}", response_model=RecommendationResponse)
 async def user_recommendations(
-    request: Request, user_id: str, serving: Core, body: RecommendRequest | None = None
+    request: Request, user_id: PathId, serving: Core, body: RecommendRequest | None = None
 ) -> JSONResponse:
     """Personalised recommendations from everything known about the user (their history in
     the bundle and their events since); popularity if unknown. Cached per user and
@@ -50,7 +50,7 @@ async def user_recommendations(
 
 @router.post("/recommendations/books/{book_id}", response_model=RecommendationResponse)
 async def similar_books(
-    request: Request, book_id: str, serving: Core, body: SimilarRequest | None = None
+    request: Request, book_id: PathId, serving: Core, body: SimilarRequest | None = None
 ) -> RecommendationResponse:
     """Books similar to one book (404 if the book is unknown)."""
     req = body or SimilarRequest.model_validate({})

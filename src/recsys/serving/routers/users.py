@@ -8,7 +8,7 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from recsys.serving.deps import core_of, may_act, users
+from recsys.serving.deps import PathId, core_of, may_act, users
 from recsys.serving.schemas import Erasure, UserHistory, UserProfile
 from recsys.serving.users import Users
 
@@ -18,7 +18,7 @@ UsersDep = Annotated[Users, Depends(users)]
 
 
 @router.get("/users/{user_id}", response_model=UserProfile)
-async def get_user(request: Request, user_id: str, known: UsersDep) -> UserProfile:
+async def get_user(request: Request, user_id: PathId, known: UsersDep) -> UserProfile:
     """What is known about a user (404 when nothing is, or after erasure)."""
     may_act(request, user_id, "users:read:any")
     return await run_in_threadpool(known.profile, user_id)
@@ -26,7 +26,7 @@ async def get_user(request: Request, user_id: str, known: UsersDep) -> UserProfi
 
 @router.get("/users/{user_id}/history", response_model=UserHistory)
 async def get_history(
-    request: Request, user_id: str, known: UsersDep, limit: int = Query(200, ge=1, le=1000)
+    request: Request, user_id: PathId, known: UsersDep, limit: int = Query(200, ge=1, le=1000)
 ) -> UserHistory:
     """The user's reading history, most recent last: the bundle's, then their events."""
     may_act(request, user_id, "users:read:any")
@@ -34,7 +34,7 @@ async def get_history(
 
 
 @router.delete("/users/{user_id}", response_model=Erasure)
-async def delete_user(request: Request, user_id: str, known: UsersDep) -> Erasure:
+async def delete_user(request: Request, user_id: PathId, known: UsersDep) -> Erasure:
     """GDPR erasure: the user's events and profile are deleted, cached answers purged,
     the id suppressed from later exports and batch outputs, and an audit entry written
     (actor from ``X-Actor``; the subject only as a salted hash)."""
