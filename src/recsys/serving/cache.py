@@ -18,6 +18,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from recsys.serving.breaker import TIMEOUT_S, Breaker
+
 log = logging.getLogger(__name__)
 
 
@@ -45,10 +47,18 @@ class ResponseCache:
         self._l1: OrderedDict[str, dict[str, tuple[float, str]]] = OrderedDict()
         self._lock = threading.Lock()
         self.redis: Any = None
+        self.breaker = Breaker("redis-cache")
         if redis_url:
             import redis
 
-            self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.05)
+            self.redis = redis.Redis.from_url(
+                redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+            )
+
+    @property
+    def shared(self) -> bool:
+        """Level 2 is configured and not cooling down after a failure."""
+        return self.redis is not None and self.breaker.available
 
     @staticmethod
     def group(version: str, user_id: str) -> str:
@@ -65,11 +75,11 @@ class ResponseCache:
                 hit = entries.get(field)
                 if hit is not None and hit[0] > now:
                     return hit[1], "l1"
-        if self.redis is not None:
+        if self.shared:
             try:
                 value = self.redis.hget(group, field)
             except Exception as exc:  # Redis down: serve without level 2
-                log.warning("redis unavailable (%s); level-2 cache skipped", exc)
+                self.breaker.failed(exc)
                 return None, "miss"
             if value is not None:
                 text = value.decode()
@@ -80,14 +90,14 @@ class ResponseCache:
     def put(self, version: str, user_id: str, params: dict[str, Any], value: str) -> None:
         group, field = self.group(version, user_id), digest(params)
         self._put_l1(group, field, value, time.monotonic())
-        if self.redis is not None:
+        if self.shared:
             try:
                 pipe = self.redis.pipeline()
                 pipe.hset(group, field, value)
                 pipe.expire(group, int(self.ttl_s))
                 pipe.execute()
             except Exception as exc:
-                log.warning("redis unavailable (%s); level-2 cache not written", exc)
+                self.breaker.failed(exc)
 
     def _put_l1(self, group: str, field: str, value: str, now: float) -> None:
         with self._lock:
@@ -105,7 +115,7 @@ class ResponseCache:
         with self._lock:
             for group in [g for g in self._l1 if g.endswith(suffix)]:
                 del self._l1[group]
-        if self.redis is not None:
+        if self.redis is not None:  # tried even while cooling down: stale answers are worse
             try:
                 if version is not None:
                     self.redis.delete(self.group(version, user_id))
@@ -114,6 +124,7 @@ class ResponseCache:
                 if keys:
                     self.redis.delete(*keys)
             except Exception as exc:
+                self.breaker.failed(exc)
                 log.warning("redis unavailable (%s); level-2 entries expire by TTL", exc)
 
     def clear(self) -> None:

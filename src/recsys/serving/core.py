@@ -55,6 +55,7 @@ class ServingCore:
         self.metrics = metrics or Metrics()
         self.live: Live = service.live
         self.experiments = Experiments(service.sibling, service, self.install)
+        self.metrics.watch(self.live.breakers())
         self.watcher: FileWatcher | None = None
 
     @property
@@ -178,7 +179,7 @@ class ServingCore:
         if cache is None:
             return None
         started = time.perf_counter()
-        if cache.redis is None:  # in-process only: no thread hop
+        if not cache.shared:  # in-process only (or Redis skipped after a failure): no hop
             hit, where = cache.get(svc.version, user_id, params)
         else:
             hit, where = await run_in_threadpool(cache.get, svc.version, user_id, params)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from recsys.errors import RecsysError
 from recsys.serving.auth import Authenticator
+from recsys.serving.breaker import Breaker
 from recsys.serving.cache import ResponseCache
 from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
@@ -50,6 +51,15 @@ class Live:
         now = time.time()
         if force or now - self.trending.built_at >= self.refresh_s:
             self.trending.rebuild(self.stores.events.recent(now - self.trending.window_s), now)
+
+    def breakers(self) -> list[Breaker]:
+        """The circuit breakers of the Redis-backed parts (for ``/metrics``)."""
+        out = []
+        if self.cache is not None and self.cache.redis is not None:
+            out.append(self.cache.breaker)
+        if self.limiter is not None and self.limiter.shared is not None:
+            out.append(self.limiter.breaker)
+        return out
 
     def close(self) -> None:
         if self.impressions is not None:

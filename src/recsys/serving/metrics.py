@@ -3,7 +3,13 @@ process, as tests do)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from recsys.serving.breaker import Breaker
 
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -68,6 +74,12 @@ class Metrics:
             "stage",
         )
 
+    def watch(self, breakers: list[Breaker]) -> None:
+        """Export the breakers' state: ``recsys_dependency_errors_total{dependency}`` and
+        ``recsys_dependency_up{dependency}`` (0 while skipped after a failure)."""
+        if breakers:
+            self.registry.register(_BreakerCollector(breakers))
+
     def _counter(self, name: str, doc: str, *labels: str) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)
 
@@ -82,3 +94,25 @@ class Metrics:
         self._lookups[1] += 1
         self._lookups[0] += where != "miss"
         self.cache_hit_ratio.set(self._lookups[0] / self._lookups[1])
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, breakers: list[Breaker]) -> None:
+        self.breakers = breakers
+
+    def collect(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "recsys_dependency_errors",
+            "Failed calls to an optional dependency",
+            labels=["dependency"],
+        )
+        up = GaugeMetricFamily(
+            "recsys_dependency_up",
+            "1 when the dependency is used, 0 while it is skipped after a failure",
+            labels=["dependency"],
+        )
+        for breaker in self.breakers:
+            errors.add_metric([breaker.name], breaker.errors)
+            up.add_metric([breaker.name], 1.0 if breaker.available else 0.0)
+        yield errors
+        yield up

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from recsys.serving.metrics import Metrics
 
@@ -83,7 +84,13 @@ def add_request_context(app: FastAPI, echo_request_id: bool) -> None:
         request.state.request_id = request_id
         request.state.source = "-"
         started = time.perf_counter()
-        response: Response = await call_next(request)
+        try:
+            response: Response = await call_next(request)
+        except Exception:  # counted and logged like any answer, with the request id
+            logger.exception("unhandled error", request_id=request_id)
+            response = JSONResponse(
+                {"detail": "internal error", "request_id": request_id}, status_code=500
+            )
         elapsed = time.perf_counter() - started
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")

@@ -12,6 +12,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from recsys.errors import RecsysError
+from recsys.serving.breaker import TIMEOUT_S, Breaker
 
 
 class RateLimited(RecsysError):
@@ -27,6 +28,11 @@ class RateLimiter:
     default: limit of every endpoint (``1000/minute``, the design's per-user budget).
     endpoints: overrides by route path, e.g. ``{"/events": "6000/minute"}``.
     redis_url: shared counters; None keeps them in this process.
+
+    With Redis, every call has a 50 ms timeout; while Redis is unreachable (and for a
+    cool-down after each failure, see :class:`Breaker`) the counts fall back to this process's
+    memory: limits still hold per replica, no request fails and the event loop never waits
+    on a frozen server.
     """
 
     def __init__(
@@ -40,7 +46,14 @@ class RateLimiter:
             self.endpoints = {path: parse(limit) for path, limit in (endpoints or {}).items()}
         except ValueError as exc:
             raise RecsysError(f"bad rate limit ({exc}); write e.g. 1000/minute.") from None
-        self.limiter = MovingWindowRateLimiter(storage_from_string(redis_url or "memory://"))
+        self.local = MovingWindowRateLimiter(storage_from_string("memory://"))
+        self.shared: MovingWindowRateLimiter | None = None
+        self.breaker = Breaker("redis-rate-limits")
+        if redis_url:
+            storage = storage_from_string(
+                redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+            )
+            self.shared = MovingWindowRateLimiter(storage)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None) -> RateLimiter | None:
@@ -56,8 +69,16 @@ class RateLimiter:
     def check(self, identity: str, endpoint: str) -> None:
         """Count one request; raise RateLimited (with seconds to wait) over the limit."""
         item = self.endpoints.get(endpoint, self.default)
-        if self.limiter.hit(item, identity, endpoint):
+        limiter = self.local
+        if self.shared is not None and self.breaker.available:
+            try:
+                if self.shared.hit(item, identity, endpoint):
+                    return
+                limiter = self.shared
+            except Exception as exc:  # Redis down or frozen: count in this process
+                self.breaker.failed(exc)
+        if limiter is self.local and self.local.hit(item, identity, endpoint):
             return
-        reset = self.limiter.get_window_stats(item, identity, endpoint).reset_time
+        reset = limiter.get_window_stats(item, identity, endpoint).reset_time
         wait = max(1, math.ceil(reset - time.time()))
         raise RateLimited(f"rate limit {item} exceeded for {endpoint}; retry in {wait} s", wait)

@@ -1,0 +1,163 @@
+"""Faults survived, over real HTTP with real processes (`pytest -m faults`): each test drives
+load while a dependency fails and counts every answer — a transport error is a failure too.
+Thresholds come from the guarantees (no 5xx, no failed request), not from what was observed.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.helpers.redis_server import RedisServer
+
+from recsys.bundle.reader import load_bundle
+from recsys.serving.app import create_app
+from recsys.serving.live import Live
+from recsys.serving.local import serve_in_thread
+from recsys.serving.service import RecommendationService
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+class Load:
+    """Client threads sending a mix of requests until stopped; every outcome counted."""
+
+    def __init__(self, base: str, calls: list[Callable[[httpx.Client, int], httpx.Response]]):
+        self.base, self.calls = base, calls
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(4)]
+
+    def _run(self, worker: int) -> None:
+        with httpx.Client(base_url=self.base, timeout=10) as client:
+            i = worker
+            while not self._stop.is_set():
+                call = self.calls[i % len(self.calls)]
+                i += 1
+                try:
+                    status = str(call(client, i).status_code)
+                except httpx.HTTPError as exc:
+                    status = f"transport:{type(exc).__name__}"
+                self.outcomes[status] += 1
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def report(self, name: str) -> dict[str, int]:
+        sent = sum(self.outcomes.values())
+        failed = sum(n for s, n in self.outcomes.items() if not s.startswith("2"))
+        print(f"\n{name}: sent {sent}, failed {failed}, outcomes {dict(self.outcomes)}")
+        return {"sent": sent, "failed": failed}
+
+
+@pytest.fixture
+def redis_backed(
+    trained_bundle: dict[str, Any], tmp_path: Path
+) -> Iterator[tuple[str, RedisServer, Live]]:
+    """A server whose response cache and rate limits live in a Redis we can break."""
+    redis = RedisServer(tmp_path)
+    redis.start()
+    live = Live.from_config(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+            "auth": {"enabled": False},
+            "cache": {"redis_url": redis.url, "l1_ttl_s": 0.5},
+            "rate_limits": {"default": "1000000/minute", "redis_url": redis.url},
+        }
+    )
+    bundle = load_bundle(trained_bundle["bundle"])
+    app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
+    try:
+        with serve_in_thread(app) as base:
+            yield base, redis, live
+    finally:
+        redis.stop()
+
+
+def mixed_calls(trained_bundle: dict[str, Any]) -> list[Callable[[httpx.Client, int], Any]]:
+    users = load_bundle(trained_bundle["bundle"]).known_histories.get_column("user_id")[:50]
+    return [
+        lambda c, i: c.post(f"/recommendations/users/{users[i % len(users)]}", json={"limit": 5}),
+        lambda c, i: c.post("/recommendations/books/b5", json={"limit": 5}),
+        lambda c, i: c.get("/recommendations/trending"),
+        lambda c, i: c.post(
+            "/events", json={"user_id": users[i % len(users)], "book_id": "b3", "type": "view"}
+        ),
+        lambda c, i: c.get("/healthz"),
+    ]
+
+
+def _metric(base: str, name: str, dependency: str) -> float:
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(f'{name}{{dependency="{dependency}"}}'):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} for {dependency} is not exported")
+
+
+def test_redis_killed_and_restarted_under_load(
+    redis_backed: tuple[str, RedisServer, Live], trained_bundle: dict[str, Any]
+) -> None:
+    """Cache and rate limits on Redis; Redis is killed for 3 s, then restarted: no request
+    fails, and both go back to Redis by themselves."""
+    base, redis, _ = redis_backed
+    with Load(base, mixed_calls(trained_bundle)) as load:
+        time.sleep(1.5)
+        redis.kill()
+        time.sleep(3.0)
+        redis.start()  # same port, empty
+        time.sleep(1.5)
+    numbers = load.report("redis killed 3 s under load")
+    assert numbers["sent"] > 50
+    assert numbers["failed"] == 0, load.outcomes
+    assert _metric(base, "recsys_dependency_errors_total", "redis-cache") >= 1
+    assert _metric(base, "recsys_dependency_errors_total", "redis-rate-limits") >= 1
+    # recovery: after the cool-down both parts use Redis again
+    time.sleep(5.5)
+    import redis as redis_client
+
+    client = redis_client.Redis.from_url(redis.url)
+    user = str(load_bundle(trained_bundle["bundle"]).known_histories.row(3)[0])
+    for _ in range(2):
+        assert httpx.post(f"{base}/recommendations/users/{user}").status_code == 200
+    assert client.keys("recsys:*:user:*"), "the cache writes to Redis again"
+    assert client.keys("LIMITS*"), "rate limits count in Redis again"
+    assert _metric(base, "recsys_dependency_up", "redis-cache") == 1.0
+    assert _metric(base, "recsys_dependency_up", "redis-rate-limits") == 1.0
+
+
+def test_redis_frozen_never_freezes_the_server(
+    redis_backed: tuple[str, RedisServer, Live], trained_bundle: dict[str, Any]
+) -> None:
+    """Redis stopped with SIGSTOP (connections hang): the server keeps answering, /healthz
+    within a second, and no request fails."""
+    base, redis, _ = redis_backed
+    health: list[float] = []
+    with Load(base, mixed_calls(trained_bundle)) as load:
+        time.sleep(1.0)
+        redis.freeze()
+        try:
+            for _ in range(6):
+                started = time.perf_counter()
+                assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+                health.append(time.perf_counter() - started)
+                time.sleep(0.5)
+        finally:
+            redis.thaw()
+        time.sleep(1.0)
+    numbers = load.report("redis frozen 3 s under load")
+    print(f"healthz during the freeze: max {max(health) * 1000:.0f} ms")
+    assert numbers["failed"] == 0, load.outcomes
+    assert max(health) < 1.0
