@@ -18,6 +18,7 @@ from tests.helpers.redis_server import RedisServer
 
 from recsys.bundle.reader import load_bundle
 from recsys.serving.app import create_app
+from recsys.serving.faults import FaultyStages
 from recsys.serving.live import Live
 from recsys.serving.local import serve_in_thread
 from recsys.serving.service import RecommendationService
@@ -28,11 +29,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 class Load:
     """Client threads sending a mix of requests until stopped; every outcome counted."""
 
-    def __init__(self, base: str, calls: list[Callable[[httpx.Client, int], httpx.Response]]):
+    def __init__(
+        self,
+        base: str,
+        calls: list[Callable[[httpx.Client, int], httpx.Response]],
+        clients: int = 4,
+    ) -> None:
         self.base, self.calls = base, calls
         self.outcomes: collections.Counter[str] = collections.Counter()
+        self.answers: collections.Counter[str] = collections.Counter()  # source/fallback
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(4)]
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
 
     def _run(self, worker: int) -> None:
         with httpx.Client(base_url=self.base, timeout=10) as client:
@@ -41,10 +48,14 @@ class Load:
                 call = self.calls[i % len(self.calls)]
                 i += 1
                 try:
-                    status = str(call(client, i).status_code)
+                    response = call(client, i)
                 except httpx.HTTPError as exc:
-                    status = f"transport:{type(exc).__name__}"
-                self.outcomes[status] += 1
+                    self.outcomes[f"transport:{type(exc).__name__}"] += 1
+                    continue
+                self.outcomes[str(response.status_code)] += 1
+                if response.status_code == 200 and "metadata" in response.text:
+                    meta = response.json()["metadata"]
+                    self.answers[meta["fallback_reason"] or meta["source"]] += 1
 
     def __enter__(self) -> Load:
         for thread in self._threads:
@@ -161,3 +172,43 @@ def test_redis_frozen_never_freezes_the_server(
     print(f"healthz during the freeze: max {max(health) * 1000:.0f} ms")
     assert numbers["failed"] == 0, load.outcomes
     assert max(health) < 1.0
+
+
+def test_overload_stays_personalised_and_leaves_no_backlog(trained_bundle: dict[str, Any]) -> None:
+    """Offered more than the model can answer (a model slowed to about 100 requests/s, 16
+    clients): the model keeps answering what it can in budget, the excess is answered at
+    once from popularity with a reason (``overloaded``/``timeout``, counted), nothing fails,
+    and once the burst ends the next requests are personal again (no backlog of work for
+    callers that already left: that backlog made 92-96 % of answers fallbacks before)."""
+    bundle = load_bundle(trained_bundle["bundle"])
+    service = RecommendationService(bundle, stage_timeout_s=0.1)
+    assert service.stages is not None
+    drill = FaultyStages(service.stages, row_latency_s=0.01)
+    service.stages = drill
+    users = bundle.known_histories.get_column("user_id")[:200].to_list()
+
+    def user_call(client: httpx.Client, i: int) -> httpx.Response:
+        return client.post(f"/recommendations/users/{users[i % len(users)]}", json={"limit": 5})
+
+    with serve_in_thread(create_app(lambda: service)) as base:
+        with Load(base, [user_call], clients=16) as load:
+            time.sleep(6.0)
+        numbers = load.report("overload: 16 clients, model at ~100 requests/s")
+        print(f"answers: {dict(load.answers)}; model rows computed: {drill.rows}")
+        assert numbers["failed"] == 0, load.outcomes
+        personal = load.answers["personalized"]
+        shed = load.answers["overloaded"] + load.answers["timeout"]
+        assert personal + shed == numbers["sent"], load.answers
+        assert shed > 0  # the load really was more than the model carries
+        assert personal >= 100  # the model kept answering (about 80/s here; 0.3 % before)
+        # no work for callers that had left: every computed row was answered, or ran late
+        assert drill.rows <= personal + load.answers["timeout"] + 16
+        assert load.answers["timeout"] <= 0.1 * numbers["sent"]  # the excess is told at once
+        time.sleep(0.3)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            after = [user_call(client, i).json()["metadata"] for i in range(10)]
+        assert [m["source"] for m in after] == ["personalized"] * 10, after
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'recsys_fallbacks_total{reason="overloaded"}' in metrics or (
+            'recsys_fallbacks_total{reason="timeout"}' in metrics
+        )

@@ -1,12 +1,15 @@
-"""MicroBatcher: results in order, batches grow under load, errors reach every caller."""
+"""MicroBatcher: results in order, batches grow under load, errors reach every caller;
+requests past their deadline are never computed, and under overload the newest are answered
+in time while the rest are told at once."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from recsys.serving.batching import MicroBatcher
+from recsys.serving.batching import MicroBatcher, Overloaded
 
 
 def test_batches_form_under_load_and_keep_order() -> None:
@@ -58,3 +61,64 @@ def test_close_finishes_queued_requests() -> None:
     batcher.close()
     gate.set()
     assert [f.result(timeout=5) for f in futures] == list(range(5))
+
+
+def test_requests_past_their_deadline_are_never_computed() -> None:
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def run(batch: list[int]) -> list[int]:
+        gate.wait(5)
+        seen.extend(batch)
+        return batch
+
+    batcher = MicroBatcher(run, max_batch=4)
+    first = batcher.submit(0)  # occupies the worker
+    time.sleep(0.05)
+    late = [batcher.submit(i, deadline=time.monotonic() + 0.05) for i in (1, 2)]
+    cancelled = batcher.submit(3, deadline=time.monotonic() + 10)
+    cancelled.cancel()  # its caller gave up
+    fine = batcher.submit(4, deadline=time.monotonic() + 10)
+    time.sleep(0.1)  # the two late ones expire while the worker is busy
+    gate.set()
+    assert first.result(timeout=5) == 0
+    assert fine.result(timeout=5) == 4
+    assert seen == [0, 4]  # nothing computed for callers that left
+    assert not any(f.done() for f in late)  # their callers time out on their own
+    assert batcher.dropped == 3  # two late, one cancelled
+    batcher.close()
+
+
+def test_under_overload_the_newest_are_answered_in_time_and_the_rest_told_at_once() -> None:
+    gate = threading.Event()
+    gate.set()
+
+    def slow(batch: list[int]) -> list[int]:
+        gate.wait(5)
+        time.sleep(0.02 * len(batch))  # 20 ms a request
+        return batch
+
+    batcher = MicroBatcher(slow, max_batch=16)
+    for i in range(3):  # measure the cost
+        batcher.submit(-i).result(timeout=5)
+    assert batcher.cost() == pytest.approx(0.02, abs=0.01)
+    gate.clear()
+    blocker = batcher.submit(-9)  # the worker is busy while ten requests arrive
+    time.sleep(0.02)
+    futures = [batcher.submit(i, deadline=time.monotonic() + 0.1) for i in range(10)]
+    started = time.monotonic()
+    gate.set()
+    blocker.result(timeout=5)
+    answered, told = [], []
+    for i, future in enumerate(futures):
+        try:
+            assert future.result(timeout=5) == i
+            answered.append(i)
+        except Overloaded:
+            told.append(i)
+    assert answered
+    assert told
+    assert answered == list(range(10 - len(answered), 10))  # the newest ones
+    assert 2 <= len(answered) <= 5  # as many as 20 ms each allows in 100 ms
+    assert time.monotonic() - started < 0.2  # nobody waited past the budget for nothing
+    batcher.close()

@@ -40,14 +40,24 @@ class Drill:
 
 
 class FaultyStages(Drill):
-    """:class:`Stages` that run a drill before each call of the wrapped stages."""
+    """:class:`Stages` that run a drill before each call of the wrapped stages.
 
-    def __init__(self, inner: Stages) -> None:
+    Args:
+        inner: the real stages.
+        row_latency_s: extra time per request row of every retrieval (a slow model: a
+            capacity of about ``1 / row_latency_s`` requests a second, for overload drills).
+    """
+
+    def __init__(self, inner: Stages, row_latency_s: float = 0.0) -> None:
         super().__init__()
-        self.inner = inner
+        self.inner, self.row_latency_s = inner, row_latency_s
+        self.rows = 0  # request rows the model computed
 
     def retrieve(self, users: np.ndarray, history: sp.csr_matrix) -> Retrieved:
         self.run("retrieval")
+        self.rows += len(users)
+        if self.row_latency_s:
+            time.sleep(self.row_latency_s * len(users))
         return self.inner.retrieve(users, history)
 
     def rank(self, retrieved: Retrieved) -> np.ndarray:

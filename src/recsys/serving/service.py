@@ -9,7 +9,9 @@ impressions, hot swap) live one level up, in :class:`recsys.serving.core.Serving
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -22,7 +24,7 @@ from recsys.bundle.reader import Bundle, history_matrix
 from recsys.errors import RecsysError
 from recsys.features.pipeline import transform_books
 from recsys.features.vocab import NUM_RESERVED
-from recsys.serving.batching import MicroBatcher
+from recsys.serving.batching import MicroBatcher, Overloaded
 from recsys.serving.catalogue import Catalogue
 from recsys.serving.live import Live
 from recsys.serving.personalised import Answer, Personal, PersonalisedPath
@@ -85,6 +87,8 @@ class RecommendationService:
         self._batcher: MicroBatcher[Personal, Answer] = MicroBatcher(
             self.personalised, max_batch=max_batch, name="recsys-stages"
         )
+        # Deeper than this, a queued request would wait out its budget: answer it at once.
+        self.max_pending = 4 * max_batch
 
     @property
     def stages(self) -> Stages | None:
@@ -123,11 +127,21 @@ class RecommendationService:
 
     def _guarded(self, request: Personal, fallback: Any) -> Answer:
         """Run the model stages for ``request`` within the time budget; popularity answers on
-        error or timeout."""
-        future = self._batcher.submit(request)
+        error or timeout, and at once when more requests wait than the model can answer in
+        time (``overloaded``). A request that timed out is withdrawn: the model never works
+        on answers nobody waits for, so it keeps personalising the load it can carry."""
+        batcher = self._batcher
+        if batcher.pending >= self.max_pending:
+            return fallback("overloaded")  # a queue this deep cannot be answered in time
+        budget = self.stage_timeout_s
+        deadline = time.monotonic() + budget if math.isfinite(budget) else None
+        future = batcher.submit(request, deadline)
         try:
             return future.result(timeout=self.stage_timeout_s)
+        except Overloaded:
+            return fallback("overloaded")
         except FutureTimeout:
+            future.cancel()  # still queued: dropped; already running: finishes unused
             log.warning(
                 "stage over its %.0f ms budget; popularity answers", self.stage_timeout_s * 1000
             )
