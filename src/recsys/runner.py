@@ -35,8 +35,11 @@ def register_settings() -> None:
     from recsys.serving.settings import AuthSettings, ServeSettings
 
     store = ConfigStore.instance()
-    serve = ServeSettings.defaults()
-    serve.pop("auth")  # the auth group: shared with `recsys token`
+    defaults = ServeSettings.defaults()
+    defaults.pop("auth")  # the auth group: shared with `recsys token`
+    serve = OmegaConf.create(defaults)
+    # a map the user fills: `'rate_limits.endpoints={/events: 6000/minute}'` adds keys
+    OmegaConf.set_struct(serve.rate_limits.endpoints, False)
     store.store(name="serve_schema", node=serve)
     store.store(group="auth", name="schema", node=AuthSettings().model_dump(mode="json"))
 

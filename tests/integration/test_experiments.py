@@ -122,10 +122,15 @@ def test_variants_serve_other_bundles_and_settings(setup: dict[str, Any]) -> Non
     assert seen["control"] == {setup["bundle"].version}
     assert seen["treatment"] == {setup["other"].name}  # two versions served at once
     user = users(setup, 1)[0]
+    setup["live"].impressions.flush()
+    counts = setup["live"].stores.experiments.experiment_counts
+    logged = counts("bundle_b")
     forced = client.post(
         f"/recommendations/users/{user}", headers={"X-Experiment-Variant": "treatment"}
     ).json()["metadata"]
     assert (forced["variant"], forced["bundle_version"]) == ("treatment", setup["other"].name)
+    setup["live"].impressions.flush()
+    assert counts("bundle_b") == logged  # a forced variant is testing, not experiment data
     bad = client.post(f"/recommendations/users/{user}", headers={"X-Experiment-Variant": "nope"})
     assert bad.status_code == 422
     # A recommender setting as a variant: two-tower answers without the ranker.

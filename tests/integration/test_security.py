@@ -412,3 +412,80 @@ def test_bad_text_and_ids_are_422(base: str, trained_bundle: dict[str, Any]) -> 
             response = httpx.request(method, f"{base}{path}", headers=ops)
             assert response.status_code == 422, (method, path[:40], response.status_code)
     assert httpx.get(f"{base}/users/{me}", headers=bearer(me)).status_code == 200
+
+
+def test_bad_tokens_are_rate_limited_too(trained_bundle: dict[str, Any], tmp_path: Path) -> None:
+    """The rate limit applies before authentication: a flood of forged tokens from one
+    address is answered 429 once the address is over its limit, not 401 forever."""
+    live = Live.from_config(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+            "auth": {"secret": SECRET},
+            "rate_limits": {"default": "3/minute"},
+        }
+    )
+    bundle = load_bundle(trained_bundle["bundle"])
+    app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
+    forged = {"Authorization": "Bearer not-a-token"}
+    with serve_in_thread(app) as url:
+        statuses = [
+            httpx.post(f"{url}/recommendations/books/b1", headers=forged).status_code
+            for _ in range(5)
+        ]
+    assert statuses == [401, 401, 401, 429, 429]
+
+
+def test_request_ids_are_bounded(base: str) -> None:
+    """A client's X-Request-ID is kept when it is a short plain id; anything else (it keys
+    impressions and log lines) is replaced by a server id."""
+    kept = httpx.get(f"{base}/healthz", headers={"X-Request-ID": "abc-123.x:y"})
+    assert kept.headers["X-Request-ID"] == "abc-123.x:y"
+    for bad in ("x" * 300, "a b", "<b>/x"):
+        answered = httpx.get(f"{base}/healthz", headers={"X-Request-ID": bad})
+        assert answered.headers["X-Request-ID"] != bad
+        assert len(answered.headers["X-Request-ID"]) == 32
+
+
+def test_retried_events_count_once_in_trending(base: str, live: Live, trained_bundle: Any) -> None:
+    """The same event sent again (a client retry) is reported as a duplicate and moves
+    trending once, not once per retry."""
+    me = user_of(trained_bundle, 5)
+    assert live.trending is not None
+    event = {"user_id": me, "book_id": "b7", "type": "purchase", "event_id": "retry-1"}
+    first = httpx.post(f"{base}/events", json=event, headers=bearer(me))
+    assert first.json() == {"stored": 1, "duplicates": 0}
+    score = dict(live.trending.top(100))["b7"]
+    retries = [httpx.post(f"{base}/events", json=event, headers=bearer(me)) for _ in range(5)]
+    batch = httpx.post(f"{base}/events", json={"events": [event] * 20}, headers=bearer(me))
+    assert {r.json()["duplicates"] for r in retries} == {1}
+    assert batch.json() == {"stored": 0, "duplicates": 20}
+    assert dict(live.trending.top(100))["b7"] == pytest.approx(score, rel=1e-3)
+
+
+def test_forwarded_for_cannot_dodge_the_rate_limit(
+    trained_bundle: dict[str, Any], tmp_path: Path
+) -> None:
+    """`recsys serve` believes X-Forwarded-For only from configured proxies: a client that
+    names a new address on every request is still one caller."""
+    from recsys.serving.local import spawn_server
+
+    process, url = spawn_server(
+        [
+            f"bundle={trained_bundle['bundle']}",
+            f"store.url=sqlite:///{tmp_path}/s.db",
+            "auth.enabled=false",
+            "rate_limits.endpoints={/recommendations/trending: 3/minute}",
+        ],
+        {"RECSYS_ROOT": str(tmp_path)},
+    )
+    try:
+        statuses = [
+            httpx.get(
+                f"{url}/recommendations/trending", headers={"X-Forwarded-For": f"10.9.0.{i}"}
+            ).status_code
+            for i in range(5)
+        ]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert statuses == [200, 200, 200, 429, 429]

@@ -100,9 +100,12 @@ def test_cli_overrides_reach_the_settings(tmp_path: Path) -> None:
             "auth.enabled=false",
             "engine=ray",
             "ray.topology=chained",
+            "rate_limits.endpoints={/events: 6000/minute}",  # a map that takes new keys
         ],
     )
     typed = settings(cfg)
+    assert typed.rate_limits is not None
+    assert typed.rate_limits.endpoints == {"/events": "6000/minute"}
     assert typed.cache.redis_url == "redis://127.0.0.1:6399/0"
     assert typed.rate_limits.redis_url == "redis://127.0.0.1:6399/0"  # shared with the cache
     assert typed.store.url is None

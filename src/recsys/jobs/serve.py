@@ -59,7 +59,16 @@ def serve_local(cfg: ServeSettings, bundle: object) -> None:
             "auth is on: get a token with `recsys token sub=<user id>` "
             "(or start with auth.enabled=false)"
         )
-    uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
+    # X-Forwarded-For is believed only from `forwarded_allow_ips` (default none): otherwise any
+    # local client could pick the address its rate limit is counted under.
+    uvicorn.run(
+        app,
+        host=str(cfg.host),
+        port=int(cfg.port),
+        log_level="warning",
+        proxy_headers=bool(cfg.forwarded_allow_ips),
+        forwarded_allow_ips=cfg.forwarded_allow_ips or None,
+    )
 
 
 def serve_ray(cfg: ServeSettings, bundle: str) -> None:

@@ -154,8 +154,10 @@ class ServingCore:
             "variant": arm.variant,
         }
         cached = await self._cached(svc, user_id, params, request_id)
+        logged = forced is None  # a forced variant (testing) is no experiment data
         if cached is not None:
-            self._impression(user_id, arm, cached)
+            if logged:
+                self._impression(user_id, arm, cached)
             return cached
         response = await self.respond(
             "user",
@@ -168,7 +170,8 @@ class ServingCore:
         if cache is not None and response.metadata.fallback_reason not in TRANSIENT:
             cache.put(svc.version, user_id, params, response.model_dump_json())
         body = response.model_dump(mode="json")
-        self._impression(user_id, arm, body)
+        if logged:
+            self._impression(user_id, arm, body)
         return body
 
     async def _cached(

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Path, Request
 
-from recsys.serving.auth import Principal
+from recsys.serving.auth import Principal, Unauthorized
 from recsys.serving.books import Books
 from recsys.serving.core import ServingCore
 from recsys.serving.ingest import Ingest
@@ -33,18 +33,23 @@ async def core(request: Request) -> ServingCore:
 
 
 async def guard(request: Request) -> None:
-    """Every API route: who is calling (bearer token), and their rate limit."""
+    """Every API route: who is calling (bearer token), and their rate limit. A request with
+    a bad token is counted against its address before it is refused, so floods of bad
+    tokens are limited too."""
     live = core_of(request).live
-    principal = live.auth.principal(request.headers.get("authorization"))
+    address = f"ip:{request.client.host if request.client else '-'}"
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    try:
+        principal = live.auth.principal(request.headers.get("authorization"))
+    except Unauthorized:
+        if live.limiter is not None:
+            live.limiter.check(address, route)  # 429 once the address is over its limit
+        raise
     request.state.principal = principal
     if live.limiter is not None:
-        identity = (
-            f"sub:{principal.subject}"
-            if principal is not None and live.auth.enabled
-            else f"ip:{request.client.host if request.client else '-'}"
-        )
-        route = request.scope.get("route")
-        live.limiter.check(identity, getattr(route, "path", request.url.path))
+        by_token = principal is not None and live.auth.enabled
+        identity = f"sub:{principal.subject}" if principal is not None and by_token else address
+        live.limiter.check(identity, route)
 
 
 def principal(request: Request) -> Principal | None:

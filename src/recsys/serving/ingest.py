@@ -44,16 +44,16 @@ class Ingest:
             Event(e.user_id, e.book_id, e.type, e.timestamp or now, e.value, e.event_id or "")
             for e in batch
         ]
-        stored, duplicates = stores.events.append(rows)
+        new = stores.events.append_new(rows)
         live = self.core.live
-        if live.trending is not None:
-            for event in rows:
+        if live.trending is not None:  # a retried event counts once
+            for event in new:
                 live.trending.add(event.book_id, event.type, event.ts, now)
         if live.cache is not None:
-            for user in {e.user_id for e in rows}:
+            for user in {e.user_id for e in new}:
                 live.cache.invalidate_user(user, svc.version)
-        self.core.metrics.events.inc(stored)
-        return stored, duplicates
+        self.core.metrics.events.inc(len(new))
+        return len(new), len(rows) - len(new)
 
     def _listed(self, svc: RecommendationService, book_id: str) -> bool:
         catalogue = svc.catalogue

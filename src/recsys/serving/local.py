@@ -27,7 +27,10 @@ def free_port() -> int:
 def serve_in_thread(app: FastAPI, timeout_s: float = 60.0) -> Iterator[str]:
     """Start ``app`` on a free loopback port, yield its base URL, stop it on exit."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

@@ -4,6 +4,7 @@ the request log) and the request body limit."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from recsys.serving.metrics import Metrics
 
 logger = structlog.get_logger("recsys.serving")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # safe as a log field and a store key
 
 
 class BodyLimit:
@@ -80,7 +82,9 @@ def add_request_context(app: FastAPI, echo_request_id: bool) -> None:
 
     @app.middleware("http")
     async def request_context(request: Request, call_next: Any) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request.headers.get("x-request-id") or ""
+        if not _REQUEST_ID.fullmatch(request_id):  # too long or odd: ours instead
+            request_id = uuid.uuid4().hex
         request.state.request_id = request_id
         request.state.source = "-"
         started = time.perf_counter()

@@ -116,6 +116,9 @@ class ServeSettings(LiveSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     stage_timeout_ms: float = Field(default=STAGE_TIMEOUT_MS, gt=0)
+    forwarded_allow_ips: str = Field(
+        default="", description="proxies whose X-Forwarded-For is believed (comma list; '*')"
+    )
     ray: RaySettings = Field(default_factory=RaySettings)
     # a served config limits every caller by default (the design's per-user budget)
     rate_limits: RateLimitSettings | None = Field(default_factory=RateLimitSettings)

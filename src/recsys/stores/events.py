@@ -41,6 +41,16 @@ class SqlEventStore:
 
     def append(self, batch: list[Event]) -> tuple[int, int]:
         """Store events durably (one transaction); returns (stored, duplicates)."""
+        stored = self.append_new(batch)
+        return len(stored), len(batch) - len(stored)
+
+    def append_new(self, batch: list[Event]) -> list[Event]:
+        """Store events durably (one transaction); returns those not stored before (a retry's
+        duplicates are left out, so they count once everywhere, trending included)."""
+        events_in = [event.with_id() for event in batch]
+        if not events_in:
+            return []
+        now = time.time()
         rows = [
             {
                 "event_id": e.event_id,
@@ -49,25 +59,25 @@ class SqlEventStore:
                 "type": e.type,
                 "value": e.value,
                 "ts": e.ts,
-                "received_at": time.time(),
+                "received_at": now,
             }
-            for e in (event.with_id() for event in batch)
+            for e in events_in
         ]
-        if not rows:
-            return 0, 0
         insert = (
             self.db.insert(events)
             .on_conflict_do_nothing(index_elements=["event_id"])
             .returning(events.c.event_id)
         )
         with self.db.engine.begin() as conn:
-            stored = len(conn.execute(insert, rows).all())
-            new_users = {r["user_id"] for r in rows}
+            new_ids = {str(i) for (i,) in conn.execute(insert, rows).all()}
             conn.execute(
                 self.db.insert(users).on_conflict_do_nothing(index_elements=["user_id"]),
-                [{"user_id": u, "created_at": time.time(), "profile": "{}"} for u in new_users],
+                [
+                    {"user_id": u, "created_at": now, "profile": "{}"}
+                    for u in {r["user_id"] for r in rows}
+                ],
             )
-        return stored, len(rows) - stored
+        return [e for e in events_in if e.event_id in new_ids]
 
     def history(self, user_id: str) -> list[tuple[str, float, str]]:
         """(book_id, ts, type) of the user's history events, oldest first."""

@@ -23,6 +23,9 @@ class NullEvents:
     def append(self, batch: list[Event]) -> tuple[int, int]:
         _unavailable()
 
+    def append_new(self, batch: list[Event]) -> list[Event]:
+        _unavailable()
+
     def history(self, user_id: str) -> list[tuple[str, float, str]]:
         _unavailable()
 
