@@ -489,3 +489,19 @@ def test_forwarded_for_cannot_dodge_the_rate_limit(
         process.terminate()
         process.wait(timeout=30)
     assert statuses == [200, 200, 200, 429, 429]
+
+
+def test_one_users_event_id_never_swallows_anothers(
+    base: str, trained_bundle: dict[str, Any]
+) -> None:
+    """Event ids are idempotency keys per user: user B's event with an id user A used is
+    stored (it was answered `duplicates: 1` and dropped)."""
+    first, second = user_of(trained_bundle, 7), user_of(trained_bundle, 8)
+    event = {"book_id": "b9", "type": "view", "event_id": "client-seq-1"}
+    a = httpx.post(f"{base}/events", json={**event, "user_id": first}, headers=bearer(first))
+    b = httpx.post(f"{base}/events", json={**event, "user_id": second}, headers=bearer(second))
+    again = httpx.post(f"{base}/events", json={**event, "user_id": second}, headers=bearer(second))
+    assert a.json() == b.json() == {"stored": 1, "duplicates": 0}
+    assert again.json() == {"stored": 0, "duplicates": 1}
+    history = httpx.get(f"{base}/users/{second}/history", headers=bearer(second)).json()
+    assert "b9" in [item["book_id"] for item in history["history"] if item["source"] == "event"]

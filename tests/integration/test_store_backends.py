@@ -98,15 +98,66 @@ class StoreSuite:
     def store(self, url: str) -> Iterator[Stores]:
         store = open_store(url)
         yield store
-        if store.db is not None and not store.db.is_sqlite:  # one server: leave it empty
-            import sqlalchemy as sa
+        _empty(store)
 
-            from recsys.stores.schema import metadata
+    def test_event_ids_are_unique_per_user(self, store: Stores) -> None:
+        """An event id makes one user's retries idempotent; another user's event with the
+        same id is another event (it was silently dropped before)."""
+        now = time.time()
+        assert store.events.append([Event("ann", "b1", "read", now, None, "same")]) == (1, 0)
+        assert store.events.append([Event("bob", "b2", "read", now, None, "same")]) == (1, 0)
+        assert store.events.append([Event("bob", "b2", "read", now, None, "same")]) == (0, 1)
+        both = [
+            Event("cy", "b1", "read", now, None, "x"),
+            Event("dee", "b1", "read", now, None, "x"),
+        ]
+        assert [e.user_id for e in store.events.append_new(both)] == ["cy", "dee"]
+        assert store.events.event_histories() == {
+            "ann": ["b1"],
+            "bob": ["b2"],
+            "cy": ["b1"],
+            "dee": ["b1"],
+        }
 
-            metadata.drop_all(store.db.engine)
-            with store.db.engine.begin() as conn:
-                conn.execute(sa.text("DROP TABLE IF EXISTS settings"))
-        store.close()
+    def test_a_store_from_before_is_migrated(self, url: str) -> None:
+        """A store written when event ids were unique across users opens with its events
+        kept and per-user ids from then on (twice: the migration runs once)."""
+        import sqlalchemy as sa
+
+        old = sa.MetaData()
+        table = sa.Table(
+            "events",
+            old,
+            sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("event_id", sa.String(128), nullable=False, unique=True),
+            sa.Column("user_id", sa.String(200), nullable=False),
+            sa.Column("book_id", sa.String(200), nullable=False),
+            sa.Column("type", sa.String(32), nullable=False),
+            sa.Column("value", sa.Float, nullable=True),
+            sa.Column("ts", sa.Float, nullable=False),
+            sa.Column("received_at", sa.Float, nullable=False),
+            sa.Index("events_user_ts", "user_id", "ts"),
+            sa.Index("events_ts", "ts"),
+        )
+        engine = sa.create_engine(url)
+        old.create_all(engine)
+        row = {"book_id": "b1", "type": "read", "value": None, "received_at": 0.0}
+        with engine.begin() as conn:
+            conn.execute(table.insert(), [{**row, "event_id": "e1", "user_id": "ann", "ts": 1.0}])
+            conn.execute(table.insert(), [{**row, "event_id": "e2", "user_id": "ann", "ts": 2.0}])
+        engine.dispose()
+        for _ in range(2):
+            store = open_store(url)
+            assert [b for b, _, _ in store.events.history("ann")] == ["b1", "b1"]
+            store.close()
+        store = open_store(url)
+        try:
+            assert store.events.append([Event("bob", "b2", "read", 3.0, None, "e1")]) == (1, 0)
+            assert store.events.append([Event("ann", "b2", "read", 3.0, None, "e1")]) == (0, 1)
+            assert store.events.append([Event("ann", "b3", "read", 4.0)]) == (1, 0)
+            assert [b for b, _, _ in store.events.history("ann")] == ["b1", "b1", "b3"]
+        finally:
+            _empty(store)
 
     def test_events(self, store: Stores) -> None:
         now = time.time()
@@ -207,6 +258,19 @@ class StoreSuite:
         entry = store.users.audit()[-1]
         assert (entry["actor"], entry["events"]) == ("dpo", 3)
         assert "ann" not in str(entry)
+
+
+def _empty(store: Stores) -> None:
+    """Close ``store``; on the module's one PostgreSQL server, drop its tables first."""
+    if store.db is not None and not store.db.is_sqlite:
+        import sqlalchemy as sa
+
+        from recsys.stores.schema import metadata
+
+        metadata.drop_all(store.db.engine)
+        with store.db.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS settings"))
+    store.close()
 
 
 class TestSQLite(StoreSuite):

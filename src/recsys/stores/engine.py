@@ -73,6 +73,37 @@ class Database:
         return sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
 
     def _migrate(self) -> None:
+        """Bring stores created by earlier versions to this schema."""
+        self._migrate_books()
+        self._migrate_event_ids()
+
+    def _migrate_event_ids(self) -> None:
+        """Event ids were unique across all users (one user's retry could swallow another's
+        event); they are unique per user now. SQLite cannot drop a constraint: the table is
+        copied into the new schema, in one transaction."""
+        unique = sa.inspect(self.engine).get_unique_constraints("events")
+        if not any(u["column_names"] == ["event_id"] for u in unique):
+            return
+        table = metadata.tables["events"]
+        with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                name = next(u["name"] for u in unique if u["column_names"] == ["event_id"])
+                conn.exec_driver_sql(f'ALTER TABLE events DROP CONSTRAINT "{name}"')
+                conn.exec_driver_sql(
+                    "ALTER TABLE events ADD CONSTRAINT events_user_event UNIQUE (user_id, event_id)"
+                )
+                return
+            conn.exec_driver_sql("ALTER TABLE events RENAME TO events_before_migration")
+            for index in table.indexes:
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+            table.create(conn)
+            columns = ", ".join(c.name for c in table.columns)
+            conn.exec_driver_sql(
+                f"INSERT INTO events ({columns}) SELECT {columns} FROM events_before_migration"
+            )
+            conn.exec_driver_sql("DROP TABLE events_before_migration")
+
+    def _migrate_books(self) -> None:
         """Add columns that stores created by earlier versions lack."""
         present = {c["name"] for c in sa.inspect(self.engine).get_columns("books")}
         added = {

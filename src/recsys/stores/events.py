@@ -22,7 +22,7 @@ def check_history_types(types: Iterable[str]) -> tuple[str, ...]:
 
 
 class SqlEventStore:
-    """Events by user, idempotent by ``event_id``.
+    """Events by user, idempotent by ``(user_id, event_id)``.
 
     Args:
         db: the shared database.
@@ -65,11 +65,11 @@ class SqlEventStore:
         ]
         insert = (
             self.db.insert(events)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(events.c.event_id)
+            .on_conflict_do_nothing(index_elements=["user_id", "event_id"])
+            .returning(events.c.user_id, events.c.event_id)
         )
         with self.db.engine.begin() as conn:
-            new_ids = {str(i) for (i,) in conn.execute(insert, rows).all()}
+            new_ids = {(str(u), str(i)) for u, i in conn.execute(insert, rows).all()}
             conn.execute(
                 self.db.insert(users).on_conflict_do_nothing(index_elements=["user_id"]),
                 [
@@ -77,7 +77,7 @@ class SqlEventStore:
                     for u in {r["user_id"] for r in rows}
                 ],
             )
-        return [e for e in events_in if e.event_id in new_ids]
+        return [e for e in events_in if (e.user_id, e.event_id) in new_ids]
 
     def history(self, user_id: str) -> list[tuple[str, float, str]]:
         """(book_id, ts, type) of the user's history events, oldest first."""

@@ -1,6 +1,6 @@
 """Tables of the serving database (SQLAlchemy Core), shared by every role store.
 
-``events`` (idempotent by ``event_id``), ``users`` (profiles), ``books`` (the catalogue:
+``events`` (idempotent by ``(user_id, event_id)``), ``users`` (profiles), ``books`` (the catalogue:
 seeded from the bundle, then edited through the API), ``deleted_users`` (suppression list: a
 salted hash of each erased id, so erased users stay out of later exports and batch outputs
 without keeping the id), ``audit_log`` (who erased what and when, counts only),
@@ -23,7 +23,7 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("event_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("event_id", sa.String(128), nullable=False),
     sa.Column("user_id", sa.String(200), nullable=False),
     sa.Column("book_id", sa.String(200), nullable=False),
     sa.Column("type", sa.String(32), nullable=False),
@@ -32,6 +32,8 @@ events = sa.Table(
     sa.Column("received_at", sa.Float, nullable=False),
     sa.Index("events_user_ts", "user_id", "ts"),
     sa.Index("events_ts", "ts"),
+    # idempotency per user: another user's event with the same id is a different event
+    sa.UniqueConstraint("user_id", "event_id", name="events_user_event"),
 )
 users = sa.Table(
     "users",
