@@ -169,6 +169,16 @@ def test_impressions_clicks_and_report(
                 "type": "click",
             }
             assert client.post("/feedback", json=click).status_code == 202
+    # a click on a list served to someone else is refused and counts nowhere
+    unclicked = next(u for u in users(setup, 60) if u != user)  # any reader whose list this was not
+    stolen = {
+        "request_id": body["metadata"]["request_id"],
+        "user_id": unclicked,
+        "book_id": body["recommendations"][0]["book_id"],
+    }
+    refused = client.post("/feedback", json=stolen)
+    assert refused.status_code == 403
+    assert "another user" in refused.json()["detail"]
     setup["live"].impressions.flush()  # write what the background writer has not yet
     counts = setup["live"].stores.experiments.experiment_counts("ctr_test")
     assert counts["control"][0] == served["control"]

@@ -234,6 +234,8 @@ class StoreSuite:
                 for i, (user, variant) in enumerate([("ann", "control"), ("bob", "treatment")])
             ]
         )
+        assert store.experiments.impression_owner("r1") == "bob"
+        assert store.experiments.impression_owner("r9") is None
         store.experiments.log_feedback("r1", "bob", "b2", "click")
         store.experiments.log_feedback("r1", "bob", "b3", "click")  # one impression, 2 clicks
         counts = store.experiments.experiment_counts("x")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from recsys.errors import RecsysError
+from recsys.serving.auth import Forbidden
 from recsys.serving.core import ServingCore
 from recsys.serving.schemas import EventIn, FeedbackIn
 from recsys.serving.service import RecommendationService
@@ -63,8 +64,14 @@ class Ingest:
         return self.core.live.stores.catalogue.book(book_id) is not None
 
     def feedback(self, body: FeedbackIn) -> None:
-        """A reader's reaction to a served list (``click`` counts toward click-through)."""
-        self.core.live.stores.experiments.log_feedback(
-            body.request_id, body.user_id, body.book_id, body.type
-        )
+        """A reader's reaction to a served list (``click`` counts toward click-through).
+        Feedback on a list served to another user is refused (403): one reader cannot click
+        for another in an experiment's figures."""
+        live = self.core.live
+        if live.impressions is not None:
+            live.impressions.flush()  # a click can come right after its list
+        owner = live.stores.experiments.impression_owner(body.request_id)
+        if owner is not None and owner != body.user_id:
+            raise Forbidden(f"list {body.request_id} was served to another user")
+        live.stores.experiments.log_feedback(body.request_id, body.user_id, body.book_id, body.type)
         self.core.metrics.feedback.labels(body.type).inc()

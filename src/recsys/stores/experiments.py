@@ -38,6 +38,13 @@ class SqlExperimentStore:
                 )
             )
 
+    def impression_owner(self, request_id: str) -> str | None:
+        """The user a logged list was served to (None: no impression with that id)."""
+        query = sa.select(impressions.c.user_id).where(impressions.c.request_id == request_id)
+        with self.db.engine.connect() as conn:
+            owner = conn.execute(query).scalar()
+        return None if owner is None else str(owner)
+
     def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]:
         """variant -> (impressions, impressions with at least one click)."""
         clicked = (

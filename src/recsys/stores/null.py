@@ -92,6 +92,9 @@ class NullExperiments:
     def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None:
         _unavailable()
 
+    def impression_owner(self, request_id: str) -> str | None:
+        _unavailable()
+
     def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]:
         _unavailable()
 
