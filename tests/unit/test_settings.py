@@ -155,3 +155,18 @@ def test_null_sections() -> None:
         Live.from_config({"cache": {"ttl": 5}})  # a misspelt key is refused, in one line
     with pytest.raises(RecsysError, match=r"bad serving setting store\.history_types"):
         Live.from_config({"store": {"history_types": ["skim"]}})
+
+
+def test_production_ray_config_survives_a_replica_death() -> None:
+    """The production Serve config runs two replicas of every deployment and shares its
+    state (store, cache, rate limits) outside the replicas."""
+    path = RAY_CONFIG.with_name("config.production.yaml")
+    app = yaml.safe_load(path.read_text())["applications"][0]
+    args = RayAppArgs.model_validate(app["args"])
+    assert args.topology == "chained"
+    assert min(args.ingress_replicas, args.retrieval_replicas, args.ranking_replicas) >= 2
+    assert args.live.store.url is not None
+    assert args.live.store.url.startswith("postgresql")
+    assert args.live.cache.redis_url is not None
+    assert args.live.rate_limits is not None
+    assert args.live.rate_limits.redis_url == args.live.cache.redis_url

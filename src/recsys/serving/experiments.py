@@ -62,6 +62,8 @@ class Experiment:
         if not name:
             raise RecsysError("an experiment needs a name")
         variants = {str(k): float(v) for k, v in (raw.get("variants") or {}).items()}
+        if max(map(len, [name, *variants])) > 200:  # they key stored impressions
+            raise RecsysError(f"experiment {name[:40]}: names of at most 200 characters")
         if len(variants) < 2:
             raise RecsysError(f"experiment {name}: give at least two variants")
         if any(v < 0 for v in variants.values()) or abs(sum(variants.values()) - 100) > 1e-6:
