@@ -7,10 +7,8 @@ import signal
 import threading
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import ValidationError
 
-from recsys.errors import RecsysError
-from recsys.serving.settings import ServeSettings
+from recsys.serving.settings import ServeSettings, validated
 
 
 def settings(cfg: DictConfig) -> ServeSettings:
@@ -18,12 +16,7 @@ def settings(cfg: DictConfig) -> ServeSettings:
     raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
     raw.pop("paths", None)
-    try:
-        return ServeSettings.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RecsysError(f"bad serve setting {where}: {first['msg']}") from None
+    return validated(ServeSettings, raw, "serve setting")
 
 
 def main(cfg: DictConfig) -> None:

@@ -10,15 +10,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from recsys.errors import RecsysError
 from recsys.serving.auth import Authenticator
 from recsys.serving.breaker import Breaker
 from recsys.serving.cache import ResponseCache
 from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
-from recsys.serving.settings import LiveSettings
+from recsys.serving.settings import LiveSettings, validated
 from recsys.serving.trending import Trending
 from recsys.stores import Stores, null_stores, open_store
 
@@ -70,7 +67,11 @@ class Live:
     def from_config(cls, cfg: LiveSettings | dict[str, Any]) -> Live:
         """From the live settings (or their plain-data form: the ``store``, ``trending``,
         ``cache``, ``auth``, ``rate_limits``, ``experiments`` sections of the serve config)."""
-        settings = cfg if isinstance(cfg, LiveSettings) else _validated(cfg)
+        settings = (
+            cfg
+            if isinstance(cfg, LiveSettings)
+            else validated(LiveSettings, cfg, "serving setting")
+        )
         trend, cache, limits = settings.trending, settings.cache, settings.rate_limits
         live = cls(
             open_store(settings.store.url, settings.store.history_types),
@@ -94,12 +95,3 @@ class Live:
         )
         live.refresh_trending(force=True)
         return live
-
-
-def _validated(raw: dict[str, Any]) -> LiveSettings:
-    try:
-        return LiveSettings.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RecsysError(f"bad serving setting {where}: {first['msg']}") from None

@@ -8,11 +8,14 @@ builder (:class:`recsys.serving.ray_app.RayAppArgs` takes a :class:`LiveSettings
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from recsys.errors import RecsysError
 from recsys.stores.schema import EVENT_TYPES
+
+M = TypeVar("M", bound=BaseModel)
 
 STAGE_TIMEOUT_MS = 100.0  # the personalised path's budget before popularity answers
 EventType = Literal["view", "rate", "want_to_read", "read", "purchase"]
@@ -131,3 +134,14 @@ class ServeSettings(LiveSettings):
     def defaults(cls) -> dict[str, Any]:
         """Every default as plain data (the base of the Hydra ``serve`` config)."""
         return cls().model_dump(mode="json")
+
+
+def validated(model: type[M], raw: dict[Any, Any], what: str) -> M:
+    """``raw`` as ``model``; a bad value is one line naming the key (``bad <what> cache.ttl_s:
+    Input should be greater than 0``), not a pydantic report."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RecsysError(f"bad {what} {where}: {first['msg']}") from None
