@@ -52,7 +52,10 @@ class Load:
                 except httpx.HTTPError as exc:
                     self.outcomes[f"transport:{type(exc).__name__}"] += 1
                     continue
-                self.outcomes[str(response.status_code)] += 1
+                status = str(response.status_code)
+                if status == "503" and "retry-after" not in response.headers:
+                    status = "503 without Retry-After"
+                self.outcomes[status] += 1
                 if response.status_code == 200 and "metadata" in response.text:
                     meta = response.json()["metadata"]
                     self.answers[meta["fallback_reason"] or meta["source"]] += 1
@@ -297,3 +300,57 @@ def _stored_ids(db: Path) -> list[str]:
 
     with sqlite3.connect(db) as conn:
         return [str(i) for (i,) in conn.execute("SELECT event_id FROM events")]
+
+
+def test_postgres_restarted_under_load(trained_bundle: dict[str, Any]) -> None:
+    """The store on PostgreSQL, stopped (as by a crash) for 3 s under load and started again:
+    writes answer 503 with Retry-After meanwhile (never a 500, never an acknowledgement that
+    is not stored), recommendations keep answering, and writes succeed again after."""
+    import sqlalchemy as sa
+    from tests.helpers.postgres_server import PostgresServer
+
+    pg = PostgresServer()
+    pg.start()
+    live = Live.from_config(
+        {"store": {"url": pg.url}, "auth": {"enabled": False}, "cache": {"enabled": False}}
+    )
+    bundle = load_bundle(trained_bundle["bundle"])
+    app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
+    users = bundle.known_histories.get_column("user_id")[:50].to_list()
+    acked: set[str] = set()
+
+    def event(client: httpx.Client, i: int) -> httpx.Response:
+        answer = client.post(
+            "/events",
+            json={"user_id": users[i % 50], "book_id": "b4", "type": "view", "event_id": f"e{i}"},
+        )
+        if answer.status_code == 202:
+            acked.add(f"{users[i % 50]}/e{i}")
+        return answer
+
+    calls = [
+        event,
+        lambda c, i: c.post(f"/recommendations/users/{users[i % 50]}", json={"limit": 5}),
+        lambda c, i: c.get("/recommendations/trending"),
+    ]
+    try:
+        with serve_in_thread(app) as base, Load(base, calls) as load:
+            time.sleep(1.5)
+            pg.stop("immediate")
+            time.sleep(3.0)
+            pg.start()
+            time.sleep(3.0)
+        numbers = load.report("PostgreSQL stopped 3 s under load")
+        engine = sa.create_engine(pg.url)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT user_id, event_id FROM events")).all()
+        engine.dispose()
+    finally:
+        live.close()
+        pg.remove()
+    stored = {f"{u}/{e}" for u, e in rows}
+    assert set(load.outcomes) <= {"200", "202", "503"}, load.outcomes  # 503s carry Retry-After
+    assert load.outcomes["503"] > 0  # the outage was real
+    assert load.answers["store_unavailable"] + load.answers["personalized"] > 0
+    assert not acked - stored  # every acknowledged event is stored
+    assert numbers["sent"] - numbers["failed"] > 100

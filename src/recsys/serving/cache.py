@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from recsys.serving.breaker import TIMEOUT_S, Breaker
+from recsys.breaker import TIMEOUT_S, Breaker
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from recsys.serving.schemas import (
 from recsys.serving.service import RecommendationService
 
 log = logging.getLogger(__name__)
-TRANSIENT = ("timeout", "stage_error", "overloaded")  # fallbacks never cached
+TRANSIENT = ("timeout", "stage_error", "overloaded", "store_unavailable")  # fallbacks never cached
 Call = Callable[[RecommendationService], Answer]
 
 

@@ -42,7 +42,7 @@ async def client_error(request: Request, exc: Exception) -> JSONResponse:
     headers = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | StoreUnavailable) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(status_code=status, content={"detail": str(exc)}, headers=headers)
 

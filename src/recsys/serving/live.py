@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from recsys.breaker import Breaker
 from recsys.serving.auth import Authenticator
-from recsys.serving.breaker import Breaker
 from recsys.serving.cache import ResponseCache
 from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
 from recsys.serving.settings import LiveSettings, validated
 from recsys.serving.trending import Trending
-from recsys.stores import Stores, null_stores, open_store
+from recsys.stores import Stores, StoreUnavailable, null_stores, open_store
 
 
 @dataclass
@@ -47,11 +47,15 @@ class Live:
             return
         now = time.time()
         if force or now - self.trending.built_at >= self.refresh_s:
-            self.trending.rebuild(self.stores.events.recent(now - self.trending.window_s), now)
+            try:
+                recent = list(self.stores.events.recent(now - self.trending.window_s))
+            except StoreUnavailable:  # keep the current scores until the store is back
+                return
+            self.trending.rebuild(recent, now)
 
     def breakers(self) -> list[Breaker]:
         """The circuit breakers of the Redis-backed parts (for ``/metrics``)."""
-        out = []
+        out = [self.stores.db.breaker] if self.stores.db is not None else []
         if self.cache is not None and self.cache.redis is not None:
             out.append(self.cache.breaker)
         if self.limiter is not None and self.limiter.shared is not None:

@@ -11,8 +11,8 @@ from limits import RateLimitItem, parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from recsys.breaker import TIMEOUT_S, Breaker
 from recsys.errors import RecsysError
-from recsys.serving.breaker import TIMEOUT_S, Breaker
 
 
 class RateLimited(RecsysError):

@@ -30,6 +30,7 @@ from recsys.serving.live import Live
 from recsys.serving.personalised import Answer, Personal, PersonalisedPath
 from recsys.serving.schemas import Filters
 from recsys.serving.stages import LocalStages, Stages
+from recsys.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,16 @@ class RecommendationService:
             return known or None
         return list(dict.fromkeys([*known, *events]))
 
+    def _known_history(self, user_id: str | None) -> list[str] | None:
+        """The user's history for re-ranking a list, or None (no user, or the store is
+        unreachable: erasure cannot be checked, so the list is not personalised)."""
+        if not user_id:
+            return None
+        try:
+            return self.user_history(user_id)
+        except StoreUnavailable:
+            return None
+
     # --- endpoints -------------------------------------------------------------------------
 
     def sibling(self, bundle: Bundle) -> RecommendationService:
@@ -211,7 +222,10 @@ class RecommendationService:
     ) -> Answer:
         exclude = {i for i in (self.catalogue.index.get(b, 1) for b in exclude_ids) if i >= 2}
         allowed = self.catalogue.allowed(filters, exclude)
-        history = self.user_history(user_id)
+        try:
+            history = self.user_history(user_id)
+        except StoreUnavailable:  # erasure cannot be checked: nothing personal until it can
+            return self.path.popular(limit, exclude, allowed, "store_unavailable")
         if not history:
             return self.path.popular(limit, exclude, allowed, "unknown_user")
         matrix = self.history_matrix([history])
@@ -236,7 +250,7 @@ class RecommendationService:
         top, scores = self.retriever.search(query, fetch, [{index}], allowed)
         books = [int(b) for b in top[0] if b >= 0]
         sims = [float(s) for s in scores[0][: len(books)]]
-        stored = self.user_history(user_id) if user_id else None
+        stored = self._known_history(user_id)
         history = list(stored or []) + list(preferences or [])
         if history and books:  # re-rank for the user: similarity + affinity to their reading
             matrix = self.history_matrix([history])
@@ -261,7 +275,7 @@ class RecommendationService:
     ) -> Answer:
         for book in seed_books:
             self.book_index(book)  # unknown seed books are a client error
-        stored = self.user_history(user_id) if user_id else None
+        stored = self._known_history(user_id)
         combined = list(stored or []) + list(history) + list(seed_books)
         allowed = self.catalogue.allowed(filters, set())
         known = [b for b in combined if self.catalogue.index.get(b, 1) >= NUM_RESERVED]

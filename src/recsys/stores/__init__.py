@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from recsys.stores.base import Stores, StoreUnavailable
+from recsys.stores.base import Stores
 from recsys.stores.catalogue import SqlCatalogueStore
 from recsys.stores.engine import Database
+from recsys.stores.errors import StoreUnavailable
 from recsys.stores.events import SqlEventStore, check_history_types
 from recsys.stores.experiments import SqlExperimentStore
 from recsys.stores.null import null_stores

@@ -10,16 +10,9 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from recsys.errors import RecsysError
 from recsys.stores.engine import Database
+from recsys.stores.errors import NO_STORE, StoreUnavailable
 from recsys.stores.schema import Event
-
-NO_STORE = "this server runs without a store (store.url=null)"
-
-
-class StoreUnavailable(RecsysError):
-    """An operation that needs the store, on a server without one (HTTP 503, with the
-    reason)."""
 
 
 class EventStore(Protocol):

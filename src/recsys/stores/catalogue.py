@@ -29,12 +29,12 @@ class SqlCatalogueStore:
         """Add the bundle's books the catalogue does not have yet (every start: a new bundle
         brings its new books; edits and delistings made through the API are kept). Returns
         rows added."""
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             known = {str(b) for (b,) in conn.execute(sa.select(books.c.book_id))}
         frame = frame.filter(~pl.col("book_id").cast(pl.String).is_in(list(known)))
         now = time.time()
         rows = [_seed_row(r, now) for r in frame.iter_rows(named=True)]
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             for start in range(0, len(rows), 5000):
                 conn.execute(books.insert(), rows[start : start + 5000])
         return len(rows)
@@ -49,7 +49,7 @@ class SqlCatalogueStore:
         query = sa.select(
             books.c.book_id, books.c.title, books.c.authors, books.c.year, books.c.language
         ).where(books.c.deleted == sa.false())
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(query).all()
         return pl.DataFrame(
             [tuple(r) for r in rows],
@@ -66,13 +66,13 @@ class SqlCatalogueStore:
     def added_books(self) -> list[dict[str, Any]]:
         """Listed books created through the API (no bundle has them until retraining)."""
         query = sa.select(books).where(books.c.origin == "api", books.c.deleted == sa.false())
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             return [_book(r) for r in conn.execute(query)]
 
     def book(self, book_id: str) -> dict[str, Any] | None:
         """A listed book (None when absent or delisted)."""
         query = sa.select(books).where(books.c.book_id == book_id, books.c.deleted == sa.false())
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             row = conn.execute(query).first()
         return _book(row) if row is not None else None
 
@@ -83,7 +83,7 @@ class SqlCatalogueStore:
         if "tags" in values:
             values["tags"] = json.dumps(list(values["tags"] or []))
         values["updated_at"] = time.time()
-        with self._lock, self.db.engine.begin() as conn:
+        with self._lock, self.db.begin() as conn:
             row = conn.execute(sa.select(books.c.deleted).where(books.c.book_id == book_id)).first()
             listed = row is not None and not row[0]
             if create and listed:
@@ -109,7 +109,7 @@ class SqlCatalogueStore:
             .where(books.c.book_id == book_id, books.c.deleted == sa.false())
             .values(deleted=True, updated_at=time.time())
         )
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             return bool(conn.execute(query).rowcount)
 
     def search_books(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -117,7 +117,7 @@ class SqlCatalogueStore:
         words = [w for w in "".join(c if c.isalnum() else " " for c in query).split() if w]
         if not words:
             return []
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             if self.db.is_sqlite:
                 match = " ".join(f'"{w}"*' for w in words)
                 rows = conn.exec_driver_sql(

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from recsys.breaker import Breaker
 from recsys.errors import RecsysError
+from recsys.stores.errors import StoreUnavailable
 from recsys.stores.schema import metadata, settings
+
+STORE_RETRY_S = 2  # Retry-After of a 503 while the store is unreachable
 
 # SQLite full-text search over titles and authors, kept in step by triggers.
 _FTS = [
@@ -46,8 +52,13 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.breaker = Breaker("store")  # counts failures; /metrics shows it down 5 s after one
+        # a server that does not answer fails a request in seconds, not at the OS timeout
+        connect_args = {} if self.is_sqlite else {"connect_timeout": 2}
         try:
-            self.engine: Engine = sa.create_engine(url)
+            self.engine: Engine = sa.create_engine(
+                url, pool_pre_ping=not self.is_sqlite, connect_args=connect_args
+            )
         except (sa.exc.ArgumentError, ModuleNotFoundError) as exc:
             raise RecsysError(f"bad store.url {url!r}: {exc}") from None
         if self.is_sqlite:
@@ -61,6 +72,36 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection; the database being unreachable is :class:`StoreUnavailable`."""
+        with self._unreachable_is_unavailable(), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction (committed on success); unreachable is :class:`StoreUnavailable`.
+        Nothing is acknowledged unless the commit succeeded."""
+        with self._unreachable_is_unavailable(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _unreachable_is_unavailable(self) -> Iterator[None]:
+        try:
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            self.breaker.failed(exc)
+            raise StoreUnavailable(
+                "the store is unreachable; retry shortly", retry_after=STORE_RETRY_S
+            ) from exc
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            self.breaker.failed(exc)
+            raise StoreUnavailable(
+                "the store connection was lost; retry shortly", retry_after=STORE_RETRY_S
+            ) from exc
 
     def user_hash(self, user_id: str) -> str:
         """The salted hash that stands for an erased user (never the id itself)."""

@@ -68,7 +68,7 @@ class SqlEventStore:
             .on_conflict_do_nothing(index_elements=["user_id", "event_id"])
             .returning(events.c.user_id, events.c.event_id)
         )
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             new_ids = {(str(u), str(i)) for u, i in conn.execute(insert, rows).all()}
             conn.execute(
                 self.db.insert(users).on_conflict_do_nothing(index_elements=["user_id"]),
@@ -86,7 +86,7 @@ class SqlEventStore:
             .where(events.c.user_id == user_id, events.c.type.in_(self.history_types))
             .order_by(events.c.ts, events.c.seq)
         )
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             return [(str(b), float(t), str(k)) for b, t, k in conn.execute(query)]
 
     def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
@@ -94,7 +94,7 @@ class SqlEventStore:
         of serving (a prepared text statement: ~35 µs on SQLite, where building the same
         query with the expression language costs ~200 µs)."""
         params = {"h": self.db.user_hash(user_id), "u": user_id}
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(self._serving_query, params).all()
         if rows and rows[0][0] == 1:
             return True, []
@@ -108,7 +108,7 @@ class SqlEventStore:
             .order_by(events.c.user_id, events.c.ts, events.c.seq)
         )
         out: dict[str, list[str]] = {}
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             for user, book in conn.execute(query):
                 out.setdefault(str(user), []).append(str(book))
         return out
@@ -116,6 +116,6 @@ class SqlEventStore:
     def recent(self, since: float) -> Iterator[tuple[str, str, float]]:
         """(book_id, type, ts) of events since ``since``: trending."""
         query = sa.select(events.c.book_id, events.c.type, events.c.ts).where(events.c.ts >= since)
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             for book, kind, ts in conn.execute(query):
                 yield str(book), str(kind), float(ts)

@@ -23,11 +23,11 @@ class SqlExperimentStore:
         if not rows:
             return
         insert = self.db.insert(impressions).on_conflict_do_nothing(index_elements=["request_id"])
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             conn.execute(insert, rows)
 
     def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None:
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             conn.execute(
                 feedback.insert().values(
                     at=time.time(),
@@ -41,7 +41,7 @@ class SqlExperimentStore:
     def impression_owner(self, request_id: str) -> str | None:
         """The user a logged list was served to (None: no impression with that id)."""
         query = sa.select(impressions.c.user_id).where(impressions.c.request_id == request_id)
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             owner = conn.execute(query).scalar()
         return None if owner is None else str(owner)
 
@@ -62,5 +62,5 @@ class SqlExperimentStore:
             .where(impressions.c.experiment == name)
             .group_by(impressions.c.variant)
         )
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             return {str(v): (int(n), int(c)) for v, n, c in conn.execute(query)}

@@ -9,7 +9,8 @@ from typing import Any, NoReturn
 
 import polars as pl
 
-from recsys.stores.base import NO_STORE, Stores, StoreUnavailable
+from recsys.stores.base import Stores
+from recsys.stores.errors import NO_STORE, StoreUnavailable
 from recsys.stores.schema import EVENT_TYPES, Event
 
 

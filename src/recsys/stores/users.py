@@ -20,7 +20,7 @@ class SqlUserStore:
         self.db = db
 
     def user(self, user_id: str) -> dict[str, Any] | None:
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             row = conn.execute(sa.select(users).where(users.c.user_id == user_id)).first()
         if row is None:
             return None
@@ -33,12 +33,12 @@ class SqlUserStore:
         query = sa.select(deleted_users.c.user_hash).where(
             deleted_users.c.user_hash == self.db.user_hash(user_id)
         )
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             return conn.execute(query).first() is not None
 
     def deleted_filter(self, user_ids: Iterable[str]) -> set[str]:
         """The ids among ``user_ids`` that were erased."""
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             hashes = {str(h) for (h,) in conn.execute(sa.select(deleted_users.c.user_hash))}
         if not hashes:
             return set()
@@ -58,7 +58,7 @@ class SqlUserStore:
             "impressions": impressions,
             "feedback": feedback,
         }
-        with self.db.engine.begin() as conn:
+        with self.db.begin() as conn:
             details = {
                 name: int(conn.execute(sa.delete(t).where(t.c.user_id == user_id)).rowcount)
                 for name, t in owned.items()
@@ -79,7 +79,7 @@ class SqlUserStore:
         return details
 
     def audit(self) -> list[dict[str, Any]]:
-        with self.db.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.id)).all()
         return [
             {
