@@ -16,8 +16,11 @@ def test_batches_form_under_load_and_keep_order() -> None:
     sizes: list[int] = []
     release = threading.Event()
 
+    order: list[int] = []
+
     def square(batch: list[int]) -> list[int]:
         sizes.append(len(batch))
+        order.extend(batch)
         release.wait(5)  # the first batch blocks while the others queue up
         return [x * x for x in batch]
 
@@ -27,6 +30,7 @@ def test_batches_form_under_load_and_keep_order() -> None:
     assert [f.result(timeout=5) for f in futures] == [i * i for i in range(9)]
     assert max(sizes) == 4  # the queued requests were answered in full batches
     assert sum(sizes) == 9
+    assert order == list(range(9))  # without deadlines: first come, first served
     batcher.close()
 
 

@@ -113,14 +113,16 @@ class MicroBatcher(Generic[Req, Res]):
             if not i.future.cancelled() and (i.deadline is None or i.deadline > now)
         ]  # fmt: skip
         self.dropped += len(self._carry) - len(fresh)
+        timed = any(i.deadline is not None for i in fresh)  # else first come, first served
         batch: list[_Item[Req, Res]] = []
-        for item in reversed(fresh):
+        for item in reversed(fresh) if timed else fresh:
             fits = item.deadline is None or (len(batch) + 1) * cost <= item.deadline - now
             if len(batch) < self.max_batch and (fits or not batch):
                 batch.append(item)
             elif len(batch) == self.max_batch or not fits:
                 break
-        batch.reverse()
+        if timed:
+            batch.reverse()
         taken = {id(item) for item in batch}
         rest = deque(i for i in fresh if id(i) not in taken)
         busy_until = now + len(batch) * cost
