@@ -22,6 +22,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from recsys.data.prepared import PreparedData, prepare
 from recsys.errors import RecsysError
+from recsys.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -145,24 +146,26 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
         erased = _erased(store, data.train, data.val)
         if data.summary.get("source_config") == source and not erased:
             log.info("using prepared data in %s", folder)
+            store.close()
             return data
         if erased:
             log.info("prepared data in %s holds %d erased user(s); preparing again", folder, erased)
         else:
             log.info("prepared data in %s came from another config; preparing again", folder)
     dataset = hydra.utils.instantiate(cfg.data.reader)
-    if store is not None:  # GDPR: erased users never reach training data again
-        deleted = store.users.deleted_filter(dataset.interactions.get_column("user_id").unique())
-        if deleted:
-            users = dataset.users
-            if "user_id" in users.columns:
-                users = users.filter(~pl.col("user_id").is_in(deleted))
-            dataset = dataclasses.replace(
-                dataset,
-                interactions=dataset.interactions.filter(~pl.col("user_id").is_in(deleted)),
-                users=users,
-            )
-            log.info("dropped %d erased user(s) from %s", len(deleted), dataset.name)
+    # GDPR: erased users never reach training data again (none where there is no store)
+    deleted = store.users.deleted_filter(dataset.interactions.get_column("user_id").unique())
+    store.close()
+    if deleted:
+        users = dataset.users
+        if "user_id" in users.columns:
+            users = users.filter(~pl.col("user_id").is_in(deleted))
+        dataset = dataclasses.replace(
+            dataset,
+            interactions=dataset.interactions.filter(~pl.col("user_id").is_in(deleted)),
+            users=users,
+        )
+        log.info("dropped %d erased user(s) from %s", len(deleted), dataset.name)
     split_fn = hydra.utils.instantiate(cfg.split)
     data = prepare(dataset, split_fn)
     data.summary["source_config"] = source
@@ -171,15 +174,15 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
     return data
 
 
-def _erasure_store(cfg: DictConfig) -> Any:
+def _erasure_store(cfg: DictConfig) -> Stores:
+    """The serving store, for its erasures (the null set, with none, where there is no store
+    file yet or no ``paths``); batch jobs never create one."""
     from recsys.stores import open_store
 
-    return open_store(cfg.paths.get("store_url"), create=False) if "paths" in cfg else None
+    return open_store(cfg.paths.get("store_url") if "paths" in cfg else None, create=False)
 
 
-def _erased(store: Any, *frames: pl.DataFrame) -> int:
-    if store is None:
-        return 0
+def _erased(store: Stores, *frames: pl.DataFrame) -> int:
     users = pl.concat([f.select("user_id") for f in frames]).get_column("user_id").unique()
     return len(store.users.deleted_filter(users.to_list()))
 

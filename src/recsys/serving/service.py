@@ -34,8 +34,6 @@ from recsys.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Answer", "Personal", "RecommendationService", "UnknownBook"]
-
 
 class UnknownBook(RecsysError):
     """A book id that is not in the model's catalogue (HTTP 404)."""
