@@ -37,6 +37,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "recsys.jobs.experiments_report",
         "click-through per variant of an experiment, with intervals",
     ),
+    "store backup": (
+        "store_backup",
+        "recsys.jobs.store_backup",
+        "back up the store (consistent while serving) -> one file + manifest",
+    ),
+    "store restore": (
+        "store_restore",
+        "recsys.jobs.store_restore",
+        "restore a store backup (checksum verified; force=true to replace data)",
+    ),
     "token": ("token", "recsys.jobs.token", "issue a development JWT (sub=…, scopes=[…])"),
     "demo": ("demo", "recsys.jobs.demo", "the whole product end to end, offline"),
 }

@@ -4,6 +4,9 @@ point in time, and bad input is one clear line, never a traceback."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -14,9 +17,11 @@ from typing import Any
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from tests.helpers.hydra import compose_config
 from tests.helpers.postgres_server import PostgresServer
 
 from recsys.errors import RecsysError
+from recsys.jobs.store_restore import main as restore_main
 from recsys.stores import Event, open_store
 from recsys.stores.backup import backup_store, manifest_path, restore_store
 from recsys.stores.schema import metadata
@@ -252,6 +257,58 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RecsysError, match=r"cannot reach the store at .*:\*\*\*@") as caught:
         backup_store(pg, path)
     assert "secret" not in str(caught.value)
+
+
+def recsys(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "recsys", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RECSYS_ROOT": str(tmp_path)},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_backs_up_restores_and_refuses_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    _populate(source)
+    path = tmp_path / "backups" / "store.backup"
+    done = recsys(tmp_path, "store", "backup", f"store.url={source}", f"backup.path={path}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1
+    assert "5 events" in done.stdout
+    assert path.is_file()
+    assert manifest_path(path).is_file()
+
+    done = recsys(tmp_path, "store", "restore", f"backup.path={path}", f"store.url={source}")
+    assert done.returncode == 2
+    assert "holds data" in done.stderr
+    assert "force=true" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    corrupt = tmp_path / "corrupt.backup"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    manifest_path(corrupt).write_text(manifest_path(path).read_text())
+    fresh = tmp_path / "fresh.db"
+    done = recsys(
+        tmp_path, "store", "restore", f"backup.path={corrupt}", f"store.url=sqlite:///{fresh}"
+    )
+    assert done.returncode == 2
+    assert "is corrupt: sha256" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not fresh.exists()
+
+    cfg = compose_config(
+        "store_restore", tmp_path, [f"backup.path={path}", f"store.url=sqlite:///{fresh}"]
+    )
+    restore_main(cfg)
+    assert capsys.readouterr().out.startswith(f"restored {path}")
+    assert _tables(f"sqlite:///{fresh}") == _tables(source)
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
