@@ -20,3 +20,33 @@ def copy_version(source: Path, version: str, corrupt: bool = False) -> Path:
             ranker = next((target / "ranker").glob("*.pt"))
             ranker.write_bytes(ranker.read_bytes()[:-16] + b"\0" * 16)
     return target
+
+
+def reversed_ranker(source: Path) -> Path:
+    """A genuinely different model: a new version of the bundle at ``source`` (written once,
+    through :func:`recsys.bundle.derive.derive`, not promoted) whose ranker scores are negated,
+    so it ranks the same candidates in the opposite order. A response that mixes the two
+    versions' stages, or carries one version's name with the other's list, is then visible."""
+    from recsys.bundle import layout
+    from recsys.bundle.derive import derive
+    from recsys.bundle.reader import load_bundle
+    from recsys.bundle.writer import save_module
+
+    marker = source.parent / f".{source.name}.reversed"
+    if marker.exists():
+        return source.parent / marker.read_text().strip()
+    bundle = load_bundle(source)
+    folder = bundle.path / layout.RANKER
+    ranker = bundle.ranker
+    last = ranker.mlp[-1]
+    last.weight.data.neg_()
+    last.bias.data.neg_()
+    args = json.loads(layout.module_args(folder, layout.RANKER_MODULE).read_text())
+
+    def write(target: Path) -> None:
+        shutil.copy2(folder / layout.GENERATOR, target / layout.GENERATOR)
+        save_module(ranker, target, layout.RANKER_MODULE, args)
+
+    new = derive(bundle, {layout.RANKER: write}, promote=False)
+    marker.write_text(new.name)
+    return new

@@ -5,7 +5,6 @@ Thresholds come from the guarantees (no 5xx, no failed request), not from what w
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.helpers.load import Load
 from tests.helpers.redis_server import RedisServer
 
 from recsys.bundle.reader import load_bundle
@@ -24,57 +24,6 @@ from recsys.serving.local import serve_in_thread
 from recsys.serving.service import RecommendationService
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-class Load:
-    """Client threads sending a mix of requests until stopped; every outcome counted."""
-
-    def __init__(
-        self,
-        base: str,
-        calls: list[Callable[[httpx.Client, int], httpx.Response]],
-        clients: int = 4,
-    ) -> None:
-        self.base, self.calls = base, calls
-        self.outcomes: collections.Counter[str] = collections.Counter()
-        self.answers: collections.Counter[str] = collections.Counter()  # source/fallback
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
-
-    def _run(self, worker: int) -> None:
-        with httpx.Client(base_url=self.base, timeout=10) as client:
-            i = worker
-            while not self._stop.is_set():
-                call = self.calls[i % len(self.calls)]
-                i += 1
-                try:
-                    response = call(client, i)
-                except httpx.HTTPError as exc:
-                    self.outcomes[f"transport:{type(exc).__name__}"] += 1
-                    continue
-                status = str(response.status_code)
-                if status == "503" and "retry-after" not in response.headers:
-                    status = "503 without Retry-After"
-                self.outcomes[status] += 1
-                if response.status_code == 200 and "metadata" in response.text:
-                    meta = response.json()["metadata"]
-                    self.answers[meta["fallback_reason"] or meta["source"]] += 1
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def report(self, name: str) -> dict[str, int]:
-        sent = sum(self.outcomes.values())
-        failed = sum(n for s, n in self.outcomes.items() if not s.startswith("2"))
-        print(f"\n{name}: sent {sent}, failed {failed}, outcomes {dict(self.outcomes)}")
-        return {"sent": sent, "failed": failed}
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def serve_ray(cfg: ServeSettings, bundle: str) -> None:
         stage_timeout_ms=float(cfg.stage_timeout_ms),
         live=cfg.live().model_dump(mode="json"),
     )
-    ray_runner.start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    ray_runner.start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.haproxy)
     import ray
 
     stop = threading.Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,39 @@ def ray_env() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` or start a local Ray (no dashboard, quiet)."""
+# HAProxy as Serve's ingress (Ray's high-throughput mode). Beyond connection failures it
+# replays a request whose replica closed the connection without answering (a replica killed
+# mid-request): every recsys read is safe to replay, and a replayed event keeps its event_id,
+# which the store deduplicates.
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+}
+
+
+def start_ray(
+    address: str | None = None, num_cpus: int | None = None, haproxy: bool = False
+) -> None:
+    """Connect to ``address`` or start a local Ray (no dashboard, quiet).
+
+    ``haproxy``: a local Ray with HAProxy as the Serve ingress (:data:`HAPROXY_ENV`; needs
+    the ``haproxy`` binary). A cluster sets these variables where it starts Ray.
+    """
     ray_env()
     import ray
 
     if ray.is_initialized():
         return
+    if haproxy and not address and shutil.which("haproxy") is None:
+        raise RecsysError(
+            "ray.haproxy=true needs the haproxy binary: apt-get install haproxy "
+            "(`make install` does), or set ray.haproxy=false."
+        )
+    for key, value in HAPROXY_ENV.items():  # the Ray processes started below inherit these
+        if haproxy and not address:
+            os.environ[key] = value
+        else:
+            os.environ.pop(key, None)
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:

@@ -109,6 +109,11 @@ class RaySettings(_Section):
         default=None, description="null keeps the Serve config's choice"
     )
     num_cpus: int | None = None
+    haproxy: bool = Field(
+        default=False,
+        description="a local Ray with HAProxy as the Serve ingress: faster, and a request "
+        "whose replica dies mid-answer is replayed on another (needs the haproxy package)",
+    )
 
 
 class ServeSettings(LiveSettings):
