@@ -163,7 +163,7 @@ def test_impressions_clicks_and_report(
         # treatment readers click every list, control readers every other one
         if variant == "treatment" or served[variant] % 2 == 0:
             click = {
-                "request_id": body["metadata"]["request_id"],
+                "impression_id": body["metadata"]["impression_id"],
                 "user_id": user,
                 "book_id": body["recommendations"][0]["book_id"],
                 "type": "click",
@@ -172,7 +172,7 @@ def test_impressions_clicks_and_report(
     # a click on a list served to someone else is refused and counts nowhere
     unclicked = next(u for u in users(setup, 60) if u != user)  # any reader whose list this was not
     stolen = {
-        "request_id": body["metadata"]["request_id"],
+        "request_id": body["metadata"]["impression_id"],  # the field's former name
         "user_id": unclicked,
         "book_id": body["recommendations"][0]["book_id"],
     }
@@ -205,6 +205,37 @@ def test_impressions_clicks_and_report(
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.404, abs=1e-3)
     assert high == pytest.approx(0.596, abs=1e-3)
+
+
+def test_caller_chosen_request_ids_never_key_impressions(setup: dict[str, Any]) -> None:
+    """Two readers sending the same X-Request-ID get their own impressions; each one's click
+    counts; the echoed request id stays the caller's."""
+    client = setup["client"]
+    apply(setup, {"experiments": [{"name": "ids", "variants": {"control": 50, "other": 50}}]})
+    readers = users(setup, 2)
+    bodies = [
+        client.post(
+            f"/recommendations/users/{u}", json={"limit": 3}, headers={"X-Request-ID": "same-1"}
+        ).json()
+        for u in readers
+    ]
+    ids = [b["metadata"]["impression_id"] for b in bodies]
+    assert [b["metadata"]["request_id"] for b in bodies] == ["same-1", "same-1"]
+    assert len(set(ids)) == 2
+    assert "same-1" not in ids
+    for user, body, impression in zip(readers, bodies, ids, strict=True):
+        click = {
+            "impression_id": impression,
+            "user_id": user,
+            "book_id": body["recommendations"][0]["book_id"],
+        }
+        assert client.post("/feedback", json=click).status_code == 202
+    setup["live"].impressions.flush()
+    counts = setup["live"].stores.experiments.experiment_counts("ids")
+    assert sum(n for n, _ in counts.values()) == sum(c for _, c in counts.values()) == 2
+    # without X-Request-ID the generated request id is the impression id
+    plain = client.post(f"/recommendations/users/{readers[0]}", json={"limit": 2}).json()
+    assert plain["metadata"]["impression_id"] == plain["metadata"]["request_id"]
 
 
 def test_traffic_change_and_promotion_under_load(setup: dict[str, Any]) -> None:

@@ -139,10 +139,17 @@ class ServingCore:
     # --- recommendation policies -----------------------------------------------------------
 
     async def recommend_user(
-        self, user_id: str, req: RecommendRequest, forced: str | None, request_id: str
+        self,
+        user_id: str,
+        req: RecommendRequest,
+        forced: str | None,
+        request_id: str,
+        impression_id: str,
     ) -> dict[str, Any]:
         """A user's list as response JSON: experiment arm, then the cache, else the model
-        (cached unless a transient fallback); the impression logged under an experiment."""
+        (cached unless a transient fallback); the impression logged under an experiment as
+        ``impression_id`` (server-chosen and unique: ``metadata.impression_id``, the key
+        feedback names)."""
         try:
             arm = self.experiments.assign(user_id, forced)
         except RecsysError as exc:
@@ -157,7 +164,7 @@ class ServingCore:
         logged = forced is None  # a forced variant (testing) is no experiment data
         if cached is not None:
             if logged:
-                self._impression(user_id, arm, cached)
+                self._impression(user_id, arm, cached, impression_id)
             return cached
         response = await self.respond(
             "user",
@@ -171,7 +178,7 @@ class ServingCore:
             cache.put(svc.version, user_id, params, response.model_dump_json())
         body = response.model_dump(mode="json")
         if logged:
-            self._impression(user_id, arm, body)
+            self._impression(user_id, arm, body, impression_id)
         return body
 
     async def _cached(
@@ -197,13 +204,16 @@ class ServingCore:
         )
         return cached
 
-    def _impression(self, user_id: str, arm: Assignment, body: dict[str, Any]) -> None:
+    def _impression(
+        self, user_id: str, arm: Assignment, body: dict[str, Any], impression_id: str
+    ) -> None:
         """Log a list served under an experiment (written in the background)."""
         if arm.experiment is None or self.live.impressions is None:
             return
+        body["metadata"]["impression_id"] = impression_id
         self.live.impressions.add(
             {
-                "request_id": body["metadata"]["request_id"],
+                "request_id": impression_id,
                 "at": time.time(),
                 "user_id": user_id,
                 "experiment": arm.experiment,

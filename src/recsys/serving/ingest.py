@@ -70,8 +70,10 @@ class Ingest:
         live = self.core.live
         if live.impressions is not None:
             live.impressions.flush()  # a click can come right after its list
-        owner = live.stores.experiments.impression_owner(body.request_id)
+        owner = live.stores.experiments.impression_owner(body.impression_id)
         if owner is not None and owner != body.user_id:
-            raise Forbidden(f"list {body.request_id} was served to another user")
-        live.stores.experiments.log_feedback(body.request_id, body.user_id, body.book_id, body.type)
+            raise Forbidden(f"list {body.impression_id} was served to another user")
+        live.stores.experiments.log_feedback(
+            body.impression_id, body.user_id, body.book_id, body.type
+        )
         self.core.metrics.feedback.labels(body.type).inc()

@@ -83,9 +83,12 @@ def add_request_context(app: FastAPI, echo_request_id: bool) -> None:
     @app.middleware("http")
     async def request_context(request: Request, call_next: Any) -> Response:
         request_id = request.headers.get("x-request-id") or ""
-        if not _REQUEST_ID.fullmatch(request_id):  # too long or odd: ours instead
+        ours = not _REQUEST_ID.fullmatch(request_id)
+        if ours:  # none, too long or odd: ours instead
             request_id = uuid.uuid4().hex
         request.state.request_id = request_id
+        # a caller-chosen id may repeat or collide with another caller's: never a record key
+        request.state.unique_id = request_id if ours else uuid.uuid4().hex
         request.state.source = "-"
         started = time.perf_counter()
         try:

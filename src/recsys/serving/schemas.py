@@ -6,7 +6,7 @@ import math
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 MAX_LIMIT = 50
 MAX_LIST = 200
@@ -130,6 +130,7 @@ class Metadata(BaseModel):
     cache: Literal["l1", "l2"] | None = None  # set when the answer came from the cache
     experiment: str | None = None  # the active experiment the user is in
     variant: str | None = None
+    impression_id: str | None = None  # a list logged under an experiment: name it in feedback
 
 
 class RecommendationResponse(BaseModel):
@@ -232,9 +233,17 @@ class Erasure(BaseModel):
 
 
 class FeedbackIn(RequestModel):
-    """A reaction to a served list: ``request_id`` of the response it was in."""
+    """A reaction to a served list: ``impression_id`` of the response it was in
+    (``request_id`` is accepted as its former name)."""
 
-    request_id: str = Field(..., min_length=1, max_length=128, pattern=PATH_ID_PATTERN)
+    impression_id: str = Field(
+        ...,
+        min_length=1,
+        max_length=128,
+        pattern=PATH_ID_PATTERN,
+        validation_alias=AliasChoices("impression_id", "request_id"),
+        description="metadata.impression_id of the list reacted to",
+    )
     user_id: str = ID
     book_id: str = ID
     type: Literal["click", "add_to_list", "purchase", "dismiss"] = "click"

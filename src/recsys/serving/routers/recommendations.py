@@ -43,6 +43,7 @@ async def user_recommendations(
         body or RecommendRequest.model_validate({}),
         request.headers.get("x-experiment-variant"),
         request.state.request_id,
+        request.state.unique_id,
     )
     request.state.source = answer["metadata"]["source"]
     return JSONResponse(answer)
