@@ -72,6 +72,7 @@ def guarded(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Print user errors as one line and exit 2, instead of a traceback."""
 
     def task(cfg: DictConfig) -> Any:
+        _redact_saved_config()
         try:
             return fn(cfg)
         except MissingMandatoryValue as exc:
@@ -92,6 +93,19 @@ def guarded(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     task.__name__ = fn.__name__
     task.__module__ = fn.__module__
     return task
+
+
+def _redact_saved_config() -> None:
+    """Mask secrets in what Hydra saved under ``.hydra/`` before the job starts."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from recsys.redact import redact_saved_config
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is not None:
+        redact_saved_config(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir)
 
 
 def run(config_name: str, fn: Callable[[DictConfig], Any], argv: list[str]) -> None:

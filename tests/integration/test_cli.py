@@ -82,3 +82,28 @@ def test_bring_your_own_data(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["data"]["split"]["kind"] == "leave_last_n"
     assert metrics["metrics"]["users"] == 60
+
+
+def test_secrets_never_left_in_run_outputs(tmp_path: Path) -> None:
+    """A key or a database password given on the command line is masked in the copies of
+    the configuration Hydra saves under outputs/…/.hydra/; Ray is never handed the key."""
+    secret = "k" * 24 + "-never-written"
+    done = recsys(
+        tmp_path,
+        "token",
+        "sub=u1",
+        f"auth.secret={secret}",
+        "+db=postgresql+psycopg://recsys:hunter2-pass@db:5432/recsys",
+    )
+    assert done.returncode == 0, done.stderr
+    saved = list((tmp_path / "outputs").rglob(".hydra/*.yaml"))
+    assert {p.name for p in saved} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    text = "".join(p.read_text() for p in saved)
+    assert secret not in text
+    assert "hunter2-pass" not in text
+    assert "auth.secret=***" in text  # the override is still on record, masked
+    assert "recsys:***@db" in text
+    done = recsys(tmp_path, "serve", "engine=ray", f"auth.secret={secret}")
+    assert done.returncode == 2
+    assert "auth.secret_file" in done.stderr
+    assert "Traceback" not in done.stderr

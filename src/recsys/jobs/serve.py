@@ -8,6 +8,7 @@ import threading
 
 from omegaconf import DictConfig, OmegaConf
 
+from recsys.errors import RecsysError
 from recsys.serving.settings import ServeSettings, validated
 
 
@@ -23,6 +24,13 @@ def main(cfg: DictConfig) -> None:
     from recsys.bundle.reader import load_bundle
 
     typed = settings(cfg)
+    if typed.engine == "ray" and typed.auth.enabled and typed.auth.secret:
+        raise RecsysError(
+            "auth.secret is not handed to Ray replicas (it would be stored in the "
+            "application's args, readable by anyone with access to the cluster): put the key "
+            "in auth.secret_file on a volume every node mounts, or in RECSYS_JWT_SECRET where "
+            "Ray starts."
+        )
     bundle = load_bundle(typed.bundle)  # fail fast, with the bundle's own error message
     if typed.engine == "local":
         serve_local(typed, bundle)
@@ -66,6 +74,7 @@ def serve_local(cfg: ServeSettings, bundle: object) -> None:
 
 def serve_ray(cfg: ServeSettings, bundle: str) -> None:
     from recsys.serving import ray_runner
+
 
     config = ray_runner.with_overrides(
         ray_runner.load_config(cfg.ray.config),
