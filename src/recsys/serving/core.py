@@ -24,6 +24,7 @@ from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr
 from recsys.serving.live import Live
 from recsys.serving.metrics import Metrics
 from recsys.serving.personalised import Answer
+from recsys.serving.quality import Coverage, QualityCollector, author_diversity
 from recsys.serving.schemas import (
     ExperimentsOverview,
     ExperimentStatus,
@@ -48,7 +49,8 @@ class ServingCore:
 
     Args:
         service: the service of the bundle the process starts with.
-        metrics: where answers, cache lookups, impressions and swaps are counted.
+        metrics: where answers, cache lookups, impressions and swaps are counted, with the
+            served lists' diversity and coverage.
     """
 
     def __init__(self, service: RecommendationService, metrics: Metrics | None = None) -> None:
@@ -56,6 +58,8 @@ class ServingCore:
         self.live: Live = service.live
         self.experiments = Experiments(service.sibling, service, self.install)
         self.metrics.watch(self.live.breakers())
+        self.coverage = Coverage(self.live.monitoring.coverage_window_s)
+        self.metrics.registry.register(QualityCollector(self.coverage, self.served_bundles))
         self.watcher: FileWatcher | None = None
 
     @property
@@ -63,6 +67,12 @@ class ServingCore:
         """The service of the current default bundle (changes on a swap)."""
         current: RecommendationService = self.experiments.default
         return current
+
+    def served_bundles(self) -> list[tuple[str, dict[str, Any]]]:
+        """(version, manifest metrics) of the default bundle and the variants' bundles."""
+        services = [self.service, *self.experiments.services.values()]
+        unique = {s.version: s.bundle.manifest.metrics for s in services}
+        return sorted(unique.items())
 
     def start(self) -> None:
         """Background work: watch the experiments file, when one is configured."""
@@ -201,6 +211,7 @@ class ServingCore:
         """Log a list served under an experiment (written in the background)."""
         if arm.experiment is None or self.live.impressions is None:
             return
+        bundle = body["metadata"]["bundle_version"]
         self.live.impressions.add(
             {
                 "request_id": body["metadata"]["request_id"],
@@ -209,9 +220,10 @@ class ServingCore:
                 "experiment": arm.experiment,
                 "variant": arm.variant,
                 "books": json.dumps([i["book_id"] for i in body["recommendations"]]),
+                "bundle": bundle,
             }
         )
-        self.metrics.impressions.labels(arm.experiment, arm.variant).inc()
+        self.metrics.impressions.labels(arm.experiment, arm.variant, bundle).inc()
 
     async def respond(
         self,
@@ -224,12 +236,30 @@ class ServingCore:
         worker thread, count it, and shape the answer as the response."""
         svc = chosen or self.service
         started = time.perf_counter()
+        answer = await self._answer(endpoint, call, svc)
+        return self._shape(svc, answer, started, request_id)
+
+    async def _answer(self, endpoint: str, call: Call, svc: RecommendationService) -> Answer:
+        """``call`` on ``svc`` in a worker thread, counted: latency, fallback, and the list's
+        diversity and catalogue coverage."""
+        started = time.perf_counter()
         answer = await run_in_threadpool(call, svc)
         self.metrics.service.labels(endpoint).observe(time.perf_counter() - started)
         for stage, ms in answer.timings_ms.items():
             self.metrics.stage.labels(stage).observe(ms / 1000)
         if answer.fallback_reason:
             self.metrics.fallbacks.labels(answer.fallback_reason).inc()
+        authors = svc.catalogue.authors
+        diversity = author_diversity([authors[b] for b in answer.books])
+        if diversity is not None:  # an empty list has none
+            self.metrics.diversity.labels(endpoint, svc.version).observe(diversity)
+            self.coverage.add(svc.version, svc.catalogue, answer.books, time.time())
+        return answer
+
+    def _shape(
+        self, svc: RecommendationService, answer: Answer, started: float, request_id: str
+    ) -> RecommendationResponse:
+        """The answer as the response (``started``: when the service call began)."""
         cat = svc.catalogue
         items = [
             Recommendation(
