@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
+from recsys.serving.drift import DriftCollector, DriftMonitor
 from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr_report
 from recsys.serving.live import Live
 from recsys.serving.metrics import Metrics
@@ -50,7 +51,7 @@ class ServingCore:
     Args:
         service: the service of the bundle the process starts with.
         metrics: where answers, cache lookups, impressions and swaps are counted, with the
-            served lists' diversity and coverage.
+            served lists' diversity and coverage and the inputs' drift.
     """
 
     def __init__(self, service: RecommendationService, metrics: Metrics | None = None) -> None:
@@ -58,7 +59,11 @@ class ServingCore:
         self.live: Live = service.live
         self.experiments = Experiments(service.sibling, service, self.install)
         self.metrics.watch(self.live.breakers())
-        self.coverage = Coverage(self.live.monitoring.coverage_window_s)
+        watch = self.live.monitoring
+        self.drift = DriftMonitor(watch.drift_window, watch.drift_min_samples)
+        self.drift.rebase(service.bundle)
+        self.coverage = Coverage(watch.coverage_window_s)
+        self.metrics.registry.register(DriftCollector(self.drift))
         self.metrics.registry.register(QualityCollector(self.coverage, self.served_bundles))
         self.watcher: FileWatcher | None = None
 
@@ -119,6 +124,7 @@ class ServingCore:
         if self.live.cache is not None:
             self.live.cache.clear()  # level 2 is keyed by bundle version
         self.metrics.swaps.labels("loaded").inc()
+        self.drift.rebase(service.bundle)
         log.info("bundle swapped: %s -> %s", old.version, service.version)
         self.experiments.retire(old)
 
@@ -158,6 +164,9 @@ class ServingCore:
         except RecsysError as exc:
             raise BadVariant(str(exc)) from None
         svc: RecommendationService = arm.service
+        default = svc is self.service  # drift compares inputs with the default bundle's
+        if default:
+            self.drift.request(user_id)
         params = {
             **req.model_dump(mode="json"),
             "experiment": arm.experiment,
@@ -169,12 +178,15 @@ class ServingCore:
             if logged:
                 self._impression(user_id, arm, cached)
             return cached
-        response = await self.respond(
+        started = time.perf_counter()
+        answer = await self._answer(
             "user",
             lambda s: s.for_user(user_id, req.limit, req.exclude, req.filters, arm.retrieval_only),
-            request_id,
             svc,
         )
+        if default:
+            self.drift.answer(answer, scored=not arm.retrieval_only)
+        response = self._shape(svc, answer, started, request_id)
         response.metadata.experiment, response.metadata.variant = arm.experiment, arm.variant
         cache = svc.live.cache
         if cache is not None and response.metadata.fallback_reason not in TRANSIENT:

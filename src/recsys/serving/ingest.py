@@ -54,6 +54,8 @@ class Ingest:
             for user in {e.user_id for e in new}:
                 live.cache.invalidate_user(user, svc.version)
         self.core.metrics.events.inc(len(new))
+        for event in new:
+            self.core.drift.event(event.type, event.book_id)
         return len(new), len(rows) - len(new)
 
     def _listed(self, svc: RecommendationService, book_id: str) -> bool:

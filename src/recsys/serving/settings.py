@@ -84,10 +84,14 @@ class ExperimentSettings(_Section):
 
 
 class MonitoringSettings(_Section):
-    """Business metrics (docs/operations.md, "Monitoring and alerts")."""
+    """Business and drift metrics (docs/operations.md, "Monitoring and alerts")."""
 
     coverage_window_s: float = Field(
         default=3600.0, gt=0, description="catalogue coverage counts books served this recently"
+    )
+    drift_window: int = Field(default=2000, ge=1, description="live values kept per signal")
+    drift_min_samples: int = Field(
+        default=200, ge=1, description="live values a drift signal needs before it is exported"
     )
 
 
