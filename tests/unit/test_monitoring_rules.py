@@ -1,6 +1,6 @@
 """The Prometheus rules: valid and unit-tested by ``promtool`` (Debian's ``prometheus``
 package, installed by ``make install``; skipped with the reason where it is absent), and
-every alert complete and tested firing and not firing."""
+every alert complete, tested firing and not firing, and in the runbook."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "serving" / "monitoring" / "prometheus" / "rules.yml"
 RULES_TEST = RULES.with_name("rules_test.yml")
+RUNBOOK = REPO / "docs" / "operations.md"
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -73,3 +74,10 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
     }
     for name in names:
         assert cases.get(name) == {True, False}, f"{name}: test it firing and not firing"
+
+
+def test_every_alert_has_a_runbook_line() -> None:
+    runbook = RUNBOOK.read_text().split("## Monitoring and alerts", 1)
+    assert len(runbook) == 2, "docs/operations.md needs a 'Monitoring and alerts' section"
+    for name in {rule["alert"] for rule in alert_rules()}:
+        assert f"`{name}`" in runbook[1], f"{name}: say what it means and what to do"
