@@ -133,6 +133,11 @@ def test_chained_endpoints(
     metrics = client.get("/metrics").text
     assert 'recsys_stage_latency_seconds_count{stage="retrieval"}' in metrics
     assert 'recsys_stage_latency_seconds_count{stage="ranking"}' in metrics
+    # the business metrics come through the serving core's registry under Ray as well
+    version = load_bundle(trained_bundle["bundle"]).version
+    assert f'recsys_list_diversity_count{{bundle="{version}",endpoint="user"}}' in metrics
+    assert f'recsys_catalogue_coverage{{bundle="{version}"}}' in metrics
+    assert f'recsys_bundle_offline_metric{{bundle="{version}",metric="recall@20"}}' in metrics
 
 
 def test_chained_fallbacks(

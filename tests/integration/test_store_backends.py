@@ -13,7 +13,7 @@ import pytest
 from tests.helpers.postgres_server import PostgresServer
 
 from recsys.errors import RecsysError
-from recsys.stores import Event, Stores, StoreUnavailable, open_store
+from recsys.stores import Event, Impression, Stores, StoreUnavailable, open_store
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +96,35 @@ class StoreSuite:
         finally:
             _empty(store)
 
+    def test_impressions_from_before_get_a_bundle_column(self, url: str) -> None:
+        """Impressions logged before the bundle was recorded open with bundle ''."""
+        import sqlalchemy as sa
+
+        old = sa.MetaData()
+        table = sa.Table(
+            "impressions",
+            old,
+            sa.Column("request_id", sa.String(128), primary_key=True),
+            sa.Column("at", sa.Float, nullable=False),
+            sa.Column("user_id", sa.String(200), nullable=False),
+            sa.Column("experiment", sa.String(200), nullable=False),
+            sa.Column("variant", sa.String(200), nullable=False),
+            sa.Column("books", sa.Text, nullable=False),
+        )
+        engine = sa.create_engine(url)
+        old.create_all(engine)
+        row = {"at": 1.0, "user_id": "ann", "experiment": "x", "variant": "a", "books": "[]"}
+        with engine.begin() as conn:
+            conn.execute(table.insert(), [{**row, "request_id": "old"}])
+        engine.dispose()
+        store = open_store(url)
+        try:
+            assert store.experiments.impression("old") == Impression("ann", "x", "a", "", False)
+            store.experiments.log_impressions([{**row, "request_id": "new", "bundle": "v2"}])
+            assert store.experiments.impression("new") == Impression("ann", "x", "a", "v2", False)
+        finally:
+            _empty(store)
+
     def test_events(self, store: Stores) -> None:
         now = time.time()
         events = [
@@ -167,13 +196,19 @@ class StoreSuite:
                     "experiment": "x",
                     "variant": variant,
                     "books": "[]",
+                    "bundle": f"v{i}",
                 }
                 for i, (user, variant) in enumerate([("ann", "control"), ("bob", "treatment")])
             ]
         )
-        assert store.experiments.impression_owner("r1") == "bob"
-        assert store.experiments.impression_owner("r9") is None
+        served = Impression("bob", "x", "treatment", "v1", False)
+        assert store.experiments.impression("r1") == served
+        assert store.experiments.impression("r9") is None
+        store.experiments.log_feedback("r1", "bob", "b2", "add_to_list")  # not a click
+        assert store.experiments.impression("r1") == served
         store.experiments.log_feedback("r1", "bob", "b2", "click")
+        assert store.experiments.impression("r1") == Impression("bob", "x", "treatment", "v1", True)
+        assert store.experiments.impression("r0") == Impression("ann", "x", "control", "v0", False)
         store.experiments.log_feedback("r1", "bob", "b3", "click")  # one impression, 2 clicks
         counts = store.experiments.experiment_counts("x")
         assert counts == {"control": (1, 0), "treatment": (1, 1)}
@@ -245,6 +280,7 @@ def test_null_stores_serve_the_bundle_and_refuse_the_rest() -> None:
         lambda: store.users.is_deleted("ann"),
         lambda: store.users.delete_user("ann", "dpo"),
         lambda: store.experiments.log_feedback("r", "ann", "b1", "click"),
+        lambda: store.experiments.impression("r"),
         lambda: store.experiments.experiment_counts("x"),
     ]
     for call in refused:

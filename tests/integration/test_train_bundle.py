@@ -15,6 +15,7 @@ from tests.helpers.retriever import quick_retriever
 
 from recsys.bundle.reader import load_bundle
 from recsys.data.prepared import PreparedData
+from recsys.drift import SIGNALS
 from recsys.errors import BundleError
 from recsys.evaluation import EvalSet, evaluate
 from recsys.features.vocab import NUM_RESERVED
@@ -90,6 +91,25 @@ def test_manifest_facts(trained: dict[str, Any]) -> None:
     assert (bundle.path / "towers" / "user_tower.pt").is_file()  # TorchScript export worked
     assert (bundle.path.parent / "LATEST").read_text().strip() == bundle.version
     assert load_bundle(bundle.path.parent).version == bundle.version
+
+
+def test_training_summary_is_a_checksummed_part_and_older_bundles_load(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    bundle = load_bundle(trained["bundle"])
+    assert "summary/training.json" in bundle.manifest.files
+    summary = bundle.training_summary
+    assert summary is not None
+    assert set(summary.signals) == set(SIGNALS)
+    val_users = trained["data"].val["user_id"].n_unique()
+    assert summary.signals["history_length"].n == val_users
+    assert 0 < summary.signals["top_score"].n <= min(val_users, 1000)
+    older = _copy(trained, tmp_path)  # as written before the summary existed
+    shutil.rmtree(older / "summary")
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["files"]["summary/training.json"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(older).training_summary is None
 
 
 def _copy(trained: dict[str, Any], tmp_path: Path) -> Path:
@@ -325,6 +345,11 @@ def test_retrain_only_the_ranker(trained: dict[str, Any], tmp_path: Path) -> Non
     assert (after.path / "ranker" / "ranker.state_dict.pt").read_bytes() != (
         before.path / "ranker" / "ranker.state_dict.pt"
     ).read_bytes()
+    old_summary, new_summary = before.training_summary, after.training_summary
+    assert old_summary is not None
+    assert new_summary is not None
+    assert new_summary.signals["history_length"] == old_summary.signals["history_length"]
+    assert new_summary.signals["top_score"] != old_summary.signals["top_score"]  # new ranker
 
 
 def test_ranker_from_another_feature_list_is_refused(

@@ -64,6 +64,7 @@ SERVE_DEFAULTS = {
     "rate_limits": {"enabled": True, "default": "1000/minute", "endpoints": {}},
     "max_body_bytes": 1000000,
     "experiments": {"file": None, "poll_s": 1.0},
+    "monitoring": {"coverage_window_s": 3600.0, "drift_window": 2000, "drift_min_samples": 200},
     "ray": {"address": None, "topology": None, "num_cpus": None},
 }
 
@@ -121,6 +122,8 @@ def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
         settings(compose_config("serve", tmp_path, ["engine=spark"]))
     with pytest.raises(RecsysError, match=r"bad serve setting cache\.ttl_s"):
         settings(compose_config("serve", tmp_path, ["cache.ttl_s=-1"]))
+    with pytest.raises(RecsysError, match=r"bad serve setting monitoring\.coverage_window_s"):
+        settings(compose_config("serve", tmp_path, ["monitoring.coverage_window_s=0"]))
 
 
 def test_token_config_reads_the_same_auth_defaults(tmp_path: Path) -> None:
@@ -151,6 +154,8 @@ def test_null_sections() -> None:
     assert live.store.history_types == list(EVENT_TYPES)  # null: every type
     assert live.cache.enabled  # a null section keeps its defaults ...
     assert live.rate_limits is None  # ... except rate limits, where null means none
+    watch = Live.from_config({"monitoring": {"drift_window": 50}}).monitoring
+    assert (watch.drift_window, watch.drift_min_samples) == (50, 200)
     with pytest.raises(RecsysError, match=r"bad serving setting cache\.ttl"):
         Live.from_config({"cache": {"ttl": 5}})  # a misspelt key is refused, in one line
     with pytest.raises(RecsysError, match=r"bad serving setting store\.history_types"):

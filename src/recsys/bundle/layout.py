@@ -26,6 +26,7 @@ RANKER = "ranker"
 COOCCURRENCE = "cooccurrence"
 MF = "mf"
 EVAL = "eval"
+SUMMARY = "summary"  # what live inputs are compared with (drift); absent in older bundles
 
 # the parts of the ranking stage: a ranker retrain replaces all of them
 RANKING_PARTS = (RANKER, COOCCURRENCE, MF)
@@ -45,6 +46,7 @@ GENERATOR = "generator.json"  # ranker/: candidate generator settings
 NEIGHBOURS = "neighbours.parquet"  # cooccurrence/
 MF_META = "mf.json"  # mf/ (written by MatrixFactorisation.save)
 METRICS = "metrics.json"  # eval/
+TRAINING_SUMMARY = "training.json"  # summary/ (recsys.drift.TrainingSummary)
 
 
 def module_args(folder: Path, name: str) -> Path:

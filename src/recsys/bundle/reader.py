@@ -16,6 +16,7 @@ import torch
 from recsys.bundle import layout
 from recsys.bundle.manifest import MANIFEST, MANIFEST_SCHEMA, Manifest
 from recsys.checksums import sha256_file
+from recsys.drift import TrainingSummary
 from recsys.errors import BundleError
 from recsys.features.pipeline import (
     BookFeatures,
@@ -146,6 +147,12 @@ class Bundle:
         this file existed fall back to the training carve."""
         path = self.path / layout.DATA / layout.KNOWN_HISTORIES
         return pl.read_parquet(path) if path.is_file() else self.histories
+
+    @cached_property
+    def training_summary(self) -> TrainingSummary | None:
+        """The inputs the bundle was trained on, summarised for drift monitoring; None for a
+        bundle written before the summary existed."""
+        return TrainingSummary.load(self.path / layout.SUMMARY / layout.TRAINING_SUMMARY)
 
     @cached_property
     def popularity(self) -> PopularityRecommender:

@@ -75,7 +75,6 @@ def serve_local(cfg: ServeSettings, bundle: object) -> None:
 def serve_ray(cfg: ServeSettings, bundle: str) -> None:
     from recsys.serving import ray_runner
 
-
     config = ray_runner.with_overrides(
         ray_runner.load_config(cfg.ray.config),
         bundle,

@@ -15,6 +15,7 @@ from recsys.evaluation import EvalSet, evaluate
 from recsys.runner import load_or_prepare
 from recsys.training.config import fit_ranking_from
 from recsys.training.export import ranking_parts
+from recsys.training.summary import training_summary, write_summary
 
 
 def trained_config(cfg: DictConfig, bundle: Bundle) -> DictConfig:
@@ -45,9 +46,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     two_stage = evaluate(ranker.pipeline, EvalSet.from_prepared(data), ks=list(trained.eval.ks))
     metrics = {k: v for k, v in bundle.manifest.metrics.items() if not k.startswith("two_stage/")}
     metrics.update({f"two_stage/{k}": v for k, v in two_stage.items()})
+    summary = training_summary(data, ranker.pipeline)  # the new ranker's scores
     path = derive(
         bundle,
-        ranking_parts(ranker),
+        {**ranking_parts(ranker), layout.SUMMARY: lambda d: write_summary(summary, d)},
         drop=layout.RANKING_PARTS,
         promote=bool(cfg.promote),
         metrics=metrics,

@@ -20,10 +20,12 @@ from starlette.concurrency import run_in_threadpool
 
 from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
+from recsys.serving.drift import DriftCollector, DriftMonitor
 from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr_report
 from recsys.serving.live import Live
 from recsys.serving.metrics import Metrics
 from recsys.serving.personalised import Answer
+from recsys.serving.quality import Coverage, QualityCollector, author_diversity
 from recsys.serving.schemas import (
     ExperimentsOverview,
     ExperimentStatus,
@@ -48,7 +50,8 @@ class ServingCore:
 
     Args:
         service: the service of the bundle the process starts with.
-        metrics: where answers, cache lookups, impressions and swaps are counted.
+        metrics: where answers, cache lookups, impressions and swaps are counted, with the
+            served lists' diversity and coverage and the inputs' drift.
     """
 
     def __init__(self, service: RecommendationService, metrics: Metrics | None = None) -> None:
@@ -56,6 +59,12 @@ class ServingCore:
         self.live: Live = service.live
         self.experiments = Experiments(service.sibling, service, self.install)
         self.metrics.watch(self.live.breakers())
+        watch = self.live.monitoring
+        self.drift = DriftMonitor(watch.drift_window, watch.drift_min_samples)
+        self.drift.rebase(service.bundle)
+        self.coverage = Coverage(watch.coverage_window_s)
+        self.metrics.registry.register(DriftCollector(self.drift))
+        self.metrics.registry.register(QualityCollector(self.coverage, self.served_bundles))
         self.watcher: FileWatcher | None = None
 
     @property
@@ -63,6 +72,12 @@ class ServingCore:
         """The service of the current default bundle (changes on a swap)."""
         current: RecommendationService = self.experiments.default
         return current
+
+    def served_bundles(self) -> list[tuple[str, dict[str, Any]]]:
+        """(version, manifest metrics) of the default bundle and the variants' bundles."""
+        services = [self.service, *self.experiments.services.values()]
+        unique = {s.version: s.bundle.manifest.metrics for s in services}
+        return sorted(unique.items())
 
     def start(self) -> None:
         """Background work: watch the experiments file, when one is configured."""
@@ -109,6 +124,7 @@ class ServingCore:
         if self.live.cache is not None:
             self.live.cache.clear()  # level 2 is keyed by bundle version
         self.metrics.swaps.labels("loaded").inc()
+        self.drift.rebase(service.bundle)
         log.info("bundle swapped: %s -> %s", old.version, service.version)
         self.experiments.retire(old)
 
@@ -155,6 +171,9 @@ class ServingCore:
         except RecsysError as exc:
             raise BadVariant(str(exc)) from None
         svc: RecommendationService = arm.service
+        default = svc is self.service  # drift compares inputs with the default bundle's
+        if default:
+            self.drift.request(user_id)
         params = {
             **req.model_dump(mode="json"),
             "experiment": arm.experiment,
@@ -166,12 +185,15 @@ class ServingCore:
             if logged:
                 self._impression(user_id, arm, cached, impression_id)
             return cached
-        response = await self.respond(
+        started = time.perf_counter()
+        answer = await self._answer(
             "user",
             lambda s: s.for_user(user_id, req.limit, req.exclude, req.filters, arm.retrieval_only),
-            request_id,
             svc,
         )
+        if default:
+            self.drift.answer(answer, scored=not arm.retrieval_only)
+        response = self._shape(svc, answer, started, request_id)
         response.metadata.experiment, response.metadata.variant = arm.experiment, arm.variant
         cache = svc.live.cache
         if cache is not None and response.metadata.fallback_reason not in TRANSIENT:
@@ -211,6 +233,7 @@ class ServingCore:
         if arm.experiment is None or self.live.impressions is None:
             return
         body["metadata"]["impression_id"] = impression_id
+        bundle = body["metadata"]["bundle_version"]
         self.live.impressions.add(
             {
                 "request_id": impression_id,
@@ -219,9 +242,10 @@ class ServingCore:
                 "experiment": arm.experiment,
                 "variant": arm.variant,
                 "books": json.dumps([i["book_id"] for i in body["recommendations"]]),
+                "bundle": bundle,
             }
         )
-        self.metrics.impressions.labels(arm.experiment, arm.variant).inc()
+        self.metrics.impressions.labels(arm.experiment, arm.variant, bundle).inc()
 
     async def respond(
         self,
@@ -234,12 +258,30 @@ class ServingCore:
         worker thread, count it, and shape the answer as the response."""
         svc = chosen or self.service
         started = time.perf_counter()
+        answer = await self._answer(endpoint, call, svc)
+        return self._shape(svc, answer, started, request_id)
+
+    async def _answer(self, endpoint: str, call: Call, svc: RecommendationService) -> Answer:
+        """``call`` on ``svc`` in a worker thread, counted: latency, fallback, and the list's
+        diversity and catalogue coverage."""
+        started = time.perf_counter()
         answer = await run_in_threadpool(call, svc)
         self.metrics.service.labels(endpoint).observe(time.perf_counter() - started)
         for stage, ms in answer.timings_ms.items():
             self.metrics.stage.labels(stage).observe(ms / 1000)
         if answer.fallback_reason:
             self.metrics.fallbacks.labels(answer.fallback_reason).inc()
+        authors = svc.catalogue.authors
+        diversity = author_diversity([authors[b] for b in answer.books])
+        if diversity is not None:  # an empty list has none
+            self.metrics.diversity.labels(endpoint, svc.version).observe(diversity)
+            self.coverage.add(svc.version, svc.catalogue, answer.books, time.time())
+        return answer
+
+    def _shape(
+        self, svc: RecommendationService, answer: Answer, started: float, request_id: str
+    ) -> RecommendationResponse:
+        """The answer as the response (``started``: when the service call began)."""
         cat = svc.catalogue
         items = [
             Recommendation(

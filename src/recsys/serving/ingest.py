@@ -54,6 +54,8 @@ class Ingest:
             for user in {e.user_id for e in new}:
                 live.cache.invalidate_user(user, svc.version)
         self.core.metrics.events.inc(len(new))
+        for event in new:
+            self.core.drift.event(event.type, event.book_id)
         return len(new), len(rows) - len(new)
 
     def _listed(self, svc: RecommendationService, book_id: str) -> bool:
@@ -66,14 +68,18 @@ class Ingest:
     def feedback(self, body: FeedbackIn) -> None:
         """A reader's reaction to a served list (``click`` counts toward click-through).
         Feedback on a list served to another user is refused (403): one reader cannot click
-        for another in an experiment's figures."""
+        for another in an experiment's figures. The first click on a list served under an
+        experiment counts the impression as clicked, for its variant and bundle."""
         live = self.core.live
         if live.impressions is not None:
             live.impressions.flush()  # a click can come right after its list
-        owner = live.stores.experiments.impression_owner(body.impression_id)
-        if owner is not None and owner != body.user_id:
+        shown = live.stores.experiments.impression(body.impression_id)
+        if shown is not None and shown.user_id != body.user_id:
             raise Forbidden(f"list {body.impression_id} was served to another user")
         live.stores.experiments.log_feedback(
             body.impression_id, body.user_id, body.book_id, body.type
         )
-        self.core.metrics.feedback.labels(body.type).inc()
+        metrics = self.core.metrics
+        metrics.feedback.labels(body.type).inc()
+        if shown is not None and body.type == "click" and not shown.clicked:
+            metrics.clicked.labels(shown.experiment, shown.variant, shown.bundle).inc()

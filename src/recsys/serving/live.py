@@ -15,7 +15,7 @@ from recsys.serving.auth import Authenticator
 from recsys.serving.cache import ResponseCache
 from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
-from recsys.serving.settings import LiveSettings, validated
+from recsys.serving.settings import LiveSettings, MonitoringSettings, validated
 from recsys.serving.trending import Trending
 from recsys.stores import Stores, StoreUnavailable, null_stores, open_store
 
@@ -36,6 +36,7 @@ class Live:
     experiments_file: str | None = None  # watched YAML (recsys.serving.experiments)
     experiments_poll_s: float = 1.0
     impressions: ImpressionLog | None = None
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     def __post_init__(self) -> None:
         if self.stores.persistent and self.impressions is None:
@@ -96,6 +97,7 @@ class Live:
             settings.max_body_bytes,
             settings.experiments.file,
             settings.experiments.poll_s,
+            monitoring=settings.monitoring,
         )
         live.refresh_trending(force=True)
         return live

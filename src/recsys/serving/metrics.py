@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from recsys.breaker import Breaker
+from recsys.serving.quality import DIVERSITY_BUCKETS
 
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -56,9 +57,24 @@ class Metrics:
         self._lookups = [0, 0]  # hits, total
         self.impressions = count(
             "recsys_experiment_impressions",
-            "Lists served under an experiment",
+            "Lists served under an experiment, by variant and the bundle that served them",
             "experiment",
             "variant",
+            "bundle",
+        )
+        self.clicked = count(
+            "recsys_experiment_clicked_impressions",
+            "Impressions clicked (the first click on a list), by the list's variant and bundle",
+            "experiment",
+            "variant",
+            "bundle",
+        )
+        self.diversity = time(
+            "recsys_list_diversity",
+            "Share of distinct authors in each computed list, by endpoint and bundle",
+            DIVERSITY_BUCKETS,
+            "endpoint",
+            "bundle",
         )
         self.feedback = count("recsys_feedback", "Feedback received, by type", "type")
         self.service = time(

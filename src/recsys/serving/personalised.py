@@ -48,6 +48,7 @@ class Answer:
     fallback_reason: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     from_model: int | None = None  # leading books from the model; the rest topped up
+    history_length: int | None = None  # books in the history behind a user's list (drift)
 
 
 class PersonalisedPath:

@@ -228,10 +228,12 @@ class RecommendationService:
             return self.path.popular(limit, exclude, allowed, "unknown_user")
         matrix = self.history_matrix([history])
         seen = set(matrix.indices.tolist())
-        return self._guarded(
+        answer = self._guarded(
             Personal(user_id, matrix, limit, exclude, allowed, "personalized", retrieval_only),
             lambda reason: self.path.popular(limit, exclude | seen, allowed, reason),
         )
+        answer.history_length = len(history)
+        return answer
 
     def similar(
         self,

@@ -83,6 +83,18 @@ class ExperimentSettings(_Section):
     poll_s: float = Field(default=1.0, gt=0)
 
 
+class MonitoringSettings(_Section):
+    """Business and drift metrics (docs/operations.md, "Monitoring and alerts")."""
+
+    coverage_window_s: float = Field(
+        default=3600.0, gt=0, description="catalogue coverage counts books served this recently"
+    )
+    drift_window: int = Field(default=2000, ge=1, description="live values kept per signal")
+    drift_min_samples: int = Field(
+        default=200, ge=1, description="live values a drift signal needs before it is exported"
+    )
+
+
 class LiveSettings(_Section):
     """Everything a serving process keeps beyond the bundle (see :class:`Live`)."""
 
@@ -95,8 +107,11 @@ class LiveSettings(_Section):
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="larger bodies get 413")
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
-    @field_validator("store", "trending", "cache", "auth", "experiments", mode="before")
+    @field_validator(
+        "store", "trending", "cache", "auth", "experiments", "monitoring", mode="before"
+    )
     @classmethod
     def null_is_default(cls, value: Any) -> Any:
         return {} if value is None else value  # `store: null` = a section left at defaults

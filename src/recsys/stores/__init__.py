@@ -16,10 +16,18 @@ from recsys.stores.errors import StoreUnavailable
 from recsys.stores.events import SqlEventStore, check_history_types
 from recsys.stores.experiments import SqlExperimentStore
 from recsys.stores.null import null_stores
-from recsys.stores.schema import EVENT_TYPES, Event
+from recsys.stores.schema import EVENT_TYPES, Event, Impression
 from recsys.stores.users import SqlUserStore
 
-__all__ = ["EVENT_TYPES", "Event", "StoreUnavailable", "Stores", "null_stores", "open_store"]
+__all__ = [
+    "EVENT_TYPES",
+    "Event",
+    "Impression",
+    "StoreUnavailable",
+    "Stores",
+    "null_stores",
+    "open_store",
+]
 
 
 def open_store(

@@ -12,7 +12,7 @@ import polars as pl
 
 from recsys.stores.engine import Database
 from recsys.stores.errors import NO_STORE, StoreUnavailable
-from recsys.stores.schema import Event
+from recsys.stores.schema import Event, Impression
 
 
 class EventStore(Protocol):
@@ -49,7 +49,7 @@ class UserStore(Protocol):
 class ExperimentStore(Protocol):
     def log_impressions(self, rows: list[dict[str, Any]]) -> None: ...
     def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None: ...
-    def impression_owner(self, request_id: str) -> str | None: ...
+    def impression(self, request_id: str) -> Impression | None: ...
     def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]: ...
 
 

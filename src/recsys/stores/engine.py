@@ -115,7 +115,14 @@ class Database:
 
     def _migrate(self) -> None:
         """Bring stores created by earlier versions to this schema."""
-        self._migrate_books()
+        self._add_columns(
+            "books",
+            {
+                "origin": "VARCHAR(16) NOT NULL DEFAULT 'bundle'",
+                "deleted": "BOOLEAN NOT NULL DEFAULT FALSE",
+            },
+        )
+        self._add_columns("impressions", {"bundle": "VARCHAR(200) NOT NULL DEFAULT ''"})
         self._migrate_event_ids()
 
     def _migrate_event_ids(self) -> None:
@@ -144,17 +151,13 @@ class Database:
             )
             conn.exec_driver_sql("DROP TABLE events_before_migration")
 
-    def _migrate_books(self) -> None:
-        """Add columns that stores created by earlier versions lack."""
-        present = {c["name"] for c in sa.inspect(self.engine).get_columns("books")}
-        added = {
-            "origin": "VARCHAR(16) NOT NULL DEFAULT 'bundle'",
-            "deleted": "BOOLEAN NOT NULL DEFAULT FALSE",
-        }
+    def _add_columns(self, table: str, added: dict[str, str]) -> None:
+        """Add the columns (name -> DDL) that stores created by earlier versions lack."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns(table)}
         with self.engine.begin() as conn:
             for column, ddl in added.items():
                 if column not in present:
-                    conn.exec_driver_sql(f"ALTER TABLE books ADD COLUMN {column} {ddl}")
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
     def _create_extras(self) -> str:
         """Full-text search (SQLite) and the per-store salt of user hashes; returns the salt."""

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from recsys.stores.engine import Database
-from recsys.stores.schema import feedback, impressions
+from recsys.stores.schema import Impression, feedback, impressions
 
 
 class SqlExperimentStore:
@@ -19,7 +19,7 @@ class SqlExperimentStore:
 
     def log_impressions(self, rows: list[dict[str, Any]]) -> None:
         """Recommendation lists served under an experiment (request_id, at, user_id,
-        experiment, variant, books)."""
+        experiment, variant, books, bundle)."""
         if not rows:
             return
         insert = self.db.insert(impressions).on_conflict_do_nothing(index_elements=["request_id"])
@@ -38,12 +38,23 @@ class SqlExperimentStore:
                 )
             )
 
-    def impression_owner(self, request_id: str) -> str | None:
-        """The user a logged list was served to (None: no impression with that id)."""
-        query = sa.select(impressions.c.user_id).where(impressions.c.request_id == request_id)
+    def impression(self, request_id: str) -> Impression | None:
+        """The logged list with this request id (None: none), with whether a click on it is
+        recorded already (a clicked impression counts once toward click-through)."""
+        clicked = (
+            sa.select(feedback.c.id)
+            .where(feedback.c.request_id == request_id, feedback.c.type == "click")
+            .exists()
+        )
+        i = impressions.c
+        query = sa.select(i.user_id, i.experiment, i.variant, i.bundle, clicked).where(
+            i.request_id == request_id
+        )
         with self.db.connect() as conn:
-            owner = conn.execute(query).scalar()
-        return None if owner is None else str(owner)
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return Impression(str(row[0]), str(row[1]), str(row[2]), str(row[3]), bool(row[4]))
 
     def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]:
         """variant -> (impressions, impressions with at least one click)."""

@@ -11,7 +11,7 @@ import polars as pl
 
 from recsys.stores.base import Stores
 from recsys.stores.errors import NO_STORE, StoreUnavailable
-from recsys.stores.schema import EVENT_TYPES, Event
+from recsys.stores.schema import EVENT_TYPES, Event, Impression
 
 
 def _unavailable(*_: Any, **__: Any) -> NoReturn:
@@ -93,7 +93,7 @@ class NullExperiments:
     def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None:
         _unavailable()
 
-    def impression_owner(self, request_id: str) -> str | None:
+    def impression(self, request_id: str) -> Impression | None:
         _unavailable()
 
     def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]:

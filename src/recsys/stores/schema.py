@@ -90,6 +90,8 @@ impressions = sa.Table(
     sa.Column("experiment", sa.String(200), nullable=False, index=True),
     sa.Column("variant", sa.String(200), nullable=False),
     sa.Column("books", sa.Text, nullable=False),
+    # the bundle version that served the list ('' for lists logged before it was recorded)
+    sa.Column("bundle", sa.String(200), nullable=False, server_default=""),
 )
 feedback = sa.Table(
     "feedback",
@@ -118,3 +120,15 @@ class Event:
         if self.event_id:
             return self
         return Event(self.user_id, self.book_id, self.type, self.ts, self.value, uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class Impression:
+    """A list served under an experiment, as feedback finds it: who it was served to, by
+    which variant and bundle, and whether it was clicked already."""
+
+    user_id: str
+    experiment: str
+    variant: str
+    bundle: str
+    clicked: bool

@@ -22,6 +22,7 @@ from recsys.report import write_json
 from recsys.training.index import IndexedBooks
 from recsys.training.ranker import RankerFit
 from recsys.training.retriever import RetrieverFit
+from recsys.training.summary import training_summary, write_summary
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def bundle_parts(contents: BundleContents) -> dict[str, Writer]:
     data, retriever = contents.data, contents.retriever
     popularity = PopularityRecommender.from_prepared(data)
     eval_payload = {"metrics": contents.metrics, "training": contents.training}
+    served = contents.ranker.pipeline if contents.ranker else retriever.recommender()
     return {
         layout.CONFIG: lambda d: (d / layout.RESOLVED_CONFIG).write_text(contents.resolved_config),
         layout.FEATURES: lambda d: write_features(data, retriever, d),
@@ -97,6 +99,7 @@ def bundle_parts(contents: BundleContents) -> dict[str, Writer]:
         layout.INDEX: contents.indexed.index.save,
         **(ranking_parts(contents.ranker) if contents.ranker else {}),
         layout.EVAL: lambda d: write_json(d / layout.METRICS, eval_payload),
+        layout.SUMMARY: lambda d: write_summary(training_summary(data, served), d),
     }
 
 
