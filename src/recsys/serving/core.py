@@ -87,9 +87,12 @@ class ServingCore:
             )
 
     def close(self) -> None:
+        """Stop the experiments watcher, close the services, then what outlives them (the
+        store connections, the impression writer)."""
         if self.watcher is not None:
             self.watcher.stop()
         self.service.close()
+        self.live.close()
 
     # --- hot swap --------------------------------------------------------------------------
 

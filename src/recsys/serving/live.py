@@ -6,6 +6,7 @@ service, clears level 1 of the cache, and the bundle version in cache keys retir
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,21 +39,37 @@ class Live:
     impressions: ImpressionLog | None = None
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
+    _rebuilding: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
     def __post_init__(self) -> None:
         if self.stores.persistent and self.impressions is None:
             self.impressions = ImpressionLog(self.stores.experiments)
 
     def refresh_trending(self, force: bool = False) -> None:
-        """Rebuild trending from the store when it is older than ``refresh_s``."""
-        if self.trending is None:
+        """Rebuild trending from the store when it is older than ``refresh_s``: in a
+        background thread (requests keep the current scores meanwhile), or now with
+        ``force``."""
+        trending = self.trending
+        if trending is None:
             return
         now = time.time()
-        if force or now - self.trending.built_at >= self.refresh_s:
-            try:
-                recent = list(self.stores.events.recent(now - self.trending.window_s))
-            except StoreUnavailable:  # keep the current scores until the store is back
-                return
+        if force:
+            self._rebuild_trending(now)
+        elif now - trending.built_at >= self.refresh_s and self._rebuilding.acquire(False):
+            threading.Thread(
+                target=self._rebuild_trending, args=(now, True), daemon=True, name="trending"
+            ).start()
+
+    def _rebuild_trending(self, now: float, release: bool = False) -> None:
+        assert self.trending is not None
+        try:
+            recent = list(self.stores.events.recent(now - self.trending.window_s))
             self.trending.rebuild(recent, now)
+        except StoreUnavailable:  # keep the current scores until the store is back
+            self.trending.built_at = now  # and try again in refresh_s, not every request
+        finally:
+            if release:
+                self._rebuilding.release()
 
     def breakers(self) -> list[Breaker]:
         """The circuit breakers of the Redis-backed parts (for ``/metrics``)."""
