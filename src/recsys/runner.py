@@ -104,8 +104,9 @@ def _redact_saved_config() -> None:
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.output_subdir is not None:
-        redact_saved_config(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir)
+    output_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir", throw_on_missing=False)
+    if output_dir and hydra_cfg.output_subdir is not None:  # composed configs (tests): none
+        redact_saved_config(Path(output_dir) / hydra_cfg.output_subdir)
 
 
 def run(config_name: str, fn: Callable[[DictConfig], Any], argv: list[str]) -> None:
