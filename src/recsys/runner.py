@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import polars as pl
@@ -104,7 +104,9 @@ def _redact_saved_config() -> None:
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()
-    output_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir", throw_on_missing=False)
+    output_dir = OmegaConf.select(
+        cast(DictConfig, hydra_cfg), "runtime.output_dir", throw_on_missing=False
+    )
     if output_dir and hydra_cfg.output_subdir is not None:  # composed configs (tests): none
         redact_saved_config(Path(output_dir) / hydra_cfg.output_subdir)
 
