@@ -414,6 +414,28 @@ def test_bad_text_and_ids_are_422(base: str, trained_bundle: dict[str, Any]) -> 
     assert httpx.get(f"{base}/users/{me}", headers=bearer(me)).status_code == 200
 
 
+def test_body_types_are_strict(base: str, trained_bundle: dict[str, Any]) -> None:
+    """`true` or `"5"` where the OpenAPI document says integer or number is 422 (they were
+    taken as 1 and 5, found by the fuzz's negative_data_rejection check); an integer is
+    still a number."""
+    me = user_of(trained_bundle, 3)
+    editor, mine = bearer("editor", ["catalogue:write"]), bearer(me)
+    rate = {"user_id": me, "book_id": "b1", "type": "rate"}
+    cases = [
+        ("POST", "/books", {"book_id": "strict-1", "year": True}, editor),
+        ("PUT", "/books/b1", {"year": "1999"}, editor),
+        ("POST", f"/recommendations/users/{me}", {"filters": {"year_min": False}}, mine),
+        ("POST", "/recommendations/hybrid", {"history": ["b1"], "limit": "5"}, {}),
+        ("POST", "/events", {**rate, "value": True}, mine),
+    ]
+    for method, path, body, headers in cases:
+        response = httpx.request(method, f"{base}{path}", json=body, headers=headers)
+        assert response.status_code == 422, (method, path, body, response.text)
+    assert httpx.post(f"{base}/events", json={**rate, "value": 8}, headers=mine).status_code == 202
+    hybrid = {"history": ["b1"], "limit": 5}
+    assert httpx.post(f"{base}/recommendations/hybrid", json=hybrid).status_code == 200
+
+
 def test_bad_tokens_are_rate_limited_too(trained_bundle: dict[str, Any], tmp_path: Path) -> None:
     """The rate limit applies before authentication: a flood of forged tokens from one
     address is answered 429 once the address is over its limit, not 401 forever."""

@@ -15,14 +15,16 @@ PATH_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 class RequestModel(BaseModel):
-    """A request body: unknown keys refused, numbers finite, text valid Unicode.
+    """A request body: unknown keys refused, numbers finite, text valid Unicode, types as
+    declared.
 
     JSON allows ``NaN``/``Infinity`` in Python's parser and ``1e309`` overflows to infinity;
     a lone surrogate (``"\\ud800"``) parses but cannot be stored or sent back. Either is a
-    422 naming the field, never a 500.
+    422 naming the field, never a 500. Strict: ``true`` is not the number 1 nor ``"5"`` the
+    number 5 (the OpenAPI document says integer, and clients get what it says).
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @model_validator(mode="before")
     @classmethod
