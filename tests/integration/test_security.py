@@ -175,15 +175,26 @@ def test_request_size_and_list_bounds(base: str, trained_bundle: dict[str, Any])
 
 
 @pytest.fixture
-def fuzz_target(trained_bundle: dict[str, Any], tmp_path: Path) -> Iterator[Target]:
-    """The fuzz's own server and store: it erases users and delists books, which must not
-    reach the other tests' server. Its token holds every scope, so no operation stops at 403.
-    Rate limits are on (every request passes the limiter) but far above what the fuzz sends:
-    a 429 would hide what the handler does with the input; the limits themselves are tested
-    above (test_rate_limit_answers_429_with_retry_after)."""
+def own_server(
+    request: pytest.FixtureRequest, trained_bundle: dict[str, Any], tmp_path: Path
+) -> Iterator[Target]:
+    """A server and store of the test's own, on SQLite or (parametrized indirectly)
+    PostgreSQL: the fuzz erases users and delists books, which must not reach the other tests'
+    server. Its token holds every scope, so no operation stops at 403. Rate limits are on
+    (every request passes the limiter) but far above what the fuzz sends: a 429 would hide what
+    the handler does with the input; the limits themselves are tested above
+    (test_rate_limit_answers_429_with_retry_after)."""
+    postgres = None
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    if getattr(request, "param", "sqlite") == "postgresql":
+        from tests.helpers.postgres_server import PostgresServer
+
+        postgres = PostgresServer()  # skips where PostgreSQL cannot run
+        postgres.start()
+        url = postgres.url
     live = Live.from_config(
         {
-            "store": {"url": f"sqlite:///{tmp_path / 'fuzz.db'}"},
+            "store": {"url": url},
             "auth": {"enabled": True, "secret": SECRET},
             "rate_limits": {"default": "10000000/minute"},
             "max_body_bytes": 20_000,
@@ -195,8 +206,12 @@ def fuzz_target(trained_bundle: dict[str, Any], tmp_path: Path) -> Iterator[Targ
         users=[str(u) for u in bundle.known_histories["user_id"].head(100).to_list()],
     )
     app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
-    with serve_in_thread(app) as url:
-        yield Target(url, bearer("fuzzer", list(ALL_SCOPES)), known)
+    try:
+        with serve_in_thread(app) as base:
+            yield Target(base, bearer("fuzzer", list(ALL_SCOPES)), known)
+    finally:
+        if postgres is not None:
+            postgres.remove()
 
 
 def served(base: str) -> float:
@@ -232,15 +247,40 @@ def fuzz_every_operation(target: Target, valid: int, invalid: int) -> None:
             assert modes["negative"] >= min(invalid, 20), (label, modes)
 
 
-def test_schemathesis_fuzz_every_operation(fuzz_target: Target) -> None:
+def test_schemathesis_fuzz_every_operation(own_server: Target) -> None:
     """The default profile (part of `make test`; about half a minute on two cores)."""
-    fuzz_every_operation(fuzz_target, valid=80, invalid=40)
+    fuzz_every_operation(own_server, valid=80, invalid=40)
 
 
 @pytest.mark.slow
-def test_schemathesis_fuzz_every_operation_long(fuzz_target: Target) -> None:
-    """The long profile: 250 valid and 250 invalid inputs per operation (minutes)."""
-    fuzz_every_operation(fuzz_target, valid=250, invalid=250)
+@pytest.mark.parametrize("own_server", ["sqlite", "postgresql"], indirect=True)
+def test_schemathesis_fuzz_every_operation_long(own_server: Target) -> None:
+    """The long profile, on each store backend: 250 valid and 250 invalid inputs per
+    operation (minutes)."""
+    fuzz_every_operation(own_server, valid=250, invalid=250)
+
+
+@pytest.mark.parametrize("own_server", ["sqlite", "postgresql"], indirect=True)
+def test_nul_in_body_text_is_422(own_server: Target) -> None:
+    """PostgreSQL text cannot hold NUL: a book's title or a user id in a body with "\\u0000"
+    was a 500 there (SQLite stored it). Now 422 naming the field on either backend, before
+    the store sees it."""
+    base, token = own_server.base, own_server.headers
+    nul = {"user_id": "\x00"}
+    cases = [
+        ("POST", "/books", {"book_id": "nul-1", "title": "a\x00b"}),
+        ("PUT", "/books/b1", {"authors": "x\x00"}),
+        ("POST", "/books", {"book_id": "nul-2", "tags": ["ok", "a\x00"]}),
+        ("POST", "/recommendations/hybrid", {"user_id": "u\x00"}),
+        ("POST", "/v2/recommendations/similar-books", {"book_id": "b1", "user_context": nul}),
+    ]
+    for method, path, body in cases:
+        response = httpx.request(method, f"{base}{path}", json=body, headers=token)
+        assert response.status_code == 422, (method, path, response.status_code, response.text)
+        assert "must not contain NUL" in response.text
+    fine = {"book_id": "nul-3", "title": "a\tb"}  # other control characters are text
+    assert httpx.post(f"{base}/books", json=fine, headers=token).status_code == 201
+    assert httpx.get(f"{base}/books/nul-3").json()["title"] == "a\tb"
 
 
 class Order(BaseModel):
