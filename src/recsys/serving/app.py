@@ -19,6 +19,7 @@ from recsys.serving.core import ServingCore
 from recsys.serving.deps import guard
 from recsys.serving.metrics import Metrics
 from recsys.serving.middleware import BodyLimit, add_request_context
+from recsys.serving.responses import GUARDED
 from recsys.serving.routers import books, events, experiments, health, recommendations, users
 from recsys.serving.service import RecommendationService
 
@@ -59,6 +60,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
         dependencies=[Depends(guard)],
+        responses=GUARDED,
         description="Book recommendations: two-stage retrieval and ranking with "
         "popularity fallback.",
     )

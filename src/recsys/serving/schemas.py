@@ -15,14 +15,17 @@ PATH_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 class RequestModel(BaseModel):
-    """A request body: unknown keys refused, numbers finite, text valid Unicode.
+    """A request body: unknown keys refused, numbers finite, text valid Unicode without NUL,
+    types as declared.
 
     JSON allows ``NaN``/``Infinity`` in Python's parser and ``1e309`` overflows to infinity;
-    a lone surrogate (``"\\ud800"``) parses but cannot be stored or sent back. Either is a
-    422 naming the field, never a 500.
+    a lone surrogate (``"\\ud800"``) parses but cannot be stored or sent back, and PostgreSQL
+    text cannot hold NUL (``"\\u0000"``). Each is a 422 naming the field, never a 500.
+    Strict: ``true`` is not the number 1 nor ``"5"`` the number 5 (the OpenAPI document says
+    integer, and clients get what it says).
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -37,6 +40,8 @@ def _check_clean(value: Any, where: tuple[str | int, ...]) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"{_path(where)}: text is not valid Unicode") from None
+        if "\x00" in value:
+            raise ValueError(f"{_path(where)}: text must not contain NUL (\\u0000)")
     elif isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{_path(where)}: numbers must be finite")
     elif isinstance(value, dict):

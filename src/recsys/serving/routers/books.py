@@ -10,13 +10,14 @@ from starlette.concurrency import run_in_threadpool
 from recsys.serving.auth import CATALOGUE_WRITE
 from recsys.serving.books import Books
 from recsys.serving.deps import PathId, books, require_scope
+from recsys.serving.responses import BODY, answers
 from recsys.serving.schemas import Book, BookCreate, BookIn, BookList
 
 router = APIRouter(tags=["books"])
 BooksDep = Annotated[Books, Depends(books)]
 
 
-@router.get("/books", response_model=BookList)
+@router.get("/books", response_model=BookList, responses=answers(422, 503))
 async def search_books(
     catalogue: BooksDep,
     q: str = Query(..., min_length=1, max_length=200),
@@ -27,12 +28,14 @@ async def search_books(
     return BookList(books=[Book(**b) for b in found])
 
 
-@router.get("/books/{book_id}", response_model=Book)
+@router.get("/books/{book_id}", response_model=Book, responses=answers(404, 422, 503))
 async def get_book(book_id: PathId, catalogue: BooksDep) -> Book:
     return Book(**await run_in_threadpool(catalogue.get, book_id))
 
 
-@router.post("/books", status_code=201, response_model=Book)
+@router.post(
+    "/books", status_code=201, response_model=Book, responses=answers(*BODY, 403, 409, 503)
+)
 async def create_book(request: Request, body: BookCreate, catalogue: BooksDep) -> Book:
     """Add a book to the catalogue (409 if the id exists)."""
     require_scope(request, CATALOGUE_WRITE)
@@ -40,7 +43,7 @@ async def create_book(request: Request, body: BookCreate, catalogue: BooksDep) -
     return Book(**await run_in_threadpool(catalogue.create, body.book_id, fields))
 
 
-@router.put("/books/{book_id}", response_model=Book)
+@router.put("/books/{book_id}", response_model=Book, responses=answers(*BODY, 403, 404, 503))
 async def update_book(request: Request, book_id: PathId, body: BookIn, catalogue: BooksDep) -> Book:
     """Change a book's catalogue fields (404 if it does not exist)."""
     require_scope(request, CATALOGUE_WRITE)
@@ -48,7 +51,7 @@ async def update_book(request: Request, book_id: PathId, body: BookIn, catalogue
     return Book(**await run_in_threadpool(catalogue.update, book_id, fields))
 
 
-@router.delete("/books/{book_id}", status_code=204)
+@router.delete("/books/{book_id}", status_code=204, responses=answers(403, 404, 422, 503))
 async def delete_book(request: Request, book_id: PathId, catalogue: BooksDep) -> Response:
     """Remove a book from the catalogue: it is no longer recommended or searchable."""
     require_scope(request, CATALOGUE_WRITE)

@@ -9,13 +9,16 @@ from starlette.concurrency import run_in_threadpool
 
 from recsys.serving.deps import ingest, may_act
 from recsys.serving.ingest import Ingest
+from recsys.serving.responses import BODY, answers
 from recsys.serving.schemas import EventBatch, EventIn, EventsAccepted, FeedbackIn
 
 router = APIRouter(tags=["events"])
 IngestDep = Annotated[Ingest, Depends(ingest)]
 
 
-@router.post("/events", status_code=202, response_model=EventsAccepted)
+@router.post(
+    "/events", status_code=202, response_model=EventsAccepted, responses=answers(*BODY, 403, 503)
+)
 async def post_events(
     request: Request, body: EventIn | EventBatch, events: IngestDep
 ) -> EventsAccepted:
@@ -29,7 +32,7 @@ async def post_events(
     return EventsAccepted(stored=stored, duplicates=duplicates)
 
 
-@router.post("/feedback", status_code=202)
+@router.post("/feedback", status_code=202, responses=answers(*BODY, 403, 503))
 async def post_feedback(request: Request, body: FeedbackIn, events: IngestDep) -> dict[str, str]:
     """A reader's reaction to a served list (``request_id`` of that response):
     ``click`` counts toward the experiment's click-through rate."""

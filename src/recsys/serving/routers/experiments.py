@@ -10,12 +10,13 @@ from starlette.concurrency import run_in_threadpool
 from recsys.serving.auth import EXPERIMENTS_READ
 from recsys.serving.core import ServingCore
 from recsys.serving.deps import core, require_scope
+from recsys.serving.responses import answers
 from recsys.serving.schemas import ExperimentsOverview
 
 router = APIRouter(tags=["experiments"])
 
 
-@router.get("/experiments", response_model=ExperimentsOverview)
+@router.get("/experiments", response_model=ExperimentsOverview, responses=answers(403, 422, 503))
 async def experiments(
     request: Request,
     serving: Annotated[ServingCore, Depends(core)],

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from recsys.serving.core import Call, ServingCore
 from recsys.serving.deps import PathId, core, may_act
+from recsys.serving.responses import BODY, answers
 from recsys.serving.schemas import (
     MAX_LIMIT,
     HybridRequest,
@@ -30,7 +31,11 @@ async def _respond(
     return response
 
 
-@router.post("/recommendations/users/{user_id}", response_model=RecommendationResponse)
+@router.post(
+    "/recommendations/users/{user_id}",
+    response_model=RecommendationResponse,
+    responses=answers(*BODY, 403),
+)
 async def user_recommendations(
     request: Request, user_id: PathId, serving: Core, body: RecommendRequest | None = None
 ) -> JSONResponse:
@@ -49,7 +54,11 @@ async def user_recommendations(
     return JSONResponse(answer)
 
 
-@router.post("/recommendations/books/{book_id}", response_model=RecommendationResponse)
+@router.post(
+    "/recommendations/books/{book_id}",
+    response_model=RecommendationResponse,
+    responses=answers(*BODY, 404),
+)
 async def similar_books(
     request: Request, book_id: PathId, serving: Core, body: SimilarRequest | None = None
 ) -> RecommendationResponse:
@@ -60,7 +69,11 @@ async def similar_books(
     )
 
 
-@router.post("/v2/recommendations/similar-books", response_model=RecommendationResponse)
+@router.post(
+    "/v2/recommendations/similar-books",
+    response_model=RecommendationResponse,
+    responses=answers(*BODY, 403, 404),
+)
 async def similar_books_v2(
     request: Request, body: SimilarBooksV2Request, serving: Core
 ) -> RecommendationResponse:
@@ -78,7 +91,11 @@ async def similar_books_v2(
     )
 
 
-@router.post("/recommendations/hybrid", response_model=RecommendationResponse)
+@router.post(
+    "/recommendations/hybrid",
+    response_model=RecommendationResponse,
+    responses=answers(*BODY, 403, 404),
+)
 async def hybrid(request: Request, body: HybridRequest, serving: Core) -> RecommendationResponse:
     """A known user and/or an anonymous history and/or seed books, blended into one list."""
     if body.user_id:
@@ -93,7 +110,9 @@ async def hybrid(request: Request, body: HybridRequest, serving: Core) -> Recomm
     )
 
 
-@router.get("/recommendations/trending", response_model=RecommendationResponse)
+@router.get(
+    "/recommendations/trending", response_model=RecommendationResponse, responses=answers(422)
+)
 async def trending(
     request: Request, serving: Core, limit: int = Query(10, ge=1, le=MAX_LIMIT)
 ) -> RecommendationResponse:
