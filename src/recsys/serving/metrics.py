@@ -21,6 +21,13 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._lookups = [0, 0]  # cache hits, lookups
+        self._requests()
+        self._model()
+        self._business()
+
+    def _requests(self) -> None:
+        """HTTP: requests, latency, errors, events stored, the cache."""
         count, time = self._counter, self._histogram
         self.requests = count(
             "recsys_requests",
@@ -36,14 +43,8 @@ class Metrics:
             "endpoint",
             "source",
         )
-        self.fallbacks = count(
-            "recsys_fallbacks", "Answers served by the fallback, by reason", "reason"
-        )
         self.errors = count(
             "recsys_errors", "Error responses by endpoint and status", "endpoint", "status"
-        )
-        self.swaps = count(
-            "recsys_bundle_swaps", "Hot swaps of the bundle, by result (loaded, refused)", "result"
         )
         self.events = count("recsys_events_stored", "Events stored (duplicates excluded)")
         self.cache = count(
@@ -54,7 +55,32 @@ class Metrics:
             "Share of cache lookups answered from the cache (either level) since start",
             registry=self.registry,
         )
-        self._lookups = [0, 0]  # hits, total
+
+    def _model(self) -> None:
+        """The model path: service and stage latency, fallbacks, bundle swaps."""
+        count, time = self._counter, self._histogram
+        self.fallbacks = count(
+            "recsys_fallbacks", "Answers served by the fallback, by reason", "reason"
+        )
+        self.swaps = count(
+            "recsys_bundle_swaps", "Hot swaps of the bundle, by result (loaded, refused)", "result"
+        )
+        self.service = time(
+            "recsys_service_latency_seconds",
+            "Service call latency (everything but HTTP) by endpoint",
+            REQUEST_BUCKETS,
+            "endpoint",
+        )
+        self.stage = time(
+            "recsys_stage_latency_seconds",
+            "Model stage latency (retrieval, ranking) as seen by the service",
+            STAGE_BUCKETS,
+            "stage",
+        )
+
+    def _business(self) -> None:
+        """What readers get: impressions and clicks per variant and bundle, diversity."""
+        count, time = self._counter, self._histogram
         self.impressions = count(
             "recsys_experiment_impressions",
             "Lists served under an experiment, by variant and the bundle that served them",
@@ -77,18 +103,6 @@ class Metrics:
             "bundle",
         )
         self.feedback = count("recsys_feedback", "Feedback received, by type", "type")
-        self.service = time(
-            "recsys_service_latency_seconds",
-            "Service call latency (everything but HTTP) by endpoint",
-            REQUEST_BUCKETS,
-            "endpoint",
-        )
-        self.stage = time(
-            "recsys_stage_latency_seconds",
-            "Model stage latency (retrieval, ranking) as seen by the service",
-            STAGE_BUCKETS,
-            "stage",
-        )
 
     def watch(self, breakers: list[Breaker]) -> None:
         """Export the breakers' state: ``recsys_dependency_errors_total{dependency}`` and
