@@ -168,11 +168,29 @@ class ServingCore:
         """A user's list as response JSON: experiment arm, then the cache, else the model
         (cached unless a transient fallback); the impression logged under an experiment as
         ``impression_id`` (server-chosen and unique: ``metadata.impression_id``, the key
-        feedback names)."""
+        feedback names). Counted per answering bundle (ok, transient fallback or error): what
+        a canary's guardrails compare."""
         try:
             arm = self.experiments.assign(user_id, forced)
         except RecsysError as exc:
             raise BadVariant(str(exc)) from None
+        started, outcome = time.perf_counter(), "error"
+        try:
+            body = await self._recommend_arm(arm, user_id, req, forced, request_id, impression_id)
+            outcome = "fallback" if body["metadata"]["fallback_reason"] in TRANSIENT else "ok"
+            return body
+        finally:
+            self.metrics.bundle_answer(arm.service.version, outcome, time.perf_counter() - started)
+
+    async def _recommend_arm(
+        self,
+        arm: Assignment,
+        user_id: str,
+        req: RecommendRequest,
+        forced: str | None,
+        request_id: str,
+        impression_id: str,
+    ) -> dict[str, Any]:
         svc: RecommendationService = arm.service
         default = svc is self.service  # drift compares inputs with the default bundle's
         if default:

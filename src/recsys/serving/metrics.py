@@ -77,6 +77,19 @@ class Metrics:
             STAGE_BUCKETS,
             "stage",
         )
+        self.bundle_answers = count(
+            "recsys_bundle_answers",
+            "User recommendations by the bundle that answered and outcome (ok, fallback: a "
+            "transient one, error)",
+            "bundle",
+            "outcome",
+        )
+        self.bundle_latency = time(
+            "recsys_bundle_latency_seconds",
+            "User recommendation latency by the bundle that answered (everything but HTTP)",
+            REQUEST_BUCKETS,
+            "bundle",
+        )
 
     def _business(self) -> None:
         """What readers get: impressions and clicks per variant and bundle, diversity."""
@@ -117,6 +130,12 @@ class Metrics:
         self, name: str, doc: str, buckets: tuple[float, ...], *labels: str
     ) -> Histogram:
         return Histogram(name, doc, labels, registry=self.registry, buckets=buckets)
+
+    def bundle_answer(self, bundle: str, outcome: str, seconds: float) -> None:
+        """Count a user recommendation answered by ``bundle`` (``ok``, ``fallback``,
+        ``error``)."""
+        self.bundle_answers.labels(bundle, outcome).inc()
+        self.bundle_latency.labels(bundle).observe(seconds)
 
     def cache_lookup(self, where: str) -> None:
         """Count a cache lookup (``l1``, ``l2`` or ``miss``) and update the hit ratio."""
