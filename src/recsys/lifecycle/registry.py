@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from recsys.bundle.files import promote_version, resolve, verify
 from recsys.errors import RecsysError
@@ -208,15 +209,9 @@ class Registry(Heartbeats):
         (:mod:`recsys.lifecycle.retention`: never production, its last ``keep`` predecessors,
         candidates waiting for a decision, ``in_use`` or a fresh heartbeat's versions). Their
         rows stay, with stage ``deleted``. Returns what was deleted."""
-        if keep < 0:
-            raise RecsysError(f"keep must be 0 or more, not {keep}")
         now = time.time()
         with self.db.locked(family, now) as conn:
-            rows = [r for r in records.rows_of(conn, family) if r.stage != DELETED]
-            production, _ = records.pointer(conn, family)
-            busy = set(in_use) | records.in_use(conn, family, now)
-            saved = retention.kept(rows, production, keep, busy)
-            doomed = [r for r in rows if r.version not in saved]
+            doomed = _doomed(conn, family, keep, in_use, now)
             for r in doomed:
                 records.update(conn, family, r.version, stage=DELETED, actor=actor)
                 details = {"path": r.path, "keep": keep, "was": r.stage}
@@ -224,6 +219,13 @@ class Registry(Heartbeats):
         for r in doomed:
             retention.remove_folder(r.path)
         return [self.get(family, r.version) for r in doomed]
+
+    def prunable(
+        self, family: str, keep: int = 10, in_use: Collection[str] = ()
+    ) -> list[ModelVersion]:
+        """What :meth:`prune` would delete now (a dry run)."""
+        with self.db.read() as conn:
+            return _doomed(conn, family, keep, in_use, time.time())
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -269,6 +271,23 @@ class Registry(Heartbeats):
             records.event(conn, family, version, name, details, actor, now)
             _point_latest(Path(target.path), version)
         return self.get(family, version)
+
+
+def _doomed(
+    conn: Connection, family: str, keep: int, in_use: Collection[str], now: float
+) -> list[ModelVersion]:
+    """The versions of ``family`` retention does not keep (none already deleted)."""
+    if keep < 0:
+        raise RecsysError(f"keep must be 0 or more, not {keep}")
+    rows = [r for r in records.rows_of(conn, family) if r.stage != DELETED]
+    production, _ = records.pointer(conn, family)
+    busy = set(in_use) | records.in_use(conn, family, now)
+    saved = retention.kept(rows, production, keep, busy)
+    return sorted(
+        (r for r in rows if r.version not in saved),
+        key=lambda r: (r.created_at, r.version),
+        reverse=True,
+    )
 
 
 def _point_latest(folder: Path, version: str) -> None:
