@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recsys.lifecycle import retention
+import recsys.lifecycle.retention as retention
 from recsys.lifecycle.schema import events, families, servers, versions
 
 STAGES = ("candidate", "production", "archived", "rejected")

@@ -20,9 +20,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+import recsys.lifecycle.records as records
+import recsys.lifecycle.retention as retention
 from recsys.bundle.files import promote_version, resolve, verify
 from recsys.errors import RecsysError
-from recsys.lifecycle import records, retention
 from recsys.lifecycle.records import DELETED, STAGES, ModelVersion
 from recsys.lifecycle.schema import RegistryDb, events, families, versions
 from recsys.lifecycle.servers import Heartbeats
