@@ -1,8 +1,6 @@
 """The model registry (SQLite and a real PostgreSQL): transitions and their errors, concurrent
-promoters, retention, the `recsys models` commands, and promotion and rollback reaching running
-servers under load on both runners (`pytest -m faults -s` prints the figures): zero failed
-requests, a transport error included, and answers that switch to the new version, each list
-the one its version gives (two versions whose rankers order candidates oppositely)."""
+promoters, retention, the `recsys models` commands, and a running server's heartbeat and
+reload endpoint. Promotion and rollback under load: test_registry_load.py."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +19,26 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
-from tests.helpers.bundles import copy_version, reversed_ranker
-from tests.helpers.load import Load
-from tests.helpers.swaps import VersionLog, expected_lists
+from tests.helpers.bundles import copy_version, two_versions
 
 from recsys.bundle.reader import load_bundle
 from recsys.errors import BundleError, RecsysError
 from recsys.lifecycle import Registry, open_registry
 from recsys.lifecycle.schema import metadata, servers
-from recsys.serving import ray_runner
 from recsys.serving.app import create_app
 from recsys.serving.auth import MODELS_WRITE, Authenticator
 from recsys.serving.live import Live
-from recsys.serving.local import free_port, serve_in_thread
+from recsys.serving.local import serve_in_thread
 from recsys.serving.service import RecommendationService
 
 pytestmark = pytest.mark.integration
 
-USERS, LIMIT = 20, 5
 SECRET = "registry-tests-only-secret-0123456789abcdef"
-CONFIG = Path(__file__).resolve().parents[2] / "serving" / "config.yaml"
 
 
 @pytest.fixture(scope="module")
 def family(trained_bundle: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The trained bundle and a genuinely different version of it (reversed ranker), copied
-    into a family folder of this module's own (its LATEST is ours to move)."""
-    source = load_bundle(trained_bundle["bundle"]).path
-    other = reversed_ranker(source)
-    folder = tmp_path_factory.mktemp("registry") / "bundles" / source.parent.name
-    old, new = (Path(shutil.copytree(p, folder / p.name)) for p in (source, other))
-    return {"folder": folder, "name": load_bundle(old).manifest.bundle_name, "old": old, "new": new}
+    return two_versions(Path(trained_bundle["bundle"]), tmp_path_factory.mktemp("registry"))
 
 
 @pytest.fixture(scope="module")
@@ -291,127 +278,11 @@ def test_a_running_server_reports_its_versions_and_reloads_on_demand(
     assert registry.servers() == []  # the stopped server withdrew its heartbeat
     assert [v.version for v in registry.prunable(name, keep=0)] == [new.name]
     registry.close()
-    plain = create_app(lambda: RecommendationService(load_bundle(old), 10.0, live=Live()))
-    with serve_in_thread(plain) as base:
+
+
+def test_reload_on_a_server_that_follows_no_registry(family: dict[str, Any]) -> None:
+    bundle = load_bundle(family["old"])
+    with serve_in_thread(create_app(lambda: RecommendationService(bundle, 10.0))) as base:
         answer = httpx.post(f"{base}/models/reload", timeout=30)
         assert answer.status_code == 409
         assert "registry.url" in answer.json()["detail"]
-
-
-# --- promotion and rollback under load, both runners -----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def users(family: dict[str, Any]) -> list[str]:
-    frame = load_bundle(family["old"]).known_histories
-    return [str(u) for u in frame.get_column("user_id")[:USERS]]
-
-
-@pytest.fixture(scope="module")
-def lists(family: dict[str, Any], users: list[str]) -> dict[str, dict[str, frozenset[str]]]:
-    out = {p.name: expected_lists(p, users, LIMIT) for p in (family["old"], family["new"])}
-    old, new = out.values()
-    assert all(old[u] != new[u] for u in users), "the two versions must answer differently"
-    return out
-
-
-def user_calls(users: list[str]) -> list[Callable[[httpx.Client, int], httpx.Response]]:
-    def call(client: httpx.Client, i: int) -> httpx.Response:
-        return client.post(f"/recommendations/users/{users[i % len(users)]}", json={"limit": LIMIT})
-
-    return [call]
-
-
-def promote_then_roll_back(
-    base: str, registry: Registry, family: dict[str, Any], users: list[str], bound_s: float
-) -> dict[str, Any]:
-    """Under load: promote the new version, then roll back; each must switch every answer
-    within ``bound_s`` and fail no request."""
-    name, old, new = family["name"], family["old"].name, family["new"].name
-    check = VersionLog(family["lists"])
-    with Load(base, user_calls(users), clients=3, inspect=check) as load:
-        time.sleep(1)
-        promoted = time.monotonic()
-        registry.promote(name, new, "ci", "under load")
-        to_new = check.settle(promoted, new, bound_s)
-        rolled = time.monotonic()
-        registry.rollback(name, "ci", "under load")
-        to_old = check.settle(rolled, old, bound_s)
-    for start, end, version in ((promoted, rolled, new), (rolled, float("inf"), old)):
-        late = [t for t, v in check.since(start, end) if v != version and t - start > bound_s]
-        assert not late, f"{len(late)} answers of the other version after {bound_s} s"
-    assert {v for _, v in check.since(0)} == {old, new}
-    assert load.answers["personalized"] > 0
-    return {"load": load, "switch_s": (round(to_new, 2), round(to_old, 2))}
-
-
-def report(run: dict[str, Any], what: str) -> None:
-    """Print the figures (`-s`) and assert the guarantee: no failed request, no list that is
-    not its version's."""
-    load: Load = run["load"]
-    figures = load.report(f"{what}: promotion then rollback")
-    print(f"{what}: answers switched {run['switch_s']} s after the promotion and the rollback")
-    assert figures["failed"] == 0, load.outcomes
-    assert figures["violations"] == 0, load.violations
-
-
-@pytest.mark.faults
-def test_promotion_and_rollback_under_load_local(
-    tmp_path: Path, family: dict[str, Any], users: list[str], lists: Any
-) -> None:
-    registry = open_registry(f"sqlite:///{tmp_path / 'registry.db'}")
-    registry.register(family["old"], stage="production")
-    registry.register(family["new"])
-    live = Live.from_config(
-        {
-            "cache": {"enabled": False},
-            "auth": {"enabled": False},
-            "registry": {"url": registry.url, "poll_s": 0.2},
-        }
-    )
-    app = create_app(lambda: RecommendationService(load_bundle(family["old"]), 10.0, live=live))
-    with serve_in_thread(app) as base:
-        run = promote_then_roll_back(base, registry, {**family, "lists": lists}, users, 10.0)
-    registry.close()
-    report(run, "local runner")
-
-
-@pytest.mark.faults
-def test_promotion_and_rollback_under_load_ray(
-    tmp_path: Path, family: dict[str, Any], users: list[str], lists: Any
-) -> None:
-    registry = open_registry(f"sqlite:///{tmp_path / 'registry.db'}")
-    registry.register(family["old"], stage="production")
-    registry.register(family["new"])
-    port = free_port()
-    live = {
-        "store": None,
-        "cache": {"enabled": False},
-        "auth": {"enabled": False},
-        "registry": {"url": registry.url, "poll_s": 0.5},
-    }
-    config = ray_runner.with_overrides(
-        ray_runner.load_config(CONFIG),
-        str(family["old"]),
-        host="127.0.0.1",
-        port=port,
-        live=live,
-        topology="fused",
-        ingress_replicas=2,
-        stage_timeout_ms=2000,
-    )
-    ray_runner.start_ray(num_cpus=2)
-    import ray
-
-    try:
-        ray_runner.deploy(config)
-        deadline = time.monotonic() + 30
-        while len([s for s in registry.servers() if s.fresh]) < 2:  # each replica reports
-            assert time.monotonic() < deadline, registry.servers()
-            time.sleep(0.1)
-        base = f"http://127.0.0.1:{port}"
-        run = promote_then_roll_back(base, registry, {**family, "lists": lists}, users, 20.0)
-    finally:
-        ray.shutdown()
-        registry.close()
-    report(run, "Ray Serve, fused, 2 ingress replicas")
