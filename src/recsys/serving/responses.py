@@ -37,7 +37,7 @@ WHY = {
     401: "No valid bearer token (`WWW-Authenticate: Bearer`)",
     403: "The token may not act for this user, or lacks the scope",
     404: "Unknown, deleted or erased book or user",
-    409: "A book with this id exists",
+    409: "Conflict: a book with this id exists, or (models) the server follows no registry",
     413: "Body over `max_body_bytes`",
     422: "Invalid input",
     429: "Over the rate limit (`Retry-After` says when to retry)",
