@@ -199,6 +199,7 @@ def own_server(
             "auth": {"enabled": True, "secret": SECRET},
             "rate_limits": {"default": "10000000/minute"},
             "max_body_bytes": 20_000,
+            "registry": {"url": f"sqlite:///{tmp_path / 'registry.db'}", "poll_s": 60},
         }
     )
     bundle = load_bundle(trained_bundle["bundle"])
