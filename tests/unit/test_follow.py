@@ -29,6 +29,12 @@ class FakeCore:
     def serving(self) -> list[tuple[str, str]]:
         return [("fam", self.version)]
 
+    def set_canary(self, family: str, path: str | None, percent: float) -> None:
+        raise AssertionError("no canary in these tests")
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 class FakeRegistry:
     def __init__(self) -> None:
@@ -52,6 +58,12 @@ class FakeRegistry:
 
     def forget(self, server_id: str) -> None:
         self.forgotten.append(server_id)
+
+    def canary(self, family: str) -> None:
+        return None
+
+    def report_stats(self, server_id: str, stats: Any) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recsys.errors import RecsysError
 from recsys.lifecycle import ModelVersion, Registry
@@ -61,8 +61,33 @@ def register(registry: Registry, cfg: DictConfig) -> dict[str, Any]:
 def promote(registry: Registry, cfg: DictConfig) -> dict[str, Any]:
     family = family_of(registry, cfg)
     before = registry.production(family)
+    if cfg.get("canary"):
+        return canary(registry, cfg, family)
     done = registry.promote(family, str(cfg.version), str(cfg.actor), str(cfg.reason))
     print(f"{family}: {done.version} is production (was {before.version if before else '-'})")
+    return print_family(registry, family)
+
+
+def canary(registry: Registry, cfg: DictConfig, family: str) -> dict[str, Any]:
+    """Promote through canary steps, judged by the guardrails (recsys.lifecycle.canary)."""
+    from recsys.lifecycle.canary import CanaryPlan, run_canary
+    from recsys.lifecycle.guardrails import Guardrails, Verdict
+
+    plan = CanaryPlan(
+        steps=tuple(float(p) for p in cfg.canary),
+        step_s=float(cfg.step_minutes) * 60,
+        settle_s=float(cfg.settle_s),
+        max_holds=int(cfg.max_holds),
+        rules=Guardrails(**OmegaConf.to_container(cfg.guardrails)),  # type: ignore[arg-type]
+    )
+
+    def report(percent: float, verdict: Verdict) -> None:
+        rows = {f"{percent:g}% {r['guardrail']}": r for r in verdict.rows}
+        print_table(rows, title=f"{cfg.version} at {percent:g}%: {verdict.action}")
+
+    outcome = run_canary(registry, family, str(cfg.version), plan, str(cfg.actor), report)
+    verdict = "promoted" if outcome.promoted else "rolled back: " + "; ".join(outcome.reasons)
+    print(f"{family}: canary {cfg.version} {verdict}")
     return print_family(registry, family)
 
 

@@ -9,12 +9,10 @@ summed over processes and taken as the difference between the step's end and its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
-
-from recsys.serving.experiments import ctr_report
 
 
 @dataclass(frozen=True)
@@ -125,6 +123,8 @@ def judge(canary: ArmStats, production: ArmStats, rules: Guardrails) -> Verdict:
         )
     )
     if min(canary.impressions, production.impressions) >= rules.min_impressions:
+        from recsys.serving.experiments import ctr_report  # (imports torch: only when needed)
+
         ctr = ctr_report(
             {
                 "production": (production.impressions, production.clicks),
@@ -188,3 +188,11 @@ def arm_stats(registry: CollectorRegistry) -> dict[str, ArmStats]:
             clicks=clicks,
         )
     return out
+
+
+def to_json(stats: ArmStats) -> dict[str, Any]:
+    return {**asdict(stats), "buckets": [[b, n] for b, n in stats.buckets]}
+
+
+def from_json(raw: dict[str, Any]) -> ArmStats:
+    return ArmStats(**{**raw, "buckets": tuple((float(b), int(n)) for b, n in raw["buckets"])})

@@ -24,6 +24,7 @@ import recsys.lifecycle.records as records
 import recsys.lifecycle.retention as retention
 from recsys.bundle.files import promote_version, resolve, verify
 from recsys.errors import RecsysError
+from recsys.lifecycle.canaries import Canaries
 from recsys.lifecycle.records import DELETED, STAGES, ModelVersion
 from recsys.lifecycle.schema import RegistryDb, events, families, versions
 from recsys.lifecycle.servers import Heartbeats
@@ -38,7 +39,7 @@ def open_registry(url: str) -> Registry:
     return Registry(url)
 
 
-class Registry(Heartbeats):
+class Registry(Heartbeats, Canaries):
     """Bundle versions by family, their stages, and the production pointer (module doc)."""
 
     def __init__(self, url: str) -> None:
@@ -135,6 +136,12 @@ class Registry(Heartbeats):
         if stage == "production":
             return self.promote(family, version, actor, "; ".join(reasons))
         return self.get(family, version)
+
+    def promotable(self, family: str, version: str) -> ModelVersion:
+        """``version``, when it may become production (else the error saying why)."""
+        target = self.get(family, version)
+        self._check(target, f"{family} {version}")
+        return target
 
     def promote(self, family: str, version: str, actor: str, reason: str = "") -> ModelVersion:
         """Make ``version`` production; the old production becomes archived. Refuses

@@ -72,6 +72,24 @@ servers = sa.Table(
     sa.Column("last_seen", sa.Float, nullable=False),
 )
 
+canaries = sa.Table(
+    "model_canaries",
+    metadata,
+    sa.Column("family", sa.String(200), primary_key=True),
+    sa.Column("version", sa.String(200), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("percent", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+)
+server_stats = sa.Table(
+    "model_server_stats",  # per server: answers by bundle version since it started (JSON)
+    metadata,
+    sa.Column("server_id", sa.String(200), primary_key=True),
+    sa.Column("stats", sa.Text, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
 
 class RegistryUnavailable(RecsysError):
     """The registry's database cannot be reached (or opened)."""

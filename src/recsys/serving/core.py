@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
+from recsys.lifecycle.guardrails import ArmStats, arm_stats
 from recsys.serving.drift import DriftCollector, DriftMonitor
 from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr_report
 from recsys.serving.follow import ProductionFollower
@@ -95,7 +96,17 @@ class ServingCore:
     def serving(self) -> list[tuple[str, str]]:
         """(family, version) of the default bundle, then of the variants' bundles."""
         services = [self.service, *self.experiments.services.values()]
+        if self.experiments.canary is not None:
+            services.append(self.experiments.canary[1])
         return [(s.bundle.manifest.bundle_name, s.version) for s in services]
+
+    def set_canary(self, family: str, path: str | None, percent: float) -> None:
+        """A canary from the model registry (:meth:`Experiments.set_canary`)."""
+        self.experiments.set_canary(family, path, percent)
+
+    def stats(self) -> dict[str, ArmStats]:
+        """Answers by bundle version since start (what a canary's guardrails compare)."""
+        return arm_stats(self.metrics.registry)
 
     def start(self) -> None:
         """Background work: watch the experiments file and follow the model registry's

@@ -137,10 +137,20 @@ class Experiments:
         self.default = default
         self.plan = Plan([])
         self.services: dict[str, Any] = {}  # variant bundle path -> service
+        # a canary from the model registry: (experiment, canary service); while set it is the
+        # active experiment (the file's active one resumes after it)
+        self.canary: tuple[Experiment, Any] | None = None
         self._lock = threading.Lock()
 
     def assign(self, user_id: str, forced: str | None = None) -> Assignment:
-        plan, services, default = self.plan, self.services, self.default
+        plan, services, default, canary = self.plan, self.services, self.default, self.canary
+        if canary is not None:
+            split, canary_service = canary
+            if forced is not None and forced not in split.variants:
+                raise RecsysError(f"unknown variant '{forced}' of {split.name}: canary")
+            variant = forced or split.assign(user_id)
+            chosen = canary_service if variant == "canary" else default
+            return Assignment(split.name, variant, chosen)
         experiment = plan.active
         if experiment is None:
             if forced:
@@ -165,14 +175,36 @@ class Experiments:
         it is the default or a variant's again by then."""
 
         def close() -> None:
-            if service is not self.default and all(
-                s is not service for s in self.services.values()
+            canary = self.canary[1] if self.canary is not None else None
+            if (
+                service is not self.default
+                and service is not canary
+                and all(s is not service for s in self.services.values())
             ):
                 service.close()
 
         timer = threading.Timer(self.grace_s, close)
         timer.daemon = True
         timer.start()
+
+    def set_canary(self, family: str, path: str | None, percent: float = 0.0) -> None:
+        """Send ``percent`` of users (stable hash buckets: raising the share keeps everyone
+        already in the canary there) to the bundle at ``path`` as experiment
+        ``canary:<family>``, variants ``canary`` and ``production``; ``path=None`` ends it.
+        The bundle is loaded and verified first (raises; nothing changes)."""
+        with self._lock:
+            old = self.canary
+            if path is None:
+                self.canary = None
+            else:
+                service = old[1] if old and str(old[1].bundle.path) == str(resolve(path)) else None
+                service = service or self.build(load_bundle(path))
+                experiment = Experiment(
+                    f"canary:{family}", {"canary": percent, "production": 100.0 - percent}
+                )
+                self.canary = (experiment, service)
+            if old is not None and (self.canary is None or self.canary[1] is not old[1]):
+                self.retire(old[1])
 
     def apply(self, raw: dict[str, Any] | None) -> None:
         """Validate ``raw``, load every bundle it names, then switch. Raises on a bad file

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from recsys.errors import RecsysError
 from recsys.lifecycle import Registry, open_registry
+from recsys.lifecycle.guardrails import ArmStats
 
 log = logging.getLogger(__name__)
 RETRY_REFUSED_S = 30.0  # a production version that failed to load is tried again this late
@@ -34,6 +35,10 @@ class Followed(Protocol):
     def serving(self) -> list[tuple[str, str]]:
         """(family, version) of the default bundle first, then the variants' bundles."""
         ...
+
+    def set_canary(self, family: str, path: str | None, percent: float) -> None: ...
+
+    def stats(self) -> dict[str, ArmStats]: ...
 
 
 def server_id() -> str:
@@ -58,6 +63,7 @@ class ProductionFollower:
         self.opener = opener
         self.server_id = server_id()
         self.applied: str | None = None  # the production version last switched to
+        self.canary: tuple[str, float] | None = None  # (version, percent) applied
         self.error: str | None = None
         self._retry_at: dict[str, float] = {}
         self._registry: Registry | None = None
@@ -72,7 +78,10 @@ class ProductionFollower:
         with self._lock:
             try:
                 switched = self._follow()
-                self._registry_now().heartbeat(self.server_id, self.core.serving(), self.poll_s)
+                self._follow_canary()
+                registry = self._registry_now()
+                registry.heartbeat(self.server_id, self.core.serving(), self.poll_s)
+                registry.report_stats(self.server_id, self.core.stats())
                 self.error = None
                 return switched
             except Exception as exc:  # the registry down or broken: keep serving, try again
@@ -97,6 +106,19 @@ class ProductionFollower:
         # refused (logged and counted by the swap): not again on every poll
         self._retry_at[production.version] = time.monotonic() + RETRY_REFUSED_S
         return False
+
+    def _follow_canary(self) -> None:
+        """Apply the family's canary (version and share) when it changed, or end it."""
+        canary = self._registry_now().canary(self.family)
+        wanted = None if canary is None else (canary.version, canary.percent)
+        if wanted == self.canary:
+            return
+        if canary is None:
+            self.core.set_canary(self.family, None, 0.0)
+        else:  # a bundle that fails to load raises: retried next poll, logged once
+            self.core.set_canary(self.family, canary.path, canary.percent)
+        self.canary = wanted
+        log.info("%s canary: %s", self.family, wanted)
 
     def _registry_now(self) -> Registry:
         if self._registry is None:
