@@ -37,6 +37,7 @@ class BundleContents:
         training: facts about the run (``eval/metrics.json`` under ``training``).
         resolved_config: the run's config as YAML (``config/resolved.yaml``).
         ranker: the ranking stage, when trained.
+        config_hash: the hash of the config sections that shaped the model (manifest).
     """
 
     data: PreparedData
@@ -46,6 +47,7 @@ class BundleContents:
     training: dict[str, Any] = field(default_factory=dict)
     resolved_config: str = ""
     ranker: RankerFit | None = None
+    config_hash: str | None = None
 
 
 def write_bundle(contents: BundleContents, root: str | Path, name: str, promote: bool) -> Path:
@@ -78,6 +80,8 @@ def _manifest(contents: BundleContents, name: str) -> Manifest:
         metrics=contents.metrics,
         index_spec=asdict(contents.indexed.index.report),
         wandb_run_id=contents.retriever.wandb_run_id,
+        data_cutoff=contents.data.summary.get("data_cutoff"),
+        config_hash=contents.config_hash,
     )
 
 
