@@ -37,6 +37,28 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "recsys.jobs.experiments_report",
         "click-through per variant of an experiment, with intervals",
     ),
+    "models list": ("models_list", "recsys.jobs.models", "versions: stage, metrics, lineage"),
+    "models show": ("models_show", "recsys.jobs.models", "one version and its history"),
+    "models register": (
+        "models_register",
+        "recsys.jobs.models",
+        "add a bundle version to the model registry",
+    ),
+    "models promote": (
+        "models_promote",
+        "recsys.jobs.models",
+        "make a version production (following servers swap)",
+    ),
+    "models rollback": (
+        "models_rollback",
+        "recsys.jobs.models",
+        "back to the previous production version",
+    ),
+    "models prune": (
+        "models_prune",
+        "recsys.jobs.models",
+        "delete unneeded versions (never production, recent or in use)",
+    ),
     "store backup": (
         "store_backup",
         "recsys.jobs.store_backup",
@@ -54,7 +76,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 def usage() -> str:
     lines = ["usage: recsys <command> [key=value ...]", "", "commands:"]
-    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name:<18} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += [
         "",
         "Options are Hydra overrides, e.g. `recsys evaluate data=amazon_book model=als`.",

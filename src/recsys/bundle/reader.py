@@ -14,8 +14,8 @@ import scipy.sparse as sp
 import torch
 
 from recsys.bundle import layout
-from recsys.bundle.manifest import MANIFEST, MANIFEST_SCHEMA, Manifest
-from recsys.checksums import sha256_file
+from recsys.bundle.files import resolve, verify
+from recsys.bundle.manifest import Manifest
 from recsys.drift import TrainingSummary
 from recsys.errors import BundleError
 from recsys.features.pipeline import (
@@ -36,52 +36,6 @@ from recsys.models.ranker import Ranker
 from recsys.models.towers import BookTower, UserTower
 
 SCORE_FN = "cosine/temperature"
-
-
-def resolve(path: str | Path) -> Path:
-    """A version folder, or a family folder whose ``LATEST`` names one."""
-    folder = Path(path)
-    if (folder / MANIFEST).is_file():
-        return folder
-    latest = folder / layout.LATEST
-    if latest.is_file():
-        return folder / latest.read_text().strip()
-    if not folder.exists():
-        raise BundleError(
-            f"bundle {folder} does not exist. Train one (`make demo` or "
-            "`python training/train.py`) or fix the bundle path."
-        )
-    raise BundleError(f"{folder} is not a bundle (no {MANIFEST}) and has no LATEST file.")
-
-
-def verify(folder: Path) -> Manifest:
-    """Check the manifest schema and every file's checksum; raise BundleError on mismatch."""
-    try:
-        raw = json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{folder}: unreadable {MANIFEST} ({exc}).") from None
-    if raw.get("manifest_schema") != MANIFEST_SCHEMA:
-        raise BundleError(
-            f"{folder}: manifest_schema {raw.get('manifest_schema')} is not the supported "
-            f"{MANIFEST_SCHEMA}; rebuild the bundle with this version of recsys."
-        )
-    manifest = Manifest.from_dict(raw)
-    present = {
-        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
-    }
-    missing = sorted(set(manifest.files) - present)
-    extra = sorted(present - set(manifest.files))
-    if missing:
-        raise BundleError(f"{folder}: missing file(s) {missing}; the bundle is incomplete.")
-    if extra:
-        raise BundleError(f"{folder}: unexpected file(s) {extra}; bundles are never edited.")
-    for rel, meta in manifest.files.items():
-        if sha256_file(folder / rel) != meta["sha256"]:
-            raise BundleError(
-                f"{folder}: checksum mismatch for {rel}; the bundle is corrupt "
-                "or was modified. Rebuild or restore it."
-            )
-    return manifest
 
 
 @dataclass

@@ -14,6 +14,7 @@ import polars as pl
 import torch
 
 from recsys.bundle import layout
+from recsys.bundle.files import promote_version
 from recsys.bundle.manifest import MANIFEST, Manifest
 from recsys.errors import BundleError
 
@@ -59,16 +60,6 @@ def write_bundle(
     if promote:
         promote_version(family, manifest.bundle_version)
     return target
-
-
-def promote_version(family: Path, version: str) -> None:
-    """Atomically rewrite ``LATEST`` to name ``version``."""
-    if not (family / version / MANIFEST).is_file():
-        raise BundleError(f"cannot promote {version}: no such bundle in {family}.")
-    fd, tmp = tempfile.mkstemp(prefix=".LATEST.", dir=family)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(version + "\n")
-    os.replace(tmp, family / layout.LATEST)
 
 
 def save_module(module: torch.nn.Module, folder: Path, name: str, args: dict[str, object]) -> None:

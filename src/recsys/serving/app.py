@@ -19,7 +19,15 @@ from recsys.serving.core import ServingCore
 from recsys.serving.deps import guard
 from recsys.serving.metrics import Metrics
 from recsys.serving.middleware import BodyLimit, add_request_context
-from recsys.serving.routers import books, events, experiments, health, recommendations, users
+from recsys.serving.routers import (
+    books,
+    events,
+    experiments,
+    health,
+    models,
+    recommendations,
+    users,
+)
 from recsys.serving.service import RecommendationService
 
 ROUTERS = (
@@ -28,6 +36,7 @@ ROUTERS = (
     users.router,
     books.router,
     experiments.router,
+    models.router,
     health.router,
 )
 

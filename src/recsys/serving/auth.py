@@ -37,7 +37,8 @@ from recsys.errors import RecsysError
 SCOPES = ("recs:read:any", "events:write:any", "users:read:any", "users:delete:any")
 CATALOGUE_WRITE = "catalogue:write"
 EXPERIMENTS_READ = "experiments:read"
-ALL_SCOPES = (*SCOPES, CATALOGUE_WRITE, EXPERIMENTS_READ)
+MODELS_WRITE = "models:write"
+ALL_SCOPES = (*SCOPES, CATALOGUE_WRITE, EXPERIMENTS_READ, MODELS_WRITE)
 
 
 class Unauthorized(RecsysError):

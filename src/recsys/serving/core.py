@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
 from recsys.serving.drift import DriftCollector, DriftMonitor
 from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr_report
+from recsys.serving.follow import ProductionFollower
 from recsys.serving.live import Live
 from recsys.serving.metrics import Metrics
 from recsys.serving.personalised import Answer
@@ -39,6 +41,7 @@ from recsys.serving.service import RecommendationService
 log = logging.getLogger(__name__)
 TRANSIENT = ("timeout", "stage_error", "overloaded", "store_unavailable")  # fallbacks never cached
 Call = Callable[[RecommendationService], Answer]
+Build = Callable[[Bundle], RecommendationService]
 
 
 class BadVariant(RecsysError):
@@ -52,10 +55,19 @@ class ServingCore:
         service: the service of the bundle the process starts with.
         metrics: where answers, cache lookups, impressions and swaps are counted, with the
             served lists' diversity and coverage and the inputs' drift.
+        build: how a swapped-in bundle's service is built (default: sharing this process's
+            stores and settings; Ray's chained ingress has its stages preload it first).
     """
 
-    def __init__(self, service: RecommendationService, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        service: RecommendationService,
+        metrics: Metrics | None = None,
+        build: Build | None = None,
+    ) -> None:
         self.metrics = metrics or Metrics()
+        self.build = build
+        self._swapping = threading.Lock()  # one swap at a time (registry, reconfigure)
         self.live: Live = service.live
         self.experiments = Experiments(service.sibling, service, self.install)
         self.metrics.watch(self.live.breakers())
@@ -66,6 +78,7 @@ class ServingCore:
         self.metrics.registry.register(DriftCollector(self.drift))
         self.metrics.registry.register(QualityCollector(self.coverage, self.served_bundles))
         self.watcher: FileWatcher | None = None
+        self.follower: ProductionFollower | None = None
 
     @property
     def service(self) -> RecommendationService:
@@ -79,44 +92,54 @@ class ServingCore:
         unique = {s.version: s.bundle.manifest.metrics for s in services}
         return sorted(unique.items())
 
+    def serving(self) -> list[tuple[str, str]]:
+        """(family, version) of the default bundle, then of the variants' bundles."""
+        services = [self.service, *self.experiments.services.values()]
+        return [(s.bundle.manifest.bundle_name, s.version) for s in services]
+
     def start(self) -> None:
-        """Background work: watch the experiments file, when one is configured."""
+        """Background work: watch the experiments file and follow the model registry's
+        production version, each when configured."""
         if self.live.experiments_file:
             self.watcher = FileWatcher(
                 self.live.experiments_file, self.experiments, self.live.experiments_poll_s
             )
+        registry = self.live.registry
+        if registry.url:
+            family = registry.family or self.service.bundle.manifest.bundle_name
+            self.follower = ProductionFollower(self, registry.url, family, registry.poll_s)
 
     def close(self) -> None:
-        """Stop the experiments watcher, close the services, then what outlives them (the
-        store connections, the impression writer)."""
+        """Stop the experiments watcher and the registry follower, close the services, then
+        what outlives them (the store connections, the impression writer)."""
         if self.watcher is not None:
             self.watcher.stop()
+        if self.follower is not None:
+            self.follower.stop()
         self.service.close()
         self.live.close()
 
     # --- hot swap --------------------------------------------------------------------------
 
-    def swap(
-        self,
-        path: str | Path,
-        build: Callable[[Bundle], RecommendationService] | None = None,
-    ) -> bool:
+    def swap(self, path: str | Path, build: Build | None = None) -> bool:
         """Load and verify the bundle at ``path`` (a version or a family folder), build its
-        service (default: sharing this process's stores and settings), then switch to it.
-        A bundle that fails to load or build is refused and the current one keeps serving.
-        Returns whether it switched (False also when ``path`` is the current bundle)."""
-        current = self.service
-        try:
-            folder = resolve(path)
-            if folder == current.bundle.path:
+        service (``build``, else the core's, else sharing this process's stores and
+        settings), then switch to it. A bundle that fails to load or build is refused and the
+        current one keeps serving. Returns whether it switched (False also when ``path`` is
+        the current bundle). One swap at a time."""
+        with self._swapping:
+            current = self.service
+            try:
+                folder = resolve(path)
+                if folder.resolve() == current.bundle.path.resolve():
+                    return False
+                service = (build or self.build or current.sibling)(load_bundle(folder))
+            except Exception as exc:  # any failure leaves the old bundle serving
+                log.error("bundle %s refused, %s keeps serving: %s", path, current.version, exc)
+                self.metrics.swaps.labels("refused").inc()
                 return False
-            service = (build or current.sibling)(load_bundle(folder))
-        except Exception as exc:  # any failure leaves the old bundle serving
-            log.error("bundle %s refused, %s keeps serving: %s", path, current.version, exc)
-            self.metrics.swaps.labels("refused").inc()
-            return False
-        self.install(service)
-        return True
+            self.install(service)
+            return True
 
     def install(self, service: RecommendationService) -> None:
         """Make ``service`` the default: requests already holding the old one finish on it

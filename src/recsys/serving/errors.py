@@ -17,6 +17,7 @@ from recsys.errors import RecsysError
 from recsys.serving.auth import Forbidden, Unauthorized
 from recsys.serving.books import BookExists
 from recsys.serving.core import BadVariant
+from recsys.serving.follow import RegistryOff
 from recsys.serving.ingest import UnknownEventBook
 from recsys.serving.ratelimit import RateLimited
 from recsys.serving.service import UnknownBook
@@ -29,6 +30,7 @@ STATUS: dict[type[RecsysError], int] = {
     BadVariant: 422,
     UnknownEventBook: 422,
     BookExists: 409,
+    RegistryOff: 409,
     Unauthorized: 401,
     Forbidden: 403,
     RateLimited: 429,

@@ -16,7 +16,12 @@ from recsys.serving.auth import Authenticator
 from recsys.serving.cache import ResponseCache
 from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
-from recsys.serving.settings import LiveSettings, MonitoringSettings, validated
+from recsys.serving.settings import (
+    LiveSettings,
+    MonitoringSettings,
+    RegistrySettings,
+    validated,
+)
 from recsys.serving.trending import Trending
 from recsys.stores import Stores, StoreUnavailable, null_stores, open_store
 
@@ -38,6 +43,7 @@ class Live:
     experiments_poll_s: float = 1.0
     impressions: ImpressionLog | None = None
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)  # url None: off
 
     _rebuilding: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -88,7 +94,8 @@ class Live:
     @classmethod
     def from_config(cls, cfg: LiveSettings | dict[str, Any]) -> Live:
         """From the live settings (or their plain-data form: the ``store``, ``trending``,
-        ``cache``, ``auth``, ``rate_limits``, ``experiments`` sections of the serve config)."""
+        ``cache``, ``auth``, ``rate_limits``, ``experiments``, ``monitoring``, ``registry``
+        sections of the serve config)."""
         settings = (
             cfg
             if isinstance(cfg, LiveSettings)
@@ -115,6 +122,7 @@ class Live:
             settings.experiments.file,
             settings.experiments.poll_s,
             monitoring=settings.monitoring,
+            registry=settings.registry,
         )
         live.refresh_trending(force=True)
         return live

@@ -89,6 +89,9 @@ class RayAppArgs(BaseModel):
             live.store.url = "sqlite:///" + _absolute(url.removeprefix("sqlite:///"))
         if live.auth.secret_file:
             live.auth.secret_file = _absolute(live.auth.secret_file)
+        registry = live.registry.url or ""
+        if registry.startswith("sqlite:///"):
+            live.registry.url = "sqlite:///" + _absolute(registry.removeprefix("sqlite:///"))
         return live
 
 
@@ -270,7 +273,9 @@ class Ingress:
         self.live = Live.from_config(live or {})
         self.retrieval, self.ranking = retrieval, ranking
         self.stage_timeout_s = stage_timeout_ms / 1000
-        self.core = ServingCore(self._service(load_bundle(bundle)))
+        # a swap (reconfigure, or following the model registry) has the stages preload first
+        preloaded = functools.partial(self._service, preload=True)
+        self.core = ServingCore(self._service(load_bundle(bundle)), build=preloaded)
 
     def _service(self, bundle: Bundle, preload: bool = False) -> RecommendationService:
         """The service of ``bundle``; ``preload``: the stages load it first (a swap; at
@@ -307,8 +312,7 @@ class Ingress:
             except Exception as exc:
                 log.error("experiments refused, the current setup stays: %s", exc)
         if config.get("bundle"):
-            build = functools.partial(self._service, preload=True)
-            await asyncio.to_thread(self.core.swap, str(config["bundle"]), build)
+            await asyncio.to_thread(self.core.swap, str(config["bundle"]))
 
 
 def as_deployment(decorated: Any) -> Deployment:

@@ -275,3 +275,10 @@ class ExperimentStatus(BaseModel):
 class ExperimentsOverview(BaseModel):
     bundle_version: str = Field(description="the bundle everyone outside an experiment gets")
     experiments: list[ExperimentStatus]
+
+
+class ModelsReload(BaseModel):
+    family: str = Field(description="the bundle family this server follows in the registry")
+    production: str | None = Field(description="the registry's production version, as applied")
+    bundle_version: str = Field(description="the bundle everyone outside an experiment gets")
+    switched: bool = Field(description="whether this call swapped the bundle")

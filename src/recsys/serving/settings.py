@@ -83,6 +83,17 @@ class ExperimentSettings(_Section):
     poll_s: float = Field(default=1.0, gt=0)
 
 
+class RegistrySettings(_Section):
+    """Follow the model registry's production version (docs/operations.md, "Model registry
+    and promotion"); ``url: null`` (the default) serves the configured bundle only."""
+
+    url: str | None = Field(default=None, description="sqlite:///…/registry.db or postgresql…")
+    poll_s: float = Field(default=2.0, gt=0, description="read the production pointer this often")
+    family: str | None = Field(
+        default=None, description="the family to follow (null: the served bundle's)"
+    )
+
+
 class MonitoringSettings(_Section):
     """Business and drift metrics (docs/operations.md, "Monitoring and alerts")."""
 
@@ -108,9 +119,10 @@ class LiveSettings(_Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="larger bodies get 413")
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
 
     @field_validator(
-        "store", "trending", "cache", "auth", "experiments", "monitoring", mode="before"
+        "store", "trending", "cache", "auth", "experiments", "monitoring", "registry", mode="before"
     )
     @classmethod
     def null_is_default(cls, value: Any) -> Any:
