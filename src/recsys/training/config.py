@@ -44,7 +44,6 @@ from recsys.training.ranker import (
 )
 from recsys.training.retriever import RetrieverFit, fit_features, fit_retriever
 
-
 # the config sections that shape a trained model (paths, loggers and bundle names do not)
 MODEL_SECTIONS = (
     "data",
@@ -253,8 +252,9 @@ def training_facts(retriever: RetrieverFit, ranker: RankerFit | None) -> dict[st
     return facts
 
 
-def run_training(cfg: DictConfig, data: PreparedData) -> TrainingRun:
-    """Features -> retriever -> (ranking stage) -> index -> bundle, as ``cfg`` says."""
+def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None) -> TrainingRun:
+    """Features -> retriever -> (ranking stage) -> index -> bundle, as ``cfg`` says;
+    ``parent``: the version the bundle is trained to replace (its manifest's parent)."""
     state = fit_features(hydra.utils.instantiate(cfg.features), data)
     retriever = fit_retriever_from(cfg, data, state)
     serving = retriever.recommender()
@@ -277,7 +277,7 @@ def run_training(cfg: DictConfig, data: PreparedData) -> TrainingRun:
     facts = training_facts(retriever, ranker)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     contents = BundleContents(
-        data, retriever, indexed, metrics, facts, resolved, ranker, config_hash(cfg)
+        data, retriever, indexed, metrics, facts, resolved, ranker, config_hash(cfg), parent
     )
     path = write_bundle(contents, cfg.bundle.root, str(cfg.bundle.name), bool(cfg.bundle.promote))
     return TrainingRun(metrics, rows, path, retriever, ranker)
