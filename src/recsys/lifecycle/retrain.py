@@ -86,23 +86,18 @@ def with_stored_events(base: Dataset, stores: Stores, cutoff: float | None) -> R
         cutoff: the production bundle's cut-off; events after it count as new.
     """
     events = stores.events.history_frame()
+    erased = stores.users.deleted_filter(events.get_column(S.USER_ID).unique())
+    events = events.filter(~pl.col(S.USER_ID).is_in(list(erased)))
     interactions = pl.concat(
         [base.interactions, event_interactions(events)], how="vertical_relaxed"
     )
     books = pl.concat([base.books, added_books(stores)], how="diagonal_relaxed")
     dataset = build_dataset(base.name, interactions, books, base.users, "base data + events")
-    erased = stores.users.deleted_filter(dataset.interactions.get_column(S.USER_ID).unique())
-    if erased:
-        dataset = Dataset(
-            dataset.name,
-            dataset.interactions.filter(~pl.col(S.USER_ID).is_in(list(erased))),
-            dataset.books,
-            dataset.users.filter(~pl.col(S.USER_ID).is_in(list(erased))),
-            dataset.duplicates,
-        )
     known = base.interactions.get_column(S.BOOK_ID).unique()
-    new_books = events.get_column(S.BOOK_ID).unique().is_in(known.implode()).not_().sum()
-    new = events.height if cutoff is None else events.filter(pl.col("ts") > cutoff).height
+    new_books = (~events.get_column(S.BOOK_ID).unique().is_in(known)).sum()
+    # interaction times are whole seconds, and so is a cut-off taken from them
+    after = pl.col("ts").floor() > cutoff
+    new = events.height if cutoff is None else events.filter(after).height
     return RetrainData(dataset, events.height, new, cutoff, int(new_books), len(erased))
 
 
