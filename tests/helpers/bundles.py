@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 def copy_version(source: Path, version: str, corrupt: bool = False) -> Path:
@@ -50,3 +51,16 @@ def reversed_ranker(source: Path) -> Path:
     new = derive(bundle, {layout.RANKER: write}, promote=False)
     marker.write_text(new.name)
     return new
+
+
+def two_versions(trained: Path, root: Path) -> dict[str, Any]:
+    """The trained bundle and a genuinely different version of it (:func:`reversed_ranker`),
+    copied into a family folder under ``root`` (its ``LATEST`` is the caller's to move):
+    ``folder``, ``name`` (the family), ``old`` and ``new`` (version folders)."""
+    from recsys.bundle.reader import load_bundle
+
+    source = load_bundle(trained).path
+    other = reversed_ranker(source)
+    folder = root / "bundles" / source.parent.name
+    old, new = (Path(shutil.copytree(p, folder / p.name)) for p in (source, other))
+    return {"folder": folder, "name": load_bundle(old).manifest.bundle_name, "old": old, "new": new}

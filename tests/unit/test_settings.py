@@ -65,6 +65,7 @@ SERVE_DEFAULTS = {
     "max_body_bytes": 1000000,
     "experiments": {"file": None, "poll_s": 1.0},
     "monitoring": {"coverage_window_s": 3600.0, "drift_window": 2000, "drift_min_samples": 200},
+    "registry": {"url": None, "poll_s": 2.0, "family": None},  # plain `recsys serve`: off
     "ray": {"address": None, "topology": None, "num_cpus": None},
 }
 
@@ -124,6 +125,24 @@ def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
         settings(compose_config("serve", tmp_path, ["cache.ttl_s=-1"]))
     with pytest.raises(RecsysError, match=r"bad serve setting monitoring\.coverage_window_s"):
         settings(compose_config("serve", tmp_path, ["monitoring.coverage_window_s=0"]))
+
+
+MODELS_COMMANDS = ("list", "show", "register", "promote", "rollback", "prune")
+
+
+def test_one_registry_config_for_serve_and_the_models_commands(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/artifacts/registry.db"
+    typed = settings(compose_config("serve", tmp_path, ["registry=default", "registry.poll_s=5"]))
+    assert (typed.registry.url, typed.registry.poll_s) == (url, 5.0)
+    assert typed.live().registry.url == url  # what Ray replicas receive
+    for command in MODELS_COMMANDS:
+        required = {"show": ["version=v"], "promote": ["version=v"], "register": ["bundle=b"]}
+        cfg = compose_config(f"models_{command}", tmp_path, required.get(command, []))
+        assert (cfg.command, cfg.registry.url) == (command, url)
+    args = RayAppArgs.model_validate(
+        {"bundle": "b", "live": {"registry": {"url": "sqlite:///r.db"}}}
+    )
+    assert args.live.registry.url == f"sqlite:///{Path.cwd() / 'r.db'}"  # replicas' cwd differs
 
 
 def test_token_config_reads_the_same_auth_defaults(tmp_path: Path) -> None:

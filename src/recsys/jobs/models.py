@@ -75,11 +75,11 @@ def rollback(registry: Registry, cfg: DictConfig) -> dict[str, Any]:
 
 
 def prune(registry: Registry, cfg: DictConfig) -> dict[str, Any]:
-    family, keep = family_of(registry, cfg), int(cfg.keep)
+    family, keep, in_use = family_of(registry, cfg), int(cfg.keep), [str(v) for v in cfg.in_use]
     if cfg.dry_run:
-        gone = registry.prunable(family, keep)
+        gone = registry.prunable(family, keep, in_use)
     else:
-        gone = registry.prune(family, keep, actor=str(cfg.actor))
+        gone = registry.prune(family, keep, in_use, str(cfg.actor))
     verb = "would delete" if cfg.dry_run else "deleted"
     rows = {v.version: {"stage": v.stage, "path": v.path} for v in gone}
     if rows:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recsys.lifecycle import retention
+import recsys.lifecycle.retention as retention
+from recsys.bundle.manifest import Manifest
 from recsys.lifecycle.schema import events, families, servers, versions
 
 STAGES = ("candidate", "production", "archived", "rejected")
@@ -53,6 +56,30 @@ class ModelVersion:
             row.actor,
             tuple(json.loads(row.reasons)),
         )
+
+
+def new_row(
+    folder: Path,
+    manifest: Manifest,
+    stage: str,
+    metrics: dict[str, float],
+    reasons: Sequence[str],
+    actor: str,
+    now: float,
+) -> dict[str, Any]:
+    """The ``model_versions`` row of a verified bundle (``metrics`` added to its manifest's)."""
+    return {
+        "family": manifest.bundle_name,
+        "version": manifest.bundle_version,
+        "path": str(folder),
+        "stage": stage,
+        "metrics": json.dumps({**manifest.metrics, **metrics}),
+        "data_fingerprint": manifest.data_fingerprint,
+        "parent": manifest.parent_version,
+        "created_at": epoch(manifest.created_at, now),
+        "actor": actor,
+        "reasons": json.dumps(list(reasons)),
+    }
 
 
 def row_of(conn: Connection, family: str, version: str) -> ModelVersion | None:

@@ -20,9 +20,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+import recsys.lifecycle.records as records
+import recsys.lifecycle.retention as retention
 from recsys.bundle.files import promote_version, resolve, verify
 from recsys.errors import RecsysError
-from recsys.lifecycle import records, retention
 from recsys.lifecycle.records import DELETED, STAGES, ModelVersion
 from recsys.lifecycle.schema import RegistryDb, events, families, versions
 from recsys.lifecycle.servers import Heartbeats
@@ -116,20 +117,10 @@ class Registry(Heartbeats):
         if stage not in STAGES:
             raise RecsysError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
         folder = resolve(bundle).resolve()
-        manifest = verify(folder)
-        family, version, now = manifest.bundle_name, manifest.bundle_version, time.time()
-        row = {
-            "family": family,
-            "version": version,
-            "path": str(folder),
-            "stage": "candidate" if stage == "production" else stage,
-            "metrics": json.dumps({**manifest.metrics, **(metrics or {})}),
-            "data_fingerprint": manifest.data_fingerprint,
-            "parent": manifest.parent_version,
-            "created_at": records.epoch(manifest.created_at, now),
-            "actor": actor,
-            "reasons": json.dumps(list(reasons)),
-        }
+        manifest, now = verify(folder), time.time()
+        family, version = manifest.bundle_name, manifest.bundle_version
+        first = "candidate" if stage == "production" else stage  # promoted below
+        row = records.new_row(folder, manifest, first, metrics or {}, reasons, actor, now)
         with self.db.locked(family, now) as conn:
             existing = records.row_of(conn, family, version)
             if existing is None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from recsys.lifecycle import records, retention
+import recsys.lifecycle.records as records
+import recsys.lifecycle.retention as retention
 from recsys.lifecycle.schema import RegistryDb, servers
 
 
