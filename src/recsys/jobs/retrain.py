@@ -66,6 +66,7 @@ def gate_rules(cfg: DictConfig) -> GateRules:
 
 
 def retrain(cfg: DictConfig, registry: Registry, rules: GateRules) -> dict[str, Any]:
+    """Data -> holdout -> (nothing changed: stop) -> the whole bundle -> :func:`decide`."""
     started = time.perf_counter()
     production = production_bundle(cfg, registry)
     data = gather(cfg, production)
@@ -74,18 +75,15 @@ def retrain(cfg: DictConfig, registry: Registry, rules: GateRules) -> dict[str, 
     remaining, holdout = carve_holdout(data.dataset.interactions, seen, settings)
     prepared = prepare_candidate(cfg, data, remaining)
     facts = {"data": data.facts(), "holdout": holdout.spec}
-    fingerprint_ = prepared.summary["data_fingerprint"]
-    manifest = production.manifest if production is not None else None
-    if not cfg.force and unchanged(manifest, data, fingerprint_, config_hash(cfg)):
-        assert production is not None
+    same_as = production.manifest if production is not None and not cfg.force else None
+    if same_as and unchanged(same_as, data, prepared.summary["data_fingerprint"], config_hash(cfg)):
         print(
-            f"nothing to retrain: no event since production {production.version}'s cut-off, "
-            "and the same data and config; force=true retrains anyway"
+            f"nothing to retrain: no event since production {same_as.bundle_version}'s "
+            "cut-off, and the same data and config; force=true retrains anyway"
         )
-        return {"skipped": True, "production": production.version, **facts}
-    parent = production.version if production is not None else None
+        return {"skipped": True, "production": same_as.bundle_version, **facts}
     trained_at = time.perf_counter()
-    run = run_training(cfg, prepared, parent)
+    run = run_training(cfg, prepared, production.version if production is not None else None)
     run.report(prepared.name)
     seconds = {"prepare": trained_at - started, "train": time.perf_counter() - trained_at}
     result = decide(cfg, registry, rules, run.bundle, production, holdout)
@@ -159,6 +157,8 @@ def decide(
         metrics = {f"holdout/{k}": v for k, v in scored.metrics.items()}
         registered = register_outcome(registry, path, gate, metrics, bool(cfg.promote_if_gated))
         print(f"registered {registered['family']} {registered['version']}: {registered['stage']}")
+    else:
+        print(f"not registered: {path} does not verify ({error})")
     return {
         "skipped": False,
         "bundle": str(path),

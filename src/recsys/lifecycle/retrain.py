@@ -123,14 +123,11 @@ def added_books(stores: Stores) -> pl.DataFrame:
     return S.conform(frame, S.BOOKS_SCHEMA, S.BOOKS_REQUIRED, "catalogue store")
 
 
-def unchanged(
-    production: Manifest | None, data: RetrainData, fingerprint: str, config_hash: str
-) -> bool:
+def unchanged(production: Manifest, data: RetrainData, fingerprint: str, config_hash: str) -> bool:
     """Nothing to retrain: no new event since production's cut-off, and production was built
     from the same data (fingerprint) with the same config (hash)."""
     return (
-        production is not None
-        and data.new_events == 0
+        data.new_events == 0
         and production.data_fingerprint == fingerprint
         and production.config_hash == config_hash
     )
