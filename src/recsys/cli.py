@@ -11,6 +11,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("evaluate", "recsys.jobs.evaluate", "fit a model, full-catalogue metrics"),
     "download": ("download", "recsys.jobs.download", "fetch a public dataset (checksummed)"),
     "train": ("train", "recsys.jobs.train", "train two-tower retrieval -> model bundle"),
+    "retrain": (
+        "retrain",
+        "recsys.jobs.retrain",
+        "base data + stored events -> candidate, gated against production -> registry",
+    ),
     "train-ranker": (
         "train_ranker",
         "recsys.jobs.train_ranker",

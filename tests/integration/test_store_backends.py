@@ -13,7 +13,7 @@ import pytest
 from tests.helpers.postgres_server import PostgresServer
 
 from recsys.errors import RecsysError
-from recsys.stores import Event, Impression, Stores, StoreUnavailable, open_store
+from recsys.stores import Event, Impression, Stores, StoreUnavailable, null_stores, open_store
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +55,29 @@ class StoreSuite:
             "cy": ["b1"],
             "dee": ["b1"],
         }
+
+    def test_history_frame_holds_history_events_oldest_first(self, url: str) -> None:
+        """Retraining reads every history event at once: only the store's history types,
+        oldest first, an erased user's events gone; the null set holds none."""
+        store = open_store(url, history_types=["read", "rate"])
+        try:
+            store.events.append(
+                [
+                    Event("ann", "b2", "rate", 20.0, 4.0, "e1"),
+                    Event("ann", "b1", "read", 10.0, None, "e2"),
+                    Event("bob", "b3", "view", 5.0, None, "e3"),
+                    Event("cy", "b1", "read", 1.0, None, "e4"),
+                ]
+            )
+            store.users.delete_user("cy", actor="test")
+            frame = store.events.history_frame()
+            assert frame.rows() == [
+                ("ann", "b1", "read", None, 10.0),
+                ("ann", "b2", "rate", 4.0, 20.0),
+            ]
+        finally:
+            _empty(store)
+        assert null_stores().events.history_frame().columns == frame.columns
 
     def test_a_store_from_before_is_migrated(self, url: str) -> None:
         """A store written when event ids were unique across users opens with its events

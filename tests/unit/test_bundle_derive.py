@@ -27,6 +27,8 @@ def _source(root: Path) -> Path:
         temperature=0.1,
         vocab_sizes={},
         metrics={"recall@20": 0.5, "two_stage/recall@20": 0.6},
+        data_cutoff=1_700_000_000.0,
+        config_hash="trained-with",
     )
 
     def text(name: str, body: str) -> Writer:
@@ -57,6 +59,10 @@ def test_derive_replaces_and_drops_parts_and_leaves_the_source(tmp_path: Path) -
     assert after.version != source.version
     assert after.manifest.parent_version == source.version
     assert after.manifest.metrics["two_stage/recall@20"] == 0.7
+    # the same data, but a part made with another config: retraining must not skip it
+    assert after.manifest.data_cutoff == source.manifest.data_cutoff == 1_700_000_000.0
+    assert source.manifest.config_hash == "trained-with"
+    assert after.manifest.config_hash is None
     assert (path / layout.RANKER / "ranker.json").read_text() == "ranker v2"
     assert not (path / layout.MF).exists()  # dropped, not written again
     for part, name in ((layout.TOWERS, "user_tower.json"), (layout.INDEX, "index_spec.json")):

@@ -30,7 +30,9 @@ def derive(
         drop: parts of the source not to carry over (a retrained stage's optional parts).
         promote: point the family's ``LATEST`` at the new version.
         **manifest_changes: manifest fields that differ from the source's (``metrics``,
-            ``index_spec``); version, time, git facts and ``parent_version`` are set here.
+            ``index_spec``); version, time, git facts and ``parent_version`` are set here,
+            and ``config_hash`` is cleared unless given (a derived part came from another
+            config than the source's).
 
     Returns:
         The new version's folder.
@@ -44,7 +46,7 @@ def derive(
         git_dirty=dirty,
         parent_version=bundle.version,
         files={},
-        **manifest_changes,
+        **{"config_hash": None, **manifest_changes},
     )
     skip = set(parts) | set(drop)
     copied: dict[str, Writer] = {

@@ -70,6 +70,11 @@ class Manifest:
     index_spec: dict[str, Any] | None = None
     wandb_run_id: str | None = None
     parent_version: str | None = None
+    # the latest event time (unix seconds) in the data the bundle was built from; None when
+    # that data has no time (the bundle's created_at stands in: docs/training.md#retraining)
+    data_cutoff: float | None = None
+    # sha256 of the config sections that shape the model (recsys.training.config.config_hash)
+    config_hash: str | None = None
     manifest_schema: int = MANIFEST_SCHEMA
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
 

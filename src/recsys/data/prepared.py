@@ -83,6 +83,17 @@ class PreparedData:
                 shutil.rmtree(tmp)
         return target
 
+    def dataset(self) -> Dataset:
+        """The canonical tables again (training and validation interactions together, without
+        the vocabulary columns): what a retrain adds stored events to."""
+        interactions = pl.concat([self.train, self.val]).select(list(S.INTERACTIONS_SCHEMA))
+        return Dataset(
+            self.name,
+            interactions,
+            self.books.select(list(S.BOOKS_SCHEMA)),
+            self.users.select(list(S.USERS_SCHEMA)),
+        )
+
     @classmethod
     def load(cls, folder: str | Path) -> PreparedData:
         path = Path(folder)
@@ -173,4 +184,11 @@ def _summary(
         },
         "vocab": {"users": len(user_vocab), "books": len(book_vocab)},
         "data_fingerprint": fingerprint(inter, split.spec),
+        "data_cutoff": data_cutoff(inter),
     }
+
+
+def data_cutoff(interactions: pl.DataFrame) -> float | None:
+    """The latest interaction time (unix seconds), None when no interaction has one."""
+    latest = interactions.get_column(S.TIMESTAMP).max()
+    return None if latest is None else float(latest)  # type: ignore[arg-type]

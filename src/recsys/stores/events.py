@@ -5,11 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
+import polars as pl
 import sqlalchemy as sa
 
 from recsys.errors import RecsysError
 from recsys.stores.engine import Database
 from recsys.stores.schema import EVENT_TYPES, Event, events, users
+
+HISTORY_FRAME_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "book_id": pl.String(),
+    "type": pl.String(),
+    "value": pl.Float64(),
+    "ts": pl.Float64(),
+}
 
 
 def check_history_types(types: Iterable[str]) -> tuple[str, ...]:
@@ -112,6 +121,20 @@ class SqlEventStore:
             for user, book in conn.execute(query):
                 out.setdefault(str(user), []).append(str(book))
         return out
+
+    def history_frame(self) -> pl.DataFrame:
+        """Every history event as ``(user_id, book_id, type, value, ts)``, oldest first:
+        retraining reads them all at once (:data:`HISTORY_FRAME_SCHEMA`)."""
+        query = (
+            sa.select(
+                events.c.user_id, events.c.book_id, events.c.type, events.c.value, events.c.ts
+            )
+            .where(events.c.type.in_(self.history_types))
+            .order_by(events.c.ts, events.c.seq)
+        )
+        with self.db.connect() as conn:
+            rows = [tuple(row) for row in conn.execute(query)]
+        return pl.DataFrame(rows, schema=HISTORY_FRAME_SCHEMA, orient="row")
 
     def recent(self, since: float) -> Iterator[tuple[str, str, float]]:
         """(book_id, type, ts) of events since ``since``: trending."""

@@ -11,6 +11,7 @@ import polars as pl
 
 from recsys.stores.base import Stores
 from recsys.stores.errors import NO_STORE, StoreUnavailable
+from recsys.stores.events import HISTORY_FRAME_SCHEMA
 from recsys.stores.schema import EVENT_TYPES, Event, Impression
 
 
@@ -35,6 +36,9 @@ class NullEvents:
 
     def event_histories(self) -> dict[str, list[str]]:
         return {}
+
+    def history_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=HISTORY_FRAME_SCHEMA)  # no event was ever stored
 
     def recent(self, since: float) -> Iterator[tuple[str, str, float]]:
         return iter(())

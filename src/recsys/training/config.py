@@ -10,6 +10,8 @@ here once instead of in each job. The steps themselves take typed arguments only
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,33 @@ from recsys.training.ranker import (
     log_popularity,
 )
 from recsys.training.retriever import RetrieverFit, fit_features, fit_retriever
+
+# the config sections that shape a trained model (paths, loggers and bundle names do not)
+MODEL_SECTIONS = (
+    "data",
+    "split",
+    "features",
+    "model",
+    "index",
+    "ranker",
+    "trainer",
+    "callbacks",
+    "seed",
+    "batch_size",
+    "eval",
+)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """sha256 of the sections of ``cfg`` that shape the model, unresolved: interpolations
+    such as ``${paths.output_dir}`` count as written, so moving the outputs changes nothing."""
+    sections = {
+        name: OmegaConf.to_container(cfg[name], resolve=False)
+        if isinstance(cfg.get(name), DictConfig)
+        else cfg.get(name)
+        for name in MODEL_SECTIONS
+    }
+    return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _plain(node: DictConfig) -> dict[str, Any]:
@@ -223,8 +252,9 @@ def training_facts(retriever: RetrieverFit, ranker: RankerFit | None) -> dict[st
     return facts
 
 
-def run_training(cfg: DictConfig, data: PreparedData) -> TrainingRun:
-    """Features -> retriever -> (ranking stage) -> index -> bundle, as ``cfg`` says."""
+def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None) -> TrainingRun:
+    """Features -> retriever -> (ranking stage) -> index -> bundle, as ``cfg`` says;
+    ``parent``: the version the bundle is trained to replace (its manifest's parent)."""
     state = fit_features(hydra.utils.instantiate(cfg.features), data)
     retriever = fit_retriever_from(cfg, data, state)
     serving = retriever.recommender()
@@ -246,7 +276,9 @@ def run_training(cfg: DictConfig, data: PreparedData) -> TrainingRun:
     indexed = index_retriever(retriever, data, hydra.utils.instantiate(cfg.index), cfg.seed)
     facts = training_facts(retriever, ranker)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    contents = BundleContents(data, retriever, indexed, metrics, facts, resolved, ranker)
+    contents = BundleContents(
+        data, retriever, indexed, metrics, facts, resolved, ranker, config_hash(cfg), parent
+    )
     path = write_bundle(contents, cfg.bundle.root, str(cfg.bundle.name), bool(cfg.bundle.promote))
     return TrainingRun(metrics, rows, path, retriever, ranker)
 

@@ -37,6 +37,8 @@ class BundleContents:
         training: facts about the run (``eval/metrics.json`` under ``training``).
         resolved_config: the run's config as YAML (``config/resolved.yaml``).
         ranker: the ranking stage, when trained.
+        config_hash: the hash of the config sections that shaped the model (manifest).
+        parent_version: the version this one was trained to replace (a retrain's production).
     """
 
     data: PreparedData
@@ -46,6 +48,8 @@ class BundleContents:
     training: dict[str, Any] = field(default_factory=dict)
     resolved_config: str = ""
     ranker: RankerFit | None = None
+    config_hash: str | None = None
+    parent_version: str | None = None
 
 
 def write_bundle(contents: BundleContents, root: str | Path, name: str, promote: bool) -> Path:
@@ -78,6 +82,9 @@ def _manifest(contents: BundleContents, name: str) -> Manifest:
         metrics=contents.metrics,
         index_spec=asdict(contents.indexed.index.report),
         wandb_run_id=contents.retriever.wandb_run_id,
+        data_cutoff=contents.data.summary.get("data_cutoff"),
+        config_hash=contents.config_hash,
+        parent_version=contents.parent_version,
     )
 
 

@@ -1,0 +1,48 @@
+"""One retrain at a time: an exclusive ``flock`` on a file next to the artifacts.
+
+The kernel releases the lock when its holder exits, however it exits, so a lock file left by a
+dead process never blocks the next run; the file only says who holds the lock now.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from recsys.bundle.manifest import utc_now
+from recsys.errors import RecsysError
+
+
+class AlreadyRunning(RecsysError):
+    """Another process holds the lock."""
+
+
+@contextmanager
+def exclusive(path: str | Path, what: str = "retrain") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block.
+
+    Raises:
+        AlreadyRunning: another process holds it; the message names its pid and start time.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+        os.close(fd)
+        raise AlreadyRunning(
+            f"another {what} is running ({holder}); it holds {target}. Wait for it to end."
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {utc_now()}\n".encode(), 0)
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
