@@ -40,8 +40,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install recsys with all extras (pinned)
 
-demo: $(STAMP)  ## the main job end to end on offline synthetic data
+demo: $(STAMP)  ## the main job end to end on offline synthetic data, then the model lifecycle
 	$(BIN)/recsys demo
+	$(BIN)/recsys demo lifecycle
 
 lint: $(STAMP)  ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks training index scripts

@@ -75,6 +75,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "restore a store backup (checksum verified; force=true to replace data)",
     ),
     "token": ("token", "recsys.jobs.token", "issue a development JWT (sub=…, scopes=[…])"),
+    "demo lifecycle": (
+        "demo_lifecycle",
+        "recsys.jobs.demo_lifecycle",
+        "events -> retrain -> gate -> promote -> the server switches, offline",
+    ),
     "demo": ("demo", "recsys.jobs.demo", "the whole product end to end, offline"),
 }
 
