@@ -26,6 +26,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
@@ -48,6 +49,7 @@ from recsys.serving.settings import STAGE_TIMEOUT_MS, LiveSettings
 
 log = logging.getLogger("recsys.serving.ray")
 T = TypeVar("T")
+Entry = tuple[Bundle, TwoStageRecommender]  # a loaded bundle and its two-stage model
 
 
 class RayAppArgs(BaseModel):
@@ -99,25 +101,45 @@ def _absolute(value: str) -> str:
 
 class BundleCache:
     """Two-stage models by bundle version folder; keeps the two most recent (current and the
-    one being swapped in or out), so requests in flight during a swap still find theirs."""
+    one being swapped in or out), so requests in flight during a swap still find theirs.
+
+    A bundle loads outside the lock: requests for the loaded ones never wait on a swap's load
+    (they did, for all of it). Callers asking for a bundle that is loading wait for that one
+    load."""
 
     def __init__(self, size: int = 2) -> None:
         self.size = size
-        self._models: OrderedDict[str, tuple[Bundle, TwoStageRecommender]] = OrderedDict()
+        self._models: OrderedDict[str, Entry] = OrderedDict()
+        self._loading: dict[str, Future[Entry]] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: str) -> tuple[Bundle, TwoStageRecommender]:
+    def get(self, path: str) -> Entry:
         key = str(resolve(path))
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
+            loading = self._loading.get(key)
+            if loading is None:
+                future: Future[Entry] = Future()
+                self._loading[key] = future
+        if loading is not None:
+            return loading.result()
+        try:
             bundle = load_bundle(key)  # verifies manifest schema and every checksum
             entry = (bundle, bundle.two_stage())
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[key]
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            del self._loading[key]
             self._models[key] = entry
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
-            return entry
+        future.set_result(entry)
+        return entry
 
 
 class _Stage:
