@@ -43,6 +43,7 @@ from recsys.inference.two_stage import Retrieved, TwoStageRecommender
 from recsys.serving.app import configure_logging, create_app
 from recsys.serving.core import ServingCore
 from recsys.serving.faults import drill_deployment
+from recsys.serving.heap import freeze_imports
 from recsys.serving.live import Live
 from recsys.serving.service import RecommendationService
 from recsys.serving.settings import STAGE_TIMEOUT_MS, LiveSettings
@@ -147,6 +148,7 @@ class _Stage:
 
     def __init__(self, bundle: str, max_batch_size: int, batch_wait_timeout_ms: float) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        freeze_imports()  # before any bundle loads: bundles stay collectable
         self.cache = BundleCache()
         self.cache.get(bundle)
         self.batch_size = max_batch_size
@@ -287,6 +289,7 @@ class Ingress:
     ) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         configure_logging()
+        freeze_imports()  # before any bundle loads: bundles stay collectable
         # Stores, trending and cache outlive bundle swaps (one per replica; the store and
         # Redis are shared by replicas).
         self.live = Live.from_config(live or {})
