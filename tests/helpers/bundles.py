@@ -64,3 +64,39 @@ def two_versions(trained: Path, root: Path) -> dict[str, Any]:
     folder = root / "bundles" / source.parent.name
     old, new = (Path(shutil.copytree(p, folder / p.name)) for p in (source, other))
     return {"folder": folder, "name": load_bundle(old).manifest.bundle_name, "old": old, "new": new}
+
+
+def wide_histories(source: Path, users: int = 100_000, per_user: int = 10) -> Path:
+    """A new version of the bundle at ``source`` (written once, not promoted) whose known
+    histories add ``users`` made-up users of ``per_user`` random catalogue books each: what
+    serving loads per user at the scale of a real catalogue (Amazon-Book: 70k users, 650k
+    reads), on the small synthetic model. The model parts are the source's."""
+    import numpy as np
+    import polars as pl
+
+    from recsys.bundle import layout
+    from recsys.bundle.derive import derive
+    from recsys.bundle.reader import load_bundle
+
+    marker = source.parent / f".{source.name}.wide"
+    if marker.exists():
+        return source.parent / marker.read_text().strip()
+    bundle = load_bundle(source)
+    books = bundle.state.books.ids
+    picks = np.random.default_rng(0).integers(0, books.len(), users * per_user)
+    reads = pl.DataFrame(
+        {
+            "user_id": np.repeat([f"wide-{i}" for i in range(users)], per_user),
+            "history": books.gather(picks),
+        }
+    )
+    extra = reads.group_by("user_id", maintain_order=True).agg("history")
+    known = pl.concat([bundle.known_histories, extra.cast(bundle.known_histories.schema)])
+
+    def write(target: Path) -> None:
+        shutil.copy2(bundle.path / layout.DATA / layout.HISTORIES, target / layout.HISTORIES)
+        known.write_parquet(target / layout.KNOWN_HISTORIES)
+
+    new = derive(bundle, {layout.DATA: write}, promote=False)
+    marker.write_text(new.name)
+    return new

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ class Load:
         self.violations: collections.Counter[str] = collections.Counter()
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.answers: collections.Counter[str] = collections.Counter()  # source/fallback
+        self.finished: list[float] = []  # time.perf_counter() of every answer, failures too
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
 
@@ -53,7 +55,9 @@ class Load:
                         response = call(client, i)
                 except httpx.HTTPError as exc:
                     self.outcomes[f"transport:{type(exc).__name__}"] += 1
+                    self.finished.append(time.perf_counter())
                     continue
+                self.finished.append(time.perf_counter())
                 status = str(response.status_code)
                 if status == "503" and "retry-after" not in response.headers:
                     status = "503 without Retry-After"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from recsys.data.synthetic import SyntheticConfig, generate
-from recsys.inference.mf import MatrixFactorisation
+from recsys.inference.mf import ANN, ANN_MIN_BOOKS, MatrixFactorisation
 
 
 def _matrix(seed: int = 0) -> sp.csr_matrix:
@@ -99,3 +103,40 @@ def test_top_books_exact_and_hnsw_agree_and_exclude() -> None:
     np.testing.assert_allclose(
         exact.scores_of(vectors, picked), np.take_along_axis(scores, picked, 1), rtol=1e-5
     )
+
+
+def test_saved_hnsw_index_is_served_without_a_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From ``ANN_MIN_BOOKS`` books the index is saved with the factors and loading serves it
+    (a hot swap builds nothing); a folder without it (older bundles) builds it at load."""
+    rng = np.random.default_rng(0)
+    factors = rng.normal(size=(ANN_MIN_BOOKS + 2, 4)).astype(np.float32)
+    factors[:2] = 0
+    built = MatrixFactorisation(factors, 1.0, 10.0).with_ann()
+    built.save(tmp_path)
+    assert (tmp_path / ANN / "books.faiss").is_file()
+    vectors = rng.normal(size=(6, 4)).astype(np.float32)
+    excluded: list[set[int]] = [{5, 9}, set(), set(), set(), set(), set()]
+    expected = built.top_books(vectors, 20, excluded)
+
+    def no_build(*_: object, **__: object) -> None:
+        raise AssertionError("the saved index was not used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MatrixFactorisation, "with_ann", no_build)
+        loaded = MatrixFactorisation.load(tmp_path, ANN_MIN_BOOKS + 2)
+        served = loaded.served(tmp_path)
+    assert served.top_books(vectors, 20, excluded) == expected
+    assert loaded._ann is None
+    assert served._ann is not None
+
+    shutil.rmtree(tmp_path / ANN)  # a bundle written before the index was saved
+    rebuilt = MatrixFactorisation.load(tmp_path, ANN_MIN_BOOKS + 2).served(tmp_path)
+    assert rebuilt._ann is not None
+
+    small = tmp_path / "small"
+    small.mkdir()
+    MatrixFactorisation(factors[:3000], 1.0, 10.0).save(small)
+    assert not (small / ANN).exists()
+    assert MatrixFactorisation.load(small, 3000).served(small)._ann is None

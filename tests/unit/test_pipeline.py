@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -16,6 +17,7 @@ from recsys.features.pipeline import (
     FeatureState,
     book_feature_table,
     pad_histories,
+    pad_ragged,
     transform_books,
     transform_users,
     user_feature_table,
@@ -90,3 +92,30 @@ def test_state_round_trip(state: FeatureState, tmp_path: Path) -> None:
     assert again.config == state.config
     assert again.sizes() == state.sizes()
     assert again.books == state.books
+
+
+def _padded_by_loop(rows: list[list[int]], width: int, keep: str) -> np.ndarray:
+    """The row-by-row padding that ``pad_ragged`` replaced (the reference)."""
+    out = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        kept = [t for t in row if t > OOV]
+        kept = kept[-width:] if keep == "last" and width else kept[:width]
+        if kept:
+            if keep == "last":
+                out[i, width - len(kept) :] = kept
+            else:
+                out[i, : len(kept)] = kept
+    return out
+
+
+@pytest.mark.parametrize("keep", ["first", "last"])
+def test_pad_ragged_equals_the_row_loop(keep: Literal["first", "last"]) -> None:
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 9, rng.integers(0, 12)).tolist() for _ in range(300)]
+    rows += [[], [OOV, 0], [5] * 20]
+    lengths = np.array([len(r) for r in rows])
+    flat = np.array([t for r in rows for t in r], dtype=np.int64)
+    for width in (0, 1, 4, 12):
+        expected = _padded_by_loop(rows, width, keep)
+        assert np.array_equal(pad_ragged(flat, lengths, width, keep), expected), width
+    assert pad_ragged(np.zeros(0, np.int64), np.zeros(0, np.int64), 3, keep).shape == (0, 3)

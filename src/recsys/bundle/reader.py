@@ -28,7 +28,7 @@ from recsys.features.pipeline import (
 from recsys.features.ranking import FEATURES
 from recsys.index.faiss_index import FaissIndex
 from recsys.inference.cooccurrence import CooccurrenceRecommender
-from recsys.inference.mf import ANN_MIN_BOOKS, MatrixFactorisation
+from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
@@ -155,10 +155,11 @@ class Bundle:
     @cached_property
     def mf_approximate(self) -> MatrixFactorisation | None:
         """The MF source with an HNSW index for its top books, on catalogues large enough for
-        exact scoring to cost (``ANN_MIN_BOOKS``); below that, the exact source."""
-        if self.mf is None or self.mf.n_books < ANN_MIN_BOOKS:
-            return self.mf
-        return self.mf.with_ann()
+        exact scoring to cost (``ANN_MIN_BOOKS``); below that, the exact source. The index is
+        the bundle's own (built at export); bundles written before that build it here."""
+        if self.mf is None:
+            return None
+        return self.mf.served(self.path / layout.MF)
 
     @cached_property
     def book_table(self) -> BookFeatures:

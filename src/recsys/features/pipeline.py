@@ -13,14 +13,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, Literal, TypedDict, cast
 
 import numpy as np
 import polars as pl
 import torch
 
 from recsys.data import schema as S
-from recsys.features.vocab import NUM_RESERVED, PAD, IdVocab
+from recsys.features.vocab import NUM_RESERVED, OOV, PAD, IdVocab
 
 VOCABS = ("users", "books", "authors", "publishers", "languages", "tags", "countries")
 
@@ -157,21 +157,40 @@ def _buckets(values: pl.Series, boundaries: Sequence[int]) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def _pad_tags(tag_lists: list[list[int]], width: int) -> np.ndarray:
-    out = np.zeros((len(tag_lists), width), dtype=np.int64)
-    for row, tags in enumerate(tag_lists):
-        kept = [t for t in tags if t > 1][:width]
-        out[row, : len(kept)] = kept
+def pad_ragged(
+    flat: np.ndarray, lengths: np.ndarray, width: int, keep: Literal["first", "last"]
+) -> np.ndarray:
+    """Ragged rows of indices (``flat`` cut by ``lengths``) as ``[n, width]``, 0 = padding, in
+    array operations (no Python loop over rows: a bundle's 70k users are encoded when it is
+    loaded, during a hot swap while requests are served). Indices ``<= OOV`` are dropped.
+
+    Args:
+        flat: ``[sum(lengths)]`` indices, row after row.
+        lengths: ``[n]`` row lengths.
+        width: output columns.
+        keep: ``"last"`` keeps each row's last ``width`` kept indices right-aligned (histories:
+            the most recent books); ``"first"`` its first ``width`` left-aligned (tags).
+    """
+    flat = np.asarray(flat, dtype=np.int64)
+    rows = np.repeat(np.arange(len(lengths)), np.asarray(lengths, dtype=np.int64))
+    kept = flat > OOV
+    flat, rows = flat[kept], rows[kept]
+    counts = np.bincount(rows, minlength=len(lengths))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    position = np.arange(flat.size) - starts[rows]  # within the row, after dropping
+    # right-aligned: a negative column is older than the last ``width``
+    column = width - counts[rows] + position if keep == "last" else position
+    inside = (column >= 0) & (column < width)
+    out = np.zeros((len(lengths), width), dtype=np.int64)
+    out[rows[inside], column[inside]] = flat[inside]
     return out
 
 
 def transform_books(books: pl.DataFrame, state: FeatureState) -> BookFeatures:
     """Encode catalogue rows (canonical books schema) into book-tower inputs."""
-    tags = books.get_column("tags").fill_null([]).to_list()
-    flat = pl.Series([t for row in tags for t in row], dtype=pl.String)
-    codes = state.tags.encode(flat).tolist()
-    offsets = np.cumsum([0] + [len(row) for row in tags]).astype(np.int64)
-    tag_ids = [codes[offsets[i] : offsets[i + 1]] for i in range(len(tags))]
+    tags = books.get_column("tags").fill_null([]).list.drop_nulls()  # a null tag is OOV
+    codes = state.tags.encode(tags.explode().drop_nulls())
+    lengths = tags.list.len().to_numpy()
 
     def ids(vocab: IdVocab, column: pl.Series) -> torch.Tensor:
         encoded = vocab.encode(column.fill_null(""))
@@ -184,7 +203,7 @@ def transform_books(books: pl.DataFrame, state: FeatureState) -> BookFeatures:
         publisher=ids(state.publishers, books.get_column("publisher")),
         year=torch.from_numpy(_buckets(books.get_column("year"), state.config.year_boundaries)),
         language=ids(state.languages, books.get_column("language")),
-        tags=torch.from_numpy(_pad_tags(tag_ids, state.config.max_tags)),
+        tags=torch.from_numpy(pad_ragged(codes, lengths, state.config.max_tags, "first")),
     )
 
 
@@ -193,13 +212,10 @@ def pad_histories(histories: Sequence[Sequence[int] | np.ndarray], max_len: int)
 
     OOV books (index 1) are dropped: they carry no learned signal.
     """
-    out = np.zeros((len(histories), max_len), dtype=np.int64)
-    for row, history in enumerate(histories):
-        kept = np.asarray(history, dtype=np.int64)
-        kept = kept[kept > 1][-max_len:]
-        if kept.size:
-            out[row, max_len - kept.size :] = kept
-    return torch.from_numpy(out)
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    rows = [np.asarray(h, dtype=np.int64) for h in histories]
+    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(pad_ragged(flat, lengths, max_len, "last"))
 
 
 def transform_users(users: pl.DataFrame, state: FeatureState) -> UserFeatures:
@@ -214,16 +230,14 @@ def transform_users(users: pl.DataFrame, state: FeatureState) -> UserFeatures:
     for name, dtype in (("age", pl.Int32), ("country", pl.String)):
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
-    hist = frame.get_column("history").fill_null([])
+    hist = frame.get_column("history").fill_null([]).list.drop_nulls()  # a null book is OOV
     lengths = hist.list.len().to_numpy().astype(np.int64)
     encoded = state.books.encode(hist.explode().drop_nulls())
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    histories = [encoded[offsets[i] : offsets[i + 1]] for i in range(frame.height)]
     country = state.countries.encode(frame.get_column("country").fill_null(""))
     country[frame.get_column("country").is_null().to_numpy()] = PAD
     return UserFeatures(
         user=torch.from_numpy(state.users.encode(frame.get_column(S.USER_ID).fill_null(""))),
-        history=pad_histories(histories, state.config.max_history),
+        history=torch.from_numpy(pad_ragged(encoded, lengths, state.config.max_history, "last")),
         age=torch.from_numpy(_buckets(frame.get_column("age"), state.config.age_boundaries)),
         country=torch.from_numpy(country),
     )

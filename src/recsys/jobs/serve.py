@@ -42,10 +42,12 @@ def serve_local(cfg: ServeSettings, bundle: object) -> None:
     import uvicorn
 
     from recsys.serving.app import configure_logging, create_app
+    from recsys.serving.heap import freeze_imports
     from recsys.serving.live import Live
     from recsys.serving.service import RecommendationService
 
     configure_logging()
+    freeze_imports()  # the bundle loads after this: its objects stay collectable
     live = Live.from_config(cfg)
     app = create_app(
         lambda: RecommendationService(

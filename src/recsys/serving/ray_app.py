@@ -26,6 +26,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
@@ -42,12 +43,14 @@ from recsys.inference.two_stage import Retrieved, TwoStageRecommender
 from recsys.serving.app import configure_logging, create_app
 from recsys.serving.core import ServingCore
 from recsys.serving.faults import drill_deployment
+from recsys.serving.heap import freeze_imports
 from recsys.serving.live import Live
 from recsys.serving.service import RecommendationService
 from recsys.serving.settings import STAGE_TIMEOUT_MS, LiveSettings
 
 log = logging.getLogger("recsys.serving.ray")
 T = TypeVar("T")
+Entry = tuple[Bundle, TwoStageRecommender]  # a loaded bundle and its two-stage model
 
 
 class RayAppArgs(BaseModel):
@@ -102,25 +105,45 @@ def _absolute(value: str) -> str:
 
 class BundleCache:
     """Two-stage models by bundle version folder; keeps the two most recent (current and the
-    one being swapped in or out), so requests in flight during a swap still find theirs."""
+    one being swapped in or out), so requests in flight during a swap still find theirs.
+
+    A bundle loads outside the lock: requests for the loaded ones never wait on a swap's load
+    (they did, for all of it). Callers asking for a bundle that is loading wait for that one
+    load."""
 
     def __init__(self, size: int = 2) -> None:
         self.size = size
-        self._models: OrderedDict[str, tuple[Bundle, TwoStageRecommender]] = OrderedDict()
+        self._models: OrderedDict[str, Entry] = OrderedDict()
+        self._loading: dict[str, Future[Entry]] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: str) -> tuple[Bundle, TwoStageRecommender]:
+    def get(self, path: str) -> Entry:
         key = str(resolve(path))
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
+            loading = self._loading.get(key)
+            if loading is None:
+                future: Future[Entry] = Future()
+                self._loading[key] = future
+        if loading is not None:
+            return loading.result()
+        try:
             bundle = load_bundle(key)  # verifies manifest schema and every checksum
             entry = (bundle, bundle.two_stage())
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[key]
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            del self._loading[key]
             self._models[key] = entry
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
-            return entry
+        future.set_result(entry)
+        return entry
 
 
 class _Stage:
@@ -128,6 +151,7 @@ class _Stage:
 
     def __init__(self, bundle: str, max_batch_size: int, batch_wait_timeout_ms: float) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        freeze_imports()  # before any bundle loads: bundles stay collectable
         self.cache = BundleCache()
         self.cache.get(bundle)
         self.batch_size = max_batch_size
@@ -268,6 +292,7 @@ class Ingress:
     ) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         configure_logging()
+        freeze_imports()  # before any bundle loads: bundles stay collectable
         # Stores, trending and cache outlive bundle swaps (one per replica; the store and
         # Redis are shared by replicas).
         self.live = Live.from_config(live or {})

@@ -26,6 +26,7 @@ from recsys.features.pipeline import transform_books
 from recsys.features.vocab import NUM_RESERVED
 from recsys.serving.batching import MicroBatcher, Overloaded
 from recsys.serving.catalogue import Catalogue
+from recsys.serving.histories import KnownHistories
 from recsys.serving.live import Live
 from recsys.serving.personalised import Answer, Personal, PersonalisedPath
 from recsys.serving.schemas import Filters
@@ -81,7 +82,7 @@ class RecommendationService:
         )
         # books added through the API that this bundle was not trained on
         self.add_books(self.stores.catalogue.added_books())
-        self.histories: dict[str, list[str]] = dict(bundle.known_histories.iter_rows())
+        self.histories = KnownHistories(bundle.known_histories)
         # One model thread, micro-batching concurrent requests (see recsys.serving.batching).
         self._batcher: MicroBatcher[Personal, Answer] = MicroBatcher(
             self.personalised, max_batch=max_batch, name="recsys-stages"
