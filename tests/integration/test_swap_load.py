@@ -10,8 +10,8 @@ The default synthetic bundle loads too fast to show the stall, so the swap goes 
 with 100k more users' known histories (a million reads; Amazon-Book has 650k). Building them
 as Python lists at load kept 100k more objects alive per service and set off a full garbage
 collection in the middle of the swap: every thread stopped for as long as the collector took
-to walk the whole heap (0.8-1.5 s in this test on that code; 0.4-0.7 s in `recsys serve` with
-an Amazon-Book bundle, docs/results/serving.md). A loaded service now keeps a constant number
+to walk the whole heap (0.7 s in this test on that code, d6984ea; 0.34-0.45 s in `recsys serve`
+with an Amazon-Book bundle, docs/results/serving.md). A loaded service now keeps a constant number
 of Python objects whatever its number of users (checked directly by the second test).
 """
 
