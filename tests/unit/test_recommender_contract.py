@@ -24,6 +24,7 @@ from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
+from recsys.lifecycle.compare import HoldoutRecommender
 from recsys.models.ranker import Ranker
 from recsys.types import Recommender
 
@@ -121,6 +122,18 @@ class TestPopularityContract(RecommenderContract):
     @pytest.fixture
     def model(self, prepared: PreparedData) -> Recommender:
         return PopularityRecommender.from_prepared(prepared)
+
+
+class TestHoldoutContract(RecommenderContract):
+    """The retrain's holdout scorer: the two-stage model by user row, popularity for rows
+    with no known book."""
+
+    implementation = HoldoutRecommender
+
+    @pytest.fixture
+    def model(self, two_stage: TwoStageRecommender, prepared: PreparedData) -> Recommender:
+        users = np.arange(prepared.train.shape[0] + NUM_RESERVED)
+        return HoldoutRecommender(two_stage, users, PopularityRecommender.from_prepared(prepared))
 
 
 class TestALSContract(RecommenderContract):

@@ -70,7 +70,14 @@ class HoldoutRecommender:
         self.n_books = model.n_books
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
-        return self.model.score(self.users[users], history)
+        """``[rows, n_books]``: the model's scores, the fallback's where a row's history has
+        no book the bundle knows (as :meth:`recommend` routes them)."""
+        out = np.empty((len(users), self.n_books), dtype=np.float32)
+        known = np.diff(history.indptr) > 0
+        for rows, model in ((known, self.model), (~known, self.fallback)):
+            if rows.any():
+                out[rows] = model.score(self.users[users[rows]], history[rows])
+        return out
 
     def recommend(
         self, users: np.ndarray, history: sp.csr_matrix, k: int, exclude_seen: bool = True

@@ -314,12 +314,15 @@ def ctr_report(counts: dict[str, tuple[int, int]], control: str = "control") -> 
 
 class ImpressionLog:
     """Impressions written in the background, in batches (every ``flush_s``): logging them
-    must not add a disk sync to every request. ``flush`` writes what is queued now."""
+    must not add a disk sync to every request. ``flush`` writes what is queued now, and
+    returns only once every impression queued before the call is written (a write in
+    progress in the background included: feedback right after a list must find it)."""
 
     def __init__(self, store: Any, flush_s: float = 0.5) -> None:
         self.store, self.flush_s = store, flush_s
         self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._writing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
         self._thread.start()
 
@@ -327,18 +330,19 @@ class ImpressionLog:
         self._queue.put(row)
 
     def flush(self) -> int:
-        rows = []
-        while True:
-            try:
-                rows.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        if rows:
-            try:
-                self.store.log_impressions(rows)
-            except Exception:  # keep serving; the rows are lost, and logged as such
-                log.exception("could not write %d impressions", len(rows))
-        return len(rows)
+        with self._writing:
+            rows = []
+            while True:
+                try:
+                    rows.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if rows:
+                try:
+                    self.store.log_impressions(rows)
+                except Exception:  # keep serving; the rows are lost, and logged as such
+                    log.exception("could not write %d impressions", len(rows))
+            return len(rows)
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_s):
