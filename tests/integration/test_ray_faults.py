@@ -26,11 +26,11 @@ import httpx
 import pytest
 from tests.helpers.bundles import reversed_ranker
 from tests.helpers.load import Load
+from tests.helpers.swaps import expected_lists
 
 from recsys.bundle.reader import load_bundle
 from recsys.serving import ray_runner
 from recsys.serving.local import free_port
-from recsys.serving.service import RecommendationService
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -125,25 +125,15 @@ def user_calls(users: list[str]) -> list[Callable[[httpx.Client, int], httpx.Res
     return [call]
 
 
-def expected_lists(bundle: Path, users: list[str]) -> dict[str, frozenset[str]]:
-    """Each user's top books from this bundle alone, in process."""
-    loaded = load_bundle(bundle)
-    service = RecommendationService(loaded, 30.0)
-    ids = service.catalogue.ids
-    out = {}
-    for user in users:
-        answer = service.for_user(user, LIMIT, [], None)
-        assert answer.source == "personalized"
-        out[user] = frozenset(str(ids[i]) for i in answer.books)
-    return out
-
-
 def test_hot_swap_between_two_models_under_load(
     cluster: Cluster, trained_bundle: dict[str, Any], users: list[str]
 ) -> None:
     old = load_bundle(trained_bundle["bundle"]).path
     new = reversed_ranker(old)
-    expected = {old.name: expected_lists(old, users), new.name: expected_lists(new, users)}
+    expected = {
+        old.name: expected_lists(old, users, LIMIT),
+        new.name: expected_lists(new, users, LIMIT),
+    }
     differ = sum(expected[old.name][u] != expected[new.name][u] for u in users)
     assert differ == len(users), "the two models must answer differently for every user"
 
