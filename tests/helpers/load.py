@@ -36,6 +36,7 @@ class Load:
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.answers: collections.Counter[str] = collections.Counter()  # source/fallback
         self.finished: list[float] = []  # time.perf_counter() of every answer, failures too
+        self.failures: list[str] = []  # status, server and body of each failed answer (diagnosis)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
 
@@ -62,6 +63,9 @@ class Load:
                 if status == "503" and "retry-after" not in response.headers:
                     status = "503 without Retry-After"
                 self.outcomes[status] += 1
+                if response.status_code >= 400:
+                    server = response.headers.get("server", "?")
+                    self.failures.append(f"{status} from {server}: {response.text[:200]!r}")
                 if response.status_code == 200 and self.inspect is not None:
                     violation = self.inspect(response)
                     if violation:
@@ -90,5 +94,6 @@ class Load:
             f"\n{name}: sent {sent}, failed {failed}, violations {violated}, "
             f"outcomes {dict(self.outcomes)}, answers {dict(self.answers)}"
             + (f", {dict(self.violations)}" if violated else "")
+            + (f", failures {self.failures[:5]}" if self.failures else "")
         )
         return {"sent": sent, "failed": failed, "violations": violated}

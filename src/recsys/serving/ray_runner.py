@@ -29,12 +29,12 @@ def ray_env() -> None:
 
 
 # HAProxy as Serve's ingress (Ray's high-throughput mode). Beyond connection failures it
-# replays a request whose replica closed the connection without answering (a replica killed
-# mid-request): every recsys read is safe to replay, and a replayed event keeps its event_id,
-# which the store deduplicates.
+# replays a request whose replica closed the connection without answering or mid-answer (a
+# replica killed mid-request): every recsys read is safe to replay, and a replayed event keeps
+# its event_id, which the store deduplicates.
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
 }
 
 
