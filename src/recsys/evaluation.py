@@ -37,13 +37,21 @@ class EvalSet:
     skipped_cold_users: int = 0
 
     @classmethod
-    def from_prepared(cls, data: PreparedData) -> EvalSet:
-        train = data.matrix("train", binary=True)
-        val = data.matrix("val", binary=True)
+    def from_prepared(cls, data: PreparedData, part: str = "val") -> EvalSet:
+        """``part="val"``: validation positives, training rows as history (what every choice
+        is made on). ``part="test"``: the test carve's positives, with training and
+        validation rows as history (both are known interactions when the test carve is
+        asked: excluded from the lists, and input to models that read histories)."""
+        if part not in ("val", "test"):
+            raise ValueError(f"part must be 'val' or 'test', got {part!r}")
+        fitted = data.matrix("train", binary=True)
+        train = fitted if part == "val" else data.matrix("train+val", binary=True)
+        val = data.matrix(part, binary=True)
         users = np.flatnonzero(np.diff(val.indptr) > 0)
         users = users[users >= NUM_RESERVED]
-        cold = data.val.filter(pl.col("user_idx") < NUM_RESERVED).get_column("user_id").n_unique()
-        popularity = np.asarray(train.sum(0)).ravel()
+        held = data.val if part == "val" else data.test
+        cold = held.filter(pl.col("user_idx") < NUM_RESERVED).get_column("user_id").n_unique()
+        popularity = np.asarray(fitted.sum(0)).ravel()
         n_train_users = int((np.diff(train.indptr) > 0).sum())
         return cls(
             train,

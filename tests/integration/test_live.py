@@ -401,8 +401,8 @@ def test_new_book_is_retrievable_without_retraining(
         assert "fresh-1" not in {i["book_id"] for i in recs}
     restarted = RecommendationService(bundle, 10.0, live=live)
     assert "fresh-1" in restarted.catalogue.index
-    top, _ = restarted.retriever.search(
-        restarted.retriever.book_embeddings[[restarted.catalogue.index["b5"]]], 10, [set()]
+    top, _ = restarted.retriever.search(  # as close as before the restart (the 30 above)
+        restarted.retriever.book_embeddings[[restarted.catalogue.index["b5"]]], 30, [set()]
     )
     assert restarted.catalogue.index["fresh-1"] in top[0]
     restarted.close()

@@ -89,6 +89,9 @@ def test_pair_features_by_hand() -> None:
         mf_score=np.array([[2.0, 3.0, 1.0, 0.0]], dtype=np.float32),
         mf_rank=np.array([[1, 0, 9, 9]], dtype=np.float32),
         from_mf=np.array([[True, True, False, False]]),
+        ease_score=np.array([[0.2, 0.8, -0.1, 0.0]], dtype=np.float32),
+        ease_rank=np.array([[3, 0, 7, 7]], dtype=np.float32),
+        from_ease=np.array([[True, True, False, False]]),
     )
     history = torch.tensor(
         [[0, 2, 4]]
@@ -109,6 +112,10 @@ def test_pair_features_by_hand() -> None:
     assert f["mf_score"][:3] == [2.0, 3.0, 1.0]
     assert f["mf_score_gap"][:3] == [-1.0, 0.0, -2.0]
     assert f["from_mf"][:3] == [1.0, 1.0, 0.0]
+    assert f["ease_score"][:3] == pytest.approx([0.2, 0.8, -0.1])
+    assert f["ease_rank"][:3] == pytest.approx([math.log1p(3), 0.0, math.log1p(7)])
+    assert f["from_ease"][:3] == [1.0, 1.0, 0.0]
+    assert f["ease_score_share"][:3] == pytest.approx([0.25, 1.0, -0.125])
     assert out[0, 3].abs().sum() == 0  # padding row
 
 

@@ -20,6 +20,7 @@ from recsys.features.ranking import FEATURES
 from recsys.features.vocab import NUM_RESERVED
 from recsys.index.faiss_index import IndexSpec, build_index
 from recsys.inference.cooccurrence import CooccurrenceRecommender
+from recsys.inference.ease import EaseRecommender
 from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
@@ -81,7 +82,15 @@ def _two_stage(
     """The pipeline with an untrained ranker: the contract is about its mechanics, whatever
     the ranker's weights (tests/integration/test_bundle_contract.py runs a trained one)."""
     generator = CandidateGenerator(
-        retriever, cooccurrence, n_retrieval=30, n_cooc=30, max_candidates=70, mf=mf, n_mf=30
+        retriever,
+        cooccurrence,
+        n_retrieval=30,
+        n_cooc=30,
+        max_candidates=90,
+        mf=mf,
+        n_mf=30,
+        ease=EaseRecommender.from_prepared(prepared, l2=50.0, k=30),
+        n_ease=30,
     )
     torch.manual_seed(0)
     ranker = Ranker(state.sizes(), num_features=len(FEATURES), embedding_dim=8, hidden_dims=[16])
@@ -150,6 +159,26 @@ class TestCooccurrenceContract(RecommenderContract):
     @pytest.fixture
     def model(self, cooccurrence: CooccurrenceRecommender) -> Recommender:
         return cooccurrence
+
+
+class TestEaseContract(RecommenderContract):
+    """Dense weights (the baseline)."""
+
+    implementation = EaseRecommender
+
+    @pytest.fixture(scope="class")
+    def model(self, prepared: PreparedData) -> Recommender:
+        return EaseRecommender.from_prepared(prepared, l2=50.0)
+
+
+class TestEasePrunedContract(RecommenderContract):
+    """Pruned weights (what a bundle serves)."""
+
+    implementation = EaseRecommender
+
+    @pytest.fixture(scope="class")
+    def model(self, prepared: PreparedData) -> Recommender:
+        return EaseRecommender.from_prepared(prepared, l2=50.0, k=20)
 
 
 class TestMatrixFactorisationContract(RecommenderContract):

@@ -102,6 +102,55 @@ def test_time_cutoff() -> None:
 def test_bad_fraction() -> None:
     with pytest.raises(DataError, match=r"fraction must be in \(0, 1\)"):
         S.random_holdout(_frame(), fraction=1.5)
+    with pytest.raises(DataError, match=r"test_fraction must be in \[0, 1\)"):
+        S.random_holdout(_frame(), test_fraction=-0.1)
+    with pytest.raises(DataError, match="must be below 1"):
+        S.random_holdout(_frame(), fraction=0.5, test_fraction=0.5)
+
+
+def test_random_holdout_three_parts_partition_each_user() -> None:
+    inter = _frame()
+    split = S.random_holdout(inter, fraction=0.2, test_fraction=0.3, seed=3)
+    parts = [_pairs(split.train), _pairs(split.val), _pairs(split.test)]
+    assert sum(len(p) for p in parts) == inter.height
+    assert parts[0] | parts[1] | parts[2] == _pairs(inter)
+    assert split.test.group_by("user_id").len().get_column("len").to_list() == [3] * 50
+    assert split.val.group_by("user_id").len().get_column("len").to_list() == [2] * 50
+    assert split.spec["test_fraction"] == 0.3
+    # the test carve does not move when only the validation share changes: a choice made
+    # on validation can never be made on the rows reported
+    wider = S.random_holdout(inter, fraction=0.1, test_fraction=0.3, seed=3)
+    assert _pairs(wider.test) == parts[2]
+    without = S.random_holdout(inter, fraction=0.2, seed=3)
+    assert without.test.height == 0
+    assert "test_fraction" not in without.spec
+
+
+def test_three_parts_keep_min_train() -> None:
+    inter = _frame(n_users=4, per_user=3)
+    split = S.random_holdout(inter, fraction=0.4, test_fraction=0.4, seed=0, min_train=2)
+    assert split.train.group_by("user_id").len().get_column("len").min() == 2
+    assert split.test.height == 4
+    assert split.val.height == 0
+
+
+def test_leave_last_n_test_carve_is_the_latest() -> None:
+    inter = _frame(n_users=4, per_user=5)
+    split = S.leave_last_n(inter, n=2, test_n=1)
+    ordered = inter.sort("timestamp")
+    assert _pairs(split.test) == _pairs(ordered.group_by("user_id").tail(1))
+    before = ordered.group_by("user_id").tail(3)
+    assert _pairs(split.val) == _pairs(before) - _pairs(split.test)
+
+
+def test_time_cutoff_test_carve() -> None:
+    inter = _frame(n_users=5, per_user=6)
+    split = S.time_cutoff(inter, cutoff=30, test_cutoff=50)
+    assert split.test.get_column("timestamp").min() >= 50
+    assert split.val.get_column("timestamp").max() < 50
+    with pytest.raises(DataError, match="must be later"):
+        S.time_cutoff(inter, cutoff=30, test_cutoff=30)
+    assert S.without_test_carve({"cutoff": 30, "test_cutoff": 50}) == {"test_cutoff": None}
 
 
 def test_encode_fast_path_matches_join_path() -> None:

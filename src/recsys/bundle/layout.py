@@ -25,11 +25,12 @@ INDEX = "index"
 RANKER = "ranker"
 COOCCURRENCE = "cooccurrence"
 MF = "mf"
+EASE = "ease"
 EVAL = "eval"
 SUMMARY = "summary"  # what live inputs are compared with (drift); absent in older bundles
 
 # the parts of the ranking stage: a ranker retrain replaces all of them
-RANKING_PARTS = (RANKER, COOCCURRENCE, MF)
+RANKING_PARTS = (RANKER, COOCCURRENCE, MF, EASE)
 
 # files inside parts
 RESOLVED_CONFIG = "resolved.yaml"  # config/
@@ -39,12 +40,13 @@ USER_TOWER = "user_tower"  # towers/<name>.{pt,state_dict.pt,json}
 BOOK_TOWER = "book_tower"
 BOOK_EMBEDDINGS = "books.npy"  # embeddings/
 HISTORIES = "histories.parquet"  # data/: the training carve
-KNOWN_HISTORIES = "known_histories.parquet"  # data/: training and validation
+KNOWN_HISTORIES = "known_histories.parquet"  # data/: every interaction known (all parts)
 POPULARITY = "popularity.parquet"  # fallback/
 RANKER_MODULE = "ranker"  # ranker/<name>.{pt,state_dict.pt,json}
 GENERATOR = "generator.json"  # ranker/: candidate generator settings
 NEIGHBOURS = "neighbours.parquet"  # cooccurrence/
 MF_META = "mf.json"  # mf/ (written by MatrixFactorisation.save)
+EASE_META = "ease.json"  # ease/ (written by EaseRecommender.save)
 METRICS = "metrics.json"  # eval/
 TRAINING_SUMMARY = "training.json"  # summary/ (recsys.drift.TrainingSummary)
 

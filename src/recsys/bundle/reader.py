@@ -28,6 +28,7 @@ from recsys.features.pipeline import (
 from recsys.features.ranking import FEATURES
 from recsys.index.faiss_index import FaissIndex
 from recsys.inference.cooccurrence import CooccurrenceRecommender
+from recsys.inference.ease import EaseRecommender
 from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
@@ -153,6 +154,13 @@ class Bundle:
         return MatrixFactorisation.load(self.path / layout.MF, self.state.books.size)
 
     @cached_property
+    def ease(self) -> EaseRecommender | None:
+        """The EASE candidate source (pruned weights), when the bundle has one."""
+        if not (self.path / layout.EASE / layout.EASE_META).is_file():
+            return None
+        return EaseRecommender.load(self.path / layout.EASE, self.state.books.size)
+
+    @cached_property
     def mf_approximate(self) -> MatrixFactorisation | None:
         """The MF source with an HNSW index for its top books, on catalogues large enough for
         exact scoring to cost (``ANN_MIN_BOOKS``); below that, the exact source. The index is
@@ -166,9 +174,9 @@ class Bundle:
         return book_feature_table(self.books, self.state)
 
     def two_stage(self, use_index: bool = True) -> TwoStageRecommender:
-        """retrieve (two-tower + MF + co-occurrence) -> rank: the full product. ``use_index``:
-        approximate search (the FAISS index, HNSW over the MF factors) as served; False scores
-        every book exactly."""
+        """retrieve (two-tower + EASE + MF + co-occurrence) -> rank: the full product.
+        ``use_index``: approximate search (the FAISS index, HNSW over the MF factors) as
+        served; False scores every book exactly."""
         if not self.has_ranker:
             raise BundleError(f"{self.path} has no ranker; train one (ranker.enabled=true).")
         generator = json.loads((self.path / layout.RANKER / layout.GENERATOR).read_text())
@@ -177,6 +185,7 @@ class Bundle:
             self.cooccurrence,
             **generator,
             mf=self.mf_approximate if use_index else self.mf,
+            ease=self.ease,
         )
         pop = np.asarray(self.popularity_counts, dtype=np.float64)
         return TwoStageRecommender(

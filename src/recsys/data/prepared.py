@@ -27,7 +27,7 @@ from recsys.features.vocab import IdVocab
 
 USER_IDX = "user_idx"
 BOOK_IDX = "book_idx"
-TABLES = ("train", "val", "books", "users")
+TABLES = ("train", "val", "test", "books", "users")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class PreparedData:
     user_vocab: IdVocab
     book_vocab: IdVocab
     summary: dict[str, Any]
+    test: pl.DataFrame = None  # type: ignore[assignment]  # the test carve; empty when none
+
+    def __post_init__(self) -> None:
+        if self.test is None:
+            object.__setattr__(self, "test", self.val.clear())
 
     @property
     def n_users(self) -> int:
@@ -52,8 +57,13 @@ class PreparedData:
         return self.book_vocab.size
 
     def matrix(self, split: str = "train", binary: bool = False) -> sp.csr_matrix:
-        """User x book CSR matrix over vocab indices (rows/cols 0 and 1 are empty)."""
-        frame = self.train if split == "train" else self.val
+        """User x book CSR matrix over vocab indices (rows/cols 0 and 1 are empty) of one
+        part (``train``, ``val`` or ``test``), or of several joined by ``+`` (``train+val``)."""
+        parts = split.split("+")
+        unknown = set(parts) - {"train", "val", "test"}
+        if unknown:
+            raise ValueError(f"unknown split part(s) {sorted(unknown)}; use train, val or test")
+        frame = pl.concat([getattr(self, part) for part in parts], how="diagonal_relaxed")
         frame = frame.filter(pl.col(BOOK_IDX) > 1)
         values = (
             np.ones(frame.height, dtype=np.float32)
@@ -84,9 +94,11 @@ class PreparedData:
         return target
 
     def dataset(self) -> Dataset:
-        """The canonical tables again (training and validation interactions together, without
-        the vocabulary columns): what a retrain adds stored events to."""
-        interactions = pl.concat([self.train, self.val]).select(list(S.INTERACTIONS_SCHEMA))
+        """The canonical tables again (every part's interactions together, without the
+        vocabulary columns): what a retrain adds stored events to."""
+        interactions = pl.concat([self.train, self.val, self.test], how="diagonal_relaxed").select(
+            list(S.INTERACTIONS_SCHEMA)
+        )
         return Dataset(
             self.name,
             interactions,
@@ -102,7 +114,11 @@ class PreparedData:
                 f"{path} is not a prepared dataset. Run `recsys data prepare data=<name>` first."
             )
         summary = json.loads((path / "summary.json").read_text())
-        tables = {t: pl.read_parquet(path / f"{t}.parquet") for t in TABLES}
+        tables = {
+            t: pl.read_parquet(path / f"{t}.parquet")
+            for t in TABLES
+            if t != "test" or (path / "test.parquet").is_file()  # prepared before test carves
+        }
         return cls(
             name=summary["name"],
             user_vocab=IdVocab.load(path / "users.vocab.parquet"),
@@ -131,7 +147,8 @@ def prepare(dataset: Dataset, split_fn: Callable[[pl.DataFrame], Split]) -> Prep
             pl.Series(BOOK_IDX, book_vocab.encode(frame.get_column(S.BOOK_ID))),
         )
 
-    train, val = index(split.train), index(split.val)
+    assert split.test is not None
+    train, val, test = index(split.train), index(split.val), index(split.test)
     books = dataset.books.join(
         pl.DataFrame({S.BOOK_ID: book_vocab.ids}), on=S.BOOK_ID, how="right"
     ).select(list(S.BOOKS_SCHEMA))
@@ -142,8 +159,10 @@ def prepare(dataset: Dataset, split_fn: Callable[[pl.DataFrame], Split]) -> Prep
     users = dataset.users.with_columns(
         pl.Series(USER_IDX, user_vocab.encode(dataset.users.get_column(S.USER_ID)))
     )
-    summary = _summary(dataset, split, train, val, user_vocab, book_vocab)
-    return PreparedData(dataset.name, train, val, books, users, user_vocab, book_vocab, summary)
+    summary = _summary(dataset, split, train, val, test, user_vocab, book_vocab)
+    return PreparedData(
+        dataset.name, train, val, books, users, user_vocab, book_vocab, summary, test
+    )
 
 
 def fingerprint(frame: pl.DataFrame, spec: dict[str, Any]) -> str:
@@ -160,9 +179,18 @@ def _summary(
     split: Split,
     train: pl.DataFrame,
     val: pl.DataFrame,
+    test: pl.DataFrame,
     user_vocab: IdVocab,
     book_vocab: IdVocab,
 ) -> dict[str, Any]:
+    def held_out(frame: pl.DataFrame) -> dict[str, int]:
+        return {
+            "interactions": frame.height,
+            "users": frame.get_column(S.USER_ID).n_unique(),
+            "oov_users": int((frame.get_column(USER_IDX) == 1).sum()),
+            "oov_books": int((frame.get_column(BOOK_IDX) == 1).sum()),
+        }
+
     inter = dataset.interactions
     n_users = inter.get_column(S.USER_ID).n_unique()
     n_books = inter.get_column(S.BOOK_ID).n_unique()
@@ -176,12 +204,8 @@ def _summary(
         "duplicates_merged": dataset.duplicates,
         "split": split.spec,
         "train": {"interactions": train.height, "users": train.get_column(S.USER_ID).n_unique()},
-        "val": {
-            "interactions": val.height,
-            "users": val.get_column(S.USER_ID).n_unique(),
-            "oov_users": int((val.get_column(USER_IDX) == 1).sum()),
-            "oov_books": int((val.get_column(BOOK_IDX) == 1).sum()),
-        },
+        "val": held_out(val),
+        "test": held_out(test),
         "vocab": {"users": len(user_vocab), "books": len(book_vocab)},
         "data_fingerprint": fingerprint(inter, split.spec),
         "data_cutoff": data_cutoff(inter),

@@ -34,6 +34,10 @@ FEATURES = (
     "mf_rank",
     "from_mf",
     "mf_score_gap",
+    "ease_score",
+    "ease_rank",
+    "from_ease",
+    "ease_score_share",
 )
 
 
@@ -52,6 +56,10 @@ class Candidates:
         mf_score: ``[B, K]`` matrix-factorisation score (every candidate; 0 without MF).
         mf_rank: ``[B, K]`` rank in the MF list (list length if absent).
         from_mf: ``[B, K]`` bool.
+        ease_score: ``[B, K]`` EASE score against the history (every candidate; 0 without
+            EASE).
+        ease_rank: ``[B, K]`` rank in the EASE list (list length if absent).
+        from_ease: ``[B, K]`` bool.
     """
 
     books: np.ndarray
@@ -64,6 +72,9 @@ class Candidates:
     mf_score: np.ndarray
     mf_rank: np.ndarray
     from_mf: np.ndarray
+    ease_score: np.ndarray
+    ease_rank: np.ndarray
+    from_ease: np.ndarray
 
     @property
     def mask(self) -> np.ndarray:
@@ -117,6 +128,8 @@ def pair_features(
     top_cooc = cooc.masked_fill(~mask, 0.0).amax(1, keepdim=True)
     mf = torch.from_numpy(cands.mf_score).float()
     top_mf = mf.masked_fill(~mask, -torch.inf).amax(1, keepdim=True)
+    ease = torch.from_numpy(cands.ease_score).float()
+    top_ease = ease.masked_fill(~mask, 0.0).amax(1, keepdim=True)
     hist_len = (history > 0).sum(1)
     years_h = books["year"][history].float()
     known_h = (years_h > 0).float()
@@ -143,6 +156,10 @@ def pair_features(
         torch.log1p(torch.from_numpy(cands.mf_rank).float()),
         torch.from_numpy(cands.from_mf).float(),
         torch.where(mask, mf - top_mf, torch.zeros_like(mf)),
+        ease,
+        torch.log1p(torch.from_numpy(cands.ease_rank).float()),
+        torch.from_numpy(cands.from_ease).float(),
+        torch.where(top_ease > 0, ease / top_ease.clamp(min=1e-12), torch.zeros_like(ease)),
     ]
     out = torch.stack(columns, dim=-1)
     return out * mask.unsqueeze(-1)

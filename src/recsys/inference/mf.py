@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.data.prepared import PreparedData
 from recsys.errors import BundleError, RecsysError
 from recsys.features.vocab import NUM_RESERVED
 from recsys.index.faiss_index import FaissIndex, IndexSpec, build_index
@@ -88,6 +89,11 @@ class MatrixFactorisation(ScoringRecommender):
         binary = (interactions > 0).astype(np.float32).tocsr()
         als = ALSRecommender.fit(binary, factors, regularization, alpha, iterations, seed)
         return cls(als.item_factors, regularization, alpha)
+
+    @classmethod
+    def from_prepared(cls, data: PreparedData, **params: Any) -> MatrixFactorisation:
+        """ALS on a prepared dataset's training split (the ALS baseline, folded in)."""
+        return cls.fit(data.matrix("train"), **params)
 
     def user_vectors(self, history: sp.csr_matrix) -> np.ndarray:
         """``[B, F]`` fold-in vectors (zero for an empty history)."""

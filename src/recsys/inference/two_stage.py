@@ -1,5 +1,5 @@
-"""Two-stage recommendation: candidates from two-tower retrieval, matrix factorisation and
-co-occurrence, then the ranker orders them. Every stage's output can be inspected, and each
+"""Two-stage recommendation: candidates from two-tower retrieval, EASE, matrix factorisation
+and co-occurrence, then the ranker orders them. Every stage's output can be inspected, and each
 recommendation carries a short reason."""
 
 from __future__ import annotations
@@ -18,17 +18,38 @@ from recsys.features.ranking import FEATURES, Candidates, pair_features
 from recsys.features.vocab import NUM_RESERVED
 from recsys.inference.base import PADDING
 from recsys.inference.cooccurrence import CooccurrenceRecommender
+from recsys.inference.ease import EaseRecommender
 from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.two_tower import TwoTowerRecommender
+
+
+def _sparse_lists(scores: sp.csr_matrix, n: int, excluded: list[set[int]]) -> list[list[int]]:
+    """Each row's top-``n`` books of a sparse score matrix (reserved and ``excluded`` books
+    left out; ties by book index)."""
+    lists = []
+    for row in range(scores.shape[0]):
+        start, end = scores.indptr[row], scores.indptr[row + 1]
+        cols, vals = scores.indices[start:end], scores.data[start:end]
+        ranked = cols[np.lexsort((cols, -vals))]
+        keep = ranked >= NUM_RESERVED
+        if excluded[row]:
+            keep &= ~np.isin(ranked, np.fromiter(excluded[row], dtype=ranked.dtype))
+        lists.append(ranked[keep][:n].tolist())
+    return lists
+
+
+def _ranks(merged: list[int], source: list[int], absent: int) -> list[int]:
+    position = {b: i for i, b in enumerate(source)}
+    return [position.get(b, absent) for b in merged]
 
 
 @dataclass
 class CandidateGenerator:
     """Union of the sources, deduplicated, seen books excluded, at most ``max_candidates``.
 
-    Two-tower candidates come first (in retrieval order), then MF-only ones, then
-    co-occurrence-only ones. Without ``mf`` (or with ``n_mf=0``) there is no MF list and the
-    MF features are zero.
+    Two-tower candidates come first (in retrieval order), then EASE-only, MF-only and
+    co-occurrence-only ones. Without ``mf`` / ``ease`` (or with ``n_mf=0`` / ``n_ease=0``)
+    that source gives no list and its features are zero.
     """
 
     retriever: TwoTowerRecommender
@@ -38,6 +59,12 @@ class CandidateGenerator:
     max_candidates: int = 200
     mf: MatrixFactorisation | None = None
     n_mf: int = 0
+    ease: EaseRecommender | None = None  # pruned (sparse) weights
+    n_ease: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ease is not None and not self.ease.sparse:
+            raise ValueError("the EASE candidate source takes pruned weights (ease.pruned(k))")
 
     def _mf_lists(
         self, history: sp.csr_matrix, excluded: list[set[int]]
@@ -53,38 +80,43 @@ class CandidateGenerator:
         self, vectors: np.ndarray, history: sp.csr_matrix, excluded: list[set[int]]
     ) -> Candidates:
         tt_books, _ = self.retriever.search(vectors, self.n_retrieval, excluded)
-        co = (history > 0).astype(np.float32) @ self.cooccurrence.neighbours  # (B, N) sparse
-        co = sp.csr_matrix(co)
-        mf_vectors, mf_lists = self._mf_lists(history, excluded)
+        binary = (history > 0).astype(np.float32)
+        co = sp.csr_matrix(binary @ self.cooccurrence.neighbours)  # (B, N) sparse
+        co_lists = _sparse_lists(co, self.n_cooc, excluded)
         batch, width = len(vectors), self.max_candidates
+        ease_scores = None if self.ease is None else sp.csr_matrix(binary @ self.ease.weights)
+        ease_lists = (
+            [[] for _ in range(batch)]
+            if ease_scores is None
+            else _sparse_lists(ease_scores, self.n_ease, excluded)
+        )
+        mf_vectors, mf_lists = self._mf_lists(history, excluded)
         books = np.full((batch, width), PADDING, dtype=np.int64)
         tt_rank = np.full((batch, width), self.n_retrieval, dtype=np.float32)
         co_rank = np.full((batch, width), self.n_cooc, dtype=np.float32)
         mf_rank = np.full((batch, width), self.n_mf, dtype=np.float32)
+        ease_rank = np.full((batch, width), self.n_ease, dtype=np.float32)
         for row in range(batch):
-            start, end = co.indptr[row], co.indptr[row + 1]
-            cols, vals = co.indices[start:end], co.data[start:end]
-            order = np.lexsort((cols, -vals))
-            ranked_cols = cols[order]
-            keep = ranked_cols >= NUM_RESERVED
-            if excluded[row]:
-                keep &= ~np.isin(ranked_cols, np.fromiter(excluded[row], dtype=ranked_cols.dtype))
-            co_list = ranked_cols[keep][: self.n_cooc].tolist()
             tt_list = [int(b) for b in tt_books[row] if b >= 0]
-            merged = list(dict.fromkeys(tt_list + mf_lists[row] + co_list))[:width]
-            books[row, : len(merged)] = merged
-            tt_pos = {b: i for i, b in enumerate(tt_list)}
-            co_pos = {b: i for i, b in enumerate(co_list)}
-            tt_rank[row, : len(merged)] = [tt_pos.get(b, self.n_retrieval) for b in merged]
-            co_rank[row, : len(merged)] = [co_pos.get(b, self.n_cooc) for b in merged]
-            mf_pos = {b: i for i, b in enumerate(mf_lists[row])}
-            mf_rank[row, : len(merged)] = [mf_pos.get(b, self.n_mf) for b in merged]
+            merged = list(dict.fromkeys(tt_list + ease_lists[row] + mf_lists[row] + co_lists[row]))[
+                :width
+            ]
+            size = len(merged)
+            books[row, :size] = merged
+            tt_rank[row, :size] = _ranks(merged, tt_list, self.n_retrieval)
+            co_rank[row, :size] = _ranks(merged, co_lists[row], self.n_cooc)
+            mf_rank[row, :size] = _ranks(merged, mf_lists[row], self.n_mf)
+            ease_rank[row, :size] = _ranks(merged, ease_lists[row], self.n_ease)
         mask = books >= 0
         safe = np.maximum(books, 0)
         emb = self.retriever.book_embeddings[safe]  # (B, K, D)
         tt_score = np.einsum("bkd,bd->bk", emb, vectors) / self.retriever.temperature
-        co_score = np.asarray(co[np.repeat(np.arange(batch), width), safe.ravel()]).reshape(
-            batch, width
+        rows = np.repeat(np.arange(batch), width)
+        co_score = np.asarray(co[rows, safe.ravel()]).reshape(batch, width)
+        ease_score = (
+            np.asarray(ease_scores[rows, safe.ravel()]).reshape(batch, width)
+            if ease_scores is not None
+            else np.zeros((batch, width), dtype=np.float32)
         )
         mf_score = (
             self.mf.scores_of(mf_vectors, safe)
@@ -102,6 +134,9 @@ class CandidateGenerator:
             mf_score=np.where(mask, mf_score, 0).astype(np.float32),
             mf_rank=mf_rank,
             from_mf=mask & (mf_rank < self.n_mf),
+            ease_score=np.where(mask, ease_score, 0).astype(np.float32),
+            ease_rank=ease_rank,
+            from_ease=mask & (ease_rank < self.n_ease),
         )
 
 
@@ -139,7 +174,7 @@ class Retrieved:
 
 
 class TwoStageRecommender:
-    """retrieve (two-tower + MF + co-occurrence) -> rank -> top-K.
+    """retrieve (two-tower + EASE + MF + co-occurrence) -> rank -> top-K.
 
     Args:
         generator: the candidate generator.
@@ -175,6 +210,8 @@ class TwoStageRecommender:
         neighbours = self.generator.cooccurrence.neighbours.tocsr(copy=True)
         neighbours.resize((self.retriever.n_books, self.retriever.n_books))
         self.generator.cooccurrence = CooccurrenceRecommender(neighbours)  # never shared
+        if self.generator.ease is not None:
+            self.generator.ease = self.generator.ease.with_books(self.retriever.n_books)
         if self.generator.mf is not None:
             self.generator.mf = self.generator.mf.with_books(self.retriever.n_books)
         self.n_books = self.retriever.n_books

@@ -16,6 +16,7 @@ from recsys.bundle.reader import Bundle, load_bundle
 from recsys.data import schema as S
 from recsys.data.io import Dataset
 from recsys.data.prepared import PreparedData, data_cutoff, fingerprint, prepare
+from recsys.data.split import without_test_carve
 from recsys.errors import BundleError
 from recsys.lifecycle import Registry, open_registry
 from recsys.lifecycle.compare import HoldoutScore, score_bundle
@@ -119,11 +120,14 @@ def seen_pairs(bundle: Bundle) -> pl.DataFrame:
 
 
 def prepare_candidate(cfg: DictConfig, data: RetrainData, remaining: pl.DataFrame) -> PreparedData:
-    """Split what the holdout left, as the experiment splits; the data fingerprint and cut-off
-    name all the data read (holdout included), so the same store gives the same fingerprint."""
+    """Split what the holdout left, as the experiment splits but without a test carve (the
+    retrain's holdout is its report, and those rows train the candidate); the data
+    fingerprint and cut-off name all the data read (holdout included), so the same store
+    gives the same fingerprint."""
     everything = data.dataset
     dataset = Dataset(everything.name, remaining, everything.books, everything.users)
-    prepared = prepare(dataset, hydra.utils.instantiate(cfg.split))
+    split_fn = hydra.utils.instantiate(cfg.split, **without_test_carve(cfg.split))
+    prepared = prepare(dataset, split_fn)
     split = prepared.summary["split"]
     prepared.summary["data_fingerprint"] = fingerprint(everything.interactions, split)
     prepared.summary["data_cutoff"] = data_cutoff(everything.interactions)

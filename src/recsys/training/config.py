@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +135,22 @@ def fit_retriever_from(
 
 
 def candidate_sources(cfg: DictConfig) -> CandidateSources:
-    """``ranker.generator``, ``ranker.cooccurrence`` and ``ranker.mf`` as typed settings."""
+    """``ranker.generator``, ``ranker.cooccurrence``, ``ranker.mf`` and ``ranker.ease`` as
+    typed settings."""
     rcfg = cfg.ranker
-    node = rcfg.get("mf")
-    mf = (
-        {k: v for k, v in _plain(node).items() if k != "enabled"} if node and node.enabled else None
-    )
+
+    def enabled(name: str) -> dict[str, Any] | None:
+        node = rcfg.get(name)
+        if not node or not node.enabled:
+            return None
+        return {k: v for k, v in _plain(node).items() if k != "enabled"}
+
     return CandidateSources(
         generator=_plain(rcfg.generator),
         cooccurrence=_plain(rcfg.cooccurrence),
-        mf=mf,
+        mf=enabled("mf"),
         seed=int(cfg.seed),
+        ease=enabled("ease"),
     )
 
 
@@ -206,15 +211,18 @@ REPORT_COLUMNS = (
     "train_seconds",
     "examples/s",
 )
+TEST = "test"  # metric prefix of the test carve's figures in a bundle's metrics
 
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """A whole training run: its fits, validation rows and the bundle it wrote.
+    """A whole training run: its fits, validation and test-carve rows and the bundle it wrote.
 
     Attributes:
-        metrics: the bundle's top-line metrics (two-tower, and ``two_stage/*`` with a ranker).
+        metrics: the bundle's top-line metrics (two-tower, and ``two_stage/*`` with a ranker;
+            the test carve's under ``test/``).
         rows: per-model validation rows (popularity, two_tower, and the ranking stage's).
+        test_rows: the same models on the test carve (empty when the split has none).
         bundle: the bundle version written.
         retriever: the serving retriever's fit.
         ranker: the ranking stage's fit, when enabled.
@@ -225,10 +233,17 @@ class TrainingRun:
     bundle: Path
     retriever: RetrieverFit
     ranker: RankerFit | None = None
+    test_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def report(self, name: str) -> None:
-        """Print the validation table and where the bundle went."""
+        """Print the validation table (and the test carve's) and where the bundle went."""
         print_table(self.rows, REPORT_COLUMNS, title=f"{name}: full-catalogue validation")
+        if self.test_rows:
+            print_table(
+                self.test_rows,
+                REPORT_COLUMNS[:4],
+                title=f"{name}: test carve (reported only; history = train + validation)",
+            )
         print(f"bundle written to {self.bundle}")
 
     def as_dict(self) -> dict[str, Any]:
@@ -236,6 +251,7 @@ class TrainingRun:
         return {
             "metrics": self.metrics,
             "rows": self.rows,
+            "test_rows": self.test_rows,
             "popularity": self.rows["popularity"],
             "bundle": str(self.bundle),
             **training_facts(self.retriever, self.ranker),
@@ -258,21 +274,28 @@ def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None)
     state = fit_features(hydra.utils.instantiate(cfg.features), data)
     retriever = fit_retriever_from(cfg, data, state)
     serving = retriever.recommender()
-    eval_set = EvalSet.from_prepared(data)
     ks = list(cfg.eval.ks)
-    metrics = evaluate(serving, eval_set, ks=ks)
-    rows: dict[str, dict[str, Any]] = {
-        "popularity": evaluate(PopularityRecommender.from_prepared(data), eval_set, ks=ks),
-        "two_tower": {
-            **metrics,
-            "train_seconds": retriever.train_seconds,
-            "examples/s": retriever.examples_per_second,
-        },
-    }
     ranker = None
     if cfg.ranker.enabled:
         label, ranker = fit_ranking_from(cfg, data, state, serving)
-        metrics = {**metrics, **ranking_rows(rows, label, ranker, eval_set, ks)}
+    rows = model_rows(data, EvalSet.from_prepared(data), serving, ranker, ks)
+    rows["two_tower"].update(
+        {"train_seconds": retriever.train_seconds, "examples/s": retriever.examples_per_second}
+    )
+    metrics = {k: v for k, v in rows["two_tower"].items() if k not in REPORT_COLUMNS[4:]}
+    if ranker is not None:
+        rows["two_stage"]["train_seconds"] = (
+            label.train_seconds + ranker.train_seconds + ranker.examples_seconds
+        )
+        metrics.update(
+            {f"two_stage/{k}": v for k, v in rows["two_stage"].items() if k != "train_seconds"}
+        )
+    test_rows: dict[str, dict[str, Any]] = {}
+    if data.test.height:
+        test_rows = model_rows(data, EvalSet.from_prepared(data, TEST), serving, ranker, ks)
+        for model, key in (("two_tower", ""), ("two_stage", "two_stage/")):
+            if model in test_rows:
+                metrics.update({f"{TEST}/{key}{k}": v for k, v in test_rows[model].items()})
     indexed = index_retriever(retriever, data, hydra.utils.instantiate(cfg.index), cfg.seed)
     facts = training_facts(retriever, ranker)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
@@ -280,23 +303,28 @@ def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None)
         data, retriever, indexed, metrics, facts, resolved, ranker, config_hash(cfg), parent
     )
     path = write_bundle(contents, cfg.bundle.root, str(cfg.bundle.name), bool(cfg.bundle.promote))
-    return TrainingRun(metrics, rows, path, retriever, ranker)
+    return TrainingRun(metrics, rows, path, retriever, ranker, test_rows)
 
 
-def ranking_rows(
-    rows: dict[str, dict[str, Any]],
-    label: RetrieverFit,
-    ranker: RankerFit,
+def model_rows(
+    data: PreparedData,
     eval_set: EvalSet,
+    serving: TwoTowerRecommender,
+    ranker: RankerFit | None,
     ks: list[int],
-) -> dict[str, float]:
-    """Add the ranking stage's validation rows to ``rows``; returns the ``two_stage/*``
-    metrics for the manifest."""
-    sources = ranker.serving.sources
-    rows["cooccurrence"] = evaluate(sources.cooccurrence, eval_set, ks=ks)
-    if sources.mf is not None:
-        rows["mf"] = evaluate(sources.mf, eval_set, ks=ks)
-    two_stage = evaluate(ranker.pipeline, eval_set, ks=ks)
-    seconds = label.train_seconds + ranker.train_seconds + ranker.examples_seconds
-    rows["two_stage"] = {**two_stage, "train_seconds": seconds}
-    return {f"two_stage/{k}": v for k, v in two_stage.items()}
+) -> dict[str, dict[str, Any]]:
+    """Every model of the run on one evaluation set: popularity, the two-tower and, with a
+    ranker, each candidate source alone and the two-stage pipeline."""
+    rows: dict[str, dict[str, Any]] = {
+        "popularity": evaluate(PopularityRecommender.from_prepared(data), eval_set, ks=ks),
+        "two_tower": evaluate(serving, eval_set, ks=ks),
+    }
+    if ranker is not None:
+        sources = ranker.serving.sources
+        rows["cooccurrence"] = evaluate(sources.cooccurrence, eval_set, ks=ks)
+        if sources.mf is not None:
+            rows["mf"] = evaluate(sources.mf, eval_set, ks=ks)
+        if sources.ease is not None:
+            rows["ease"] = evaluate(sources.ease, eval_set, ks=ks)
+        rows["two_stage"] = evaluate(ranker.pipeline, eval_set, ks=ks)
+    return rows

@@ -128,16 +128,17 @@ def write_towers(retriever: RetrieverFit, folder: Path) -> None:
 
 def write_histories(data: PreparedData, folder: Path) -> None:
     """``histories.parquet``: the training carve (what the models saw; popularity features).
-    ``known_histories.parquet``: every interaction known per user (training and validation),
-    what serving and batch scoring read and exclude."""
+    ``known_histories.parquet``: every interaction known per user (training, validation and
+    the test carve), what serving and batch scoring read and exclude."""
     save_frame(user_histories(data.train), folder / layout.HISTORIES)
-    known = pl.concat([data.train, data.val], how="diagonal_relaxed")
+    known = pl.concat([data.train, data.val, data.test], how="diagonal_relaxed")
     save_frame(user_histories(known), folder / layout.KNOWN_HISTORIES)
 
 
 def ranking_parts(ranking: RankerFit) -> dict[str, Writer]:
     """Bundle parts of the ranking stage: the ranker (with its generator settings), the
-    co-occurrence table and, when enabled, the matrix-factorisation source's book factors."""
+    co-occurrence table and, when enabled, the matrix-factorisation source's book factors and
+    the EASE source's pruned weights."""
 
     def write_ranker(folder: Path) -> None:
         save_module(ranking.ranker, folder, layout.RANKER_MODULE, ranking.args)
@@ -150,6 +151,8 @@ def ranking_parts(ranking: RankerFit) -> dict[str, Writer]:
     }
     if sources.mf is not None:
         parts[layout.MF] = sources.mf.save
+    if sources.ease is not None:
+        parts[layout.EASE] = sources.ease.save
     return parts
 
 

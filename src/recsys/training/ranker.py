@@ -28,6 +28,7 @@ from recsys.evaluation import EvalSet
 from recsys.features.pipeline import BookFeatures
 from recsys.features.vocab import NUM_RESERVED
 from recsys.inference.cooccurrence import CooccurrenceRecommender
+from recsys.inference.ease import EaseRecommender
 from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
@@ -79,28 +80,32 @@ def log_popularity(data: PreparedData) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CandidateSources:
-    """How the candidate generator is made: its sizes, co-occurrence and MF settings.
+    """How the candidate generator is made: its sizes, co-occurrence, MF and EASE settings.
 
     Attributes:
-        generator: ``CandidateGenerator`` sizes (``n_retrieval``, ``n_mf``, ``n_cooc``,
-            ``max_candidates``); stored in the bundle as ``ranker/generator.json``.
+        generator: ``CandidateGenerator`` sizes (``n_retrieval``, ``n_ease``, ``n_mf``,
+            ``n_cooc``, ``max_candidates``); stored in the bundle as ``ranker/generator.json``.
         cooccurrence: ``CooccurrenceRecommender.from_prepared`` arguments.
         mf: ``MatrixFactorisation.fit`` arguments, or None when the MF source is disabled.
         seed: the MF fit's seed.
+        ease: ``EaseRecommender.fit`` arguments (``l2``, ``k``), or None when disabled.
     """
 
     generator: dict[str, Any]
     cooccurrence: dict[str, Any]
     mf: dict[str, Any] | None
     seed: int
+    ease: dict[str, Any] | None = None
 
     def fit(self, data: PreparedData) -> FittedSources:
-        """Co-occurrence and (when enabled) MF on ``data``'s training split."""
+        """Co-occurrence and (when enabled) MF and EASE on ``data``'s training split."""
         cooc = CooccurrenceRecommender.from_prepared(data, **self.cooccurrence)
-        mf = None
+        mf = ease = None
         if self.mf is not None:
             mf = MatrixFactorisation.fit(data.matrix("train"), seed=self.seed, **self.mf)
-        return FittedSources(cooc, mf)
+        if self.ease is not None:
+            ease = EaseRecommender.from_prepared(data, **self.ease)
+        return FittedSources(cooc, mf, ease)
 
 
 @dataclass(frozen=True)
@@ -109,12 +114,15 @@ class FittedSources:
 
     cooccurrence: CooccurrenceRecommender
     mf: MatrixFactorisation | None
+    ease: EaseRecommender | None = None
 
     def generator(
         self, retriever: TwoTowerRecommender, spec: CandidateSources
     ) -> CandidateGenerator:
         """The generator over ``retriever`` and these sources, sized by ``spec``."""
-        return CandidateGenerator(retriever, self.cooccurrence, **spec.generator, mf=self.mf)
+        return CandidateGenerator(
+            retriever, self.cooccurrence, **spec.generator, mf=self.mf, ease=self.ease
+        )
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ training:
   interaction with a rating counts as ``rate``, any other as ``read``.
 - ``unknown_user``: validation users outside the training user vocabulary.
 - ``unknown_book``: validation interactions on books outside the book vocabulary.
-- ``history_length``: each validation user's known history (training and validation, what
-  serving reads for them).
+- ``history_length``: each validation user's known history (every part: training,
+  validation and the test carve, what serving reads for them).
 - ``top_score``: the first score of the served pipeline's list for up to ``max_users`` of the
   known validation users from that history (seen books excluded, as served).
 """
@@ -48,7 +48,7 @@ def training_summary(
     val = data.val
     types = np.where(data.train.get_column(S.RATING).is_null().to_numpy(), "read", "rate")
     users = val.group_by(S.USER_ID).agg(pl.col(USER_IDX).first())
-    known = user_histories(pl.concat([data.train, val], how="diagonal_relaxed"))
+    known = user_histories(pl.concat([data.train, val, data.test], how="diagonal_relaxed"))
     returning = users.join(known, on=S.USER_ID, how="inner", maintain_order="left")
     lengths = returning.get_column("history").list.len().to_numpy()
     signals = {
