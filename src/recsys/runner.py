@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from recsys.data.prepared import PreparedData, prepare
+from recsys.data.split import FIT_ALL, fit_mode, fitting_all
 from recsys.errors import RecsysError
 from recsys.stores import Stores
 
@@ -150,7 +151,7 @@ def max_time(minutes: float) -> str:
 def _source_config(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg.data.reader, resolve=True)
     split = OmegaConf.to_container(cfg.split, resolve=True)
-    return {"reader": data, "split": split}
+    return {"reader": data, "split": split, "fit": fit_mode(cfg.get("fit"))}
 
 
 def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
@@ -160,7 +161,7 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
     store = _erasure_store(cfg)
     if not force and (folder / "summary.json").is_file():
         data = PreparedData.load(folder)
-        erased = _erased(store, data.train, data.val)
+        erased = _erased(store, data.train, data.val, data.test)
         if data.summary.get("source_config") == source and not erased:
             log.info("using prepared data in %s", folder)
             store.close()
@@ -184,6 +185,8 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
         )
         log.info("dropped %d erased user(s) from %s", len(deleted), dataset.name)
     split_fn = hydra.utils.instantiate(cfg.split)
+    if fit_mode(cfg.get("fit")) == FIT_ALL:
+        split_fn = fitting_all(split_fn)
     data = prepare(dataset, split_fn)
     data.summary["source_config"] = source
     data.save(folder)

@@ -88,6 +88,8 @@ def test_manifest_facts(trained: dict[str, Any]) -> None:
     assert manifest.vocab_sizes["num_books"] == bundle.state.books.size
     assert manifest.data_fingerprint == trained["data"].summary["data_fingerprint"]
     assert manifest.metrics["recall@20"] == trained["metrics"]["recall@20"]
+    assert manifest.fit == {"fit": "carve", **trained["data"].summary["split"]}
+    assert manifest.metrics["test/two_stage/recall@20"] > 0  # the test carve, reported
     assert (bundle.path / "towers" / "user_tower.pt").is_file()  # TorchScript export worked
     assert (bundle.path.parent / "LATEST").read_text().strip() == bundle.version
     assert load_bundle(bundle.path.parent).version == bundle.version

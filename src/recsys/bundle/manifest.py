@@ -75,6 +75,9 @@ class Manifest:
     data_cutoff: float | None = None
     # sha256 of the config sections that shape the model (recsys.training.config.config_hash)
     config_hash: str | None = None
+    # what the models learned from: the split spec of the carve the settings were chosen on,
+    # with "fit": "all" when every part was trained on (a bundle meant to serve; no metrics)
+    fit: dict[str, Any] | None = None
     manifest_schema: int = MANIFEST_SCHEMA
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -8,7 +8,7 @@ and random choices come from a seeded generator.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,3 +179,33 @@ def without_test_carve(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Overrides that turn a split's test carve off (a job with its own holdout, such as the
     retrain, keeps those rows for training)."""
     return {key: value for key, value in NO_TEST_CARVE.items() if key in settings}
+
+
+FIT_CARVE, FIT_ALL = "carve", "all"  # the `fit` setting: learn from the training part, or all
+
+
+def fit_mode(value: str | None) -> str:
+    """The ``fit`` setting: ``carve`` (learn from the training part, choose on validation,
+    report the test carve; the default) or ``all`` (a bundle meant to serve: every
+    interaction, for the epochs chosen beforehand)."""
+    mode = str(value or FIT_CARVE)
+    if mode not in (FIT_CARVE, FIT_ALL):
+        raise DataError(
+            f"fit={mode} is not a fit; use fit=carve (evaluate on the carve) or fit=all "
+            "(a bundle meant to serve, fit on every interaction)."
+        )
+    return mode
+
+
+def fitting_all(split_fn: Callable[[pl.DataFrame], Split]) -> Callable[[pl.DataFrame], Split]:
+    """``split_fn`` for a bundle meant to serve (``fit=all``): every part's rows go to
+    training and nothing is held out; the spec still names the carve the settings were
+    chosen on, with ``fit: all``."""
+
+    def split_all(interactions: pl.DataFrame) -> Split:
+        split = split_fn(interactions)
+        parts = [split.train, split.val] + ([split.test] if split.test is not None else [])
+        everything = _canonical(pl.concat(parts, how="diagonal_relaxed"))
+        return Split(everything, split.val.clear(), {**split.spec, "fit": FIT_ALL})
+
+    return split_all

@@ -16,7 +16,7 @@ from recsys.bundle.reader import Bundle, load_bundle
 from recsys.data import schema as S
 from recsys.data.io import Dataset
 from recsys.data.prepared import PreparedData, data_cutoff, fingerprint, prepare
-from recsys.data.split import without_test_carve
+from recsys.data.split import FIT_ALL, fit_mode, fitting_all, without_test_carve
 from recsys.errors import BundleError
 from recsys.lifecycle import Registry, open_registry
 from recsys.lifecycle.compare import HoldoutScore, score_bundle
@@ -127,6 +127,8 @@ def prepare_candidate(cfg: DictConfig, data: RetrainData, remaining: pl.DataFram
     everything = data.dataset
     dataset = Dataset(everything.name, remaining, everything.books, everything.users)
     split_fn = hydra.utils.instantiate(cfg.split, **without_test_carve(cfg.split))
+    if fit_mode(cfg.get("fit")) == FIT_ALL:
+        split_fn = fitting_all(split_fn)
     prepared = prepare(dataset, split_fn)
     split = prepared.summary["split"]
     prepared.summary["data_fingerprint"] = fingerprint(everything.interactions, split)

@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from recsys.data.prepared import PreparedData
+from recsys.data.split import FIT_ALL, fit_mode
+from recsys.errors import RecsysError
 from recsys.evaluation import EvalSet, evaluate
 from recsys.features.pipeline import FeatureState, book_feature_table
 from recsys.features.ranking import FEATURES
@@ -57,6 +59,8 @@ MODEL_SECTIONS = (
     "seed",
     "batch_size",
     "eval",
+    "fit",
+    "selected",
 )
 
 
@@ -102,10 +106,31 @@ def _loggers(cfg: DictConfig) -> list[Logger]:
     return [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
 
 
-def _callbacks(cfg: DictConfig, eval_set: EvalSet, tag: str) -> list[L.Callback]:
+def fits_all(cfg: DictConfig) -> bool:
+    """``fit=all``: every interaction, the epochs chosen beforehand, nothing monitored."""
+    return fit_mode(cfg.get("fit")) == FIT_ALL
+
+
+def selected_epochs(cfg: DictConfig, stage: str) -> int:
+    """The epochs a ``fit=all`` run trains ``stage`` (``retriever`` or ``ranker``) for:
+    ``selected.<stage>_epochs``, chosen on the validation carve by a ``fit=carve`` run (the
+    best epoch it reports, plus one), else the stage trainer's ``max_epochs``."""
+    chosen = (cfg.get("selected") or {}).get(f"{stage}_epochs")
+    trainer = cfg.trainer if stage == "retriever" else cfg.ranker.trainer
+    epochs = int(chosen if chosen is not None else trainer.max_epochs)
+    if epochs < 1:
+        raise RecsysError(f"selected.{stage}_epochs must be >= 1, got {epochs}.")
+    return epochs
+
+
+def _callbacks(cfg: DictConfig, eval_set: EvalSet, tag: str, monitor: bool) -> list[L.Callback]:
+    """The configured callbacks; without ``monitor`` (nothing held out) those that watch
+    validation (the evaluation, and any with a ``monitor`` metric) are left out."""
     out = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None:
+            continue
+        if not monitor and (name == "evaluation" or node.get("monitor")):
             continue
         extra = {"dirpath": f"{node.dirpath}/{tag}"} if node.get("dirpath") else {}
         obj = hydra.utils.instantiate(node, **extra)
@@ -119,17 +144,23 @@ def fit_retriever_from(
     """Train the configured towers on ``data``'s training split.
 
     ``tag`` separates the checkpoints of several fits in one run; only the ``retriever`` fit
-    is logged (auxiliary fits are not).
+    is logged (auxiliary fits are not). With ``fit=all`` it trains the selected epochs
+    (:func:`selected_epochs`) and monitors nothing.
     """
     datamodule = RetrievalDataModule(data, state, batch_size=cfg.batch_size, seed=cfg.seed)
     module, tower_args = build_module(cfg, state)
     module.attach(datamodule)
+    monitor = not fits_all(cfg)
     eval_set = EvalSet.from_prepared(data)
     loggers = _loggers(cfg) if tag == "retriever" else []
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, "retriever")}
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=_callbacks(cfg, eval_set, tag)
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=_callbacks(cfg, eval_set, tag, monitor),
+        **fixed,
     )
     return fit_retriever(module, datamodule, trainer, tower_args)
 
@@ -157,9 +188,11 @@ def candidate_sources(cfg: DictConfig) -> CandidateSources:
 def ranker_loop(cfg: DictConfig) -> RankerLoop:
     """``ranker.module``, ``ranker.trainer`` and the loop settings."""
     rcfg = cfg.ranker
+    monitor = not fits_all(cfg)
+    fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, "ranker")}
 
     def make_trainer(callbacks: list[L.Callback]) -> L.Trainer:
-        trainer: L.Trainer = hydra.utils.instantiate(rcfg.trainer, callbacks=callbacks)
+        trainer: L.Trainer = hydra.utils.instantiate(rcfg.trainer, callbacks=callbacks, **fixed)
         return trainer
 
     return RankerLoop(
@@ -169,6 +202,7 @@ def ranker_loop(cfg: DictConfig) -> RankerLoop:
         seed=int(cfg.seed),
         eval_users=rcfg.eval_users,
         patience=int(rcfg.patience),
+        monitor=monitor,
     )
 
 
@@ -193,12 +227,7 @@ def fit_ranking_from(
     ranker: nn.Module = hydra.utils.instantiate(rcfg.model, **sizes)
     stage = ServingStage(serving, sources.fit(data), sources, books, log_popularity(data))
     ranker_fit = fit_ranker(
-        examples,
-        ranker,
-        {**sizes, **_plain(rcfg.model)},
-        ranker_loop(cfg),
-        stage,
-        EvalSet.from_prepared(data),
+        examples, ranker, {**sizes, **_plain(rcfg.model)}, ranker_loop(cfg), stage, data
     )
     return label, ranker_fit
 
@@ -237,7 +266,10 @@ class TrainingRun:
 
     def report(self, name: str) -> None:
         """Print the validation table (and the test carve's) and where the bundle went."""
-        print_table(self.rows, REPORT_COLUMNS, title=f"{name}: full-catalogue validation")
+        if not self.rows:
+            print(f"{name}: fit on every interaction (fit=all); nothing held out to report on")
+        else:
+            print_table(self.rows, REPORT_COLUMNS, title=f"{name}: full-catalogue validation")
         if self.test_rows:
             print_table(
                 self.test_rows,
@@ -252,7 +284,7 @@ class TrainingRun:
             "metrics": self.metrics,
             "rows": self.rows,
             "test_rows": self.test_rows,
-            "popularity": self.rows["popularity"],
+            "popularity": self.rows.get("popularity"),
             "bundle": str(self.bundle),
             **training_facts(self.retriever, self.ranker),
             "tower_args": self.retriever.tower_args,
@@ -278,18 +310,21 @@ def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None)
     ranker = None
     if cfg.ranker.enabled:
         label, ranker = fit_ranking_from(cfg, data, state, serving)
-    rows = model_rows(data, EvalSet.from_prepared(data), serving, ranker, ks)
-    rows["two_tower"].update(
-        {"train_seconds": retriever.train_seconds, "examples/s": retriever.examples_per_second}
-    )
-    metrics = {k: v for k, v in rows["two_tower"].items() if k not in REPORT_COLUMNS[4:]}
-    if ranker is not None:
-        rows["two_stage"]["train_seconds"] = (
-            label.train_seconds + ranker.train_seconds + ranker.examples_seconds
+    rows: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, float] = {}
+    if data.val.height:  # nothing to report on after fit=all
+        rows = model_rows(data, EvalSet.from_prepared(data), serving, ranker, ks)
+        rows["two_tower"].update(
+            {"train_seconds": retriever.train_seconds, "examples/s": retriever.examples_per_second}
         )
-        metrics.update(
-            {f"two_stage/{k}": v for k, v in rows["two_stage"].items() if k != "train_seconds"}
-        )
+        metrics = {k: v for k, v in rows["two_tower"].items() if k not in REPORT_COLUMNS[4:]}
+        if ranker is not None:
+            rows["two_stage"]["train_seconds"] = (
+                label.train_seconds + ranker.train_seconds + ranker.examples_seconds
+            )
+            metrics.update(
+                {f"two_stage/{k}": v for k, v in rows["two_stage"].items() if k != "train_seconds"}
+            )
     test_rows: dict[str, dict[str, Any]] = {}
     if data.test.height:
         test_rows = model_rows(data, EvalSet.from_prepared(data, TEST), serving, ranker, ks)

@@ -85,6 +85,7 @@ def _manifest(contents: BundleContents, name: str) -> Manifest:
         data_cutoff=contents.data.summary.get("data_cutoff"),
         config_hash=contents.config_hash,
         parent_version=contents.parent_version,
+        fit={"fit": "carve", **contents.data.summary["split"]},
     )
 
 

@@ -205,6 +205,8 @@ class RankerLoop:
         seed: shuffling seed.
         eval_users: users sampled for the per-epoch two-stage validation.
         patience: epochs without a better two-stage recall@20 before stopping.
+        monitor: choose the epoch on validation (``fit=carve``); False trains the trainer's
+            epochs and keeps the last (``fit=all``: nothing is held out).
     """
 
     make_module: Callable[[nn.Module], RankerModule]
@@ -213,6 +215,7 @@ class RankerLoop:
     seed: int
     eval_users: int | None
     patience: int
+    monitor: bool = True
 
 
 @dataclass(frozen=True)
@@ -244,9 +247,10 @@ def fit_ranker(
     args: dict[str, Any],
     loop: RankerLoop,
     serving: ServingStage,
-    eval_set: EvalSet,
+    data: PreparedData,
 ) -> RankerFit:
-    """Train ``ranker`` on ``examples``, choosing the epoch on the serving pipeline itself.
+    """Train ``ranker`` on ``examples``, choosing the epoch on the serving pipeline itself
+    (validation users of ``data``), or for the trainer's epochs when ``loop.monitor`` is off.
 
     Args:
         examples: the leakage-free lists.
@@ -254,33 +258,44 @@ def fit_ranker(
         args: its constructor arguments (stored with it in the bundle).
         loop: module/trainer factories and settings.
         serving: the stage the ranker is evaluated (and served) behind.
-        eval_set: validation users for the per-epoch two-stage recall.
+        data: the prepared data (its validation users score each epoch).
     """
     ranker.set_standardisation(examples.tensors["features"], examples.tensors["mask"])  # type: ignore[operator]
     module = loop.make_module(ranker)
-    evaluation = TwoStageEvaluation(serving.pipeline, eval_set, ks=(20,), max_users=loop.eval_users)
-    stop = EarlyStopping(
-        monitor="val/two_stage_recall@20",
-        mode="max",
-        patience=loop.patience,
-        check_on_train_epoch_end=True,
-    )
-    trainer = loop.make_trainer([evaluation, stop, BudgetCosineLR()])  # anneal over the budget
+    callbacks: list[L.Callback] = [BudgetCosineLR()]  # anneal over the budget
+    evaluation = None
+    if loop.monitor:
+        evaluation = TwoStageEvaluation(
+            serving.pipeline, EvalSet.from_prepared(data), ks=(20,), max_users=loop.eval_users
+        )
+        stop = EarlyStopping(
+            monitor="val/two_stage_recall@20",
+            mode="max",
+            patience=loop.patience,
+            check_on_train_epoch_end=True,
+        )
+        callbacks = [evaluation, stop, *callbacks]
+    trainer = loop.make_trainer(callbacks)
     started = time.perf_counter()
     trainer.fit(module, datamodule=RankerDataModule(examples.tensors, loop.batch_size, loop.seed))
-    log.info(
-        "ranker: best epoch %d (two-stage recall@20 %.4f on %s validation users)",
-        evaluation.best_epoch,
-        evaluation.best_score,
-        loop.eval_users,
-    )
+    if evaluation is not None:
+        best_epoch = evaluation.best_epoch
+        log.info(
+            "ranker: best epoch %d (two-stage recall@20 %.4f on %s validation users)",
+            best_epoch,
+            evaluation.best_score,
+            loop.eval_users,
+        )
+    else:
+        best_epoch = trainer.current_epoch - 1  # the last epoch run (nothing to choose on)
+        log.info("ranker: %d epochs, the last one kept (nothing held out)", best_epoch + 1)
     return RankerFit(
         ranker=ranker.eval(),
         args=args,
         serving=serving,
         pipeline=serving.pipeline(ranker),
         examples=examples.count,
-        best_epoch=evaluation.best_epoch,
+        best_epoch=best_epoch,
         examples_seconds=examples.seconds,
         train_seconds=time.perf_counter() - started,
     )

@@ -2,7 +2,8 @@
 compared with (:mod:`recsys.drift`).
 
 The population is the validation carve, the offline stand-in for users who come back after
-training:
+training (a bundle fit on every interaction, ``fit=all``, holds nothing out: its population is
+the training users, and the unknown-user and unknown-book references are all known):
 
 - ``event_type``: the training interactions. Training data carries no event types; an
   interaction with a rating counts as ``rate``, any other as ``read``.
@@ -45,7 +46,7 @@ def training_summary(
         max_users: validation users scored for ``top_score`` (a seeded sample).
         seed: the sample's seed.
     """
-    val = data.val
+    val = data.val if data.val.height else data.train
     types = np.where(data.train.get_column(S.RATING).is_null().to_numpy(), "read", "rate")
     users = val.group_by(S.USER_ID).agg(pl.col(USER_IDX).first())
     known = user_histories(pl.concat([data.train, val, data.test], how="diagonal_relaxed"))

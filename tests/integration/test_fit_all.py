@@ -1,0 +1,82 @@
+"""`fit=all`: a bundle meant to serve learns from every interaction (no part held out) for the
+epochs chosen beforehand, and says so; `fit=carve` keeps the three parts apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tests.helpers.hydra import compose_config
+
+from recsys.bundle.reader import load_bundle
+from recsys.data.prepared import PreparedData
+from recsys.errors import DataError
+
+pytestmark = pytest.mark.integration
+
+OVERRIDES = ["experiment=synthetic_fast", "callbacks.progress_bar=null"]
+
+
+@pytest.fixture(scope="module")
+def fit_all(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from recsys.jobs.train import main as train_main
+
+    root = tmp_path_factory.mktemp("fit_all")
+    cfg = compose_config(
+        "train",
+        root,
+        [*OVERRIDES, "fit=all", "selected.retriever_epochs=2", "selected.ranker_epochs=1"],
+    )
+    result = train_main(cfg)
+    result["data"] = PreparedData.load(root / "data" / "processed" / "synthetic")
+    return result
+
+
+def test_every_interaction_trains_and_nothing_is_reported(
+    fit_all: dict[str, Any], trained_bundle: dict[str, Any]
+) -> None:
+    data, carved = fit_all["data"], trained_bundle["data"]
+    assert data.val.height == 0
+    assert data.test.height == 0
+    assert carved.val.height > 0  # the carve run held both parts out...
+    assert carved.test.height > 0
+    # ...and the serving fit learns from all of them (same data, same seed)
+    assert data.train.height == carved.train.height + carved.val.height + carved.test.height
+    assert data.summary["split"]["fit"] == "all"
+    assert data.summary["split"]["test_fraction"] == carved.summary["split"]["test_fraction"]
+    assert fit_all["rows"] == {}
+    assert fit_all["metrics"] == {}
+
+
+def test_the_selected_epochs_are_trained(fit_all: dict[str, Any]) -> None:
+    assert fit_all["epochs"] == 2
+    assert fit_all["ranker"]["best_epoch"] == 0  # one epoch, the last kept
+    manifest = load_bundle(fit_all["bundle"]).manifest
+    assert manifest.metrics == {}
+    assert manifest.fit is not None
+    assert manifest.fit["fit"] == "all"  # and the carve the epochs were chosen on:
+    assert manifest.fit["kind"] == "random_holdout"
+
+
+def test_the_served_bundle_knows_and_excludes_every_interaction(fit_all: dict[str, Any]) -> None:
+    bundle = load_bundle(fit_all["bundle"])
+    data = fit_all["data"]
+    known = sum(len(h) for h in bundle.known_histories.get_column("history").to_list())
+    assert known == data.train.height
+    pipeline = bundle.two_stage()
+    users = np.unique(data.train.get_column("user_idx").to_numpy())[:50]
+    history = data.matrix("train")[users]
+    top, _ = pipeline.recommend(users, history, 10)
+    for row, user_history in enumerate(np.split(history.indices, history.indptr[1:-1])):
+        assert not set(top[row].tolist()) & set(user_history.tolist())
+    assert (top >= 0).all()
+
+
+def test_an_unknown_fit_is_refused_with_the_choices(tmp_path: Path) -> None:
+    from recsys.runner import load_or_prepare
+
+    cfg = compose_config("train", tmp_path, [*OVERRIDES, "fit=everything"])
+    with pytest.raises(DataError, match=r"fit=carve .* fit=all"):
+        load_or_prepare(cfg)
