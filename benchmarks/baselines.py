@@ -36,23 +36,24 @@ from recsys.runner import compose_config, load_or_prepare
 from recsys.types import Recommender
 
 KS = (20,)
-ITEMKNN = {"k": [25, 50, 100, 200, 400, 800]}
-ALS = {
+Grid = dict[str, list[Any]]
+ITEMKNN: Grid = {"k": [25, 50, 100, 200, 400, 800, 1600]}
+ALS: Grid = {
     "factors": [64, 128, 256, 512],
     "regularization": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0],
     "alpha": [5.0, 10.0, 20.0, 40.0, 80.0, 160.0],
     "iterations": [8, 15, 30],
 }
-EASE = {"l2": [25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0]}
+EASE: Grid = {"l2": [25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0]}
 PRUNED_K = (100, 200, 500, 1000)  # EASE weights kept per book (the served, sparse form)
-START = {
+START: dict[str, Settings] = {
     "itemknn": {"k": 100},
     "als": {"factors": 256, "regularization": 5.0, "alpha": 40.0, "iterations": 15},
     "ease": {"l2": 200.0},
 }
-QUICK = {  # one setting each: a smoke run of the script
+QUICK: dict[str, Grid] = {  # one setting each: a smoke run of the script
     "itemknn": {"k": [100]},
-    "als": {"factors": [128], "regularization": [5.0], "alpha": [40.0], "iterations": [15]},
+    "als": {"factors": [256], "regularization": [5.0], "alpha": [40.0], "iterations": [15]},
     "ease": {"l2": [200.0]},
 }
 
@@ -80,7 +81,9 @@ def main() -> None:
     data = load_or_prepare(cfg)
     carves = {"val": EvalSet.from_prepared(data), "test": EvalSet.from_prepared(data, "test")}
     train = data.matrix("train")
-    grids = {"itemknn": ITEMKNN, "als": ALS, "ease": EASE} if not args.quick else QUICK
+    grids: dict[str, Grid] = (
+        {"itemknn": ITEMKNN, "als": ALS, "ease": EASE} if not args.quick else QUICK
+    )
     fitters: dict[str, Callable[[Settings], Recommender]] = {
         "itemknn": lambda s: CooccurrenceRecommender.fit(train, k=s["k"]),
         "als": lambda s: MatrixFactorisation.fit(train, seed=0, **s),
@@ -146,6 +149,7 @@ def main() -> None:
                     "best": s.best,
                     "best_val_sample_recall@20": s.best_score,
                     "unbracketed": s.unbracketed,
+                    "exhausted": s.exhausted,
                     "trials": s.trials,
                 }
                 for name, s in searches.items()

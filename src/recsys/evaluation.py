@@ -52,7 +52,7 @@ class EvalSet:
         held = data.val if part == "val" else data.test
         cold = held.filter(pl.col("user_idx") < NUM_RESERVED).get_column("user_id").n_unique()
         popularity = np.asarray(fitted.sum(0)).ravel()
-        n_train_users = int((np.diff(train.indptr) > 0).sum())
+        n_train_users = int((np.diff(fitted.indptr) > 0).sum())
         return cls(
             train,
             val,

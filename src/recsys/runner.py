@@ -215,6 +215,11 @@ def optimized_metric(metrics: dict[str, float], name: str | None) -> float | Non
     """
     if not name:
         return None
+    if name.startswith("test/"):
+        raise RecsysError(
+            f"optimized_metric '{name}' is a test-carve figure, which no choice may use; "
+            "optimise a validation metric (e.g. optimized_metric=two_stage/recall@20)."
+        )
     if name not in metrics:
         raise RecsysError(
             f"optimized_metric '{name}' is not a metric of this run; choose one of "

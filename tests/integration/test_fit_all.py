@@ -80,3 +80,37 @@ def test_an_unknown_fit_is_refused_with_the_choices(tmp_path: Path) -> None:
     cfg = compose_config("train", tmp_path, [*OVERRIDES, "fit=everything"])
     with pytest.raises(DataError, match=r"fit=carve .* fit=all"):
         load_or_prepare(cfg)
+
+
+def test_drift_reference_is_the_histories_served(fit_all: dict[str, Any]) -> None:
+    """Nothing held out: the summary's population is the training users, each history
+    counted once, as serving reads it."""
+    bundle = load_bundle(fit_all["bundle"])
+    summary = bundle.training_summary
+    assert summary is not None
+    lengths = bundle.known_histories.get_column("history").list.len().to_numpy()
+    reference = summary.signals["history_length"]
+    assert reference == type(reference).numeric(lengths)
+    assert reference.n == bundle.known_histories.height
+
+
+def test_retraining_the_ranker_of_a_serving_bundle(fit_all: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    from recsys.jobs.train_ranker import main as train_ranker_main
+
+    family = tmp_path / "bundles" / "synthetic"
+    source = family / Path(fit_all["bundle"]).name
+    shutil.copytree(fit_all["bundle"], source)
+    cfg = compose_config("train_ranker", tmp_path, [f"bundle={source}"])
+    result = train_ranker_main(cfg)
+    assert result["metrics"] == {}
+    assert load_bundle(family).manifest.metrics == {}
+
+
+def test_sweeps_cannot_optimise_a_test_carve_figure() -> None:
+    from recsys.errors import RecsysError
+    from recsys.runner import optimized_metric
+
+    with pytest.raises(RecsysError, match="test-carve"):
+        optimized_metric({"test/recall@20": 0.3}, "test/recall@20")

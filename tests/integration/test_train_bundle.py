@@ -344,6 +344,9 @@ def test_retrain_only_the_ranker(trained: dict[str, Any], tmp_path: Path) -> Non
     assert after.manifest.metrics["two_stage/recall@20"] == pytest.approx(
         result["metrics"]["recall@20"]
     )
+    # the new ranker's test-carve figures replace the old ranker's
+    test_key = "test/two_stage/recall@20"
+    assert after.manifest.metrics[test_key] != before.manifest.metrics[test_key]
     assert (after.path / "ranker" / "ranker.state_dict.pt").read_bytes() != (
         before.path / "ranker" / "ranker.state_dict.pt"
     ).read_bytes()

@@ -88,6 +88,8 @@ def test_bracket_search_finds_an_interior_optimum_and_flags_an_edge() -> None:
         score, {"a": [1, 2, 3, 4, 5], "b": [1.0, 5.0, 10.0]}, {"a": 1, "b": 1.0}, max_trials=2
     )
     assert len(budget.trials) == 2
+    assert budget.exhausted
+    assert budget.unbracketed == ["a", "b"]  # neighbours left uncompared
     with pytest.raises(ValueError, match="not among"):
         bracket_search(score, {"a": [1, 2]}, {"a": 7})
 

@@ -25,13 +25,15 @@ class Search:
         best_score: their score.
         trials: every settings tried with its score, in order.
         unbracketed: settings whose best value is an end of its list (the optimum may lie
-            beyond it).
+            beyond it), or that the trial budget left without both neighbours compared.
+        exhausted: the trial budget ran out before the search could stop on its own.
     """
 
     best: Settings
     best_score: float
     trials: list[Settings] = field(default_factory=list)
     unbracketed: list[str] = field(default_factory=list)
+    exhausted: bool = False
 
 
 def bracket_search(
@@ -68,20 +70,24 @@ def bracket_search(
     best_score = first
     while True:
         better: list[tuple[float, Settings]] = []
+        unchecked: set[str] = set()
         for name, values in grid.items():
             position = list(values).index(current[name])
             for step in (-1, 1):
                 if 0 <= position + step < len(values):
                     move = {**current, name: values[position + step]}
                     value = run(move)
-                    if value is not None and value > best_score:
+                    if value is None:
+                        unchecked.add(name)
+                    elif value > best_score:
                         better.append((value, move))
         if not better:
             break
         best_score, current = max(better, key=lambda pair: pair[0])
-    unbracketed = [
+    at_edge = {
         name
         for name, values in grid.items()
         if len(values) > 1 and current[name] in (values[0], values[-1])
-    ]
-    return Search(current, best_score, trials, unbracketed)
+    }
+    unbracketed = [name for name in grid if name in at_edge | unchecked]
+    return Search(current, best_score, trials, unbracketed, exhausted=bool(unchecked))

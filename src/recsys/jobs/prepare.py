@@ -30,5 +30,7 @@ def summary_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "val rows": summary["val"]["interactions"],
             "val users": summary["val"]["users"],
             "val OOV books": summary["val"]["oov_books"],
+            "test rows": summary.get("test", {}).get("interactions", 0),
+            "test users": summary.get("test", {}).get("users", 0),
         }
     }

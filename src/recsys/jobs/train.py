@@ -8,7 +8,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from recsys.runner import load_or_prepare, optimized_metric
-from recsys.training.config import run_training
+from recsys.training.config import fits_all, run_training
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
@@ -27,5 +27,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 def objective(cfg: DictConfig) -> float | None:
     """Train as :func:`main` does; return the metric ``cfg.optimized_metric`` names, for
-    Hydra sweepers (Optuna) to tune (None when the config names none)."""
-    return optimized_metric(main(cfg)["metrics"], cfg.get("optimized_metric"))
+    Hydra sweepers (Optuna) to tune (None when the config names none, or for a ``fit=all``
+    run, which holds nothing out to measure)."""
+    metrics = main(cfg)["metrics"]
+    if fits_all(cfg):
+        return None
+    return optimized_metric(metrics, cfg.get("optimized_metric"))

@@ -113,8 +113,8 @@ def fits_all(cfg: DictConfig) -> bool:
 
 def selected_epochs(cfg: DictConfig, stage: str) -> int:
     """The epochs a ``fit=all`` run trains ``stage`` (``retriever`` or ``ranker``) for:
-    ``selected.<stage>_epochs``, chosen on the validation carve by a ``fit=carve`` run (the
-    best epoch it reports, plus one), else the stage trainer's ``max_epochs``."""
+    ``selected.<stage>_epochs``, chosen on the validation carve by a ``fit=carve`` run (its
+    facts' ``best_epoch`` plus one), else the stage trainer's ``max_epochs``."""
     chosen = (cfg.get("selected") or {}).get(f"{stage}_epochs")
     trainer = cfg.trainer if stage == "retriever" else cfg.ranker.trainer
     epochs = int(chosen if chosen is not None else trainer.max_epochs)
@@ -155,7 +155,8 @@ def fit_retriever_from(
     loggers = _loggers(cfg) if tag == "retriever" else []
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, "retriever")}
+    # fit=all: the chosen epochs, whatever they take (a time budget would cut them silently)
+    fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, "retriever"), "max_time": None}
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=loggers or False,
@@ -189,7 +190,7 @@ def ranker_loop(cfg: DictConfig) -> RankerLoop:
     """``ranker.module``, ``ranker.trainer`` and the loop settings."""
     rcfg = cfg.ranker
     monitor = not fits_all(cfg)
-    fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, "ranker")}
+    fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, "ranker"), "max_time": None}
 
     def make_trainer(callbacks: list[L.Callback]) -> L.Trainer:
         trainer: L.Trainer = hydra.utils.instantiate(rcfg.trainer, callbacks=callbacks, **fixed)

@@ -31,6 +31,8 @@ class RetrieverFit:
             the bundle can rebuild them without the training code.
         train_seconds: wall time of initialisation (the spectral SVD) plus fitting.
         epochs: epochs run.
+        best_epoch: the epoch (0-based) whose weights were kept: the best checkpoint's, else
+            the last one run.
         steps: optimiser steps run.
         examples_per_second: training throughput.
         wandb_run_id: the wandb run that logged this fit, if any.
@@ -43,6 +45,7 @@ class RetrieverFit:
     steps: int
     examples_per_second: float
     wandb_run_id: str | None = None
+    best_epoch: int | None = None
 
     def facts(self) -> dict[str, Any]:
         """What the bundle's ``eval/metrics.json`` records under ``training``."""
@@ -52,6 +55,7 @@ class RetrieverFit:
             "steps": self.steps,
             "examples_per_second": self.examples_per_second,
             "wandb_run_id": self.wandb_run_id,
+            "best_epoch": self.best_epoch,
         }
 
     def recommender(self) -> TwoTowerRecommender:
@@ -87,9 +91,12 @@ def fit_retriever(
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - started
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    best_epoch = trainer.current_epoch - 1
     if best:
         log.info("restoring best checkpoint %s", best)
-        module.load_state_dict(torch.load(best, weights_only=False)["state_dict"])
+        checkpoint = torch.load(best, weights_only=False)
+        module.load_state_dict(checkpoint["state_dict"])
+        best_epoch = int(checkpoint["epoch"])
     steps = trainer.global_step
     return RetrieverFit(
         module=module,
@@ -101,4 +108,5 @@ def fit_retriever(
         wandb_run_id=next(
             (lg.experiment.id for lg in trainer.loggers if isinstance(lg, WandbLogger)), None
         ),
+        best_epoch=best_epoch,
     )

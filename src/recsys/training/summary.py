@@ -46,10 +46,10 @@ def training_summary(
         max_users: validation users scored for ``top_score`` (a seeded sample).
         seed: the sample's seed.
     """
-    val = data.val if data.val.height else data.train
+    val = data.val if data.val.height else data.train  # fit=all: the training users
     types = np.where(data.train.get_column(S.RATING).is_null().to_numpy(), "read", "rate")
     users = val.group_by(S.USER_ID).agg(pl.col(USER_IDX).first())
-    known = user_histories(pl.concat([data.train, val, data.test], how="diagonal_relaxed"))
+    known = user_histories(pl.concat([data.train, data.val, data.test], how="diagonal_relaxed"))
     returning = users.join(known, on=S.USER_ID, how="inner", maintain_order="left")
     lengths = returning.get_column("history").list.len().to_numpy()
     signals = {
