@@ -46,14 +46,16 @@ ALS: Grid = {
 }
 EASE: Grid = {"l2": [25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0]}
 PRUNED_K = (100, 200, 500, 1000)  # EASE weights kept per book (the served, sparse form)
+# where each search starts: the best setting of the previous run (2026-11-30, this carve), so a
+# rerun confirms it is bracketed instead of walking there again
 START: dict[str, Settings] = {
-    "itemknn": {"k": 100},
-    "als": {"factors": 256, "regularization": 5.0, "alpha": 40.0, "iterations": 15},
+    "itemknn": {"k": 800},
+    "als": {"factors": 256, "regularization": 20.0, "alpha": 80.0, "iterations": 30},
     "ease": {"l2": 200.0},
 }
 QUICK: dict[str, Grid] = {  # one setting each: a smoke run of the script
-    "itemknn": {"k": [100]},
-    "als": {"factors": [256], "regularization": [5.0], "alpha": [40.0], "iterations": [15]},
+    "itemknn": {"k": [800]},
+    "als": {"factors": [256], "regularization": [20.0], "alpha": [80.0], "iterations": [30]},
     "ease": {"l2": [200.0]},
 }
 
