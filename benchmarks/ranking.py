@@ -173,6 +173,7 @@ def main() -> None:
     }
     selected = {
         "retriever_epochs": result["best_epoch"] + 1,
+        "label_retriever_epochs": result["label_retriever"]["best_epoch"] + 1,
         "ranker_epochs": result["ranker"]["best_epoch"] + 1,
     }
     extra.update({f"selected {k}": v for k, v in selected.items()})

@@ -52,6 +52,7 @@ def test_every_interaction_trains_and_nothing_is_reported(
 
 def test_the_selected_epochs_are_trained(fit_all: dict[str, Any]) -> None:
     assert fit_all["epochs"] == 2
+    assert fit_all["label_retriever"]["epochs"] == 2  # the retriever's count by default
     assert fit_all["ranker"]["best_epoch"] == 0  # one epoch, the last kept
     manifest = load_bundle(fit_all["bundle"]).manifest
     assert manifest.metrics == {}

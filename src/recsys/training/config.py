@@ -112,11 +112,15 @@ def fits_all(cfg: DictConfig) -> bool:
 
 
 def selected_epochs(cfg: DictConfig, stage: str) -> int:
-    """The epochs a ``fit=all`` run trains ``stage`` (``retriever`` or ``ranker``) for:
-    ``selected.<stage>_epochs``, chosen on the validation carve by a ``fit=carve`` run (its
-    facts' ``best_epoch`` plus one), else the stage trainer's ``max_epochs``."""
-    chosen = (cfg.get("selected") or {}).get(f"{stage}_epochs")
-    trainer = cfg.trainer if stage == "retriever" else cfg.ranker.trainer
+    """The epochs a ``fit=all`` run trains ``stage`` (``retriever``, ``label_retriever`` or
+    ``ranker``) for: ``selected.<stage>_epochs``, chosen on the validation carve by a
+    ``fit=carve`` run (its facts' ``best_epoch`` plus one), else the stage trainer's
+    ``max_epochs``; the label retriever defaults to the retriever's."""
+    selected = cfg.get("selected") or {}
+    chosen = selected.get(f"{stage}_epochs")
+    if chosen is None and stage == "label_retriever":
+        chosen = selected.get("retriever_epochs")
+    trainer = cfg.ranker.trainer if stage == "ranker" else cfg.trainer
     epochs = int(chosen if chosen is not None else trainer.max_epochs)
     if epochs < 1:
         raise RecsysError(f"selected.{stage}_epochs must be >= 1, got {epochs}.")
@@ -156,7 +160,8 @@ def fit_retriever_from(
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     # fit=all: the chosen epochs, whatever they take (a time budget would cut them silently)
-    fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, "retriever"), "max_time": None}
+    stage = "label_retriever" if tag == "label_retriever" else "retriever"
+    fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, stage), "max_time": None}
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=loggers or False,
@@ -264,6 +269,7 @@ class TrainingRun:
     retriever: RetrieverFit
     ranker: RankerFit | None = None
     test_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    label_retriever: RetrieverFit | None = None
 
     def report(self, name: str) -> None:
         """Print the validation table (and the test carve's) and where the bundle went."""
@@ -287,17 +293,22 @@ class TrainingRun:
             "test_rows": self.test_rows,
             "popularity": self.rows.get("popularity"),
             "bundle": str(self.bundle),
-            **training_facts(self.retriever, self.ranker),
+            **training_facts(self.retriever, self.ranker, self.label_retriever),
             "tower_args": self.retriever.tower_args,
         }
 
 
-def training_facts(retriever: RetrieverFit, ranker: RankerFit | None) -> dict[str, Any]:
-    """Facts about a run: the retriever's, and the ranker's under ``ranker`` (the bundle's
-    ``eval/metrics.json`` records them under ``training``)."""
+def training_facts(
+    retriever: RetrieverFit, ranker: RankerFit | None, label: RetrieverFit | None = None
+) -> dict[str, Any]:
+    """Facts about a run: the retriever's, the ranker's under ``ranker`` and its label
+    retriever's under ``label_retriever`` (the bundle's ``eval/metrics.json`` records them
+    under ``training``)."""
     facts = retriever.facts()
     if ranker is not None:
         facts["ranker"] = ranker.facts()
+    if label is not None:
+        facts["label_retriever"] = label.facts()
     return facts
 
 
@@ -308,7 +319,7 @@ def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None)
     retriever = fit_retriever_from(cfg, data, state)
     serving = retriever.recommender()
     ks = list(cfg.eval.ks)
-    ranker = None
+    ranker = label = None
     if cfg.ranker.enabled:
         label, ranker = fit_ranking_from(cfg, data, state, serving)
     rows: dict[str, dict[str, Any]] = {}
@@ -319,7 +330,7 @@ def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None)
             {"train_seconds": retriever.train_seconds, "examples/s": retriever.examples_per_second}
         )
         metrics = {k: v for k, v in rows["two_tower"].items() if k not in REPORT_COLUMNS[4:]}
-        if ranker is not None:
+        if ranker is not None and label is not None:
             rows["two_stage"]["train_seconds"] = (
                 label.train_seconds + ranker.train_seconds + ranker.examples_seconds
             )
@@ -333,13 +344,13 @@ def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None)
             if model in test_rows:
                 metrics.update({f"{TEST}/{key}{k}": v for k, v in test_rows[model].items()})
     indexed = index_retriever(retriever, data, hydra.utils.instantiate(cfg.index), cfg.seed)
-    facts = training_facts(retriever, ranker)
+    facts = training_facts(retriever, ranker, label)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     contents = BundleContents(
         data, retriever, indexed, metrics, facts, resolved, ranker, config_hash(cfg), parent
     )
     path = write_bundle(contents, cfg.bundle.root, str(cfg.bundle.name), bool(cfg.bundle.promote))
-    return TrainingRun(metrics, rows, path, retriever, ranker, test_rows)
+    return TrainingRun(metrics, rows, path, retriever, ranker, test_rows, label)
 
 
 def model_rows(
