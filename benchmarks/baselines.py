@@ -42,7 +42,7 @@ ALS: Grid = {
     "factors": [64, 128, 256, 512],
     "regularization": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0],
     "alpha": [5.0, 10.0, 20.0, 40.0, 80.0, 160.0],
-    "iterations": [8, 15, 30],
+    "iterations": [8, 15, 30, 60],
 }
 EASE: Grid = {"l2": [25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0]}
 PRUNED_K = (100, 200, 500, 1000)  # EASE weights kept per book (the served, sparse form)
