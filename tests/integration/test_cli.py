@@ -48,6 +48,14 @@ def test_prepare_then_evaluate_writes_json(tmp_path: Path) -> None:
     metrics = json.loads(out.read_text())["metrics"]
     assert 0 < metrics["recall@20"] < 1
     assert metrics["users"] == 300
+    # the EASE baseline, on the validation carve and the test carve beside it
+    done = recsys(tmp_path, "evaluate", *SMALL, "model=ease", f"out={out}")
+    assert done.returncode == 0, done.stderr
+    assert "EaseRecommender (test)" in done.stdout
+    payload = json.loads(out.read_text())
+    assert payload["model"] == "EaseRecommender"
+    assert 0 < payload["test_metrics"]["recall@20"] < 1
+    assert payload["test_metrics"]["users"] == summary["test"]["users"]
 
 
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:
