@@ -78,7 +78,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
     cfg = compose_config(
-        "train", ["experiment=amazon_book", f"paths.shared_data_dir={args.shared}"]
+        "train", ["experiment=amazon_book", "fit=carve", f"paths.shared_data_dir={args.shared}"]
     )
     data = load_or_prepare(cfg)
     carves = {"val": EvalSet.from_prepared(data), "test": EvalSet.from_prepared(data, "test")}

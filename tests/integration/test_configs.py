@@ -46,6 +46,9 @@ def test_amazon_book_experiment_composes(tmp_path: Path, shared_data: Path) -> N
     )
     assert cfg.data.name == "amazon_book"
     assert cfg.trainer.max_time == "00:00:10:00"
+    assert cfg.fit == "all"  # the experiment writes the bundle meant to serve...
+    assert all(cfg.selected[k] >= 1 for k in cfg.selected)  # ...for the chosen epochs
+    assert cfg.split.test_fraction > 0
 
 
 def test_spectral_init_through_the_train_job(tmp_path: Path) -> None:
