@@ -161,7 +161,15 @@ def fit_retriever_from(
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     # fit=all: the chosen epochs, whatever they take (a time budget would cut them silently)
     stage = "label_retriever" if tag == "label_retriever" else "retriever"
-    fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, stage), "max_time": None}
+    fixed = (
+        {}
+        if monitor
+        else {  # and no checkpoint: the last epoch is the one kept, and it is in memory
+            "max_epochs": selected_epochs(cfg, stage),
+            "max_time": None,
+            "enable_checkpointing": False,
+        }
+    )
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=loggers or False,
