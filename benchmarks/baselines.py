@@ -26,7 +26,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch
 
 from recsys.baselines.tuning import Search, Settings, bracket_search
-from recsys.evaluation import EvalSet, evaluate
+from recsys.evaluation import carves as carves_of
+from recsys.evaluation import evaluate
 from recsys.inference.cooccurrence import CooccurrenceRecommender
 from recsys.inference.ease import EaseRecommender
 from recsys.inference.mf import MatrixFactorisation
@@ -81,7 +82,7 @@ def main() -> None:
         "train", ["experiment=amazon_book", "fit=carve", f"paths.shared_data_dir={args.shared}"]
     )
     data = load_or_prepare(cfg)
-    carves = {"val": EvalSet.from_prepared(data), "test": EvalSet.from_prepared(data, "test")}
+    carves = carves_of(data)
     train = data.matrix("train")
     grids: dict[str, Grid] = (
         {"itemknn": ITEMKNN, "als": ALS, "ease": EASE} if not args.quick else QUICK

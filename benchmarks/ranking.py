@@ -30,6 +30,7 @@ import torch
 
 from recsys.bundle.reader import load_bundle
 from recsys.evaluation import EvalSet, evaluate
+from recsys.evaluation import carves as carves_of
 from recsys.features.ranking import pair_features
 from recsys.inference.ease import EaseRecommender
 from recsys.inference.mf import MatrixFactorisation
@@ -107,7 +108,7 @@ def main() -> None:
         "train", [*common, "fit=carve", f"trainer.max_time={max_time(args.minutes)}"]
     )
     data = load_or_prepare(cfg)
-    carves = {"val": EvalSet.from_prepared(data), "test": EvalSet.from_prepared(data, "test")}
+    carves = carves_of(data)
     train = data.matrix("train")
     # the baselines at the settings benchmarks/baselines.py selected on validation (recorded
     # in the experiment config), fit on the same training part, in this run

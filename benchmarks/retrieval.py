@@ -24,7 +24,8 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from recsys.evaluation import EvalSet, evaluate
+from recsys.evaluation import carves as carves_of
+from recsys.evaluation import evaluate
 from recsys.inference.mf import MatrixFactorisation
 from recsys.jobs.train import main as train_main
 from recsys.report import print_table, write_json
@@ -100,7 +101,7 @@ def main() -> None:
         root=root,
     )
     data = load_or_prepare(cfg)
-    carves = {"": EvalSet.from_prepared(data), "test/": EvalSet.from_prepared(data, "test")}
+    carves = {("" if c == "val" else "test/"): e for c, e in carves_of(data).items()}
     from recsys.inference.popularity import PopularityRecommender
 
     def both(model: Any) -> dict[str, float]:

@@ -64,6 +64,13 @@ class EvalSet:
         )
 
 
+def carves(data: PreparedData) -> dict[str, EvalSet]:
+    """The evaluation set of each held-out part: ``val``, and ``test`` when the split has a
+    test carve (what every report puts side by side)."""
+    parts = ["val", "test"] if data.test.height else ["val"]
+    return {part: EvalSet.from_prepared(data, part) for part in parts}
+
+
 def book_attribute_matrix(books: pl.DataFrame, n_books: int) -> sp.csr_matrix | None:
     """Books x (authors + tags) binary matrix with L2-normalised rows; None without metadata."""
     attrs = (

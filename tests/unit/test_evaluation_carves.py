@@ -12,7 +12,7 @@ import pytest
 from recsys.data.io import Dataset
 from recsys.data.prepared import PreparedData, prepare
 from recsys.data.split import random_holdout
-from recsys.evaluation import EvalSet, evaluate
+from recsys.evaluation import EvalSet, carves, evaluate
 from recsys.inference.popularity import PopularityRecommender
 
 
@@ -29,6 +29,9 @@ def test_test_carve_reads_training_and_validation_as_history(carved: PreparedDat
     assert test.train.multiply(test.val).nnz == 0  # no positive is also history
     assert np.array_equal(val.popularity, test.popularity)  # what the models learned from
     assert carved.summary["test"]["interactions"] == carved.test.height > 0
+    both = carves(carved)
+    assert list(both) == ["val", "test"]
+    assert (both["test"].val != test.val).nnz == 0
 
 
 def test_history_books_never_come_back_on_the_test_carve(carved: PreparedData) -> None:
@@ -57,3 +60,7 @@ def test_the_test_carve_is_saved_with_the_prepared_data(
     assert again.dataset().interactions.height == (
         carved.train.height + carved.val.height + carved.test.height
     )
+
+
+def test_without_a_test_carve_only_validation_is_reported(prepared: PreparedData) -> None:
+    assert list(carves(prepared)) == ["val"]

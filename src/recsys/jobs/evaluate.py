@@ -9,7 +9,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.evaluation import EvalSet, evaluate
+from recsys.evaluation import carves, evaluate
 from recsys.report import print_table, write_json
 from recsys.runner import load_or_prepare
 
@@ -31,12 +31,11 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     model = hydra.utils.instantiate(cfg.model)(data)
     fit_seconds = time.perf_counter() - started
-    carves = ["val", "test"] if data.test.height else ["val"]
     results = {}
-    for carve in carves:
+    for carve, eval_set in carves(data).items():
         results[carve] = evaluate(
             model,
-            EvalSet.from_prepared(data, carve),
+            eval_set,
             ks=list(cfg.ks),
             batch_size=cfg.batch_size,
             max_users=cfg.max_users,
