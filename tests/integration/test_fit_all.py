@@ -27,7 +27,13 @@ def fit_all(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cfg = compose_config(
         "train",
         root,
-        [*OVERRIDES, "fit=all", "selected.retriever_epochs=2", "selected.ranker_epochs=1"],
+        [
+            *OVERRIDES,
+            "fit=all",
+            "selected.retriever_epochs=2",
+            "selected.ranker_epochs=1",
+            "ranker.serving_retriever=continue",  # as experiment=amazon_book serves
+        ],
     )
     result = train_main(cfg)
     result["data"] = PreparedData.load(root / "data" / "processed" / "synthetic")

@@ -112,6 +112,7 @@ class TwoTowerModule(L.LightningModule):
         self.book_table: BookFeatures | None = None
         self.book_freq: torch.Tensor | None = None
         self.feature_state: FeatureState | None = None
+        self._seen: torch.Tensor | None = None  # scratch mask of _accidental_hits
 
     def attach(self, datamodule: RetrievalDataModule) -> None:
         """Give the module the encoded feature tables (data, not parameters)."""
@@ -167,15 +168,31 @@ class TwoTowerModule(L.LightningModule):
         ids = torch.cat([targets, uniform])  # (C,)
         candidates = self.encode_books(ids)  # (C, D)
         lq = log_q(self.book_freq[ids], users.numel(), uniform.numel(), num_books - NUM_RESERVED)
-        extra = None
-        if users.numel() * num_books <= MASK_LIMIT:
-            seen = torch.zeros(users.numel(), num_books, dtype=torch.bool)
-            seen.scatter_(1, full_history, True)
-            seen[:, 0] = False
-            extra = seen.gather(1, ids.unsqueeze(0).expand(users.numel(), -1))
+        extra = self._accidental_hits(full_history, ids, num_books)
         loss = self.task(query, candidates, ids, lq, extra)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
+
+    def _accidental_hits(
+        self, history: torch.Tensor, ids: torch.Tensor, num_books: int
+    ) -> torch.Tensor | None:
+        """``[B, C]`` true where candidate ``ids[j]`` is in row ``i``'s training history.
+
+        A ``[B, books]`` scratch mask is kept between steps and cleared by scattering the
+        same rows back (cheaper than allocating and zeroing it every step). None when
+        ``B x books`` exceeds ``MASK_LIMIT`` (masking skipped).
+        """
+        batch = history.shape[0]
+        if batch * num_books > MASK_LIMIT:
+            return None
+        seen = self._seen
+        if seen is None or seen.shape != (batch, num_books):
+            seen = self._seen = torch.zeros(batch, num_books, dtype=torch.bool)
+        seen.scatter_(1, history, True)
+        seen[:, 0] = False  # padding
+        hits = seen.gather(1, ids.unsqueeze(0).expand(batch, -1))
+        seen.scatter_(1, history, False)
+        return hits
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -36,6 +36,7 @@ from recsys.training.export import BundleContents, write_bundle
 from recsys.training.index import index_retriever
 from recsys.training.ranker import (
     CandidateSources,
+    LabelCarve,
     RankerFit,
     RankerLoop,
     ServingStage,
@@ -143,16 +144,23 @@ def _callbacks(cfg: DictConfig, eval_set: EvalSet, tag: str, monitor: bool) -> l
 
 
 def fit_retriever_from(
-    cfg: DictConfig, data: PreparedData, state: FeatureState, tag: str = "retriever"
+    cfg: DictConfig,
+    data: PreparedData,
+    state: FeatureState,
+    tag: str = "retriever",
+    start: TwoTowerModule | None = None,
 ) -> RetrieverFit:
     """Train the configured towers on ``data``'s training split.
 
     ``tag`` separates the checkpoints of several fits in one run; only the ``retriever`` fit
     is logged (auxiliary fits are not). With ``fit=all`` it trains the selected epochs
-    (:func:`selected_epochs`) and monitors nothing.
+    (:func:`selected_epochs`) and monitors nothing. ``start``: continue from that module's
+    weights (same towers) instead of the configured initialisation.
     """
     datamodule = RetrievalDataModule(data, state, batch_size=cfg.batch_size, seed=cfg.seed)
     module, tower_args = build_module(cfg, state)
+    if start is not None:
+        module.load_state_dict(start.state_dict())
     module.attach(datamodule)
     monitor = not fits_all(cfg)
     eval_set = EvalSet.from_prepared(data)
@@ -176,7 +184,7 @@ def fit_retriever_from(
         callbacks=_callbacks(cfg, eval_set, tag, monitor),
         **fixed,
     )
-    return fit_retriever(module, datamodule, trainer, tower_args)
+    return fit_retriever(module, datamodule, trainer, tower_args, initialise=start is None)
 
 
 def candidate_sources(cfg: DictConfig) -> CandidateSources:
@@ -220,22 +228,44 @@ def ranker_loop(cfg: DictConfig) -> RankerLoop:
     )
 
 
+def continues_label_retriever(cfg: DictConfig) -> bool:
+    """``ranker.serving_retriever``: ``continue`` trains the serving two-tower onwards from the
+    label retriever's weights (``selected.retriever_epochs`` more epochs), ``scratch`` from
+    the configured initialisation."""
+    how = str(cfg.ranker.get("serving_retriever") or "scratch")
+    if how not in ("scratch", "continue"):
+        raise RecsysError(f"ranker.serving_retriever must be scratch or continue, got {how!r}.")
+    return bool(cfg.ranker.enabled) and how == "continue"
+
+
+def fit_label_retriever(
+    cfg: DictConfig, data: PreparedData, state: FeatureState
+) -> tuple[LabelCarve, RetrieverFit]:
+    """Carve the ranker's labels once (``ranker.label_fraction``) and train the label
+    retriever on the rest of the training split."""
+    carve = carve_ranker_labels(data, float(cfg.ranker.label_fraction), int(cfg.seed))
+    return carve, fit_retriever_from(cfg, carve.data, state, tag="label_retriever")
+
+
 def fit_ranking_from(
-    cfg: DictConfig, data: PreparedData, state: FeatureState, serving: TwoTowerRecommender
+    cfg: DictConfig,
+    data: PreparedData,
+    state: FeatureState,
+    serving: TwoTowerRecommender,
+    label: tuple[LabelCarve, RetrieverFit] | None = None,
 ) -> tuple[RetrieverFit, RankerFit]:
-    """The configured ranking stage behind ``serving``: carve the labels once, train the
-    label retriever on the carve, build the lists, fit the ranker.
+    """The configured ranking stage behind ``serving``: the label carve and retriever
+    (``label``, else fitted here by :func:`fit_label_retriever`), the lists, the ranker.
 
     Returns:
         The label retriever's fit (for its timing) and the ranker's.
     """
     rcfg = cfg.ranker
-    carve = carve_ranker_labels(data, float(rcfg.label_fraction), int(cfg.seed))
-    label = fit_retriever_from(cfg, carve.data, state, tag="label_retriever")
+    carve, label_fit = label if label is not None else fit_label_retriever(cfg, data, state)
     books = book_feature_table(data.books, state)
     sources = candidate_sources(cfg)
     examples = build_ranker_examples(
-        carve, label.recommender(), books, sources, rcfg.max_users, int(cfg.seed)
+        carve, label_fit.recommender(), books, sources, rcfg.max_users, int(cfg.seed)
     )
     sizes = {"sizes": state.sizes(), "num_features": len(FEATURES)}
     ranker: nn.Module = hydra.utils.instantiate(rcfg.model, **sizes)
@@ -243,7 +273,7 @@ def fit_ranking_from(
     ranker_fit = fit_ranker(
         examples, ranker, {**sizes, **_plain(rcfg.model)}, ranker_loop(cfg), stage, data
     )
-    return label, ranker_fit
+    return label_fit, ranker_fit
 
 
 REPORT_COLUMNS = (
@@ -324,12 +354,16 @@ def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None)
     """Features -> retriever -> (ranking stage) -> index -> bundle, as ``cfg`` says;
     ``parent``: the version the bundle is trained to replace (its manifest's parent)."""
     state = fit_features(hydra.utils.instantiate(cfg.features), data)
-    retriever = fit_retriever_from(cfg, data, state)
+    # the label retriever first: with ranker.serving_retriever=continue the serving one
+    # starts from its weights
+    carved = fit_label_retriever(cfg, data, state) if cfg.ranker.enabled else None
+    start = carved[1].module if carved and continues_label_retriever(cfg) else None
+    retriever = fit_retriever_from(cfg, data, state, start=start)
     serving = retriever.recommender()
     ks = list(cfg.eval.ks)
     ranker = label = None
-    if cfg.ranker.enabled:
-        label, ranker = fit_ranking_from(cfg, data, state, serving)
+    if carved is not None:
+        label, ranker = fit_ranking_from(cfg, data, state, serving, carved)
     rows: dict[str, dict[str, Any]] = {}
     metrics: dict[str, float] = {}
     if data.val.height:  # nothing to report on after fit=all

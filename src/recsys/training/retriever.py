@@ -77,8 +77,10 @@ def fit_retriever(
     datamodule: RetrievalDataModule,
     trainer: L.Trainer,
     tower_args: dict[str, dict[str, Any]],
+    initialise: bool = True,
 ) -> RetrieverFit:
-    """Initialise and train ``module`` on ``datamodule``; restore the best checkpoint.
+    """Initialise (unless ``initialise`` is off: weights given) and train ``module`` on
+    ``datamodule``; restore the best checkpoint.
 
     Args:
         module: towers + task, already attached to ``datamodule``'s feature tables.
@@ -87,7 +89,8 @@ def fit_retriever(
         tower_args: the towers' constructor arguments (recorded, see :class:`RetrieverFit`).
     """
     started = time.perf_counter()
-    module.initialise(datamodule)  # part of training time (the spectral SVD: ~2 s)
+    if initialise:
+        module.initialise(datamodule)  # part of training time (the spectral SVD: ~2 s)
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - started
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
