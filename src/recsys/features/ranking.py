@@ -82,11 +82,19 @@ class Candidates:
 
 
 def _match_share(cand: torch.Tensor, hist: torch.Tensor, hist_len: torch.Tensor) -> torch.Tensor:
-    """Share of history books whose attribute equals the candidate's (unknown never matches)."""
-    same = (
-        (cand.unsqueeze(2) == hist.unsqueeze(1)) & (hist.unsqueeze(1) > 1) & (cand.unsqueeze(2) > 1)
-    )
-    return same.sum(2).float() / hist_len.clamp(min=1).unsqueeze(1)
+    """Share of history books whose attribute equals the candidate's (unknown never matches).
+
+    Counted by sorted lookup of (row, attribute) keys, not a ``[B, K, L]`` comparison.
+    """
+    if cand.numel() == 0:
+        return torch.zeros(cand.shape)
+    rows = torch.arange(cand.shape[0]).unsqueeze(1)
+    width = int(max(int(cand.max()), int(hist.max()) if hist.numel() else 0)) + 1
+    keys = (rows * width + hist)[hist > 1].sort().values
+    query = rows * width + cand
+    counts = torch.searchsorted(keys, query, right=True) - torch.searchsorted(keys, query)
+    counts = counts.masked_fill(cand <= 1, 0)
+    return counts.float() / hist_len.clamp(min=1).unsqueeze(1)
 
 
 def _tag_overlap(cand_tags: torch.Tensor, hist_tags: torch.Tensor, num_tags: int) -> torch.Tensor:

