@@ -190,18 +190,19 @@ class MatrixFactorisation(ScoringRecommender):
             return self.with_index(FaissIndex.load(saved, dim=self.item_factors.shape[1]))
         return self.with_ann()
 
-    def top_books(self, vectors: np.ndarray, n: int, excluded: list[set[int]]) -> list[list[int]]:
-        """Each user's ``n`` best-scoring books (by ``vectors`` from :meth:`user_vectors`),
-        reserved rows and ``excluded`` books left out, best first."""
+    def top_books(self, vectors: np.ndarray, n: int, excluded: list[set[int]]) -> np.ndarray:
+        """``[B, n]`` each user's best-scoring books (by ``vectors`` from :meth:`user_vectors`),
+        reserved rows and ``excluded`` books left out, best first; ``PADDING`` (-1) where
+        fewer qualify."""
         if n <= 0:
-            return [[] for _ in range(len(vectors))]
+            return np.full((len(vectors), 0), -1, dtype=np.int64)
         if self._ann is not None:
             top, _ = self._ann.search_excluding(vectors, n, excluded)
         else:
             with _blas_for(len(vectors)):
                 scores = vectors @ self.item_factors.T
             top, _ = top_k_excluding(scores, n, excluded)
-        return [row[row >= 0].tolist() for row in top]
+        return np.where(top >= 0, top, -1).astype(np.int64)
 
     def scores_of(self, vectors: np.ndarray, books: np.ndarray) -> np.ndarray:
         """``[B, K]`` scores of the books ``books`` ``[B, K]`` (valid indices) for each user."""

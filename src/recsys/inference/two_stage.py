@@ -23,19 +23,94 @@ from recsys.inference.mf import MatrixFactorisation
 from recsys.inference.two_tower import TwoTowerRecommender
 
 
-def _sparse_lists(scores: sp.csr_matrix, n: int, excluded: list[set[int]]) -> list[list[int]]:
-    """Each row's top-``n`` books of a sparse score matrix (reserved and ``excluded`` books
-    left out; ties by book index)."""
-    lists = []
-    for row in range(scores.shape[0]):
-        start, end = scores.indptr[row], scores.indptr[row + 1]
-        cols, vals = scores.indices[start:end], scores.data[start:end]
-        ranked = cols[np.lexsort((cols, -vals))]
-        keep = ranked >= NUM_RESERVED
-        if excluded[row]:
-            keep &= ~np.isin(ranked, np.fromiter(excluded[row], dtype=ranked.dtype))
-        lists.append(ranked[keep][:n].tolist())
-    return lists
+def _row_keys(books: np.ndarray, stride: int) -> np.ndarray:
+    """``row * stride + book`` of a ``[B, K]`` book array (int64)."""
+    return np.arange(len(books), dtype=np.int64)[:, None] * stride + books
+
+
+def _excluded_keys(excluded: list[set[int]], stride: int) -> np.ndarray:
+    """Sorted ``row * stride + book`` keys of every excluded book."""
+    parts = [
+        row * stride + np.fromiter(books, dtype=np.int64, count=len(books))
+        for row, books in enumerate(excluded)
+        if books
+    ]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each of ``keys`` is in ``sorted_keys``."""
+    if sorted_keys.size == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return sorted_keys[at] == keys
+
+
+def _pack(rows: np.ndarray, values: np.ndarray, batch: int, n: int) -> np.ndarray:
+    """``[batch, n]`` array (``PADDING`` filled) holding each row's first ``n`` of ``values``;
+    ``rows`` must be sorted (stable within a row)."""
+    out = np.full((batch, n), PADDING, dtype=np.int64)
+    if rows.size == 0 or n <= 0:
+        return out
+    starts = np.searchsorted(rows, np.arange(batch))
+    position = np.arange(rows.size) - starts[rows]
+    keep = position < n
+    out[rows[keep], position[keep]] = values[keep]
+    return out
+
+
+def _compact(books: np.ndarray) -> np.ndarray:
+    """Each row's books moved left in order, ``PADDING`` after them."""
+    rows, columns = np.nonzero(books >= 0)
+    return _pack(rows, books[rows, columns], books.shape[0], books.shape[1])
+
+
+def _sparse_top(scores: sp.csr_matrix, n: int, excluded: np.ndarray) -> np.ndarray:
+    """``[B, n]`` each row's top-``n`` books of a sparse score matrix, best first, reserved
+    books and ``excluded`` keys (:func:`_excluded_keys`) left out, ties by book index;
+    ``PADDING`` where a row has fewer."""
+    batch, stride = scores.shape
+    rows = np.repeat(np.arange(batch, dtype=np.int64), np.diff(scores.indptr))
+    books = scores.indices.astype(np.int64)
+    keep = (books >= NUM_RESERVED) & ~_contains(excluded, rows * stride + books)
+    rows, books, values = rows[keep], books[keep], scores.data[keep]
+    order = np.lexsort((books, -values, rows))
+    return _pack(rows[order], books[order], batch, n)
+
+
+def _merge(lists: list[np.ndarray], width: int) -> np.ndarray:
+    """``[B, width]``: the sources' lists concatenated in order, each book kept at its first
+    occurrence, ``PADDING`` after the last."""
+    joined = np.concatenate(lists, axis=1)
+    batch, total = joined.shape
+    valid = joined >= 0
+    # padding gets keys of its own (past every book) so it never collides
+    stride = int(max(joined.max(initial=0), 0)) + 1 + total
+    keys = np.where(valid, joined, stride - total + np.arange(total))
+    _, first = np.unique(_row_keys(keys, stride).ravel(), return_index=True)
+    is_first = np.zeros(batch * total, dtype=bool)
+    is_first[first] = True
+    keep = (is_first & valid.ravel()).reshape(batch, total)
+    rows, columns = np.nonzero(keep)  # row-major: rows sorted, list order within a row
+    return _pack(rows, joined[rows, columns], batch, width)
+
+
+def _ranks_in(merged: np.ndarray, source: np.ndarray, absent: int) -> np.ndarray:
+    """``[B, width]`` float32 position of each merged book in its row's ``source`` list
+    (``absent`` where it is not there, or padding)."""
+    rows, columns = np.nonzero(source >= 0)
+    stride = int(max(merged.max(initial=0), source.max(initial=0))) + 1
+    keys = rows.astype(np.int64) * stride + source[rows, columns]
+    order = np.argsort(keys, kind="stable")
+    keys, positions = keys[order], columns[order]
+    query = _row_keys(np.maximum(merged, 0), stride)
+    out = np.full(merged.shape, absent, dtype=np.float32)
+    if keys.size == 0:
+        return out
+    at = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    found = (keys[at] == query) & (merged >= 0)
+    out[found] = positions[at[found]]
+    return out
 
 
 def sparse_values(scores: sp.csr_matrix, books: np.ndarray) -> np.ndarray:
@@ -53,11 +128,6 @@ def sparse_values(scores: sp.csr_matrix, books: np.ndarray) -> np.ndarray:
     at = np.minimum(np.searchsorted(keys, query), keys.size - 1)
     found = np.where(keys[at] == query, scores.data[at], 0)
     return found.reshape(batch, width).astype(np.float32)
-
-
-def _ranks(merged: list[int], source: list[int], absent: int) -> list[int]:
-    position = {b: i for i, b in enumerate(source)}
-    return [position.get(b, absent) for b in merged]
 
 
 @dataclass
@@ -85,66 +155,53 @@ class CandidateGenerator:
 
     def _mf_lists(
         self, history: sp.csr_matrix, excluded: list[set[int]]
-    ) -> tuple[np.ndarray | None, list[list[int]]]:
+    ) -> tuple[np.ndarray | None, np.ndarray]:
         """MF fold-in vectors ``[B, F]`` and each row's top-``n_mf`` unseen books."""
         batch = history.shape[0]
-        if self.mf is None:
-            return None, [[] for _ in range(batch)]
+        if self.mf is None or self.n_mf <= 0:
+            return None, np.full((batch, 0), PADDING, dtype=np.int64)
         vectors = self.mf.user_vectors(history)
-        return vectors, self.mf.top_books(vectors, self.n_mf, excluded)
+        return vectors, _compact(self.mf.top_books(vectors, self.n_mf, excluded))
 
     def generate(
         self, vectors: np.ndarray, history: sp.csr_matrix, excluded: list[set[int]]
     ) -> Candidates:
-        tt_books, _ = self.retriever.search(vectors, self.n_retrieval, excluded)
-        binary = (history > 0).astype(np.float32)
-        co = sp.csr_matrix(binary @ self.cooccurrence.neighbours)  # (B, N) sparse
-        co_lists = _sparse_lists(co, self.n_cooc, excluded)
         batch, width = len(vectors), self.max_candidates
+        tt_books, _ = self.retriever.search(vectors, self.n_retrieval, excluded)
+        tt_books = _compact(np.asarray(tt_books, dtype=np.int64))
+        binary = (history > 0).astype(np.float32)
+        excluded_keys = _excluded_keys(excluded, binary.shape[1])
+        co = sp.csr_matrix(binary @ self.cooccurrence.neighbours)  # (B, N) sparse
+        co_books = _sparse_top(co, self.n_cooc, excluded_keys)
         ease_scores = None if self.ease is None else sp.csr_matrix(binary @ self.ease.weights)
-        ease_lists = (
-            [[] for _ in range(batch)]
+        ease_books = (
+            np.full((batch, 0), PADDING, dtype=np.int64)
             if ease_scores is None
-            else _sparse_lists(ease_scores, self.n_ease, excluded)
+            else _sparse_top(ease_scores, self.n_ease, excluded_keys)
         )
-        mf_vectors, mf_lists = self._mf_lists(history, excluded)
-        books = np.full((batch, width), PADDING, dtype=np.int64)
-        tt_rank = np.full((batch, width), self.n_retrieval, dtype=np.float32)
-        co_rank = np.full((batch, width), self.n_cooc, dtype=np.float32)
-        mf_rank = np.full((batch, width), self.n_mf, dtype=np.float32)
-        ease_rank = np.full((batch, width), self.n_ease, dtype=np.float32)
-        for row in range(batch):
-            tt_list = [int(b) for b in tt_books[row] if b >= 0]
-            merged = list(dict.fromkeys(tt_list + ease_lists[row] + mf_lists[row] + co_lists[row]))[
-                :width
-            ]
-            size = len(merged)
-            books[row, :size] = merged
-            tt_rank[row, :size] = _ranks(merged, tt_list, self.n_retrieval)
-            co_rank[row, :size] = _ranks(merged, co_lists[row], self.n_cooc)
-            mf_rank[row, :size] = _ranks(merged, mf_lists[row], self.n_mf)
-            ease_rank[row, :size] = _ranks(merged, ease_lists[row], self.n_ease)
+        mf_vectors, mf_books = self._mf_lists(history, excluded)
+        books = _merge([tt_books, ease_books, mf_books, co_books], width)
+        tt_rank = _ranks_in(books, tt_books, self.n_retrieval)
+        co_rank = _ranks_in(books, co_books, self.n_cooc)
+        mf_rank = _ranks_in(books, mf_books, self.n_mf)
+        ease_rank = _ranks_in(books, ease_books, self.n_ease)
         mask = books >= 0
         safe = np.maximum(books, 0)
         emb = self.retriever.book_embeddings[safe]  # (B, K, D)
-        tt_score = np.einsum("bkd,bd->bk", emb, vectors) / self.retriever.temperature
-        co_score = sparse_values(co, safe)
-        ease_score = (
-            sparse_values(ease_scores, safe)
-            if ease_scores is not None
-            else np.zeros((batch, width), dtype=np.float32)
-        )
+        tt_score = np.matmul(emb, vectors[:, :, None])[..., 0] / self.retriever.temperature
+        zeros = np.zeros((batch, width), dtype=np.float32)
+        ease_score = zeros if ease_scores is None else sparse_values(ease_scores, safe)
         mf_score = (
             self.mf.scores_of(mf_vectors, safe)
             if self.mf is not None and mf_vectors is not None
-            else np.zeros((batch, width), dtype=np.float32)
+            else zeros
         )
         return Candidates(
             books=books,
             retrieval_score=np.where(mask, tt_score, 0).astype(np.float32),
             retrieval_rank=tt_rank,
             from_retrieval=mask & (tt_rank < self.n_retrieval),
-            cooc_score=np.where(mask, co_score, 0).astype(np.float32),
+            cooc_score=np.where(mask, sparse_values(co, safe), 0).astype(np.float32),
             cooc_rank=co_rank,
             from_cooc=mask & (co_rank < self.n_cooc),
             mf_score=np.where(mask, mf_score, 0).astype(np.float32),
