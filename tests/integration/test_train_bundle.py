@@ -93,6 +93,11 @@ def test_manifest_facts(trained: dict[str, Any]) -> None:
     assert (bundle.path / "towers" / "user_tower.pt").is_file()  # TorchScript export worked
     assert (bundle.path.parent / "LATEST").read_text().strip() == bundle.version
     assert load_bundle(bundle.path.parent).version == bundle.version
+    # the ranker's per-epoch two-stage validation, and the epoch kept is its best
+    history = trained["ranker"]["validation"]
+    assert history
+    recalls = [epoch["recall@20"] for epoch in history]
+    assert recalls[trained["ranker"]["best_epoch"]] == max(recalls)
 
 
 def test_training_summary_is_a_checksummed_part_and_older_bundles_load(

@@ -134,6 +134,7 @@ class TwoStageEvaluation(L.Callback):
         self.best_score = -1.0
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []  # each epoch's metrics, in order
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, RankerModule)
@@ -142,6 +143,9 @@ class TwoStageEvaluation(L.Callback):
             self.make(pl_module.ranker), self.eval_set, ks=self.ks, max_users=self.max_users
         )
         pl_module.train()
+        self.history.append(
+            {f"{m}@{k}": float(metrics[f"{m}@{k}"]) for k in self.ks for m in ("recall", "ndcg")}
+        )
         for k in self.ks:
             pl_module.log(f"val/two_stage_recall@{k}", metrics[f"recall@{k}"], prog_bar=True)
             pl_module.log(f"val/two_stage_ndcg@{k}", metrics[f"ndcg@{k}"])

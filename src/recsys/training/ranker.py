@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lightning as L
@@ -230,6 +230,7 @@ class RankerFit:
     best_epoch: int
     examples_seconds: float
     train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
 
     def facts(self) -> dict[str, Any]:
         """What the bundle's ``eval/metrics.json`` records under ``training.ranker``."""
@@ -238,6 +239,7 @@ class RankerFit:
             "examples_seconds": self.examples_seconds,
             "train_seconds": self.train_seconds,
             "best_epoch": self.best_epoch,
+            "validation": self.history,  # two-stage metrics after each epoch (fit=carve)
         }
 
 
@@ -298,4 +300,5 @@ def fit_ranker(
         best_epoch=best_epoch,
         examples_seconds=examples.seconds,
         train_seconds=time.perf_counter() - started,
+        history=evaluation.history if evaluation is not None else [],
     )
