@@ -30,10 +30,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recsys.bundle import layout
 from recsys.bundle.reader import load_bundle
 from recsys.features.pipeline import book_feature_table
 from recsys.features.ranking import FEATURES
+from recsys.jobs.train_ranker import trained_config
 from recsys.report import print_table, write_json
 from recsys.runner import load_or_prepare
 from recsys.training.config import candidate_sources, fit_label_retriever, ranker_loop
@@ -72,16 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     bundle = load_bundle(args.bundle)
-    base = OmegaConf.load(Path(bundle.path) / layout.CONFIG / layout.RESOLVED_CONFIG)
-    assert isinstance(base, DictConfig)
-    scratch = tempfile.mkdtemp(prefix="ranker-sweep-")
-    with open_dict(base):  # the label retriever's checkpoints and logs go to a scratch folder
-        base.logger = None
-        base.trainer.default_root_dir = scratch
-        if base.callbacks.get("checkpoint"):
-            base.callbacks.checkpoint.dirpath = f"{scratch}/checkpoints"
-        if base.callbacks.get("progress_bar"):
-            base.callbacks.progress_bar = None
+    # the bundle's own config; the label retriever's checkpoints go to a scratch folder
+    base = trained_config(bundle, tempfile.mkdtemp(prefix="ranker-sweep-"))
     L.seed_everything(int(base.seed), workers=True)  # the draws of the bundle's own run
     data = load_or_prepare(base)
     if not data.val.height:

@@ -38,12 +38,17 @@ def _excluded_keys(excluded: list[set[int]], stride: int) -> np.ndarray:
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``keys`` sits in ``sorted_keys`` (clipped) and whether it is there."""
+    if sorted_keys.size == 0:
+        return np.zeros(keys.shape, dtype=np.int64), np.zeros(keys.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return at, sorted_keys[at] == keys
+
+
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Whether each of ``keys`` is in ``sorted_keys``."""
-    if sorted_keys.size == 0:
-        return np.zeros(keys.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
-    return sorted_keys[at] == keys
+    return _find(sorted_keys, keys)[1]
 
 
 def _pack(rows: np.ndarray, values: np.ndarray, batch: int, n: int) -> np.ndarray:
@@ -103,12 +108,9 @@ def _ranks_in(merged: np.ndarray, source: np.ndarray, absent: int) -> np.ndarray
     keys = rows.astype(np.int64) * stride + source[rows, columns]
     order = np.argsort(keys, kind="stable")
     keys, positions = keys[order], columns[order]
-    query = _row_keys(np.maximum(merged, 0), stride)
+    at, found = _find(keys, _row_keys(np.maximum(merged, 0), stride))
+    found &= merged >= 0
     out = np.full(merged.shape, absent, dtype=np.float32)
-    if keys.size == 0:
-        return out
-    at = np.minimum(np.searchsorted(keys, query), keys.size - 1)
-    found = (keys[at] == query) & (merged >= 0)
     out[found] = positions[at[found]]
     return out
 
@@ -119,15 +121,12 @@ def sparse_values(scores: sp.csr_matrix, books: np.ndarray) -> np.ndarray:
     batch, width = books.shape
     if not scores.has_sorted_indices:
         scores = scores.sorted_indices()
-    columns = np.int64(scores.shape[1])
+    stride = scores.shape[1]
     rows = np.repeat(np.arange(batch, dtype=np.int64), np.diff(scores.indptr))
-    keys = rows * columns + scores.indices
-    query = (np.arange(batch, dtype=np.int64)[:, None] * columns + books).ravel()
-    if keys.size == 0:
-        return np.zeros((batch, width), dtype=np.float32)
-    at = np.minimum(np.searchsorted(keys, query), keys.size - 1)
-    found = np.where(keys[at] == query, scores.data[at], 0)
-    return found.reshape(batch, width).astype(np.float32)
+    at, found = _find(rows * stride + scores.indices, _row_keys(books, stride).ravel())
+    values = np.zeros(batch * width, dtype=np.float32)
+    values[found] = scores.data[at[found]]
+    return values.reshape(batch, width)
 
 
 @dataclass

@@ -18,24 +18,25 @@ from recsys.training.export import ranking_parts
 from recsys.training.summary import training_summary, write_summary
 
 
-def trained_config(cfg: DictConfig, bundle: Bundle) -> DictConfig:
+def trained_config(bundle: Bundle, output_dir: str, ranker: DictConfig | None = None) -> DictConfig:
     """The bundle's own resolved config (which data, how to train the label retriever) with
-    this command's ``ranker.*``, and this run's outputs under this run's folder."""
+    ``ranker`` (None: the bundle's own), no logger, and checkpoints under ``output_dir``."""
     trained = OmegaConf.load(bundle.path / layout.CONFIG / layout.RESOLVED_CONFIG)
     assert isinstance(trained, DictConfig)
     with open_dict(trained):
-        trained.ranker = cfg.ranker
+        if ranker is not None:
+            trained.ranker = ranker
         trained.logger = None
-        trained.trainer.default_root_dir = cfg.paths.output_dir
+        trained.trainer.default_root_dir = output_dir
         if trained.callbacks.get("checkpoint"):
-            trained.callbacks.checkpoint.dirpath = f"{cfg.paths.output_dir}/checkpoints"
+            trained.callbacks.checkpoint.dirpath = f"{output_dir}/checkpoints"
     return trained
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Retrain the ranking stage of ``cfg.bundle`` with ``cfg.ranker``; a new version."""
     bundle = load_bundle(cfg.bundle)
-    trained = trained_config(cfg, bundle)
+    trained = trained_config(bundle, str(cfg.paths.output_dir), cfg.ranker)
     data = load_or_prepare(trained)
     if data.summary["data_fingerprint"] != bundle.manifest.data_fingerprint:
         raise BundleError(
