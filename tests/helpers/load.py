@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ class Load:
         self.answers: collections.Counter[str] = collections.Counter()  # source/fallback
         self.finished: list[float] = []  # time.perf_counter() of every answer, failures too
         self.failures: list[str] = []  # status, server and body of each failed answer (diagnosis)
+        # (user_id, event_id) of every event a 202 acknowledged (events sent with an event_id)
+        self.acknowledged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
 
@@ -63,6 +67,8 @@ class Load:
                 if status == "503" and "retry-after" not in response.headers:
                     status = "503 without Retry-After"
                 self.outcomes[status] += 1
+                if response.status_code == 202 and response.request.url.path == "/events":
+                    self._acknowledge(response.request)
                 if response.status_code >= 400:
                     server = response.headers.get("server", "?")
                     self.failures.append(f"{status} from {server}: {response.text[:200]!r}")
@@ -74,6 +80,14 @@ class Load:
                     meta = response.json()["metadata"]
                     self.answers[meta["fallback_reason"] or meta["source"]] += 1
 
+    def _acknowledge(self, request: httpx.Request) -> None:
+        body = json.loads(request.content)
+        events = body.get("events", [body])
+        with self._lock:
+            self.acknowledged.update(
+                (e["user_id"], e["event_id"]) for e in events if e.get("event_id")
+            )
+
     def __enter__(self) -> Load:
         for thread in self._threads:
             thread.start()
@@ -84,16 +98,24 @@ class Load:
         for thread in self._threads:
             thread.join(timeout=30)
 
-    def report(self, name: str) -> dict[str, int]:
+    def report(self, name: str, stored: set[tuple[str, str]] | None = None) -> dict[str, int]:
+        """Print and return sent / failed / violations, and with ``stored`` (the (user_id,
+        event_id) pairs the store holds afterwards) acknowledged events and lost ones."""
         sent = sum(n for s, n in self.outcomes.items() if s != "replayed")
         failed = sum(
             n for s, n in self.outcomes.items() if not s.startswith("2") and s != "replayed"
         )
         violated = sum(self.violations.values())
+        figures = {"sent": sent, "failed": failed, "violations": violated}
+        acks = ""
+        if stored is not None:
+            figures["acknowledged"] = len(self.acknowledged)
+            figures["lost"] = len(self.acknowledged - stored)
+            acks = f"acknowledged events {figures['acknowledged']}, lost {figures['lost']}, "
         print(
-            f"\n{name}: sent {sent}, failed {failed}, violations {violated}, "
+            f"\n{name}: sent {sent}, failed {failed}, violations {violated}, {acks}"
             f"outcomes {dict(self.outcomes)}, answers {dict(self.answers)}"
             + (f", {dict(self.violations)}" if violated else "")
             + (f", failures {self.failures[:5]}" if self.failures else "")
         )
-        return {"sent": sent, "failed": failed, "violations": violated}
+        return figures

@@ -43,13 +43,17 @@ ROUTERS = (
 
 
 def create_app(
-    load: Callable[[], RecommendationService | ServingCore], echo_request_id: bool = True
+    load: Callable[[], RecommendationService | ServingCore],
+    echo_request_id: bool = True,
+    cancel_on_disconnect: bool = True,
 ) -> FastAPI:
     """Build the app; ``load`` returns the service, or a whole serving core (the Ray runner
     keeps its own, to swap bundles), called once at start-up.
 
     ``echo_request_id``: set ``X-Request-ID`` on responses. Ray Serve's proxy does that itself
     (and passes the id it honoured or generated to the app), so the Ray runner turns it off.
+    ``cancel_on_disconnect``: cancel a request whose caller disconnected before its answer
+    (uvicorn does not; Serve's proxy does, so the Ray runner turns it off too).
     """
 
     @asynccontextmanager
@@ -79,7 +83,7 @@ def create_app(
         serving = getattr(app.state, "core", None)
         return int(serving.live.max_body_bytes) if serving is not None else 1_000_000
 
-    app.add_middleware(BodyLimit, limit=body_limit)
+    app.add_middleware(BodyLimit, limit=body_limit, cancel_on_disconnect=cancel_on_disconnect)
     add_request_context(app, echo_request_id)
     errors.install(app)
     for router in ROUTERS:

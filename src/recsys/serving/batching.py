@@ -11,10 +11,15 @@ filled newest first and sized to end before the deadlines of the requests in the
 request that cannot be answered in time is told so at once (:class:`Overloaded`). Under
 overload the model therefore keeps answering, in budget, as many requests as it can carry,
 instead of working through a backlog of abandoned ones.
+
+A caller that leaves before its deadline (its HTTP client disconnected) withdraws its requests
+through :class:`Caller`: the request path sets :data:`CURRENT_CALLER`, and the service
+registers each submitted future with it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import statistics
 import threading
@@ -22,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -32,6 +37,34 @@ _STOP = object()
 
 class Overloaded(Exception):
     """The request could not be answered before its deadline (its caller falls back)."""
+
+
+class Caller:
+    """Whoever waits for the requests submitted in its context; :meth:`leave` cancels those
+    not yet running (the worker drops them) and any submitted afterwards."""
+
+    def __init__(self) -> None:
+        self._futures: list[Future[Any]] = []
+        self._lock = threading.Lock()
+        self.gone = False
+
+    def waits_on(self, future: Future[Any]) -> None:
+        with self._lock:
+            if not self.gone:
+                self._futures.append(future)
+                return
+        future.cancel()
+
+    def leave(self) -> None:
+        with self._lock:
+            self.gone, futures, self._futures = True, self._futures, []
+        for future in futures:
+            future.cancel()
+
+
+CURRENT_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "recsys_caller", default=None
+)
 
 
 class _Item(Generic[Req, Res]):

@@ -40,7 +40,8 @@ from recsys.serving.schemas import (
 from recsys.serving.service import RecommendationService
 
 log = logging.getLogger(__name__)
-TRANSIENT = ("timeout", "stage_error", "overloaded", "store_unavailable")  # fallbacks never cached
+# fallbacks never cached
+TRANSIENT = ("timeout", "stage_error", "overloaded", "store_unavailable", "caller_left")
 Call = Callable[[RecommendationService], Answer]
 Build = Callable[[Bundle], RecommendationService]
 

@@ -1,8 +1,10 @@
 """Cross-cutting HTTP concerns as named middleware: request context (request id, metrics,
-the request log) and the request body limit."""
+the request log), the request body limit and cancelling work whose caller disconnected."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import time
@@ -14,18 +16,31 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from recsys.serving.batching import CURRENT_CALLER, Caller
 from recsys.serving.metrics import Metrics
 
 logger = structlog.get_logger("recsys.serving")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # safe as a log field and a store key
 
 
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"
+
+
 class BodyLimit:
     """Pure ASGI middleware: request bodies over ``limit()`` bytes get 413, whether announced
-    by Content-Length or streamed."""
+    by Content-Length or streamed.
 
-    def __init__(self, app: Any, limit: Callable[[], int]) -> None:
+    With ``cancel_on_disconnect``, once the body is read it also watches the connection: a
+    caller that disconnects before its answer has its request cancelled (the micro-batcher then
+    drops its row, so nobody's work is spent on it) and is recorded with status 499. The Ray
+    runner leaves this off: Serve's proxy cancels a disconnected caller's request itself.
+    """
+
+    def __init__(
+        self, app: Any, limit: Callable[[], int], cancel_on_disconnect: bool = False
+    ) -> None:
         self.app, self.limit = app, limit
+        self.cancel_on_disconnect = cancel_on_disconnect
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -51,14 +66,17 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         replay = iter(messages)
+        if not self.cancel_on_disconnect or messages[-1]["type"] != "http.request":
 
-        async def replayed() -> Any:
-            try:
-                return next(replay)
-            except StopIteration:
-                return await receive()
+            async def replayed() -> Any:
+                try:
+                    return next(replay)
+                except StopIteration:
+                    return await receive()
 
-        await self.app(scope, replayed, send)
+            await self.app(scope, replayed, send)
+            return
+        await _cancelled_on_disconnect(self.app, scope, replay, receive, send)
 
     @staticmethod
     async def _reject(send: Any, limit: int) -> None:
@@ -71,6 +89,57 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _cancelled_on_disconnect(
+    app: Any, scope: Any, replay: Any, receive: Any, send: Any
+) -> None:
+    """Run ``app`` on a request whose body was read (``replay``) while the only reader of
+    ``receive`` waits for the client to disconnect; if it does before the response is
+    complete, the request's model work is withdrawn (:class:`Caller`), the app is cancelled
+    and a 499 is sent (the server drops it: it only reaches the request log and metrics)."""
+    disconnected = asyncio.Event()
+    complete = False
+
+    async def replayed() -> Any:
+        with contextlib.suppress(StopIteration):
+            return next(replay)
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def sending(message: Any) -> None:
+        nonlocal complete
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            complete = True
+        await send(message)
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        disconnected.set()
+
+    caller = Caller()
+    entered = CURRENT_CALLER.set(caller)  # the handler's task and worker threads copy it
+    try:
+        handler = asyncio.ensure_future(app(scope, replayed, sending))
+    finally:
+        CURRENT_CALLER.reset(entered)
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if handler.done() or complete:
+            await handler  # finished, or past its answer: never cancelled
+            return
+        caller.leave()  # before the cancel: a worker thread cannot be cancelled, its wait can
+        handler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await handler
+        await send({"type": "http.response.start", "status": CLIENT_CLOSED, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        watcher.cancel()
+        if not handler.done():
+            handler.cancel()
 
 
 def add_request_context(app: FastAPI, echo_request_id: bool) -> None:

@@ -323,7 +323,7 @@ class Ingress:
         return RecommendationService(bundle, self.stage_timeout_s, stages, live=self.live)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(lambda: self.core, echo_request_id=False)
+        return create_app(lambda: self.core, echo_request_id=False, cancel_on_disconnect=False)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Hot swap to ``config['bundle']`` (the core's swap: a bundle that fails to load is

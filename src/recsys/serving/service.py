@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -24,7 +25,7 @@ from recsys.bundle.reader import Bundle, history_matrix
 from recsys.errors import RecsysError
 from recsys.features.pipeline import transform_books
 from recsys.features.vocab import NUM_RESERVED
-from recsys.serving.batching import MicroBatcher, Overloaded
+from recsys.serving.batching import CURRENT_CALLER, MicroBatcher, Overloaded
 from recsys.serving.catalogue import Catalogue
 from recsys.serving.histories import KnownHistories
 from recsys.serving.live import Live
@@ -128,18 +129,24 @@ class RecommendationService:
     def _guarded(self, request: Personal, fallback: Any) -> Answer:
         """Run the model stages for ``request`` within the time budget; popularity answers on
         error or timeout, and at once when more requests wait than the model can answer in
-        time (``overloaded``). A request that timed out is withdrawn: the model never works
-        on answers nobody waits for, so it keeps personalising the load it can carry."""
+        time (``overloaded``). A request that timed out, or whose caller left (the request
+        path's :data:`CURRENT_CALLER`), is withdrawn: the model never works on answers nobody
+        waits for, so it keeps personalising the load it can carry."""
         batcher = self._batcher
         if batcher.pending >= self.max_pending:
             return fallback("overloaded")  # a queue this deep cannot be answered in time
         budget = self.stage_timeout_s
         deadline = time.monotonic() + budget if math.isfinite(budget) else None
         future = batcher.submit(request, deadline)
+        caller = CURRENT_CALLER.get()
+        if caller is not None:
+            caller.waits_on(future)
         try:
             return future.result(timeout=self.stage_timeout_s)
         except Overloaded:
             return fallback("overloaded")
+        except CancelledError:
+            return fallback("caller_left")  # nobody reads it: the caller disconnected
         except FutureTimeout:
             future.cancel()  # still queued: dropped; already running: finishes unused
             log.warning(
