@@ -211,3 +211,31 @@ def test_endpoints_that_need_the_store_say_so(server: tuple[httpx.Client, Any]) 
         assert response.status_code == 503, (response.request.url, response.text)
         assert "store.url=null" in response.json()["detail"]
     assert client.get("/recommendations/trending").status_code == 200
+
+
+class BrokenTrending(RecommendationService):
+    """A service with a bug: trending raises an error nothing expects."""
+
+    def trending(self, limit: int) -> Any:
+        raise RuntimeError("planted bug")
+
+
+def test_an_unexpected_error_is_a_counted_and_logged_500(
+    trained_bundle: dict[str, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A bug in one endpoint is a 500 that carries the request id, is counted in
+    ``recsys_errors_total`` and logged with its traceback, while the other endpoints answer."""
+    bundle = load_bundle(trained_bundle["bundle"])
+    app = create_app(lambda: BrokenTrending(bundle, stage_timeout_s=5.0))
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        broken = client.get("/recommendations/trending", headers={"X-Request-ID": "bug-1"})
+        assert broken.status_code == 500
+        assert broken.json() == {"detail": "internal error", "request_id": "bug-1"}
+        assert broken.headers["X-Request-ID"] == "bug-1"
+        assert client.post("/recommendations/books/b5", json={"limit": 3}).status_code == 200
+        metrics = client.get("/metrics").text
+    assert 'recsys_errors_total{endpoint="/recommendations/trending",status="500"} 1.0' in metrics
+    logged = capfd.readouterr()
+    log = logged.out + logged.err
+    for logged_part in ("unhandled error", "planted bug", "bug-1"):
+        assert logged_part in log

@@ -1,23 +1,23 @@
 """Real Ray Serve on loopback, deployed from serving/config.yaml, called over real HTTP.
 
 Chained topology (Ingress -> Retrieval -> Ranking) for every endpoint, fallbacks by an unknown
-user, a ranker that raises and a stage over its budget, a hot swap under concurrent load with
-zero failed requests, and a corrupt bundle refused while the old one keeps serving; then the
-fused topology on the same endpoints.
+user, a ranker that raises and a stage over its budget, a hot swap between two different
+models under concurrent load with zero failed requests, and a corrupt bundle refused while the
+old one keeps serving; then the fused topology on the same endpoints.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.helpers.bundles import copy_version
+from tests.helpers.bundles import copy_version, reversed_ranker
+from tests.helpers.load import Load
+from tests.helpers.swaps import VersionLog, expected_lists
 
 from recsys.bundle.reader import load_bundle
 from recsys.serving import ray_runner
@@ -174,41 +174,32 @@ def test_chained_fallbacks(
 def test_hot_swap_under_load_then_corrupt_bundle_refused(
     chained: tuple[httpx.Client, dict[str, Any]], trained_bundle: dict[str, Any]
 ) -> None:
+    """A swap to a genuinely different model (negated ranker) under four clients: no request
+    fails (transport errors count), every list is the one the version it names gives, and
+    answers switch to the new version; then a corrupt bundle is refused."""
     client, config = chained
-    user_id, _ = known_user(trained_bundle)
-    old = load_bundle(trained_bundle["bundle"])
-    new = copy_version(old.path, old.version + "-swap")
-    seen: Counter[tuple[int, str, str]] = Counter()
-    stop = threading.Event()
+    old = load_bundle(trained_bundle["bundle"]).path
+    new = reversed_ranker(old)
+    users = [str(u) for u in load_bundle(old).known_histories.get_column("user_id")[:20]]
+    log = VersionLog(
+        {old.name: expected_lists(old, users, 5), new.name: expected_lists(new, users, 5)}
+    )
 
-    def hammer() -> None:
-        with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
-            while not stop.is_set():
-                r = own.post(f"/recommendations/users/{user_id}", json={"limit": 5})
-                meta = r.json().get("metadata", {}) if r.status_code == 200 else {}
-                seen[(r.status_code, meta.get("bundle_version", ""), meta.get("source", ""))] += 1
+    def call(http: httpx.Client, i: int) -> httpx.Response:
+        return http.post(f"/recommendations/users/{users[i % len(users)]}", json={"limit": 5})
 
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with Load(str(client.base_url), [call], clients=4, inspect=log) as load:
         time.sleep(0.5)
-        swapped = ray_runner.with_swapped_bundle(config, str(new))
-        ray_runner.deploy(swapped)
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").json()["bundle_version"] != new.name:
-            assert time.monotonic() < deadline, "the new bundle never went live"
-            time.sleep(0.2)
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    assert {status for status, _, _ in seen} == {200}, seen
-    assert {source for _, _, source in seen} == {"personalized"}, seen
-    assert {version for _, version, _ in seen} == {old.version, new.name}, seen
+        started = time.monotonic()
+        ray_runner.deploy(ray_runner.with_swapped_bundle(config, str(new)))
+        log.settle(started, new.name, bound_s=60)
+    figures = load.report("Ray chained, hot swap between two models")
+    assert figures["failed"] == 0, load.outcomes
+    assert figures["violations"] == 0, load.violations
+    assert set(load.answers) == {"personalized"}, load.answers
+    assert {version for _, version in log.seen} == {old.name, new.name}
 
-    corrupt = copy_version(old.path, old.version + "-corrupt", corrupt=True)
+    corrupt = copy_version(old, old.name + "-corrupt", corrupt=True)
     ray_runner.deploy(ray_runner.with_swapped_bundle(config, str(corrupt)))
     metrics = ""
     deadline = time.monotonic() + 30
@@ -217,7 +208,7 @@ def test_hot_swap_under_load_then_corrupt_bundle_refused(
         time.sleep(0.2)
         metrics = client.get("/metrics").text
     assert client.get("/readyz").json()["bundle_version"] == new.name
-    body = client.post(f"/recommendations/users/{user_id}", json={"limit": 5}).json()
+    body = client.post(f"/recommendations/users/{users[0]}", json={"limit": 5}).json()
     assert (body["metadata"]["source"], body["metadata"]["bundle_version"]) == (
         "personalized",
         new.name,
