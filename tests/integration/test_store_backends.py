@@ -237,6 +237,30 @@ class StoreSuite:
         assert counts == {"control": (1, 0), "treatment": (1, 1)}
         assert store.experiments.experiment_counts("other") == {}
 
+    def test_impressions_at_the_longest_accepted_ids_are_stored(self, store: Stores) -> None:
+        """Ids as long as the API and the experiments file accept (200 characters, not bytes:
+        non-ASCII), with a server-chosen impression id: a batch of them is stored whole (an
+        over-long id once dropped a whole impression batch on PostgreSQL)."""
+        longest = "é" * 200
+        rows = [
+            {
+                "request_id": f"{i:0128d}",
+                "at": time.time(),
+                "user_id": f"{i}{longest[1:]}",
+                "experiment": longest,
+                "variant": "v" * 199 + str(i),
+                "books": "[]",
+                "bundle": "20261130T235228.018-nogit",
+            }
+            for i in range(3)
+        ]
+        store.experiments.log_impressions(rows)
+        for row in rows:
+            stored = store.experiments.impression(row["request_id"])
+            assert stored is not None
+            assert (stored.user_id, stored.variant) == (row["user_id"], row["variant"])
+        assert sum(n for n, _ in store.experiments.experiment_counts(longest).values()) == 3
+
     def test_erasure(self, store: Stores) -> None:
         now = time.time()
         store.events.append(
