@@ -45,6 +45,10 @@ class ResponseCache:
         self.ttl_s, self.max_users = ttl_s, max_users
         self.l1_ttl_s = l1_ttl_s if redis_url else ttl_s
         self._l1: OrderedDict[str, dict[str, tuple[float, str]]] = OrderedDict()
+        # user id -> their level-1 groups (one per bundle version): an event drops a user's
+        # entries without scanning the whole level 1 (a scan per event grew with the cache
+        # and, under sustained load, took the model thread's time)
+        self._groups: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self.redis: Any = None
         self.breaker = Breaker("redis-cache")
@@ -101,20 +105,32 @@ class ResponseCache:
 
     def _put_l1(self, group: str, field: str, value: str, now: float) -> None:
         with self._lock:
-            entries = self._l1.setdefault(group, {})
+            entries = self._l1.get(group)
+            if entries is None:
+                entries = self._l1[group] = {}
+                self._groups.setdefault(_user_of(group), set()).add(group)
             entries[field] = (now + self.l1_ttl_s, value)
             self._l1.move_to_end(group)
             while len(self._l1) > self.max_users:
-                self._l1.popitem(last=False)
+                evicted, _ = self._l1.popitem(last=False)
+                self._forget(evicted)
+
+    def _forget(self, group: str) -> None:
+        """Drop ``group`` from its user's set (the lock is held)."""
+        user = _user_of(group)
+        groups = self._groups.get(user)
+        if groups is not None:
+            groups.discard(group)
+            if not groups:
+                del self._groups[user]
 
     def invalidate_user(self, user_id: str, version: str | None = None) -> None:
         """Drop cached answers for ``user_id``: of bundle ``version`` in Redis (one key: what
         an event needs), or of every version (a scan: what an erasure needs). Level 1 drops
         every version either way."""
-        suffix = f":user:{user_id}"
         with self._lock:
-            for group in [g for g in self._l1 if g.endswith(suffix)]:
-                del self._l1[group]
+            for group in self._groups.pop(user_id, ()):
+                self._l1.pop(group, None)
         if self.redis is not None:  # tried even while cooling down: stale answers are worse
             try:
                 if version is not None:
@@ -131,10 +147,17 @@ class ResponseCache:
         """Level 1 only: a bundle swap makes level-2 keys unreachable by version."""
         with self._lock:
             self._l1.clear()
+            self._groups.clear()
 
     def l1_users(self) -> list[str]:
         with self._lock:
             return list(self._l1)
+
+
+def _user_of(group: str) -> str:
+    """The user id of a ``recsys:<version>:user:<user id>`` group (versions never hold
+    ``:user:``; user ids may)."""
+    return group.split(":user:", 1)[1]
 
 
 def _escape(text: str) -> str:
