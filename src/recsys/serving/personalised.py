@@ -8,6 +8,7 @@ filters leave short are topped up from popularity.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -193,22 +194,21 @@ class PersonalisedPath:
         """One user's answer from the ranker scores of its candidates (row ``row``)."""
         assert self.pipeline is not None
         order = np.argsort(-scores[row], kind="stable")
-        books = cands.books[row][order]
-        ranked = [
-            (int(b), float(scores[row][i]))
-            for b, i in zip(books, order, strict=True)
+        books = cands.books[row][order].tolist()
+        wanted = (
+            (b, i)
+            for b, i in zip(books, order.tolist(), strict=True)
             if b >= 0 and b not in req.exclude and (req.allowed is None or req.allowed[b])
-        ][: req.limit]
+        )  # lazily: the first `limit` of ~300 candidates are all a list needs
+        ranked = [(b, float(scores[row][i])) for b, i in itertools.islice(wanted, req.limit)]
         chosen = [b for b, _ in ranked]
         answer = Answer(chosen, [s for _, s in ranked], [], req.source)
         if explain:
-            from_cooc = {
-                int(b) for b, c in zip(cands.books[row], cands.from_cooc[row], strict=True) if c
-            }
+            co_read = cands.books[row][cands.from_cooc[row].astype(bool)]
             why, kinds = self.pipeline.reasons(
                 history[row],
                 np.array(chosen, dtype=np.int64),
-                np.array([b in from_cooc for b in chosen]),
+                np.isin(np.array(chosen, dtype=np.int64), co_read),
             )
             answer.reasons = [
                 f"readers of {self.title(w)} also read this"
