@@ -145,8 +145,9 @@ def test_server_starts_while_redis_is_down_and_takes_it_up_later(
             redis.start()
             time.sleep(5.5)  # the breaker's cool-down
             user = str(bundle.known_histories.row(3)[0])
-            for _ in range(2):
-                assert httpx.post(f"{base}/recommendations/users/{user}").status_code == 200
+            for _ in range(2):  # limit 7: not the warm-up's default list, so a cache miss
+                answer = httpx.post(f"{base}/recommendations/users/{user}", json={"limit": 7})
+                assert answer.status_code == 200
             client = redis_client.Redis.from_url(redis.url)
             assert client.keys("recsys:*:user:*"), "the cache writes to Redis once it is up"
             assert client.keys("LIMITS*"), "rate limits count in Redis once it is up"
@@ -182,18 +183,26 @@ def test_redis_frozen_never_freezes_the_server(
     assert max(health) < 1.0
 
 
+def slowed_model(
+    trained_bundle: dict[str, Any], stage_timeout_s: float, row_latency_s: float
+) -> tuple[RecommendationService, FaultyStages, list[str]]:
+    """A service (no cache) whose model costs ``row_latency_s`` per request row, its drill
+    (rows computed) and 200 known readers."""
+    bundle = load_bundle(trained_bundle["bundle"])
+    service = RecommendationService(bundle, stage_timeout_s=stage_timeout_s)
+    assert service.stages is not None
+    drill = FaultyStages(service.stages, row_latency_s=row_latency_s)
+    service.stages = drill
+    return service, drill, bundle.known_histories.get_column("user_id")[:200].to_list()
+
+
 def test_overload_stays_personalised_and_leaves_no_backlog(trained_bundle: dict[str, Any]) -> None:
     """Offered more than the model can answer (a model slowed to about 100 requests/s, 16
     clients): the model keeps answering what it can in budget, the excess is answered at
     once from popularity with a reason (``overloaded``/``timeout``, counted), nothing fails,
     and once the burst ends the next requests are personal again (no backlog of work for
     callers that already left: that backlog made 92-96 % of answers fallbacks before)."""
-    bundle = load_bundle(trained_bundle["bundle"])
-    service = RecommendationService(bundle, stage_timeout_s=0.1)
-    assert service.stages is not None
-    drill = FaultyStages(service.stages, row_latency_s=0.01)
-    service.stages = drill
-    users = bundle.known_histories.get_column("user_id")[:200].to_list()
+    service, drill, users = slowed_model(trained_bundle, stage_timeout_s=0.1, row_latency_s=0.01)
 
     def user_call(client: httpx.Client, i: int) -> httpx.Response:
         return client.post(f"/recommendations/users/{users[i % len(users)]}", json={"limit": 5})
@@ -226,12 +235,7 @@ def test_callers_that_disconnect_leave_no_work_behind(trained_bundle: dict[str, 
     about 20 requests/s with a 5 s budget: their requests are withdrawn, so once they stop the
     model computes nothing more (before, it worked through everything queued within the 5 s
     budget for nobody), each is recorded as a 499, and the next caller is answered at once."""
-    bundle = load_bundle(trained_bundle["bundle"])
-    service = RecommendationService(bundle, stage_timeout_s=5.0)
-    assert service.stages is not None
-    drill = FaultyStages(service.stages, row_latency_s=0.05)
-    service.stages = drill
-    users = bundle.known_histories.get_column("user_id")[:200].to_list()
+    service, drill, users = slowed_model(trained_bundle, stage_timeout_s=5.0, row_latency_s=0.05)
     stop = threading.Event()
     gave_up = [0]
 

@@ -33,6 +33,8 @@ class ResponseCache:
     l1_ttl_s: level-1 lifetime when Redis is configured.
     max_users: level-1 capacity in users (least recently used evicted).
     redis_url: ``redis://host:port/db``; None keeps level 1 only (the embedded default).
+    warm_users: readers whose default list a warm-up caches (:mod:`recsys.serving.warmup`).
+    warm_seconds: time bound of one warm-up.
     """
 
     def __init__(
@@ -41,8 +43,11 @@ class ResponseCache:
         l1_ttl_s: float = 10.0,
         max_users: int = 100_000,
         redis_url: str | None = None,
+        warm_users: int = 0,
+        warm_seconds: float = 10.0,
     ) -> None:
         self.ttl_s, self.max_users = ttl_s, max_users
+        self.warm_users, self.warm_seconds = warm_users, warm_seconds
         self.l1_ttl_s = l1_ttl_s if redis_url else ttl_s
         self._l1: OrderedDict[str, dict[str, tuple[float, str]]] = OrderedDict()
         # user id -> their level-1 groups (one per bundle version): an event drops a user's

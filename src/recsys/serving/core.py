@@ -27,7 +27,7 @@ from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr
 from recsys.serving.follow import ProductionFollower
 from recsys.serving.live import Live
 from recsys.serving.metrics import Metrics
-from recsys.serving.personalised import Answer
+from recsys.serving.personalised import TRANSIENT, Answer
 from recsys.serving.quality import Coverage, QualityCollector, author_diversity
 from recsys.serving.schemas import (
     ExperimentsOverview,
@@ -38,10 +38,9 @@ from recsys.serving.schemas import (
     RecommendRequest,
 )
 from recsys.serving.service import RecommendationService
+from recsys.serving.warmup import CacheWarmer
 
 log = logging.getLogger(__name__)
-# fallbacks never cached
-TRANSIENT = ("timeout", "stage_error", "overloaded", "store_unavailable", "caller_left")
 Call = Callable[[RecommendationService], Answer]
 Build = Callable[[Bundle], RecommendationService]
 
@@ -81,6 +80,7 @@ class ServingCore:
         self.metrics.registry.register(QualityCollector(self.coverage, self.served_bundles))
         self.watcher: FileWatcher | None = None
         self.follower: ProductionFollower | None = None
+        self.warmer = CacheWarmer(self)
 
     @property
     def service(self) -> RecommendationService:
@@ -110,8 +110,9 @@ class ServingCore:
         return arm_stats(self.metrics.registry)
 
     def start(self) -> None:
-        """Background work: watch the experiments file and follow the model registry's
-        production version, each when configured."""
+        """Background work: warm the response cache, watch the experiments file and follow
+        the model registry's production version, each when configured."""
+        self.warmer.warm(self.service)
         if self.live.experiments_file:
             self.watcher = FileWatcher(
                 self.live.experiments_file, self.experiments, self.live.experiments_poll_s
@@ -161,6 +162,7 @@ class ServingCore:
         self.experiments.default = service
         if self.live.cache is not None:
             self.live.cache.clear()  # level 2 is keyed by bundle version
+            self.warmer.warm(service)  # the most active readers' lists, in the background
         self.metrics.swaps.labels("loaded").inc()
         self.drift.rebase(service.bundle)
         log.info("bundle swapped: %s -> %s", old.version, service.version)
@@ -249,7 +251,7 @@ class ServingCore:
         )
         if default:
             self.drift.answer(answer, scored=not arm.retrieval_only)
-        response = self._shape(svc, answer, started, request_id)
+        response = self.shape(svc, answer, started, request_id)
         response.metadata.experiment, response.metadata.variant = arm.experiment, arm.variant
         cache = svc.live.cache
         if cache is not None and response.metadata.fallback_reason not in TRANSIENT:
@@ -315,7 +317,7 @@ class ServingCore:
         svc = chosen or self.service
         started = time.perf_counter()
         answer = await self._answer(endpoint, call, svc)
-        return self._shape(svc, answer, started, request_id)
+        return self.shape(svc, answer, started, request_id)
 
     async def _answer(self, endpoint: str, call: Call, svc: RecommendationService) -> Answer:
         """``call`` on ``svc`` in a worker thread, counted: latency, fallback, and the list's
@@ -334,7 +336,7 @@ class ServingCore:
             self.coverage.add(svc.version, svc.catalogue, answer.books, time.time())
         return answer
 
-    def _shape(
+    def shape(
         self, svc: RecommendationService, answer: Answer, started: float, request_id: str
     ) -> RecommendationResponse:
         """The answer as the response (``started``: when the service call began)."""

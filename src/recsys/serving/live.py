@@ -110,6 +110,8 @@ class Live:
                 l1_ttl_s=cache.l1_ttl_s,
                 max_users=cache.max_users,
                 redis_url=cache.redis_url,
+                warm_users=cache.warm_users,
+                warm_seconds=cache.warm_seconds,
             )
             if cache.enabled
             else None,

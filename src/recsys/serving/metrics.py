@@ -50,6 +50,9 @@ class Metrics:
         self.cache = count(
             "recsys_cache_lookups", "Response cache lookups by result (l1, l2, miss)", "result"
         )
+        self.warmed = count(
+            "recsys_cache_warmed", "Default lists cached by warm-ups, by bundle", "bundle"
+        )
         self.cache_hit_ratio = Gauge(
             "recsys_cache_hit_ratio",
             "Share of cache lookups answered from the cache (either level) since start",

@@ -24,6 +24,9 @@ from recsys.inference.two_tower import TwoTowerRecommender
 from recsys.serving.catalogue import Catalogue
 from recsys.serving.stages import Stages
 
+# fallback reasons that say nothing lasting about the reader: never cached
+TRANSIENT = ("timeout", "stage_error", "overloaded", "store_unavailable", "caller_left")
+
 
 @dataclass
 class Personal:

@@ -106,6 +106,10 @@ class RecommendationService:
 
     # --- the personalised path -------------------------------------------------------------
 
+    def pending(self) -> int:
+        """Requests waiting for the model (cancelled ones until dropped)."""
+        return self._batcher.pending
+
     def personalised(self, requests: list[Personal], explain: bool = True) -> list[Answer]:
         """Answers for a batch of personalised requests, one model call (see
         :class:`PersonalisedPath`); serialised with catalogue additions."""

@@ -52,6 +52,13 @@ class CacheSettings(_Section):
     l1_ttl_s: float = Field(default=10.0, ge=0, description="in-process level when Redis is on")
     max_users: int = Field(default=100_000, ge=1)
     redis_url: str | None = Field(default=None, description="redis://… adds the shared level 2")
+    warm_users: int = Field(
+        default=1000,
+        ge=0,
+        description="after start-up and each bundle swap, the default lists of this many of "
+        "the most active readers are computed in the background and cached (0: off)",
+    )
+    warm_seconds: float = Field(default=10.0, gt=0, description="time bound of one warm-up")
 
 
 class AuthSettings(_Section):
