@@ -9,6 +9,7 @@ restarts replicas.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import time
@@ -19,6 +20,8 @@ import yaml
 
 from recsys.errors import RecsysError
 
+log = logging.getLogger(__name__)
+
 APP_NAME = "recsys"
 
 
@@ -28,34 +31,54 @@ def ray_env() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-# HAProxy as Serve's ingress (Ray's high-throughput mode). Beyond connection failures it
-# replays a request whose replica closed the connection without answering or mid-answer (a
+# Serve's HAProxy ingress (Ray >= 2.56's high-throughput mode). Beyond connection failures
+# it replays a request whose replica closed the connection without answering or mid-answer (a
 # replica killed mid-request): every recsys read is safe to replay, and a replayed event keeps
-# its event_id, which the store deduplicates.
+# its event_id, which the store deduplicates. The mode's other switch,
+# RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct gRPC between replicas), is left off: with it every
+# call from the chained ingress to its stages failed (Ray 2.60, 2026-12-01).
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
 }
 
 
+def use_haproxy(wanted: bool | None, address: str | None) -> bool:
+    """Whether a local Ray runs in the high-throughput mode: ``wanted`` None means where the
+    ``haproxy`` binary is installed (else Serve's Python proxy, said in a log line); True
+    requires it. A cluster (``address``) sets the variables where it starts Ray."""
+    if address or wanted is False:
+        return False
+    installed = shutil.which("haproxy") is not None
+    if wanted and not installed:
+        raise RecsysError(
+            "ray.haproxy=true needs the haproxy binary: apt-get install haproxy "
+            "(`make install` does), or set ray.haproxy=false."
+        )
+    if not installed:
+        log.warning(
+            "haproxy is not installed: Ray Serve runs its Python proxy, about half the "
+            "throughput (apt-get install haproxy, or `make install`, for the high-throughput "
+            "mode)"
+        )
+    return installed
+
+
 def start_ray(
-    address: str | None = None, num_cpus: int | None = None, haproxy: bool = False
+    address: str | None = None, num_cpus: int | None = None, haproxy: bool | None = False
 ) -> None:
     """Connect to ``address`` or start a local Ray (no dashboard, quiet).
 
-    ``haproxy``: a local Ray with HAProxy as the Serve ingress (:data:`HAPROXY_ENV`; needs
-    the ``haproxy`` binary). A cluster sets these variables where it starts Ray.
+    ``haproxy``: a local Ray in Serve's high-throughput mode, HAProxy as the ingress
+    (:data:`HAPROXY_ENV`; :func:`use_haproxy` says when). A cluster sets these variables
+    where it starts Ray.
     """
     ray_env()
     import ray
 
     if ray.is_initialized():
         return
-    if haproxy and not address and shutil.which("haproxy") is None:
-        raise RecsysError(
-            "ray.haproxy=true needs the haproxy binary: apt-get install haproxy "
-            "(`make install` does), or set ray.haproxy=false."
-        )
+    haproxy = use_haproxy(haproxy, address)
     for key, value in HAPROXY_ENV.items():  # the Ray processes started below inherit these
         if haproxy and not address:
             os.environ[key] = value

@@ -143,10 +143,12 @@ class RaySettings(_Section):
         default=None, description="null keeps the Serve config's choice"
     )
     num_cpus: int | None = None
-    haproxy: bool = Field(
-        default=False,
-        description="a local Ray with HAProxy as the Serve ingress: faster, and a request "
-        "whose replica dies mid-answer is replayed on another (needs the haproxy package)",
+    haproxy: bool | None = Field(
+        default=None,
+        description="a local Ray with Serve's HAProxy ingress (its high-throughput mode): "
+        "about twice the throughput, and a request whose replica dies mid-answer is replayed "
+        "on another. null: on where the haproxy binary is installed, else off with a log "
+        "line; true: required; false: off",
     )
 
 
