@@ -140,6 +140,7 @@ def test_server_starts_while_redis_is_down_and_takes_it_up_later(
             numbers = load.report("started with Redis down", stored_events(tmp_path / "store.db"))
             assert numbers["sent"] > 20
             assert numbers["failed"] == 0, load.outcomes
+            assert numbers["acknowledged"] > 0
             assert numbers["lost"] == 0
             assert _metric(base, "recsys_dependency_up", "redis-cache") == 0.0
             redis.start()
@@ -273,6 +274,8 @@ def test_callers_that_disconnect_leave_no_work_behind(trained_bundle: dict[str, 
     assert after == 0  # no work for callers that left
     assert answer.json()["metadata"]["source"] == "personalized"
     assert 'status="499"' in metrics
+    # a caller that left is no error of the bundle's (a canary's guardrails count those)
+    assert 'outcome="error"' not in metrics
 
 
 def test_kill_9_during_ingestion_loses_no_acknowledged_event(

@@ -9,6 +9,7 @@ used by the uvicorn runner (experiment promotion) and by Ray Serve (``reconfigur
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -123,8 +124,10 @@ class ServingCore:
             self.follower = ProductionFollower(self, registry.url, family, registry.poll_s)
 
     def close(self) -> None:
-        """Stop the experiments watcher and the registry follower, close the services, then
-        what outlives them (the store connections, the impression writer)."""
+        """Stop the cache warm-up, the experiments watcher and the registry follower, close
+        the services, then what outlives them (the store connections, the impression
+        writer)."""
+        self.warmer.stop()
         if self.watcher is not None:
             self.watcher.stop()
         if self.follower is not None:
@@ -216,8 +219,13 @@ class ServingCore:
             body = await self._recommend_arm(arm, user_id, req, forced, request_id, impression_id)
             outcome = "fallback" if body["metadata"]["fallback_reason"] in TRANSIENT else "ok"
             return body
+        except asyncio.CancelledError:
+            outcome = ""  # the caller left: no answer of the bundle's to count
+            raise
         finally:
-            self.metrics.bundle_answer(arm.service.version, outcome, time.perf_counter() - started)
+            if outcome:
+                elapsed = time.perf_counter() - started
+                self.metrics.bundle_answer(arm.service.version, outcome, elapsed)
 
     async def _recommend_arm(
         self,

@@ -99,7 +99,7 @@ async def _cancelled_on_disconnect(
     complete, the request's model work is withdrawn (:class:`Caller`), the app is cancelled
     and a 499 is sent (the server drops it: it only reaches the request log and metrics)."""
     disconnected = asyncio.Event()
-    complete = False
+    started = complete = False
 
     async def replayed() -> Any:
         with contextlib.suppress(StopIteration):
@@ -108,8 +108,11 @@ async def _cancelled_on_disconnect(
         return {"type": "http.disconnect"}
 
     async def sending(message: Any) -> None:
-        nonlocal complete
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
+        nonlocal started, complete
+        started = True
+        if message["type"] == "http.response.pathsend" or (
+            message["type"] == "http.response.body" and not message.get("more_body", False)
+        ):
             complete = True
         await send(message)
 
@@ -127,8 +130,9 @@ async def _cancelled_on_disconnect(
     watcher = asyncio.ensure_future(watch())
     try:
         await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if handler.done() or complete:
-            await handler  # finished, or past its answer: never cancelled
+        left = watcher.done() and not watcher.cancelled() and watcher.exception() is None
+        if handler.done() or started or complete or not left:
+            await handler  # finished, answering, or the watch failed: never cancelled
             return
         caller.leave()  # before the cancel: a worker thread cannot be cancelled, its wait can
         handler.cancel()
@@ -138,7 +142,8 @@ async def _cancelled_on_disconnect(
         await send({"type": "http.response.body", "body": b""})
     finally:
         watcher.cancel()
-        if not handler.done():
+        if not handler.done():  # this request itself was cancelled: so is its model work
+            caller.leave()
             handler.cancel()
 
 

@@ -141,10 +141,12 @@ class RecommendationService:
             return fallback("overloaded")  # a queue this deep cannot be answered in time
         budget = self.stage_timeout_s
         deadline = time.monotonic() + budget if math.isfinite(budget) else None
-        future = batcher.submit(request, deadline)
         caller = CURRENT_CALLER.get()
+        if caller is not None and caller.gone:
+            return fallback("caller_left")  # nobody reads it: the caller disconnected
+        future = batcher.submit(request, deadline)
         if caller is not None:
-            caller.waits_on(future)
+            caller.waits_on(future)  # one leaving between the two: cancelled here, dropped
         try:
             return future.result(timeout=self.stage_timeout_s)
         except Overloaded:

@@ -85,6 +85,13 @@ class CacheWarmer:
         thread.start()
         return thread
 
+    def stop(self) -> None:
+        """End any warm-up (the process is shutting down); it stops before its next reader."""
+        with self._lock:
+            self._generation += 1
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+
     def _current(self, service: RecommendationService, generation: int) -> bool:
         return generation == self._generation and self.core.service is service
 
