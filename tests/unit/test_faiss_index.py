@@ -114,3 +114,42 @@ def test_excluding_search_does_not_depend_on_the_batch(data: tuple[np.ndarray, .
         np.testing.assert_array_equal(together[row], alone[0])
         np.testing.assert_allclose(scores[row], alone_scores[0])
         assert not set(together[row].tolist()) & excluded[row]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_excluding_search_keeps_the_first_admissible_books_in_rank_order(
+    kind: str, data: tuple[np.ndarray, ...]
+) -> None:
+    """The vectorised filter of the over-fetch equals the per-row definition: the index's
+    results in rank order, less reserved rows, each row's own exclusions (ids beyond the table
+    or negative ones included, which must not touch another row) and disallowed books."""
+    vectors, book_index, queries = data
+    index = build_index(vectors, book_index, IndexSpec(kind=kind, recall_k=20), queries)
+    rng = np.random.default_rng(7)
+    batch = queries[:6]
+    excluded = [
+        {int(b) for b in rng.choice(book_index, size=n, replace=False)} | extra
+        for n, extra in zip(
+            (0, 5, 50, 400, 10, 1), ({-1}, {10**9}, set(), {0, 1}, {-7}, set()), strict=True
+        )
+    ]
+    allowed = rng.random(int(book_index.max()) + 1) < 0.7
+    for mask in (None, allowed):
+        top, scores = index.search_excluding(batch, 30, excluded, mask)
+        for row in range(len(batch)):
+            # the same fetches as the index makes (k + the exclusions' power of two, doubled
+            # until k survive: an approximate index answers per fetch size)
+            size = 30 + (1 << (len(excluded[row]) - 1).bit_length() if excluded[row] else 0)
+            while True:
+                size = min(size, index.index.ntotal)
+                fetched, sims = index.search(batch[row : row + 1], size)
+                expected = [
+                    (b, s)
+                    for b, s in zip(fetched[0].tolist(), sims[0].tolist(), strict=True)
+                    if b >= 2 and b not in excluded[row] and (mask is None or mask[b])
+                ][:30]
+                if len(expected) == 30 or size == index.index.ntotal:
+                    break
+                size *= 2
+            assert top[row].tolist() == [b for b, _ in expected]
+            np.testing.assert_allclose(scores[row], [s for _, s in expected], rtol=1e-6)

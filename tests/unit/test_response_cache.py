@@ -32,8 +32,11 @@ def test_eviction_and_clear_keep_the_per_user_index_whole() -> None:
     cache.put("v1", "a", PARAMS, "a2")  # back, evicting b
     cache.invalidate_user("a")
     assert cache.l1_users() == ["recsys:v1:user:c"]
+    # the per-user index holds exactly what level 1 holds: evicted groups left it too
+    assert cache._groups == {"c": {"recsys:v1:user:c"}}
     cache.clear()
     assert cache.l1_users() == []
+    assert cache._groups == {}
     cache.put("v2", "c", PARAMS, "c2")
     cache.invalidate_user("c")
     assert cache.get("v2", "c", PARAMS) == (None, "miss")

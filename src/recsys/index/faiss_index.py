@@ -94,16 +94,6 @@ class FaissIndex:
             )
         self.index, self.book_index, self.report = index, book_index.astype(np.int64), report
         self.apply_params(report.search_params)
-        self._exact: _Exact | None = None
-
-    def _flat(self) -> _Exact | None:
-        """An exact inner-product index as arrays, for one BLAS product per batch instead of
-        FAISS's per-query scan (a serving batch is below FAISS's BLAS threshold of 20
-        queries); None for any other index."""
-        if self._exact is None and isinstance(faiss.downcast_index(self.index), faiss.IndexFlatIP):
-            vectors = self.index.reconstruct_n(0, self.index.ntotal)
-            self._exact = _Exact(np.ascontiguousarray(vectors, dtype=np.float32), self.book_index)
-        return self._exact
 
     @property
     def dim(self) -> int:
@@ -150,9 +140,6 @@ class FaissIndex:
         ``allowed`` (bool per book index) is given, books it rules out. Over-fetches until ``k``
         books survive or the index is exhausted; missing slots hold -1 / -inf. Returns raw
         inner products."""
-        flat = self._flat()
-        if flat is not None:
-            return _exact_excluding(flat, queries, k, excluded, allowed)
         top = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         total = self.index.ntotal
@@ -316,53 +303,6 @@ def tune(
     index.report.tuning = tuning
 
 
-class _Exact:
-    """An exact index's vectors ``[ntotal, d]``, their books, and book -> column (-1)."""
-
-    def __init__(self, vectors: np.ndarray, books: np.ndarray) -> None:
-        self.vectors, self.books = vectors, books
-        self.column = np.full(int(books.max(initial=0)) + 1, -1, dtype=np.int64)
-        self.column[books] = np.arange(len(books))
-        self.reserved = np.flatnonzero(books < NUM_RESERVED)  # columns, never results
-
-
-def _exact_excluding(
-    flat: _Exact,
-    queries: np.ndarray,
-    k: int,
-    excluded: list[set[int]],
-    allowed: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``search_excluding`` on an exact index: every score in one product, reserved,
-    excluded and disallowed books masked, then the top ``k`` by score (ties by row order,
-    as FAISS's flat scan keeps them); -1 / -inf where fewer qualify."""
-    scores = np.ascontiguousarray(queries, dtype=np.float32) @ flat.vectors.T
-    scores[:, flat.reserved] = -np.inf
-    if allowed is not None:
-        scores[:, ~allowed[flat.books]] = -np.inf
-    lengths = [len(e) for e in excluded]
-    if sum(lengths):
-        rows = np.repeat(np.arange(len(excluded)), lengths)
-        banned = np.fromiter((b for e in excluded for b in e), np.int64, count=sum(lengths))
-        inside = (banned >= 0) & (banned < len(flat.column))
-        columns = np.full(len(banned), -1, dtype=np.int64)
-        columns[inside] = flat.column[banned[inside]]
-        hit = columns >= 0
-        scores[rows[hit], columns[hit]] = -np.inf
-    k_eff = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    columns_top = np.take_along_axis(part, order, axis=1)
-    top_scores = np.take_along_axis(part_scores, order, axis=1)
-    found = np.isfinite(top_scores)
-    out = np.full((len(queries), k), -1, dtype=np.int64)
-    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    out[:, :k_eff] = np.where(found, flat.books[columns_top], -1)
-    out_scores[:, :k_eff] = np.where(found, top_scores, -np.inf)
-    return out, out_scores
-
-
 def _admissible(
     books: np.ndarray, excluded: list[set[int]], allowed: np.ndarray | None
 ) -> np.ndarray:
@@ -373,13 +313,12 @@ def _admissible(
         keep &= allowed[np.maximum(books, 0)]
     lengths = [len(e) for e in excluded]
     if sum(lengths):
-        width = np.int64(max(int(books.max(initial=0)), max(max(e) for e in excluded if e)) + 1)
+        ids = np.fromiter((b for e in excluded for b in e), dtype=np.int64, count=sum(lengths))
         rows = np.repeat(np.arange(len(excluded), dtype=np.int64), lengths)
-        banned = rows * width + np.fromiter(
-            (b for e in excluded for b in e), dtype=np.int64, count=sum(lengths)
-        )
+        rows, ids = rows[ids >= 0], ids[ids >= 0]  # never a result: keys stay in their row
+        width = np.int64(max(int(books.max(initial=0)), int(ids.max(initial=0))) + 1)
         keys = np.arange(len(books), dtype=np.int64)[:, None] * width + books
-        keep &= ~np.isin(keys, banned)
+        keep &= ~np.isin(keys, rows * width + ids)
     return keep
 
 
