@@ -5,6 +5,7 @@ Thresholds come from the guarantees (no 5xx, no failed request), not from what w
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -27,13 +28,15 @@ from recsys.serving.service import RecommendationService
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
-@pytest.fixture
-def redis_backed(
-    trained_bundle: dict[str, Any], tmp_path: Path
+@contextlib.contextmanager
+def redis_backed_server(
+    trained_bundle: dict[str, Any], tmp_path: Path, redis_up: bool = True
 ) -> Iterator[tuple[str, RedisServer, Live]]:
-    """A server whose response cache and rate limits live in a Redis we can break."""
+    """A server whose response cache and rate limits live in a Redis we can break (started
+    first, or with ``redis_up=False`` only its port chosen: Redis down at start-up)."""
     redis = RedisServer(tmp_path)
-    redis.start()
+    if redis_up:
+        redis.start()
     live = Live.from_config(
         {
             "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
@@ -49,6 +52,31 @@ def redis_backed(
             yield base, redis, live
     finally:
         redis.stop()
+        live.close()
+
+
+@pytest.fixture
+def redis_backed(
+    trained_bundle: dict[str, Any], tmp_path: Path
+) -> Iterator[tuple[str, RedisServer, Live]]:
+    with redis_backed_server(trained_bundle, tmp_path) as server:
+        yield server
+
+
+def assert_back_on_redis(base: str, redis: RedisServer, trained_bundle: dict[str, Any]) -> None:
+    """After the breaker's cool-down, the cache and the rate limits use Redis again."""
+    import redis as redis_client
+
+    time.sleep(5.5)  # the breaker's cool-down
+    user = str(load_bundle(trained_bundle["bundle"]).known_histories.row(3)[0])
+    for _ in range(2):  # limit 7: not the warm-up's default list, so a cache miss
+        answer = httpx.post(f"{base}/recommendations/users/{user}", json={"limit": 7})
+        assert answer.status_code == 200
+    client = redis_client.Redis.from_url(redis.url)
+    assert client.keys("recsys:*:user:*"), "the cache writes to Redis again"
+    assert client.keys("LIMITS*"), "rate limits count in Redis again"
+    assert _metric(base, "recsys_dependency_up", "redis-cache") == 1.0
+    assert _metric(base, "recsys_dependency_up", "redis-rate-limits") == 1.0
 
 
 def mixed_calls(trained_bundle: dict[str, Any]) -> list[Callable[[httpx.Client, int], Any]]:
@@ -101,18 +129,7 @@ def test_redis_killed_and_restarted_under_load(
     assert numbers["lost"] == 0
     assert _metric(base, "recsys_dependency_errors_total", "redis-cache") >= 1
     assert _metric(base, "recsys_dependency_errors_total", "redis-rate-limits") >= 1
-    # recovery: after the cool-down both parts use Redis again
-    time.sleep(5.5)
-    import redis as redis_client
-
-    client = redis_client.Redis.from_url(redis.url)
-    user = str(load_bundle(trained_bundle["bundle"]).known_histories.row(3)[0])
-    for _ in range(2):
-        assert httpx.post(f"{base}/recommendations/users/{user}").status_code == 200
-    assert client.keys("recsys:*:user:*"), "the cache writes to Redis again"
-    assert client.keys("LIMITS*"), "rate limits count in Redis again"
-    assert _metric(base, "recsys_dependency_up", "redis-cache") == 1.0
-    assert _metric(base, "recsys_dependency_up", "redis-rate-limits") == 1.0
+    assert_back_on_redis(base, redis, trained_bundle)
 
 
 def test_server_starts_while_redis_is_down_and_takes_it_up_later(
@@ -120,41 +137,17 @@ def test_server_starts_while_redis_is_down_and_takes_it_up_later(
 ) -> None:
     """Redis down when the server starts: it starts and answers everything (cache and rate
     limits in process), and uses Redis once Redis is up, without a restart."""
-    import redis as redis_client
-
-    redis = RedisServer(tmp_path)  # its port is chosen, nothing listens on it yet
-    live = Live.from_config(
-        {
-            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
-            "auth": {"enabled": False},
-            "cache": {"redis_url": redis.url},
-            "rate_limits": {"default": "1000000/minute", "redis_url": redis.url},
-        }
-    )
-    bundle = load_bundle(trained_bundle["bundle"])
-    app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
-    try:
-        with serve_in_thread(app) as base:
-            with Load(base, mixed_calls(trained_bundle)) as load:
-                time.sleep(2.0)
-            numbers = load.report("started with Redis down", stored_events(tmp_path / "store.db"))
-            assert numbers["sent"] > 20
-            assert numbers["failed"] == 0, load.outcomes
-            assert numbers["acknowledged"] > 0
-            assert numbers["lost"] == 0
-            assert _metric(base, "recsys_dependency_up", "redis-cache") == 0.0
-            redis.start()
-            time.sleep(5.5)  # the breaker's cool-down
-            user = str(bundle.known_histories.row(3)[0])
-            for _ in range(2):  # limit 7: not the warm-up's default list, so a cache miss
-                answer = httpx.post(f"{base}/recommendations/users/{user}", json={"limit": 7})
-                assert answer.status_code == 200
-            client = redis_client.Redis.from_url(redis.url)
-            assert client.keys("recsys:*:user:*"), "the cache writes to Redis once it is up"
-            assert client.keys("LIMITS*"), "rate limits count in Redis once it is up"
-    finally:
-        redis.stop()
-        live.close()
+    with redis_backed_server(trained_bundle, tmp_path, redis_up=False) as (base, redis, _):
+        with Load(base, mixed_calls(trained_bundle)) as load:
+            time.sleep(2.0)
+        numbers = load.report("started with Redis down", stored_events(tmp_path / "store.db"))
+        assert numbers["sent"] > 20
+        assert numbers["failed"] == 0, load.outcomes
+        assert numbers["acknowledged"] > 0
+        assert numbers["lost"] == 0
+        assert _metric(base, "recsys_dependency_up", "redis-cache") == 0.0
+        redis.start()
+        assert_back_on_redis(base, redis, trained_bundle)
 
 
 def test_redis_frozen_never_freezes_the_server(
