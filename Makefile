@@ -30,12 +30,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), v"
 	# Real Redis and PostgreSQL servers for the cache and store tests, HAProxy for Ray Serve's
-	# HAProxy ingress and promtool for the alert rules' tests (skipped with a reason when they
-	# cannot be installed).
+	# HAProxy ingress, promtool for the alert rules' tests and Chromium for the web app's
+	# browser tests (Playwright drives it; no browser download). Skipped with a reason when
+	# they cannot be installed.
 	$(call apt_install,redis-server,redis-server)
 	$(call apt_install,pg_ctl,postgresql)
 	$(call apt_install,haproxy,haproxy)
 	$(call apt_install,promtool,prometheus)
+	$(call apt_install,chromium,chromium)
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install recsys with all extras (pinned)

@@ -74,6 +74,16 @@ def user_of(trained_bundle: dict[str, Any], row: int = 0) -> str:
     return str(load_bundle(trained_bundle["bundle"]).known_histories.row(row)[0])
 
 
+def test_auth_me_names_the_tokens_subject_and_scopes(base: str) -> None:
+    assert httpx.get(f"{base}/auth/me").status_code == 401
+    assert httpx.get(f"{base}/auth/me", headers={"Authorization": "Bearer x"}).status_code == 401
+    reader = httpx.get(f"{base}/auth/me", headers=bearer("u9")).json()
+    assert reader == {"auth_enabled": True, "subject": "u9", "scopes": []}
+    service = httpx.get(f"{base}/auth/me", headers=bearer("svc", ["experiments:read"])).json()
+    assert service["subject"] == "svc"
+    assert service["scopes"] == ["experiments:read"]
+
+
 def test_tokens_401_and_403(base: str, trained_bundle: dict[str, Any]) -> None:
     me, other = user_of(trained_bundle, 0), user_of(trained_bundle, 1)
     path = f"{base}/recommendations/users/{me}"

@@ -189,6 +189,25 @@ def test_health_docs_metrics(server: tuple[httpx.Client, Any]) -> None:
     metrics = client.get("/metrics").text
     assert "recsys_requests_total" in metrics
     assert "recsys_request_latency_seconds_bucket" in metrics
+    # this server runs without auth: there is no caller to name
+    assert client.get("/auth/me").json() == {"auth_enabled": False, "subject": None, "scopes": []}
+
+
+def test_web_app_is_served_and_counted(server: tuple[httpx.Client, Any]) -> None:
+    client, _ = server
+    home = client.get("/", follow_redirects=False)
+    assert home.status_code == 307
+    assert home.headers["location"] == "/app/"
+    page = client.get("/app/")
+    assert page.status_code == 200
+    assert '<script type="module" src="app.js">' in page.text
+    for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        answer = client.get(f"/app/{asset}")
+        assert answer.status_code == 200
+        assert kind in answer.headers["content-type"]
+    assert client.get("/app/missing.js").status_code == 404
+    metrics = client.get("/metrics").text
+    assert 'endpoint="/app",source="-",status="200"' in metrics
 
 
 def test_endpoints_that_need_the_store_say_so(server: tuple[httpx.Client, Any]) -> None:

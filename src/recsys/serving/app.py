@@ -27,9 +27,11 @@ from recsys.serving.routers import (
     health,
     models,
     recommendations,
+    session,
     users,
 )
 from recsys.serving.service import RecommendationService
+from recsys.serving.web import mount_web_app
 
 ROUTERS = (
     recommendations.router,
@@ -39,6 +41,7 @@ ROUTERS = (
     experiments.router,
     models.router,
     health.router,
+    session.router,
 )
 
 
@@ -88,6 +91,7 @@ def create_app(
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    mount_web_app(app)
     return app
 
 

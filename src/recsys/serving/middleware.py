@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from recsys.serving.batching import CURRENT_CALLER, Caller
 from recsys.serving.metrics import Metrics
+from recsys.serving.web import PREFIX as WEB_PREFIX
 
 logger = structlog.get_logger("recsys.serving")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # safe as a log field and a store key
@@ -174,7 +175,7 @@ def add_request_context(app: FastAPI, echo_request_id: bool) -> None:
             )
         elapsed = time.perf_counter() - started
         route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
+        endpoint = getattr(route, "path", None) or _mounted(request.url.path)
         metrics: Metrics = request.app.state.metrics  # the serving core's, once started
         metrics.requests.labels(endpoint, request.state.source, str(response.status_code)).inc()
         metrics.latency.labels(endpoint, request.state.source).observe(elapsed)
@@ -192,3 +193,8 @@ def add_request_context(app: FastAPI, echo_request_id: bool) -> None:
             latency_ms=round(elapsed * 1000, 2),
         )
         return response
+
+
+def _mounted(path: str) -> str:
+    """The metrics label of a path no route matched: the web app's files, or unmatched."""
+    return WEB_PREFIX if path == WEB_PREFIX or path.startswith(f"{WEB_PREFIX}/") else "unmatched"

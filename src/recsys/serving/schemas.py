@@ -287,3 +287,11 @@ class ModelsReload(BaseModel):
     production: str | None = Field(description="the registry's production version, as applied")
     bundle_version: str = Field(description="the bundle everyone outside an experiment gets")
     switched: bool = Field(description="whether this call swapped the bundle")
+
+
+class Session(BaseModel):
+    """The caller of ``GET /auth/me``."""
+
+    auth_enabled: bool
+    subject: str | None = Field(description="the token's subject (a user id or a service)")
+    scopes: list[str] = Field(description="what the token may do beyond acting for itself")

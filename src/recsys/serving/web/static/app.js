@@ -1,0 +1,303 @@
+// recsys reader pages: one ES module, no build step. Every page calls the JSON API with the
+// reader's bearer token (kept in sessionStorage for this tab), so it can do what the token
+// allows and nothing more. Text from the server is always set as text, never as HTML.
+
+const TOKEN = "recsys.token";
+const READER = "recsys.reader";
+const main = document.getElementById("main");
+const statusBox = document.getElementById("status");
+const account = document.getElementById("account");
+
+const session = {
+  get token() { return sessionStorage.getItem(TOKEN); },
+  get reader() { return sessionStorage.getItem(READER); },
+  start(reader, token) {
+    sessionStorage.setItem(READER, reader);
+    if (token) sessionStorage.setItem(TOKEN, token); else sessionStorage.removeItem(TOKEN);
+  },
+  end() { sessionStorage.removeItem(TOKEN); sessionStorage.removeItem(READER); },
+};
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+function describe(status, body) {
+  const detail = body && body.detail;
+  if (Array.isArray(detail)) return detail.map((d) => d.msg).join("; ");
+  if (typeof detail === "string") return detail;
+  return `The server answered ${status}.`;
+}
+
+async function api(method, path, body, token = session.token) {
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new ApiError(0, "The server cannot be reached; try again in a moment.");
+  }
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, describe(response.status, data));
+  return data;
+}
+
+// h("a", {href: "#/"}, "text", child): an element with attributes and children (text nodes).
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+const enc = encodeURIComponent;
+const bookHref = (id) => `#/book/${enc(id)}`;
+
+let quiet;
+function say(message) {
+  statusBox.textContent = message;
+  clearTimeout(quiet);
+  quiet = setTimeout(() => { statusBox.textContent = ""; }, 5000);
+}
+
+function page(title, ...children) {
+  document.title = `${title} · recsys books`;
+  return h("section", { "aria-labelledby": "page-title" }, h("h1", { id: "page-title", tabindex: "-1" }, title), ...children);
+}
+
+function failure(error) {
+  const box = h("p", { class: "error", role: "alert" }, error.message);
+  if (error.status === 401) {
+    return [box, h("p", {}, h("a", { href: "#/signin" }, "Sign in again"))];
+  }
+  return [box];
+}
+
+// Reading actions: each is one event; the reader's next list already counts it.
+const ACTIONS = [
+  ["read", "Mark read", "marked read"],
+  ["want_to_read", "Want to read", "added to your want-to-read list"],
+];
+
+async function record(book, type, value, title) {
+  const event = { user_id: session.reader, book_id: book, type };
+  if (value !== undefined) event.value = value;
+  await api("POST", "/events", event);
+  const verb = ACTIONS.find(([t]) => t === type)?.[2] ?? `rated ${value / 2} of 5`;
+  say(`“${title || book}” ${verb}.`);
+}
+
+function actionButtons(book, title, after) {
+  if (!session.reader) return null;
+  return h(
+    "div",
+    { class: "actions", role: "group", "aria-label": `Actions for ${title || book}` },
+    ACTIONS.map(([type, label]) =>
+      h("button", {
+        type: "button",
+        "data-action": type,
+        onclick: async (event) => {
+          event.currentTarget.disabled = true;
+          try {
+            await record(book, type, undefined, title);
+            if (after) await after();
+          } catch (error) {
+            say(error.message);
+            event.currentTarget.disabled = false;
+          }
+        },
+      }, label),
+    ),
+  );
+}
+
+// A list of recommended books, each with the reason it is there.
+function bookList(label, items, after) {
+  if (!items.length) return h("p", {}, "No books to show.");
+  return h(
+    "ol",
+    { class: "books", "aria-label": label },
+    items.map((item) =>
+      h(
+        "li",
+        { class: "book", "data-book-id": item.book_id },
+        h("a", { href: bookHref(item.book_id), class: "title" }, item.title || item.book_id),
+        item.author || item.authors ? h("span", { class: "author" }, item.author || item.authors) : null,
+        item.reasoning ? h("p", { class: "reason" }, item.reasoning) : null,
+        after === undefined ? null : actionButtons(item.book_id, item.title, after),
+      ),
+    ),
+  );
+}
+
+const SOURCES = {
+  personalized: "Chosen for you from your reading.",
+  popularity: "Popular books: there is not enough of your reading to go on yet.",
+  trending: "What readers are reading now.",
+};
+
+async function forYou() {
+  if (!session.reader) {
+    return page("For you", h("p", {}, h("a", { href: "#/signin" }, "Sign in"), " to see books chosen for you."));
+  }
+  const list = h("div", {});
+  const refresh = async () => {
+    const answer = await api("POST", `/recommendations/users/${enc(session.reader)}`, { limit: 20 });
+    list.replaceChildren(
+      h("p", { class: "source" }, SOURCES[answer.metadata.source] || ""),
+      bookList("Books for you", answer.recommendations, refresh),
+    );
+  };
+  await refresh();
+  return page("For you", list);
+}
+
+async function trending() {
+  const answer = await api("GET", "/recommendations/trending?limit=20");
+  return page("Trending", bookList("Trending books", answer.recommendations));
+}
+
+async function search(query) {
+  document.getElementById("search-q").value = query;
+  const found = await api("GET", `/books?q=${enc(query)}&limit=20`);
+  const rows = found.books.map((b) => ({ book_id: b.book_id, title: b.title, authors: b.authors }));
+  return page(`Search: ${query}`, h("p", {}, `${rows.length} book${rows.length === 1 ? "" : "s"} found.`),
+    bookList(`Books matching ${query}`, rows));
+}
+
+function ratingForm(book) {
+  const select = h("select", { id: "rating", name: "rating" },
+    [5, 4, 3, 2, 1].map((n) => h("option", { value: n }, `${n} of 5`)));
+  return h("form", {
+    class: "rating",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        await record(book.book_id, "rate", Number(select.value) * 2, book.title);
+      } catch (error) {
+        say(error.message);
+      }
+    },
+  }, h("label", { for: "rating" }, "Your rating"), select, h("button", { type: "submit" }, "Rate"));
+}
+
+async function bookPage(id) {
+  const book = await api("GET", `/books/${enc(id)}`);
+  const details = [
+    ["Author", book.authors], ["Year", book.year], ["Publisher", book.publisher],
+    ["Language", book.language], ["Tags", (book.tags || []).join(", ")],
+  ].filter(([, v]) => v !== null && v !== undefined && v !== "");
+  const similar = await api("POST", `/recommendations/books/${enc(id)}`, { limit: 10 })
+    .then((a) => bookList(`Books similar to ${book.title || id}`, a.recommendations))
+    .catch((error) => failure(error));
+  return page(
+    book.title || book.book_id,
+    h("div", { class: "book-page" },
+      book.cover_url ? h("img", { src: book.cover_url, alt: `Cover of ${book.title || id}`, class: "cover" }) : null,
+      h("dl", {}, details.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    ),
+    actionButtons(book.book_id, book.title),
+    session.reader ? ratingForm(book) : h("p", {}, h("a", { href: "#/signin" }, "Sign in"), " to mark or rate this book."),
+    h("h2", {}, "Similar books"),
+    similar,
+  );
+}
+
+async function signIn() {
+  // With auth off the server names no subject: the reader says who they are.
+  const probe = await api("GET", "/auth/me", undefined, null).catch(() => ({ auth_enabled: true }));
+  const tokenMode = probe.auth_enabled;
+  const field = tokenMode
+    ? h("textarea", { id: "credential", name: "credential", rows: 4, required: true, autocomplete: "off" })
+    : h("input", { id: "credential", name: "credential", required: true, maxlength: 200 });
+  const problem = h("p", { class: "error", role: "alert", hidden: true });
+  const form = h("form", {
+    class: "signin",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      const value = field.value.trim();
+      try {
+        if (tokenMode) {
+          const me = await api("GET", "/auth/me", undefined, value);
+          session.start(me.subject, value);
+        } else {
+          session.start(value, null);
+        }
+        showAccount();
+        say(`Signed in as ${session.reader}.`);
+        location.hash = "#/for-you";
+      } catch (error) {
+        problem.textContent = error.status === 401 ? `That token was refused: ${error.message}` : error.message;
+        problem.hidden = false;
+      }
+    },
+  },
+  h("label", { for: "credential" }, tokenMode ? "Access token" : "Reader id"),
+  field,
+  h("p", { class: "hint" }, tokenMode
+    ? "Paste the token you were given (for development: recsys token sub=<your reader id>)."
+    : "This server runs without sign-in tokens: give the reader id to act as."),
+  problem,
+  h("button", { type: "submit" }, "Sign in"));
+  return page("Sign in", form);
+}
+
+function showAccount() {
+  if (!session.reader) {
+    account.replaceChildren(h("a", { href: "#/signin" }, "Sign in"));
+    return;
+  }
+  account.replaceChildren(
+    h("span", { class: "who" }, `Signed in as ${session.reader}`),
+    h("button", { type: "button", onclick: () => { session.end(); showAccount(); say("Signed out."); location.hash = "#/"; } }, "Sign out"),
+  );
+}
+
+function notFound() {
+  return page("Page not found", h("p", {}, h("a", { href: "#/" }, "Back to the start")));
+}
+
+const ROUTES = [
+  [/^#?\/?$/, () => (session.reader ? forYou() : trending())],
+  [/^#\/signin$/, signIn],
+  [/^#\/for-you$/, forYou],
+  [/^#\/trending$/, trending],
+  [/^#\/search\?q=(.*)$/, (m) => search(decodeURIComponent(m[1]))],
+  [/^#\/book\/(.+)$/, (m) => bookPage(decodeURIComponent(m[1]))],
+];
+
+// A route change moves focus to the new page's heading (screen readers announce it); the
+// first load leaves focus at the top, where the skip link is.
+async function render(event) {
+  const hash = location.hash || "#/";
+  const route = ROUTES.find(([pattern]) => pattern.test(hash));
+  main.setAttribute("aria-busy", "true");
+  let view;
+  try {
+    view = route ? await route[1](hash.match(route[0])) : notFound();
+  } catch (error) {
+    view = page("Something went wrong", ...failure(error));
+  }
+  main.replaceChildren(view);
+  main.removeAttribute("aria-busy");
+  if (event) main.querySelector("h1")?.focus();
+}
+
+document.getElementById("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const query = document.getElementById("search-q").value.trim();
+  if (query) location.hash = `#/search?q=${enc(query)}`;
+});
+window.addEventListener("hashchange", render);
+showAccount();
+render();

@@ -1,0 +1,200 @@
+"""The reader pages in a real headless Chromium (Debian's package, driven by Playwright) against
+the real app under uvicorn on loopback: sign in with a token, search, open a book, mark a book
+read and see the list change."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from recsys.bundle.reader import load_bundle
+from recsys.serving.app import create_app
+from recsys.serving.auth import Authenticator
+from recsys.serving.live import Live
+from recsys.serving.local import serve_in_thread
+from recsys.serving.service import RecommendationService
+
+pytestmark = pytest.mark.integration
+SECRET = "browser-tests-only-secret-0123456789abcdef"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# RECSYS_SCREENSHOTS=docs/screenshots pytest tests/browser: the pages' pictures for the docs
+SHOTS = os.environ.get("RECSYS_SCREENSHOTS")
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if CHROMIUM is None:
+    pytest.skip(
+        "Chromium is not installed (make install adds Debian's chromium)", allow_module_level=True
+    )
+expect = playwright_api.expect
+
+
+@pytest.fixture(scope="module")
+def base(trained_bundle: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("web")
+    store = {"url": f"sqlite:///{folder / 'store.db'}"}
+    live = Live.from_config({"store": store, "auth": {"enabled": True, "secret": SECRET}})
+    bundle = load_bundle(trained_bundle["bundle"])
+    app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
+    with serve_in_thread(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def reader(trained_bundle: dict[str, Any]) -> str:
+    return str(load_bundle(trained_bundle["bundle"]).known_histories.row(0)[0])
+
+
+def sign_in(page: Any, base: str, token: str) -> None:
+    page.goto(f"{base}/app/#/signin")
+    page.get_by_label("Access token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def shoot(page: Any, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
+
+def listed(page: Any, label: str) -> list[str]:
+    books = page.get_by_role("list", name=label).locator("li.book")
+    return [str(b.get_attribute("data-book-id")) for b in books.all()]
+
+
+def test_root_leads_to_the_app_and_anonymous_readers_see_trending(base: str, page: Any) -> None:
+    page.goto(base)
+    assert page.url.startswith(f"{base}/app/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Trending")
+    assert len(listed(page, "Trending books")) > 0
+    expect(page.get_by_role("link", name="Sign in")).to_be_visible()
+
+
+def test_a_refused_token_is_explained(base: str, page: Any) -> None:
+    sign_in(page, base, "not-a-token")
+    expect(page.get_by_role("alert")).to_contain_text("That token was refused")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
+
+
+def test_sign_in_search_open_a_book_and_mark_it_read(
+    base: str, page: Any, trained_bundle: dict[str, Any]
+) -> None:
+    me = reader(trained_bundle)
+    token = Authenticator(secret=SECRET).issue(me)
+    sign_in(page, base, token)
+    expect(page.get_by_role("heading", level=1)).to_have_text("For you")
+    expect(page.locator("#account .who")).to_have_text(f"Signed in as {me}")
+    mine = listed(page, "Books for you")
+    assert len(mine) == 20
+    reasons = page.locator("li.book .reason").all_inner_texts()
+    assert len(reasons) == 20
+    assert all(r.strip() for r in reasons), reasons
+    shoot(page, "for-you")
+
+    # Search by a word of a recommended book's title, open it from the results.
+    first = page.locator("li.book").first
+    title = first.locator("a.title").inner_text()
+    writer = first.locator(".author").inner_text()
+    word = max(re.findall(r"[A-Za-z]{3,}", title), key=len)
+    page.get_by_label("Search the catalogue").fill(word)
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Search: {word}")
+    results = page.get_by_role("list", name=f"Books matching {word}")
+    results.get_by_role("link", name=title).first.click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(title)
+    author = page.locator("dl dt", has_text="Author").locator("xpath=following-sibling::dd[1]")
+    expect(author).to_have_text(writer)
+    similar = page.get_by_role("list", name=f"Books similar to {title}").locator("li.book")
+    expect(similar.first).to_be_visible()
+    assert similar.locator(".reason").first.inner_text().strip()
+    shoot(page, "book")
+
+    # Mark the top "for you" book read: the list changes at once, without it.
+    page.get_by_role("link", name="For you").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("For you")
+    top = listed(page, "Books for you")[0]
+    page.locator(f'li.book[data-book-id="{top}"]').get_by_role("button", name="Mark read").click()
+    expect(page.get_by_role("status")).to_contain_text("marked read")
+    expect(page.locator(f'li.book[data-book-id="{top}"]')).to_have_count(0)
+    assert len(listed(page, "Books for you")) == 20
+    history = httpx.get(
+        f"{base}/users/{me}/history", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    assert [h for h in history["history"] if h["book_id"] == top and h["source"] == "event"]
+
+
+def test_rating_from_the_book_page_is_stored(
+    base: str, page: Any, trained_bundle: dict[str, Any]
+) -> None:
+    me = str(load_bundle(trained_bundle["bundle"]).known_histories.row(1)[0])
+    token = Authenticator(secret=SECRET).issue(me)
+    sign_in(page, base, token)
+    expect(page.get_by_role("heading", level=1)).to_have_text("For you")
+    book = listed(page, "Books for you")[0]
+    page.goto(f"{base}/app/#/book/{book}")
+    page.get_by_label("Your rating").select_option("4")
+    page.get_by_role("button", name="Rate").click()
+    expect(page.get_by_role("status")).to_contain_text("rated 4 of 5")
+    history = httpx.get(
+        f"{base}/users/{me}/history", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    assert [h for h in history["history"] if h["book_id"] == book and h["type"] == "rate"]
+
+
+def test_keyboard_only_reader_searches_and_opens_a_book(base: str, page: Any) -> None:
+    hot = page.request.get(f"{base}/recommendations/trending").json()
+    title = hot["recommendations"][0]["title"]
+    word = max(re.findall(r"[A-Za-z]{3,}", title), key=len)
+    page.goto(f"{base}/app/#/trending")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Trending")
+    page.keyboard.press("Tab")  # the skip link comes first
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    for _ in range(5):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "search-q":
+            break
+    expect(page.get_by_label("Search the catalogue")).to_be_focused()
+    page.keyboard.type(word)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Search: {word}")
+    expect(page.get_by_role("heading", level=1)).to_be_focused()  # announced on arrival
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # the first result
+    expect(page.get_by_role("heading", level=2)).to_have_text("Similar books")
+
+
+def test_phone_width_has_no_sideways_scroll(base: str, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    page = context.new_page()
+    page.goto(f"{base}/app/#/trending")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Trending")
+    widths = {"trending": page.evaluate("document.documentElement.scrollWidth")}
+    page.locator("li.book a.title").first.click()
+    expect(page.get_by_role("heading", level=2)).to_have_text("Similar books")
+    widths["book"] = page.evaluate("document.documentElement.scrollWidth")
+    context.close()
+    assert max(widths.values()) <= 375, widths
