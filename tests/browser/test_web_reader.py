@@ -4,15 +4,13 @@ read and see the list change."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from tests.helpers.browser import shoot
 
 from recsys.bundle.reader import load_bundle
 from recsys.serving.app import create_app
@@ -23,16 +21,8 @@ from recsys.serving.service import RecommendationService
 
 pytestmark = pytest.mark.integration
 SECRET = "browser-tests-only-secret-0123456789abcdef"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# RECSYS_SCREENSHOTS=docs/screenshots pytest tests/browser: the pages' pictures for the docs
-SHOTS = os.environ.get("RECSYS_SCREENSHOTS")
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if CHROMIUM is None:
-    pytest.skip(
-        "Chromium is not installed (make install adds Debian's chromium)", allow_module_level=True
-    )
-expect = playwright_api.expect
+expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
 
 
 @pytest.fixture(scope="module")
@@ -46,25 +36,6 @@ def base(trained_bundle: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
-
-
 def reader(trained_bundle: dict[str, Any]) -> str:
     return str(load_bundle(trained_bundle["bundle"]).known_histories.row(0)[0])
 
@@ -73,12 +44,6 @@ def sign_in(page: Any, base: str, token: str) -> None:
     page.goto(f"{base}/app/#/signin")
     page.get_by_label("Access token").fill(token)
     page.get_by_role("button", name="Sign in").click()
-
-
-def shoot(page: Any, name: str) -> None:
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
 
 def listed(page: Any, label: str) -> list[str]:

@@ -48,10 +48,11 @@ CONFIG = {
 @dataclass(frozen=True)
 class Known:
     """Ids the server knows: generated valid inputs use them instead of random ids half of
-    the time (every ``book_id`` and ``user_id`` in the path or the body)."""
+    the time (every ``book_id``, ``user_id`` and model ``version`` in the path or the body)."""
 
     books: list[str]
     users: list[str]
+    versions: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def _run(
     known = target.known
     if known and mode is GenerationMode.POSITIVE and (operation.path_parameters or operation.body):
         books, users = st.sampled_from(known.books), st.sampled_from(known.users)
-        strategy = st.tuples(strategy, books, users, st.booleans()).map(_aim)
+        versions = st.sampled_from(known.versions or [""])
+        strategy = st.tuples(strategy, books, users, versions, st.booleans()).map(_aim)
 
     @settings(
         max_examples=examples,
@@ -157,11 +159,12 @@ def _run(
         report.failures.extend(f"{label} ({mode.value}): {m}" for m in _messages(exc))
 
 
-def _aim(drawn: tuple[Any, str, str, bool]) -> Any:
-    """The generated case with a known book and user in its ids, when ``use`` says so."""
-    case, book, user, use = drawn
+def _aim(drawn: tuple[Any, str, str, str, bool]) -> Any:
+    """The generated case with a known book, user and version in its ids, when ``use`` says
+    so."""
+    case, book, user, version, use = drawn
     if use:
-        replace = _replacer(book, user)
+        replace = _replacer(book, user, version)
         if case.path_parameters:
             case.path_parameters = replace(case.path_parameters)
         if isinstance(case.body, dict | list):
@@ -169,8 +172,8 @@ def _aim(drawn: tuple[Any, str, str, bool]) -> Any:
     return case
 
 
-def _replacer(book: str, user: str) -> Callable[[Any], Any]:
-    ids = {"book_id": book, "user_id": user}
+def _replacer(book: str, user: str, version: str) -> Callable[[Any], Any]:
+    ids = {"book_id": book, "user_id": user, **({"version": version} if version else {})}
 
     def replace(value: Any) -> Any:
         if isinstance(value, dict):

@@ -202,6 +202,16 @@ def test_impressions_clicks_and_report(
     for variant, row in rows.items():
         assert status["results"][variant] == {**optional, **row}
     assert status["results"]["treatment"]["impressions"] == served["treatment"]
+    # over time: all of it in the current hour's bucket (or the two around an hour's turn)
+    series = client.get("/experiments/ctr_test/series", params={"bucket_s": 3600}).json()
+    assert series["bucket_s"] == 3600
+    per_variant = collections.Counter()
+    for point in series["points"]:
+        assert point["at"] % 3600 == 0
+        assert point["ctr_95_low"] <= point["ctr"] <= point["ctr_95_high"]
+        per_variant[point["variant"]] += point["impressions"]
+    assert per_variant == served
+    assert client.get("/experiments/ctr_test/series", params={"bucket_s": 5}).status_code == 422
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.404, abs=1e-3)
     assert high == pytest.approx(0.596, abs=1e-3)

@@ -17,9 +17,11 @@ import jwt
 import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
+from tests.helpers.bundles import copy_version
 from tests.helpers.fuzz import Known, Target, fuzz
 
 from recsys.bundle.reader import load_bundle
+from recsys.lifecycle import open_registry
 from recsys.serving.app import create_app
 from recsys.serving.auth import ALL_SCOPES, Authenticator
 from recsys.serving.live import Live
@@ -203,19 +205,25 @@ def own_server(
         postgres = PostgresServer()  # skips where PostgreSQL cannot run
         postgres.start()
         url = postgres.url
+    bundle = load_bundle(trained_bundle["bundle"])
+    # a registry with the served version and one more, so promotion and rollback can succeed
+    registry = open_registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.register(bundle.path, stage="production")
+    other = registry.register(copy_version(bundle.path, f"{bundle.version}-fuzz"))
+    registry.close()
     live = Live.from_config(
         {
             "store": {"url": url},
             "auth": {"enabled": True, "secret": SECRET},
             "rate_limits": {"default": "10000000/minute"},
             "max_body_bytes": 20_000,
-            "registry": {"url": f"sqlite:///{tmp_path / 'registry.db'}", "poll_s": 60},
+            "registry": {"url": registry.url, "poll_s": 60},
         }
     )
-    bundle = load_bundle(trained_bundle["bundle"])
     known = Known(
         books=[str(b) for b in bundle.books["book_id"].head(100).to_list()],
         users=[str(u) for u in bundle.known_histories["user_id"].head(100).to_list()],
+        versions=[bundle.version, other.version],
     )
     app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
     try:

@@ -123,6 +123,10 @@ def check_endpoints(client: httpx.Client, trained_bundle: dict[str, Any]) -> Non
     assert client.get("/readyz").json()["status"] == "ready"
     assert client.get("/docs").status_code == 200
     assert "/recommendations/hybrid" in client.get("/openapi.json").json()["paths"]
+    # the web app comes from the same app on this runner too
+    assert client.get("/", follow_redirects=True).url.path == "/app/"
+    assert 'src="app.js"' in client.get("/app/").text
+    assert "javascript" in client.get("/app/app.js").headers["content-type"]
 
 
 def test_chained_endpoints(

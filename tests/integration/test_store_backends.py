@@ -237,6 +237,42 @@ class StoreSuite:
         assert counts == {"control": (1, 0), "treatment": (1, 1)}
         assert store.experiments.experiment_counts("other") == {}
 
+    def test_experiment_series_buckets_impressions_by_time(self, store: Stores) -> None:
+        hour = 3600
+        start = (int(time.time()) // hour - 3) * hour  # three whole hours ago
+        plan = [
+            (0, "control", True),
+            (10, "control", False),
+            (hour + 5, "control", False),
+            (hour + 6, "treatment", True),
+            (3 * hour - 1, "treatment", True),
+        ]
+        store.experiments.log_impressions(
+            [
+                {
+                    "request_id": f"s{i}",
+                    "at": start + offset,
+                    "user_id": f"u{i}",
+                    "experiment": "series",
+                    "variant": variant,
+                    "books": "[]",
+                    "bundle": "v",
+                }
+                for i, (offset, variant, _) in enumerate(plan)
+            ]
+        )
+        for i, (_, _, click) in enumerate(plan):
+            if click:
+                store.experiments.log_feedback(f"s{i}", f"u{i}", "b1", "click")
+                store.experiments.log_feedback(f"s{i}", f"u{i}", "b2", "click")  # counted once
+        assert store.experiments.experiment_series("series", hour) == [
+            (float(start), "control", 2, 1),
+            (float(start + hour), "control", 1, 0),
+            (float(start + hour), "treatment", 1, 1),
+            (float(start + 2 * hour), "treatment", 1, 1),
+        ]
+        assert store.experiments.experiment_series("none", hour) == []
+
     def test_impressions_at_the_longest_accepted_ids_are_stored(self, store: Stores) -> None:
         """Ids as long as the API and the experiments file accept (200 characters, not bytes:
         non-ASCII), with a server-chosen impression id: a batch of them is stored whole (an
@@ -327,6 +363,7 @@ def test_null_stores_serve_the_bundle_and_refuse_the_rest() -> None:
         lambda: store.users.is_deleted("ann"),
         lambda: store.users.delete_user("ann", "dpo"),
         lambda: store.experiments.log_feedback("r", "ann", "b1", "click"),
+        lambda: store.experiments.experiment_series("x", 3600),
         lambda: store.experiments.impression("r"),
         lambda: store.experiments.experiment_counts("x"),
     ]

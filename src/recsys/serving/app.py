@@ -26,6 +26,7 @@ from recsys.serving.routers import (
     experiments,
     health,
     models,
+    ops,
     recommendations,
     session,
     users,
@@ -42,6 +43,7 @@ ROUTERS = (
     models.router,
     health.router,
     session.router,
+    ops.router,
 )
 
 

@@ -12,6 +12,9 @@ scope                  allows
 ``users:read:any``     profiles and histories of any user
 ``users:delete:any``   erasure of any user
 ``catalogue:write``    create, change and delete books
+``experiments:read``   the experiments and their click-through
+``models:write``       promote, roll back and reload model versions
+``ops:read``           the console's views: model versions, service health
 =====================  ==========================================================
 
 HS256 with a shared secret by default (``auth.secret``, else ``RECSYS_JWT_SECRET``, else a
@@ -38,7 +41,8 @@ SCOPES = ("recs:read:any", "events:write:any", "users:read:any", "users:delete:a
 CATALOGUE_WRITE = "catalogue:write"
 EXPERIMENTS_READ = "experiments:read"
 MODELS_WRITE = "models:write"
-ALL_SCOPES = (*SCOPES, CATALOGUE_WRITE, EXPERIMENTS_READ, MODELS_WRITE)
+OPS_READ = "ops:read"
+ALL_SCOPES = (*SCOPES, CATALOGUE_WRITE, EXPERIMENTS_READ, MODELS_WRITE, OPS_READ)
 
 
 class Unauthorized(RecsysError):

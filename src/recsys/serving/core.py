@@ -24,21 +24,24 @@ from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
 from recsys.lifecycle.guardrails import ArmStats, arm_stats
 from recsys.serving.drift import DriftCollector, DriftMonitor
-from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr_report
+from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr_report, wilson
 from recsys.serving.follow import ProductionFollower
 from recsys.serving.live import Live
 from recsys.serving.metrics import Metrics
 from recsys.serving.personalised import TRANSIENT, Answer
 from recsys.serving.quality import Coverage, QualityCollector, author_diversity
 from recsys.serving.schemas import (
+    ExperimentSeries,
     ExperimentsOverview,
     ExperimentStatus,
     Metadata,
     Recommendation,
     RecommendationResponse,
     RecommendRequest,
+    SeriesPoint,
 )
 from recsys.serving.service import RecommendationService
+from recsys.serving.vitals import Vitals
 from recsys.serving.warmup import CacheWarmer
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,7 @@ class ServingCore:
         self.watcher: FileWatcher | None = None
         self.follower: ProductionFollower | None = None
         self.warmer = CacheWarmer(self)
+        self.vitals = Vitals(self.metrics.registry)  # the console's health view
 
     @property
     def service(self) -> RecommendationService:
@@ -112,7 +116,9 @@ class ServingCore:
 
     def start(self) -> None:
         """Background work: warm the response cache, watch the experiments file and follow
-        the model registry's production version, each when configured."""
+        the model registry's production version, each when configured; sample the metrics
+        for the console's health view."""
+        self.vitals.start()
         self.warmer.warm(self.service)
         if self.live.experiments_file:
             self.watcher = FileWatcher(
@@ -128,6 +134,7 @@ class ServingCore:
         the services, then what outlives them (the store connections, the impression
         writer)."""
         self.warmer.stop()
+        self.vitals.stop()
         if self.watcher is not None:
             self.watcher.stop()
         if self.follower is not None:
@@ -194,6 +201,26 @@ class ServingCore:
                 )
             )
         return ExperimentsOverview(bundle_version=self.service.version, experiments=out)
+
+    def experiment_series(self, name: str, bucket_s: int) -> ExperimentSeries:
+        """Click-through of ``name``'s variants per time bucket, each with its Wilson 95%
+        interval (the store's impressions; 503 without a store)."""
+        rows = self.live.stores.experiments.experiment_series(name, bucket_s)
+        points = []
+        for at, variant, shown, clicked in rows:
+            low, high = wilson(clicked, shown)
+            points.append(
+                SeriesPoint(
+                    at=at,
+                    variant=variant,
+                    impressions=shown,
+                    clicked=clicked,
+                    ctr=clicked / shown if shown else 0.0,
+                    ctr_95_low=low,
+                    ctr_95_high=high,
+                )
+            )
+        return ExperimentSeries(name=name, bucket_s=bucket_s, points=points)
 
     # --- recommendation policies -----------------------------------------------------------
 

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from recsys.errors import RecsysError
+from recsys.lifecycle.schema import RegistryUnavailable
 from recsys.serving.auth import Forbidden, Unauthorized
 from recsys.serving.books import BookExists
 from recsys.serving.core import BadVariant
@@ -35,6 +36,7 @@ STATUS: dict[type[RecsysError], int] = {
     Forbidden: 403,
     RateLimited: 429,
     StoreUnavailable: 503,
+    RegistryUnavailable: 503,
 }
 
 

@@ -13,13 +13,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from recsys.errors import RecsysError
 from recsys.lifecycle import Registry, open_registry
 from recsys.lifecycle.guardrails import ArmStats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 RETRY_REFUSED_S = 30.0  # a production version that failed to load is tried again this late
 
 
@@ -89,6 +90,12 @@ class ProductionFollower:
                     log.error("model registry %s: %s", self.family, exc)
                 self.error = str(exc)
                 return False
+
+    def with_registry(self, act: Callable[[Registry], T]) -> T:
+        """``act(registry)`` on this follower's registry handle (shared with the poll thread,
+        so under its lock): what the console reads and changes."""
+        with self._lock:
+            return act(self._registry_now())
 
     def _follow(self) -> bool:
         production = self._registry_now().production(self.family)

@@ -33,7 +33,7 @@ class ValidationFailed(BaseModel):
 
 
 WHY = {
-    400: "The body is not JSON the server can decode",
+    400: "The body is not JSON the server can decode, or (models) the registry refused",
     401: "No valid bearer token (`WWW-Authenticate: Bearer`)",
     403: "The token may not act for this user, or lacks the scope",
     404: "Unknown, deleted or erased book or user",

@@ -295,3 +295,123 @@ class Session(BaseModel):
     auth_enabled: bool
     subject: str | None = Field(description="the token's subject (a user id or a service)")
     scopes: list[str] = Field(description="what the token may do beyond acting for itself")
+
+
+class VitalsPoint(BaseModel):
+    """One interval of this process's traffic (``at``: its end, epoch seconds). Shares are
+    None when the interval had nothing to divide by."""
+
+    at: float
+    rps: float = Field(description="API requests per second (not the console's own polling)")
+    p50_ms: float | None
+    p99_ms: float | None
+    error_rate: float | None = Field(description="share of API answers that were 5xx")
+    fallback_rate: float | None = Field(description="share of user lists the fallback answered")
+    cache_hit_ratio: float | None = Field(description="share of cache lookups answered")
+    events_per_s: float
+
+
+class VitalsOut(BaseModel):
+    bundle_version: str
+    every_s: float
+    points: list[VitalsPoint]
+
+
+class ModelVersionOut(BaseModel):
+    version: str
+    stage: str
+    metrics: dict[str, float]
+    parent: str | None
+    created_at: float
+    promoted_at: float | None
+    actor: str
+    reasons: list[str]
+
+
+class ModelsOverview(BaseModel):
+    family: str
+    production: str | None = Field(description="the registry's production version")
+    bundle_version: str = Field(description="what this server serves now")
+    versions: list[ModelVersionOut] = Field(description="newest first")
+
+
+class PromoteIn(RequestModel):
+    version: str = ID
+    reason: str = Field("", max_length=500)
+
+
+class RollbackIn(RequestModel):
+    reason: str = Field("", max_length=500)
+
+
+class PreviewIn(RequestModel):
+    limit: int = Field(10, ge=1, le=MAX_LIMIT)
+    book_id: str | None = Field(
+        None, min_length=1, max_length=200, description="say why this book is or is not listed"
+    )
+    filters: Filters | None = None
+
+
+class PreviewBook(BaseModel):
+    book_id: str
+    title: str | None
+    score: float
+    reasoning: str
+
+
+class PreviewCandidate(BaseModel):
+    book_id: str
+    title: str | None
+    score: float = Field(description="the ranker's score")
+    position: int | None = Field(description="place among the admissible candidates (1 = top)")
+    listed: bool = Field(description="in the list the reader would see")
+    admissible: bool = Field(description="not excluded by the request's filters or the catalogue")
+    sources: dict[str, int] = Field(description="source -> rank in that source's list (1 = top)")
+    features: dict[str, float]
+    reasoning: str
+
+
+class WhyNot(BaseModel):
+    book_id: str
+    title: str | None
+    verdict: Literal[
+        "listed",
+        "already_read",
+        "filtered",
+        "not_a_candidate",
+        "below_the_cut",
+        "not_in_catalogue",
+        "removed",
+        "erased",
+        "not_personal",
+    ]
+    detail: str
+
+
+class Preview(BaseModel):
+    user_id: str
+    bundle_version: str
+    status: Literal["personal", "unknown_user", "erased", "fallback"]
+    source: str = Field(description="who would answer: personalized, or the fallback")
+    fallback_reason: str | None = None
+    history: list[HistoryItem] = Field(description="the reader's last books, most recent last")
+    history_length: int
+    served: list[PreviewBook]
+    candidates: list[PreviewCandidate] = Field(description="every candidate, best first")
+    why: WhyNot | None = None
+
+
+class SeriesPoint(BaseModel):
+    at: float = Field(description="start of the time bucket, epoch seconds")
+    variant: str
+    impressions: int
+    clicked: int
+    ctr: float
+    ctr_95_low: float
+    ctr_95_high: float
+
+
+class ExperimentSeries(BaseModel):
+    name: str
+    bucket_s: int
+    points: list[SeriesPoint] = Field(description="per bucket and variant, oldest first")

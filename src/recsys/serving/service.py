@@ -24,6 +24,7 @@ import torch
 from recsys.bundle.reader import Bundle, history_matrix
 from recsys.errors import RecsysError
 from recsys.features.pipeline import transform_books
+from recsys.features.ranking import Candidates
 from recsys.features.vocab import NUM_RESERVED
 from recsys.serving.batching import CURRENT_CALLER, MicroBatcher, Overloaded
 from recsys.serving.catalogue import Catalogue
@@ -216,6 +217,23 @@ class RecommendationService:
             return self.user_history(user_id)
         except StoreUnavailable:
             return None
+
+    def candidates_of(
+        self, user_id: str, matrix: sp.csr_matrix
+    ) -> tuple[Candidates, torch.Tensor, np.ndarray, torch.Tensor]:
+        """One reader's candidates, pair features, ranker scores and encoded history, in
+        process (the console's preview; requests go through :meth:`personalised`)."""
+        assert self.pipeline is not None, "a bundle without a ranker has no candidates"
+        users = np.array([self.path.users.encode_one(user_id)])
+        with self._model_lock:
+            return self.pipeline.stages(users, matrix)
+
+    def user_vector(self, user_id: str, matrix: sp.csr_matrix) -> np.ndarray:
+        """The two-tower's vector of one reader with this history."""
+        users = np.array([self.path.users.encode_one(user_id)])
+        with self._model_lock:
+            features = self.retriever.features_from_matrix(users, matrix)
+            return np.asarray(self.retriever.encode(features)[0])
 
     # --- endpoints -------------------------------------------------------------------------
 

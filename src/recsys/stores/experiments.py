@@ -75,3 +75,27 @@ class SqlExperimentStore:
         )
         with self.db.connect() as conn:
             return {str(v): (int(n), int(c)) for v, n, c in conn.execute(query)}
+
+    def experiment_series(self, name: str, bucket_s: int) -> list[tuple[float, str, int, int]]:
+        """(start of the time bucket, variant, impressions, clicked impressions) per
+        ``bucket_s``-second bucket of impression time, oldest first."""
+        clicked = (
+            sa.select(feedback.c.request_id).where(feedback.c.type == "click").distinct().subquery()
+        )
+        bucket = (sa.cast(impressions.c.at, sa.BigInteger) // bucket_s).label("bucket")
+        query = (
+            sa.select(
+                bucket, impressions.c.variant, sa.func.count(), sa.func.count(clicked.c.request_id)
+            )
+            .select_from(
+                impressions.outerjoin(clicked, clicked.c.request_id == impressions.c.request_id)
+            )
+            .where(impressions.c.experiment == name)
+            .group_by(bucket, impressions.c.variant)
+            .order_by(bucket, impressions.c.variant)
+        )
+        with self.db.connect() as conn:
+            return [
+                (float(int(b) * bucket_s), str(v), int(n), int(c))
+                for b, v, n, c in conn.execute(query)
+            ]

@@ -103,6 +103,9 @@ class NullExperiments:
     def experiment_counts(self, name: str) -> dict[str, tuple[int, int]]:
         _unavailable()
 
+    def experiment_series(self, name: str, bucket_s: int) -> list[tuple[float, str, int, int]]:
+        _unavailable()
+
 
 def null_stores() -> Stores:
     """The store set of a server without a store."""

@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from recsys.serving.auth import EXPERIMENTS_READ
 from recsys.serving.core import ServingCore
-from recsys.serving.deps import core, require_scope
+from recsys.serving.deps import PathId, core, require_scope
 from recsys.serving.responses import answers
-from recsys.serving.schemas import ExperimentsOverview
+from recsys.serving.schemas import ExperimentSeries, ExperimentsOverview
 
 router = APIRouter(tags=["experiments"])
 
@@ -26,3 +26,20 @@ async def experiments(
     variant's click-through with a Wilson 95% interval and its difference to ``control``."""
     require_scope(request, EXPERIMENTS_READ)
     return await run_in_threadpool(serving.experiments_overview, control)
+
+
+@router.get(
+    "/experiments/{name}/series",
+    response_model=ExperimentSeries,
+    responses=answers(403, 422, 503),
+)
+async def experiment_series(
+    request: Request,
+    name: PathId,
+    serving: Annotated[ServingCore, Depends(core)],
+    bucket_s: int = Query(3600, ge=60, le=7 * 86400, description="bucket width, seconds"),
+) -> ExperimentSeries:
+    """Click-through per variant over time: impressions, clicked impressions and the Wilson
+    95% interval in each ``bucket_s`` bucket (ended experiments included)."""
+    require_scope(request, EXPERIMENTS_READ)
+    return await run_in_threadpool(serving.experiment_series, name, bucket_s)

@@ -1,4 +1,4 @@
-"""The model registry, as this server follows it."""
+"""The model registry, as this server follows it: versions, promotion, rollback, reload."""
 
 from __future__ import annotations
 
@@ -7,32 +7,52 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from recsys.serving.auth import MODELS_WRITE
-from recsys.serving.core import ServingCore
-from recsys.serving.deps import core, require_scope
-from recsys.serving.follow import RegistryOff
-from recsys.serving.responses import answers
-from recsys.serving.schemas import ModelsReload
-from recsys.stores import StoreUnavailable
+from recsys.serving.auth import MODELS_WRITE, OPS_READ
+from recsys.serving.deps import core_of, require_scope
+from recsys.serving.models import Models
+from recsys.serving.responses import BODY, answers
+from recsys.serving.schemas import ModelsOverview, ModelsReload, PromoteIn, RollbackIn
 
 router = APIRouter(tags=["models"])
 
 
+async def models(request: Request) -> Models:
+    return Models(core_of(request))
+
+
+ModelsDep = Annotated[Models, Depends(models)]
+
+
+@router.get("/models", response_model=ModelsOverview, responses=answers(403, 409, 503))
+async def list_models(request: Request, registry: ModelsDep) -> ModelsOverview:
+    """The followed family's versions, newest first: stage, offline metrics, lineage."""
+    require_scope(request, OPS_READ)
+    return await run_in_threadpool(registry.overview)
+
+
+@router.post(
+    "/models/promote", response_model=ModelsReload, responses=answers(*BODY, 403, 409, 503)
+)
+async def promote(request: Request, body: PromoteIn, registry: ModelsDep) -> ModelsReload:
+    """Make a version production (400 with the reason when the registry refuses it); this
+    server switches at once, the others within their poll."""
+    who = require_scope(request, MODELS_WRITE)
+    return await run_in_threadpool(registry.promote, body.version, who.subject, body.reason)
+
+
+@router.post(
+    "/models/rollback", response_model=ModelsReload, responses=answers(*BODY, 403, 409, 503)
+)
+async def rollback(request: Request, body: RollbackIn, registry: ModelsDep) -> ModelsReload:
+    """Back to the previous production version (400 when there is none)."""
+    who = require_scope(request, MODELS_WRITE)
+    return await run_in_threadpool(registry.rollback, who.subject, body.reason)
+
+
 @router.post("/models/reload", response_model=ModelsReload, responses=answers(403, 409, 503))
-async def reload(request: Request, serving: Annotated[ServingCore, Depends(core)]) -> ModelsReload:
+async def reload(request: Request, registry: ModelsDep) -> ModelsReload:
     """Read the registry's production version now and hot-swap to it if it moved (the server
     polls every ``registry.poll_s`` anyway). Answers this replica only; others follow within
     their next poll."""
     require_scope(request, MODELS_WRITE)
-    follower = serving.follower
-    if follower is None:
-        raise RegistryOff("this server follows no model registry (registry.url is null)")
-    switched = await run_in_threadpool(follower.check)
-    if follower.error is not None:
-        raise StoreUnavailable(f"model registry: {follower.error}", retry_after=2)
-    return ModelsReload(
-        family=follower.family,
-        production=follower.applied,
-        bundle_version=serving.service.version,
-        switched=switched,
-    )
+    return await run_in_threadpool(registry.reload)

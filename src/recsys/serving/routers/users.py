@@ -1,4 +1,4 @@
-"""What is known about a user, and erasure."""
+"""What is known about a user, erasure, and the console's preview of their list."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from recsys.serving.deps import PathId, core_of, may_act, users
-from recsys.serving.responses import answers
-from recsys.serving.schemas import Erasure, UserHistory, UserProfile
+from recsys.serving.core import ServingCore
+from recsys.serving.deps import PathId, core, core_of, may_act, require_scope, users
+from recsys.serving.preview import preview
+from recsys.serving.responses import BODY, answers
+from recsys.serving.schemas import Erasure, Preview, PreviewIn, UserHistory, UserProfile
 from recsys.serving.users import Users
 
 router = APIRouter(tags=["users"])
 logger = structlog.get_logger("recsys.serving")
 UsersDep = Annotated[Users, Depends(users)]
+Core = Annotated[ServingCore, Depends(core)]
 
 
 @router.get("/users/{user_id}", response_model=UserProfile, responses=answers(403, 404, 422, 503))
@@ -50,3 +53,19 @@ async def delete_user(request: Request, user_id: PathId, known: UsersDep) -> Era
     removed = await run_in_threadpool(known.erase, user_id, actor)
     logger.info("user erased", request_id=request.state.request_id, actor=actor)
     return Erasure(user_id=user_id, removed=removed)
+
+
+@router.post(
+    "/users/{user_id}/preview",
+    response_model=Preview,
+    responses=answers(*BODY, 403, 503),
+)
+async def preview_user(
+    request: Request, user_id: PathId, serving: Core, body: PreviewIn | None = None
+) -> Preview:
+    """What the reader would be served now and why (the operator console): the list, every
+    candidate with its sources, features, ranker score and reason, and with ``book_id`` why
+    that book is or is not in the list. Needs ``users:read:any``."""
+    require_scope(request, "users:read:any")
+    req = body or PreviewIn.model_validate({})
+    return await run_in_threadpool(preview, serving.service, user_id, req)

@@ -1,87 +1,11 @@
-// recsys reader pages: one ES module, no build step. Every page calls the JSON API with the
+// recsys reader pages: ES modules, no build step. Every page calls the JSON API with the
 // reader's bearer token (kept in sessionStorage for this tab), so it can do what the token
-// allows and nothing more. Text from the server is always set as text, never as HTML.
+// allows and nothing more.
+import { api, bookHref, enc, failure, h, page, say, session } from "./lib.js";
+import { CONSOLE_ROUTES, consoleLink, leaveConsole } from "./console.js";
 
-const TOKEN = "recsys.token";
-const READER = "recsys.reader";
 const main = document.getElementById("main");
-const statusBox = document.getElementById("status");
 const account = document.getElementById("account");
-
-const session = {
-  get token() { return sessionStorage.getItem(TOKEN); },
-  get reader() { return sessionStorage.getItem(READER); },
-  start(reader, token) {
-    sessionStorage.setItem(READER, reader);
-    if (token) sessionStorage.setItem(TOKEN, token); else sessionStorage.removeItem(TOKEN);
-  },
-  end() { sessionStorage.removeItem(TOKEN); sessionStorage.removeItem(READER); },
-};
-
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
-function describe(status, body) {
-  const detail = body && body.detail;
-  if (Array.isArray(detail)) return detail.map((d) => d.msg).join("; ");
-  if (typeof detail === "string") return detail;
-  return `The server answered ${status}.`;
-}
-
-async function api(method, path, body, token = session.token) {
-  const headers = { Accept: "application/json" };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  let response;
-  try {
-    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch {
-    throw new ApiError(0, "The server cannot be reached; try again in a moment.");
-  }
-  if (response.status === 204) return null;
-  const data = await response.json().catch(() => null);
-  if (!response.ok) throw new ApiError(response.status, describe(response.status, data));
-  return data;
-}
-
-// h("a", {href: "#/"}, "text", child): an element with attributes and children (text nodes).
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children.flat(Infinity)) {
-    if (child === undefined || child === null || child === false) continue;
-    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return el;
-}
-
-const enc = encodeURIComponent;
-const bookHref = (id) => `#/book/${enc(id)}`;
-
-let quiet;
-function say(message) {
-  statusBox.textContent = message;
-  clearTimeout(quiet);
-  quiet = setTimeout(() => { statusBox.textContent = ""; }, 5000);
-}
-
-function page(title, ...children) {
-  document.title = `${title} · recsys books`;
-  return h("section", { "aria-labelledby": "page-title" }, h("h1", { id: "page-title", tabindex: "-1" }, title), ...children);
-}
-
-function failure(error) {
-  const box = h("p", { class: "error", role: "alert" }, error.message);
-  if (error.status === 401) {
-    return [box, h("p", {}, h("a", { href: "#/signin" }, "Sign in again"))];
-  }
-  return [box];
-}
 
 // Reading actions: each is one event; the reader's next list already counts it.
 const ACTIONS = [
@@ -229,9 +153,9 @@ async function signIn() {
       try {
         if (tokenMode) {
           const me = await api("GET", "/auth/me", undefined, value);
-          session.start(me.subject, value);
+          session.start(me.subject, value, me.scopes);
         } else {
-          session.start(value, null);
+          session.start(value, null, ["*"]); // no auth: every view is open
         }
         showAccount();
         say(`Signed in as ${session.reader}.`);
@@ -258,6 +182,7 @@ function showAccount() {
     return;
   }
   account.replaceChildren(
+    consoleLink() || "",
     h("span", { class: "who" }, `Signed in as ${session.reader}`),
     h("button", { type: "button", onclick: () => { session.end(); showAccount(); say("Signed out."); location.hash = "#/"; } }, "Sign out"),
   );
@@ -274,6 +199,7 @@ const ROUTES = [
   [/^#\/trending$/, trending],
   [/^#\/search\?q=(.*)$/, (m) => search(decodeURIComponent(m[1]))],
   [/^#\/book\/(.+)$/, (m) => bookPage(decodeURIComponent(m[1]))],
+  ...CONSOLE_ROUTES,
 ];
 
 // A route change moves focus to the new page's heading (screen readers announce it); the
@@ -281,6 +207,7 @@ const ROUTES = [
 async function render(event) {
   const hash = location.hash || "#/";
   const route = ROUTES.find(([pattern]) => pattern.test(hash));
+  leaveConsole(); // a view that refreshes itself stops when another is shown
   main.setAttribute("aria-busy", "true");
   let view;
   try {
