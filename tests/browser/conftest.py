@@ -30,6 +30,10 @@ def page(browser: Any) -> Iterator[Any]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(  # what the Content-Security-Policy refused (403s etc. are expected elsewhere)
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     yield page
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"

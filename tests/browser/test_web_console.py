@@ -95,9 +95,11 @@ def test_an_operator_who_may_only_look_cannot_promote(setup: dict[str, Any], pag
     page.get_by_role("link", name="Console").click()
     page.get_by_role("link", name="Models").click()
     new = setup["family"]["new"].name
+    production = setup["registry"].production(setup["family"]["name"]).version
+    page.on("dialog", lambda dialog: dialog.accept())  # "Make … production?" — yes
     page.get_by_role("button", name=f"Promote {new}").click()
     expect(page.get_by_role("alert")).to_contain_text("lacks scope models:write")
-    assert setup["registry"].production(setup["family"]["name"]).version != new
+    assert setup["registry"].production(setup["family"]["name"]).version == production
 
 
 def test_console_health_promote_experiments_and_preview(setup: dict[str, Any], page: Any) -> None:
@@ -117,8 +119,11 @@ def test_console_health_promote_experiments_and_preview(setup: dict[str, Any], p
     new, old = family["new"].name, family["old"].name
     expect(page.locator(f'tr[data-version="{old}"] td').first).to_contain_text("production")
     page.get_by_label("Reason (recorded with the change)").fill("browser test")
+    asked: list[str] = []
+    page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.get_by_role("button", name=f"Promote {new}").click()
     expect(page.get_by_role("status")).to_contain_text(f"now serving {new}")
+    assert asked == [f"Make {new} production on every server?"]
     expect(page.locator(f'tr[data-version="{new}"] td').first).to_contain_text("production")
     assert setup["registry"].production(family["name"]).version == new
     assert httpx.get(f"{base}/readyz").json()["bundle_version"] == new

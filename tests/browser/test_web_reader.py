@@ -163,3 +163,29 @@ def test_phone_width_has_no_sideways_scroll(base: str, browser: Any) -> None:
     widths["book"] = page.evaluate("document.documentElement.scrollWidth")
     context.close()
     assert max(widths.values()) <= 375, widths
+
+
+def test_not_interested_leaves_the_list_and_can_be_undone(
+    base: str, page: Any, trained_bundle: dict[str, Any]
+) -> None:
+    me = str(load_bundle(trained_bundle["bundle"]).known_histories.row(2)[0])
+    sign_in(page, base, Authenticator(secret=SECRET).issue(me))
+    expect(page.get_by_role("heading", level=1)).to_have_text("For you")
+    top = listed(page, "Books for you")[0]
+    title = page.locator(f'li.book[data-book-id="{top}"] a.title').inner_text()
+    page.locator(f'li.book[data-book-id="{top}"]').get_by_role(
+        "button", name="Not interested"
+    ).click()
+    expect(page.get_by_role("status")).to_contain_text("left out of your lists")
+    expect(page.locator(f'li.book[data-book-id="{top}"]')).to_have_count(0)
+
+    page.get_by_role("link", name="Books you said are not for you").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Not for me")
+    marks = page.get_by_role("list", name="Books not for you")
+    expect(marks.locator("li")).to_have_count(1)
+    expect(marks).to_contain_text(f"{title} — not interested")
+    page.get_by_role("button", name=f"Undo for {title}").click()
+    expect(page.get_by_role("status")).to_contain_text("may be recommended again")
+    expect(page.get_by_text("You have not marked any book.")).to_be_visible()
+    page.get_by_role("link", name="For you").click()
+    expect(page.locator("li.book").first).to_have_attribute("data-book-id", top)  # back on top

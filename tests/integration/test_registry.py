@@ -269,7 +269,7 @@ def test_a_running_server_reports_its_versions_and_reloads_on_demand(
         registry.promote(name, new.name, "ci")
         body = client.post("/models/reload", headers=bearer([MODELS_WRITE])).json()
         expected = {"family": name, "production": new.name, "bundle_version": new.name}
-        assert body == {**expected, "switched": True}
+        assert body == {**expected, "switched": True, "follow_error": None}
         registry.rollback(name, "ci")
         body = client.post("/models/reload", headers=bearer([MODELS_WRITE])).json()
         assert (body["bundle_version"], body["switched"]) == (old.name, True)

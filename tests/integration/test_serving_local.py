@@ -205,6 +205,8 @@ def test_web_app_is_served_and_counted(server: tuple[httpx.Client, Any]) -> None
         answer = client.get(f"/app/{asset}")
         assert answer.status_code == 200
         assert kind in answer.headers["content-type"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["referrer-policy"] == "no-referrer"
     assert client.get("/app/missing.js").status_code == 404
     metrics = client.get("/metrics").text
     assert 'endpoint="/app",source="-",status="200"' in metrics

@@ -245,6 +245,7 @@ class StoreSuite:
             (10, "control", False),
             (hour + 5, "control", False),
             (hour + 6, "treatment", True),
+            (hour - 0.4, "control", False),  # the first hour's last second (never rounded up)
             (3 * hour - 1, "treatment", True),
         ]
         store.experiments.log_impressions(
@@ -266,7 +267,7 @@ class StoreSuite:
                 store.experiments.log_feedback(f"s{i}", f"u{i}", "b1", "click")
                 store.experiments.log_feedback(f"s{i}", f"u{i}", "b2", "click")  # counted once
         assert store.experiments.experiment_series("series", hour) == [
-            (float(start), "control", 2, 1),
+            (float(start), "control", 3, 1),
             (float(start + hour), "control", 1, 0),
             (float(start + hour), "treatment", 1, 1),
             (float(start + 2 * hour), "treatment", 1, 1),

@@ -14,7 +14,7 @@ from recsys.jobs.serve import settings
 from recsys.serving.live import Live
 from recsys.serving.ray_app import RayAppArgs
 from recsys.serving.settings import AuthSettings, LiveSettings, ServeSettings
-from recsys.stores import EVENT_TYPES
+from recsys.stores import HISTORY_EVENT_TYPES
 
 RAY_CONFIG = Path(__file__).resolve().parents[2] / "serving" / "config.yaml"
 
@@ -170,7 +170,7 @@ def test_null_sections() -> None:
         {"store": {"history_types": None}, "cache": None, "rate_limits": None}
     )
     assert live.store.url is None
-    assert live.store.history_types == list(EVENT_TYPES)  # null: every type
+    assert live.store.history_types == list(HISTORY_EVENT_TYPES)  # null: every type
     assert live.cache.enabled  # a null section keeps its defaults ...
     assert live.rate_limits is None  # ... except rate limits, where null means none
     watch = Live.from_config({"monitoring": {"drift_window": 50}}).monitoring

@@ -26,21 +26,27 @@ def test_a_point_is_what_happened_between_two_samples() -> None:
     metrics = Metrics()
     user = "/recommendations/users/{user_id}"
     before = sample(metrics.registry, 100.0)
-    for seconds, status in ((0.004, "200"), (0.006, "200"), (0.2, "500"), (0.003, "200")):
-        metrics.requests.labels(user, "personalized", status).inc()
-        metrics.latency.labels(user, "personalized").observe(seconds)
+    answers = (
+        (0.004, "personalized", "200"),
+        (0.006, "personalized", "200"),
+        (0.2, "-", "500"),
+        (0.003, "popularity", "200"),  # the fallback answered
+    )
+    for seconds, source, status in answers:
+        metrics.requests.labels(user, source, status).inc()
+        metrics.latency.labels(user, source).observe(seconds)
+    metrics.requests.labels("/recommendations/hybrid", "popularity", "200").inc()
     for _ in range(50):  # the console's own polling and scrapes are not traffic
         metrics.requests.labels("/metrics", "-", "200").inc()
         metrics.latency.labels("/metrics", "-").observe(1.0)
-    metrics.fallbacks.labels("timeout").inc()
     for where in ("l1", "miss", "miss", "l2"):
         metrics.cache_lookup(where)
     metrics.events.inc(6)
     after = sample(metrics.registry, 102.0)
     figures = point(before, after)
     assert figures.at == 102.0
-    assert figures.rps == pytest.approx(2.0)  # 4 API requests in 2 s
-    assert figures.error_rate == pytest.approx(0.25)
+    assert figures.rps == pytest.approx(2.5)  # 5 API requests in 2 s
+    assert figures.error_rate == pytest.approx(0.2)
     assert figures.fallback_rate == pytest.approx(0.25)  # 1 of 4 user lists
     assert figures.cache_hit_ratio == pytest.approx(0.5)
     assert figures.events_per_s == pytest.approx(3.0)

@@ -69,6 +69,7 @@ class ProductionFollower:
         self._retry_at: dict[str, float] = {}
         self._registry: Registry | None = None
         self._lock = threading.Lock()
+        self._opening = threading.Lock()  # the registry handle is opened once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registry-follow", daemon=True)
         self._thread.start()
@@ -92,10 +93,10 @@ class ProductionFollower:
                 return False
 
     def with_registry(self, act: Callable[[Registry], T]) -> T:
-        """``act(registry)`` on this follower's registry handle (shared with the poll thread,
-        so under its lock): what the console reads and changes."""
-        with self._lock:
-            return act(self._registry_now())
+        """``act(registry)`` on this follower's registry handle: what the console reads and
+        changes. Not under the poll's lock (held through a bundle swap); the handle's
+        database engine is safe to share between threads."""
+        return act(self._registry_now())
 
     def _follow(self) -> bool:
         production = self._registry_now().production(self.family)
@@ -128,9 +129,10 @@ class ProductionFollower:
         log.info("%s canary: %s", self.family, wanted)
 
     def _registry_now(self) -> Registry:
-        if self._registry is None:
-            self._registry = self.opener(self.url)
-        return self._registry
+        with self._opening:
+            if self._registry is None:
+                self._registry = self.opener(self.url)
+            return self._registry
 
     def _run(self) -> None:
         self.check()

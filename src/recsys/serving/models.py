@@ -49,6 +49,7 @@ class Models:
             production=follower.applied,
             bundle_version=self.core.service.version,
             switched=switched,
+            follow_error=None,
         )
 
     def promote(self, version: str, actor: str, reason: str) -> ModelsReload:
@@ -56,13 +57,26 @@ class Models:
         be), then follow it."""
         follower = self._follower()
         follower.with_registry(lambda r: r.promote(follower.family, version, actor, reason))
-        return self.reload()
+        return self._followed(follower)
 
     def rollback(self, actor: str, reason: str) -> ModelsReload:
         """Back to the previous production version, then follow it."""
         follower = self._follower()
         follower.with_registry(lambda r: r.rollback(follower.family, actor, reason))
-        return self.reload()
+        return self._followed(follower)
+
+    def _followed(self, follower: ProductionFollower) -> ModelsReload:
+        """After a change the registry made: follow it now. A failure to follow is reported
+        in the answer, never as an error (the change happened; running it again would
+        change more), and the poll keeps trying."""
+        switched = follower.check()
+        return ModelsReload(
+            family=follower.family,
+            production=follower.applied,
+            bundle_version=self.core.service.version,
+            switched=switched,
+            follow_error=follower.error,
+        )
 
 
 def _out(version: ModelVersion) -> ModelVersionOut:

@@ -213,13 +213,18 @@ class PersonalisedPath:
                 np.array(chosen, dtype=np.int64),
                 np.isin(np.array(chosen, dtype=np.int64), co_read),
             )
-            answer.reasons = [
-                f"readers of {self.title(w)} also read this"
-                if k == "co-read"
-                else f"because you read {self.title(w)}"
-                for w, k in zip(why, kinds, strict=True)
-            ]
+            answer.reasons = [self.reason(w, k) for w, k in zip(why, kinds, strict=True)]
         return answer
+
+    def reason(self, book: int, kind: str) -> str:
+        """The words of a reason: ``book`` (a history book, -1 when none is known to the
+        model, e.g. only books added after training) and ``kind`` from
+        :meth:`TwoStageRecommender.reasons`."""
+        if book < 0 or kind == "popular":
+            return "popular with readers"
+        if kind == "co-read":
+            return f"readers of {self.title(book)} also read this"
+        return f"because you read {self.title(book)}"
 
     def title(self, index: int) -> str:
         return str(self.catalogue.titles[index] or self.catalogue.ids[index])

@@ -10,7 +10,7 @@ removed from it, or the reader erased).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,6 +46,7 @@ class Reader:
     matrix: sp.csr_matrix | None  # None: nothing personal is known
     allowed: np.ndarray | None
     answer: Answer | None
+    unwanted: set[int] = field(default_factory=set)  # marked not interested or disliked
 
     @property
     def seen(self) -> set[int]:
@@ -55,8 +56,10 @@ class Reader:
 class PreviewBuilder:
     """One preview on ``service``'s bundle."""
 
-    def __init__(self, service: RecommendationService, req: PreviewIn) -> None:
-        self.service, self.req = service, req
+    def __init__(
+        self, service: RecommendationService, req: PreviewIn, retrieval_only: bool = False
+    ) -> None:
+        self.service, self.req, self.retrieval_only = service, req, retrieval_only
         self.catalogue = service.catalogue
 
     def _id(self, index: int) -> str:
@@ -68,17 +71,22 @@ class PreviewBuilder:
     def build(self, user_id: str) -> Preview:
         service, req = self.service, self.req
         erased, _ = service.stores.events.serving_history(user_id)
-        allowed = self.catalogue.allowed(req.filters, set())
         if erased:
+            allowed = self.catalogue.allowed(req.filters, set())
             return self._preview("erased", [], Reader(user_id, None, allowed, None), [])
-        history = service.user_history(user_id) or []
-        answer = service.for_user(user_id, req.limit, [], req.filters)
+        known, marked = service.reader(user_id)
+        history = known or []
+        unwanted = service.indices(marked)
+        allowed = self.catalogue.allowed(req.filters, unwanted)  # as the served list has it
+        answer = service.for_user(user_id, req.limit, [], req.filters, self.retrieval_only)
         matrix = service.history_matrix([history]) if history else None
-        reader = Reader(user_id, matrix, allowed, answer)
+        reader = Reader(user_id, matrix, allowed, answer, unwanted)
         if matrix is None:
             return self._preview("unknown_user", history, reader, [])
-        if answer.source != "personalized" or service.pipeline is None:
+        if answer.source != "personalized":
             return self._preview("fallback", history, reader, [])
+        if service.pipeline is None or self.retrieval_only:  # one stage: nothing ranked
+            return self._preview("personal", history, reader, [])
         cands, dense, scores, encoded = service.candidates_of(user_id, matrix)
         candidates = self._candidates(cands, dense.numpy()[0], scores[0], encoded[0], reader)
         return self._preview("personal", history, reader, candidates)
@@ -101,12 +109,11 @@ class PreviewBuilder:
             history, books, cands.from_cooc[0][rows].astype(bool)
         )
         answer = reader.answer
-        listed = set(answer.books[: answer.from_model])
+        listed = set(answer.books)
         out, position = [], 0
         for row, book, w, kind in zip(rows.tolist(), books.tolist(), why, kinds, strict=True):
             admissible = reader.allowed is None or bool(reader.allowed[book])
             position += admissible
-            title = self.service.path.title(w)
             out.append(
                 PreviewCandidate(
                     book_id=self._id(book),
@@ -121,9 +128,7 @@ class PreviewBuilder:
                         if getattr(cands, flag)[0][row]
                     },
                     features={n: float(dense[row][i]) for i, n in enumerate(FEATURES)},
-                    reasoning=f"readers of {title} also read this"
-                    if kind == "co-read"
-                    else f"because you read {title}",
+                    reasoning=self.service.path.reason(w, kind),
                 )
             )
         return out
@@ -156,12 +161,21 @@ class PreviewBuilder:
             return "already_read", "in the reader's history: read books are never recommended"
         if index in answer.books:
             place = answer.books.index(index) + 1
-            return "listed", f"in the list at place {place} of {len(answer.books)}"
+            filled = answer.from_model is not None and place > answer.from_model
+            how = " (filled in from popularity: too few candidates passed)" if filled else ""
+            return "listed", f"in the list at place {place} of {len(answer.books)}{how}"
+        if index in reader.unwanted:
+            return "not_interested", (
+                "the reader marked it not interested or disliked it: left out of their lists "
+                "until they withdraw it (DELETE /users/{id}/preferences)"
+            )
         if reader.allowed is not None and not reader.allowed[index]:
             return "filtered", "left out by the request's filters"
-        if not candidates:
+        if answer.source != "personalized":
             reason = answer.fallback_reason or "no personal list"
             return "not_personal", f"the list comes from {answer.source} ({reason})"
+        if not candidates:
+            return "not_a_candidate", "this bundle answers from the two-tower alone (no ranker)"
         found = next((c for c in candidates if c.book_id == self._id(index)), None)
         if found is not None:
             last = answer.scores[answer.from_model - 1] if answer.from_model else None
@@ -185,10 +199,15 @@ class PreviewBuilder:
         unread[reader.matrix.indices] = False
         rank = int((scores[unread] > scores[index]).sum()) + 1
         kept = self.service.pipeline.generator.n_retrieval
+        others = (
+            "EASE, MF and co-occurrence know only the books the model was trained on"
+            if index >= self.service.pipeline.base_books
+            else "EASE, MF and co-occurrence did not list it either"
+        )
         return (
-            f"no source proposed it: the two-tower ranks it {rank} of {int(unread.sum())} "
-            f"unread books and proposes its top {kept}; EASE, MF and co-occurrence did not "
-            "list it either"
+            f"no source proposed it: by exact score the two-tower ranks it {rank} of "
+            f"{int(unread.sum())} unread books and proposes about its top {kept} (through an "
+            f"approximate index); {others}"
         )
 
     def _preview(
@@ -229,6 +248,9 @@ class PreviewBuilder:
         )
 
 
-def preview(service: RecommendationService, user_id: str, req: PreviewIn) -> Preview:
-    """What ``user_id`` would be served from ``service``'s bundle now, and why."""
-    return PreviewBuilder(service, req).build(user_id)
+def preview(
+    service: RecommendationService, user_id: str, req: PreviewIn, retrieval_only: bool = False
+) -> Preview:
+    """What ``user_id`` would be served from ``service``'s bundle now (``retrieval_only``: an
+    experiment arm without the ranker), and why."""
+    return PreviewBuilder(service, req, retrieval_only).build(user_id)

@@ -145,7 +145,7 @@ class RecommendationResponse(BaseModel):
 
 ID = Field(..., min_length=1, max_length=200, pattern=r"^[^\s/\x00-\x1f\x7f]+$")
 MAX_EVENTS = 1000
-EventType = Literal["view", "rate", "want_to_read", "read", "purchase"]
+EventType = Literal["view", "rate", "want_to_read", "read", "purchase", "not_interested", "dislike"]
 
 
 class EventIn(RequestModel):
@@ -287,6 +287,9 @@ class ModelsReload(BaseModel):
     production: str | None = Field(description="the registry's production version, as applied")
     bundle_version: str = Field(description="the bundle everyone outside an experiment gets")
     switched: bool = Field(description="whether this call swapped the bundle")
+    follow_error: str | None = Field(
+        None, description="promote/rollback: the registry changed, but following it failed"
+    )
 
 
 class Session(BaseModel):
@@ -306,7 +309,9 @@ class VitalsPoint(BaseModel):
     p50_ms: float | None
     p99_ms: float | None
     error_rate: float | None = Field(description="share of API answers that were 5xx")
-    fallback_rate: float | None = Field(description="share of user lists the fallback answered")
+    fallback_rate: float | None = Field(
+        description="share of user lists popularity answered (fallback or unknown reader)"
+    )
     cache_hit_ratio: float | None = Field(description="share of cache lookups answered")
     events_per_s: float
 
@@ -377,6 +382,7 @@ class WhyNot(BaseModel):
     verdict: Literal[
         "listed",
         "already_read",
+        "not_interested",
         "filtered",
         "not_a_candidate",
         "below_the_cut",
@@ -390,7 +396,9 @@ class WhyNot(BaseModel):
 
 class Preview(BaseModel):
     user_id: str
-    bundle_version: str
+    bundle_version: str = Field(description="the bundle of the reader's arm")
+    experiment: str | None = None  # the active experiment (or canary) the reader is in
+    variant: str | None = None
     status: Literal["personal", "unknown_user", "erased", "fallback"]
     source: str = Field(description="who would answer: personalized, or the fallback")
     fallback_reason: str | None = None
@@ -415,3 +423,22 @@ class ExperimentSeries(BaseModel):
     name: str
     bucket_s: int
     points: list[SeriesPoint] = Field(description="per bucket and variant, oldest first")
+
+
+class Preference(BaseModel):
+    book_id: str
+    title: str | None
+    type: Literal["not_interested", "dislike"]
+    at: float = Field(description="when the reader said so, epoch seconds")
+
+
+class Preferences(BaseModel):
+    """Books the reader does not want: left out of every personal list until withdrawn."""
+
+    user_id: str
+    preferences: list[Preference]
+
+
+class PreferencesWithdrawn(BaseModel):
+    user_id: str
+    removed: int = Field(description="marks withdrawn (events deleted)")

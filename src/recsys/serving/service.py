@@ -120,12 +120,15 @@ class RecommendationService:
     def score_users(self, user_ids: list[str], k: int) -> list[tuple[str, Answer]]:
         """Top-``k`` lists without reasons for the users anything is known about (the
         bundle's history and their events; erased users are skipped): batch scoring."""
-        known = [(u, h) for u in user_ids if (h := self.user_history(u))]
+        reads = {u: self.reader(u) for u in user_ids}
+        known = [(u, h) for u, (h, _) in reads.items() if h]
         if not known:
             return []
         matrix = self.history_matrix([h for _, h in known])
-        requests = [
-            Personal(user, matrix[row : row + 1], k, set(), None, "personalized")
+        requests = [  # what the reader marked not for them is left out here too
+            Personal(
+                user, matrix[row : row + 1], k, self.indices(reads[user][1]), None, "personalized"
+            )
             for row, (user, _) in enumerate(known)
         ]
         answers = self.personalised(requests, explain=False)
@@ -174,6 +177,10 @@ class RecommendationService:
         encoded = [np.array([index.get(b, 1) for b in h], dtype=np.int64) for h in histories]
         return history_matrix(encoded, len(self.catalogue.ids))
 
+    def indices(self, book_ids: list[str]) -> set[int]:
+        """Catalogue indices of the known ones among ``book_ids``."""
+        return {i for i in (self.catalogue.index.get(b, 1) for b in book_ids) if i >= NUM_RESERVED}
+
     def book_index(self, book_id: str) -> int:
         idx = self.catalogue.index.get(book_id, 1)
         if idx < NUM_RESERVED or not self.catalogue.listed[idx]:
@@ -200,13 +207,18 @@ class RecommendationService:
     def user_history(self, user_id: str) -> list[str] | None:
         """Every book known for the user: the bundle's history, then events since (the store),
         without repeats. None for an erased user (served as unknown)."""
-        erased, events = self.stores.events.serving_history(user_id)
+        return self.reader(user_id)[0]
+
+    def reader(self, user_id: str) -> tuple[list[str] | None, list[str]]:
+        """:meth:`user_history` and the books the reader marked not interested in or disliked
+        (left out of every personal list), in one read of the store."""
+        erased, events, unwanted = self.stores.events.serving_reads(user_id)
         if erased:
-            return None
+            return None, []
         known = self.histories.get(user_id, [])
         if not events:
-            return known or None
-        return list(dict.fromkeys([*known, *events]))
+            return known or None, unwanted
+        return list(dict.fromkeys([*known, *events])), unwanted
 
     def _known_history(self, user_id: str | None) -> list[str] | None:
         """The user's history for re-ranking a list, or None (no user, or the store is
@@ -250,12 +262,14 @@ class RecommendationService:
         filters: Filters | None,
         retrieval_only: bool = False,
     ) -> Answer:
-        exclude = {i for i in (self.catalogue.index.get(b, 1) for b in exclude_ids) if i >= 2}
-        allowed = self.catalogue.allowed(filters, exclude)
         try:
-            history = self.user_history(user_id)
+            history, unwanted = self.reader(user_id)
         except StoreUnavailable:  # erasure cannot be checked: nothing personal until it can
+            exclude = self.indices(exclude_ids)
+            allowed = self.catalogue.allowed(filters, exclude)
             return self.path.popular(limit, exclude, allowed, "store_unavailable")
+        exclude = self.indices([*exclude_ids, *unwanted])  # the reader's "not for me" too
+        allowed = self.catalogue.allowed(filters, exclude)
         if not history:
             return self.path.popular(limit, exclude, allowed, "unknown_user")
         matrix = self.history_matrix([history])

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from recsys.errors import RecsysError
-from recsys.stores.schema import EVENT_TYPES
+from recsys.stores.schema import HISTORY_EVENT_TYPES
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -30,14 +30,14 @@ class StoreSettings(_Section):
 
     url: str | None = Field(default=None, description="sqlite:///… or postgresql+psycopg://…")
     history_types: list[EventType] = Field(
-        default_factory=lambda: list(EVENT_TYPES),  # type: ignore[arg-type]
+        default_factory=lambda: list(HISTORY_EVENT_TYPES),  # type: ignore[arg-type]
         description="events that count as reading",
     )
 
     @field_validator("history_types", mode="before")
     @classmethod
     def null_is_all(cls, value: Any) -> Any:
-        return list(EVENT_TYPES) if value is None else value
+        return list(HISTORY_EVENT_TYPES) if value is None else value
 
 
 class TrendingSettings(_Section):

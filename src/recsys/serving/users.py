@@ -7,7 +7,14 @@ from typing import Any
 
 from recsys.errors import RecsysError
 from recsys.serving.core import ServingCore
-from recsys.serving.schemas import HistoryItem, UserHistory, UserProfile
+from recsys.serving.schemas import (
+    HistoryItem,
+    Preference,
+    Preferences,
+    PreferencesWithdrawn,
+    UserHistory,
+    UserProfile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,26 @@ class Users:
             for b, t, k in events
         ]
         return UserHistory(user_id=user_id, history=items[-limit:])
+
+    def preferences(self, user_id: str) -> Preferences:
+        """The reader's standing "not for me" marks (404 for an erased or unknown reader)."""
+        self._events(user_id)
+        marks = self.core.live.stores.events.preferences(user_id)
+        return Preferences(
+            user_id=user_id,
+            preferences=[
+                Preference(book_id=b, title=self._title(b), type=k, at=t)  # type: ignore[arg-type]
+                for b, k, t in marks
+            ],
+        )
+
+    def withdraw(self, user_id: str, book_id: str | None) -> PreferencesWithdrawn:
+        """Withdraw the marks on ``book_id`` (all of them when None): the books may be
+        recommended again from the next answer on."""
+        removed = self.core.live.stores.events.forget_preferences(user_id, book_id)
+        if removed and self.core.live.cache is not None:
+            self.core.live.cache.invalidate_user(user_id, self.core.service.version)
+        return PreferencesWithdrawn(user_id=user_id, removed=removed)
 
     def _title(self, book_id: str) -> str | None:
         catalogue = self.core.service.catalogue

@@ -3,9 +3,9 @@
 A background thread reads the counters every ``every_s`` seconds into a ring of samples; the
 console's health view is the difference between consecutive samples: requests per second,
 latency percentiles (interpolated in the latency histogram's buckets, as Prometheus's
-``histogram_quantile`` does), the share of 5xx answers, of user lists the fallback answered,
-of cache lookups answered from the cache, and events stored per second. Each process (Ray
-replica) reports its own traffic.
+``histogram_quantile`` does), the share of 5xx answers, of user lists popularity answered
+(the fallback, unknown readers included), of cache lookups answered from the cache, and
+events stored per second. Each process (Ray replica) reports its own traffic.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def sample(registry: CollectorRegistry, at: float) -> Sample:
             if s.name == "recsys_requests_total" and labels["endpoint"] not in QUIET:
                 totals["requests"] += value
                 totals["server_errors"] += value * labels["status"].startswith("5")
-                totals["user_lists"] += value * (labels["endpoint"] == USER_LISTS)
-            elif s.name == "recsys_fallbacks_total":
-                totals["fallbacks"] += value
+                if labels["endpoint"] == USER_LISTS:
+                    totals["user_lists"] += value
+                    totals["fallbacks"] += value * (labels["source"] == "popularity")
             elif s.name == "recsys_cache_lookups_total":
                 totals["lookups"] += value
                 totals["hits"] += value * (labels["result"] != "miss")

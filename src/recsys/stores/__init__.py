@@ -16,11 +16,12 @@ from recsys.stores.errors import StoreUnavailable
 from recsys.stores.events import SqlEventStore, check_history_types
 from recsys.stores.experiments import SqlExperimentStore
 from recsys.stores.null import null_stores
-from recsys.stores.schema import EVENT_TYPES, Event, Impression
+from recsys.stores.schema import EVENT_TYPES, HISTORY_EVENT_TYPES, Event, Impression
 from recsys.stores.users import SqlUserStore
 
 __all__ = [
     "EVENT_TYPES",
+    "HISTORY_EVENT_TYPES",
     "Event",
     "Impression",
     "StoreUnavailable",
@@ -41,7 +42,7 @@ def open_store(
     embedded = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
     if not create and embedded is not None and not Path(embedded).is_file():
         return null_stores()
-    types = check_history_types(history_types or EVENT_TYPES)  # before anything is created
+    types = check_history_types(history_types or HISTORY_EVENT_TYPES)  # before anything is created
     db = Database(url)
     return Stores(
         SqlEventStore(db, types),

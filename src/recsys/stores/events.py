@@ -10,7 +10,14 @@ import sqlalchemy as sa
 
 from recsys.errors import RecsysError
 from recsys.stores.engine import Database
-from recsys.stores.schema import EVENT_TYPES, Event, events, users
+from recsys.stores.schema import (
+    EVENT_TYPES,
+    HISTORY_EVENT_TYPES,
+    NEGATIVE_EVENT_TYPES,
+    Event,
+    events,
+    users,
+)
 
 HISTORY_FRAME_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(),
@@ -26,7 +33,13 @@ def check_history_types(types: Iterable[str]) -> tuple[str, ...]:
     out = tuple(types)
     unknown = set(out) - set(EVENT_TYPES)
     if unknown:
-        raise RecsysError(f"unknown event type(s) {sorted(unknown)}; use {EVENT_TYPES}.")
+        raise RecsysError(f"unknown event type(s) {sorted(unknown)}; use {HISTORY_EVENT_TYPES}.")
+    negative = sorted(set(out) & set(NEGATIVE_EVENT_TYPES))
+    if negative:
+        raise RecsysError(
+            f"{negative} are a reader's preferences (books to leave out), never reading "
+            f"history; history types are {HISTORY_EVENT_TYPES}."
+        )
     return out
 
 
@@ -38,14 +51,16 @@ class SqlEventStore:
         history_types: event types that count as reading history.
     """
 
-    def __init__(self, db: Database, history_types: Iterable[str] = EVENT_TYPES) -> None:
+    def __init__(self, db: Database, history_types: Iterable[str] = HISTORY_EVENT_TYPES) -> None:
         self.db = db
         self.history_types = check_history_types(history_types)
         types = ", ".join(f"'{t}'" for t in self.history_types)  # validated names only
+        negative = ", ".join(f"'{t}'" for t in NEGATIVE_EVENT_TYPES)
         self._serving_query = sa.text(
-            "SELECT 1 AS k, '' AS book_id, 0.0 AS ts, 0 AS seq FROM deleted_users "
-            "WHERE user_hash = :h UNION ALL SELECT 0, book_id, ts, seq FROM events "
-            f"WHERE user_id = :u AND type IN ({types}) ORDER BY k DESC, ts, seq"
+            "SELECT 2 AS k, '' AS book_id, 0.0 AS ts, 0 AS seq FROM deleted_users "
+            "WHERE user_hash = :h UNION ALL SELECT 1, book_id, ts, seq FROM events "
+            f"WHERE user_id = :u AND type IN ({negative}) UNION ALL SELECT 0, book_id, ts, seq "
+            f"FROM events WHERE user_id = :u AND type IN ({types}) ORDER BY k DESC, ts, seq"
         )
 
     def append(self, batch: list[Event]) -> tuple[int, int]:
@@ -99,15 +114,44 @@ class SqlEventStore:
             return [(str(b), float(t), str(k)) for b, t, k in conn.execute(query)]
 
     def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
-        """(erased?, history book ids oldest first) in one round trip: the per-request read
-        of serving (a prepared text statement: ~35 µs on SQLite, where building the same
-        query with the expression language costs ~200 µs)."""
+        """(erased?, history book ids oldest first): :meth:`serving_reads` less the
+        preferences."""
+        erased, history, _ = self.serving_reads(user_id)
+        return erased, history
+
+    def serving_reads(self, user_id: str) -> tuple[bool, list[str], list[str]]:
+        """(erased?, history book ids oldest first, books the reader marked not interested
+        in or disliked) in one round trip: the per-request read of serving (a prepared text
+        statement: ~35 µs on SQLite, where building the same query with the expression
+        language costs ~200 µs)."""
         params = {"h": self.db.user_hash(user_id), "u": user_id}
         with self.db.connect() as conn:
             rows = conn.execute(self._serving_query, params).all()
-        if rows and rows[0][0] == 1:
-            return True, []
-        return False, [str(r[1]) for r in rows]
+        if rows and rows[0][0] == 2:
+            return True, [], []
+        history = [str(r[1]) for r in rows if r[0] == 0]
+        return False, history, [str(r[1]) for r in rows if r[0] == 1]
+
+    def preferences(self, user_id: str) -> list[tuple[str, str, float]]:
+        """(book_id, type, ts) of the reader's standing "not for me" marks, the latest per
+        book, oldest first."""
+        query = (
+            sa.select(events.c.book_id, events.c.type, events.c.ts)
+            .where(events.c.user_id == user_id, events.c.type.in_(NEGATIVE_EVENT_TYPES))
+            .order_by(events.c.ts, events.c.seq)
+        )
+        with self.db.connect() as conn:
+            latest = {str(b): (str(b), str(k), float(t)) for b, k, t in conn.execute(query)}
+        return sorted(latest.values(), key=lambda row: row[2])
+
+    def forget_preferences(self, user_id: str, book_id: str | None = None) -> int:
+        """Withdraw the reader's marks on ``book_id`` (every book when None); returns how
+        many events were removed."""
+        where = [events.c.user_id == user_id, events.c.type.in_(NEGATIVE_EVENT_TYPES)]
+        if book_id is not None:
+            where.append(events.c.book_id == book_id)
+        with self.db.begin() as conn:
+            return int(conn.execute(sa.delete(events).where(*where)).rowcount)
 
     def event_histories(self) -> dict[str, list[str]]:
         """Every user's history events (book ids, oldest first): batch jobs and exports."""

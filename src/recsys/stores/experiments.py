@@ -82,7 +82,10 @@ class SqlExperimentStore:
         clicked = (
             sa.select(feedback.c.request_id).where(feedback.c.type == "click").distinct().subquery()
         )
-        bucket = (sa.cast(impressions.c.at, sa.BigInteger) // bucket_s).label("bucket")
+        # floor(at) on both backends: SQLite's cast truncates, PostgreSQL's rounds
+        whole = sa.cast(impressions.c.at, sa.BigInteger)
+        floor = whole - sa.case((whole > impressions.c.at, 1), else_=0)
+        bucket = (floor // bucket_s).label("bucket")
         query = (
             sa.select(
                 bucket, impressions.c.variant, sa.func.count(), sa.func.count(clicked.c.request_id)

@@ -12,7 +12,7 @@ import polars as pl
 from recsys.stores.base import Stores
 from recsys.stores.errors import NO_STORE, StoreUnavailable
 from recsys.stores.events import HISTORY_FRAME_SCHEMA
-from recsys.stores.schema import EVENT_TYPES, Event, Impression
+from recsys.stores.schema import HISTORY_EVENT_TYPES, Event, Impression
 
 
 def _unavailable(*_: Any, **__: Any) -> NoReturn:
@@ -20,7 +20,7 @@ def _unavailable(*_: Any, **__: Any) -> NoReturn:
 
 
 class NullEvents:
-    history_types: tuple[str, ...] = EVENT_TYPES
+    history_types: tuple[str, ...] = HISTORY_EVENT_TYPES
 
     def append(self, batch: list[Event]) -> tuple[int, int]:
         _unavailable()
@@ -33,6 +33,15 @@ class NullEvents:
 
     def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
         return False, []  # nothing known beyond the bundle
+
+    def serving_reads(self, user_id: str) -> tuple[bool, list[str], list[str]]:
+        return False, [], []
+
+    def preferences(self, user_id: str) -> list[tuple[str, str, float]]:
+        _unavailable()
+
+    def forget_preferences(self, user_id: str, book_id: str | None = None) -> int:
+        _unavailable()
 
     def event_histories(self) -> dict[str, list[str]]:
         return {}

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-EVENT_TYPES = ("view", "rate", "want_to_read", "read", "purchase")
+HISTORY_EVENT_TYPES = ("view", "rate", "want_to_read", "read", "purchase")
+# a reader's "not for me": stored like any event, applied as exclusions, never history
+NEGATIVE_EVENT_TYPES = ("not_interested", "dislike")
+EVENT_TYPES = (*HISTORY_EVENT_TYPES, *NEGATIVE_EVENT_TYPES)
 BOOK_FIELDS = ("title", "authors", "year", "publisher", "language", "tags", "cover_url")
 BOOK_COLUMNS = ("book_id", *BOOK_FIELDS)
 

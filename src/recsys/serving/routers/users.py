@@ -12,7 +12,16 @@ from recsys.serving.core import ServingCore
 from recsys.serving.deps import PathId, core, core_of, may_act, require_scope, users
 from recsys.serving.preview import preview
 from recsys.serving.responses import BODY, answers
-from recsys.serving.schemas import Erasure, Preview, PreviewIn, UserHistory, UserProfile
+from recsys.serving.schemas import (
+    PATH_ID_PATTERN,
+    Erasure,
+    Preferences,
+    PreferencesWithdrawn,
+    Preview,
+    PreviewIn,
+    UserHistory,
+    UserProfile,
+)
 from recsys.serving.users import Users
 
 router = APIRouter(tags=["users"])
@@ -39,6 +48,37 @@ async def get_history(
     """The user's reading history, most recent last: the bundle's, then their events."""
     may_act(request, user_id, "users:read:any")
     return await run_in_threadpool(known.history, user_id, limit)
+
+
+@router.get(
+    "/users/{user_id}/preferences",
+    response_model=Preferences,
+    responses=answers(403, 404, 422, 503),
+)
+async def get_preferences(request: Request, user_id: PathId, known: UsersDep) -> Preferences:
+    """Books the reader marked ``not_interested`` or ``dislike`` (events of those types):
+    left out of their lists until withdrawn."""
+    may_act(request, user_id, "users:read:any")
+    return await run_in_threadpool(known.preferences, user_id)
+
+
+@router.delete(
+    "/users/{user_id}/preferences",
+    response_model=PreferencesWithdrawn,
+    responses=answers(403, 422, 503),
+)
+async def withdraw_preferences(
+    request: Request,
+    user_id: PathId,
+    known: UsersDep,
+    book_id: str | None = Query(
+        None, min_length=1, max_length=200, pattern=PATH_ID_PATTERN, description="one book"
+    ),
+) -> PreferencesWithdrawn:
+    """Withdraw the reader's marks on one book (``book_id``) or on all: those books may be
+    recommended again at once."""
+    may_act(request, user_id, "events:write:any")
+    return await run_in_threadpool(known.withdraw, user_id, book_id)
 
 
 @router.delete("/users/{user_id}", response_model=Erasure, responses=answers(403, 422, 503))
@@ -68,4 +108,6 @@ async def preview_user(
     that book is or is not in the list. Needs ``users:read:any``."""
     require_scope(request, "users:read:any")
     req = body or PreviewIn.model_validate({})
-    return await run_in_threadpool(preview, serving.service, user_id, req)
+    arm = serving.experiments.assign(user_id)  # the reader's experiment arm, as served
+    view = await run_in_threadpool(preview, arm.service, user_id, req, arm.retrieval_only)
+    return view.model_copy(update={"experiment": arm.experiment, "variant": arm.variant})

@@ -11,6 +11,7 @@ const account = document.getElementById("account");
 const ACTIONS = [
   ["read", "Mark read", "marked read"],
   ["want_to_read", "Want to read", "added to your want-to-read list"],
+  ["not_interested", "Not interested", "left out of your lists (undo under Not for me)"],
 ];
 
 async function record(book, type, value, title) {
@@ -30,6 +31,7 @@ function actionButtons(book, title, after) {
       h("button", {
         type: "button",
         "data-action": type,
+        "aria-label": `${label}: ${title || book}`,
         onclick: async (event) => {
           event.currentTarget.disabled = true;
           try {
@@ -77,13 +79,38 @@ async function forYou() {
   const list = h("div", {});
   const refresh = async () => {
     const answer = await api("POST", `/recommendations/users/${enc(session.reader)}`, { limit: 20 });
+    const refocus = list.contains(document.activeElement); // an action here: keep focus here
     list.replaceChildren(
       h("p", { class: "source" }, SOURCES[answer.metadata.source] || ""),
       bookList("Books for you", answer.recommendations, refresh),
     );
+    if (refocus) list.querySelector("li.book a.title")?.focus();
   };
   await refresh();
-  return page("For you", list);
+  return page("For you", list, h("p", {}, h("a", { href: "#/not-for-me" }, "Books you said are not for you")));
+}
+
+// The reader's "not for me" marks, each can be withdrawn (the book may come back at once).
+async function notForMe() {
+  if (!session.reader) return page("Not for me", h("p", {}, h("a", { href: "#/signin" }, "Sign in"), " first."));
+  const body = h("div", {});
+  const refresh = async () => {
+    const marks = await api("GET", `/users/${enc(session.reader)}/preferences`);
+    body.replaceChildren(marks.preferences.length ? h("ul", { class: "marks", "aria-label": "Books not for you" },
+      marks.preferences.map((m) => h("li", { "data-book-id": m.book_id },
+        h("a", { href: bookHref(m.book_id) }, m.title || m.book_id),
+        ` — ${m.type === "dislike" ? "disliked" : "not interested"} `,
+        h("button", {
+          type: "button",
+          onclick: async () => {
+            await api("DELETE", `/users/${enc(session.reader)}/preferences?book_id=${enc(m.book_id)}`);
+            say(`“${m.title || m.book_id}” may be recommended again.`);
+            await refresh();
+          },
+        }, `Undo for ${m.title || m.book_id}`)))) : h("p", {}, "You have not marked any book."));
+  };
+  await refresh();
+  return page("Not for me", h("p", {}, "These books are left out of your lists until you undo the mark."), body);
 }
 
 async function trending() {
@@ -127,7 +154,9 @@ async function bookPage(id) {
   return page(
     book.title || book.book_id,
     h("div", { class: "book-page" },
-      book.cover_url ? h("img", { src: book.cover_url, alt: `Cover of ${book.title || id}`, class: "cover" }) : null,
+      /^https?:\/\//i.test(book.cover_url || "")  // only web addresses, no referrer sent
+        ? h("img", { src: book.cover_url, alt: `Cover of ${book.title || id}`, class: "cover", referrerpolicy: "no-referrer" })
+        : null,
       h("dl", {}, details.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
     ),
     actionButtons(book.book_id, book.title),
@@ -197,6 +226,7 @@ const ROUTES = [
   [/^#\/signin$/, signIn],
   [/^#\/for-you$/, forYou],
   [/^#\/trending$/, trending],
+  [/^#\/not-for-me$/, notForMe],
   [/^#\/search\?q=(.*)$/, (m) => search(decodeURIComponent(m[1]))],
   [/^#\/book\/(.+)$/, (m) => bookPage(decodeURIComponent(m[1]))],
   ...CONSOLE_ROUTES,
@@ -204,7 +234,9 @@ const ROUTES = [
 
 // A route change moves focus to the new page's heading (screen readers announce it); the
 // first load leaves focus at the top, where the skip link is.
+let shown = 0; // the latest navigation: a slower, earlier one never overwrites it
 async function render(event) {
+  const mine = ++shown;
   const hash = location.hash || "#/";
   const route = ROUTES.find(([pattern]) => pattern.test(hash));
   leaveConsole(); // a view that refreshes itself stops when another is shown
@@ -215,6 +247,7 @@ async function render(event) {
   } catch (error) {
     view = page("Something went wrong", ...failure(error));
   }
+  if (mine !== shown) return;
   main.replaceChildren(view);
   main.removeAttribute("aria-busy");
   if (event) main.querySelector("h1")?.focus();
@@ -226,5 +259,6 @@ document.getElementById("search-form").addEventListener("submit", (event) => {
   if (query) location.hash = `#/search?q=${enc(query)}`;
 });
 window.addEventListener("hashchange", render);
+window.addEventListener("recsys:signed-out", showAccount);
 showAccount();
 render();

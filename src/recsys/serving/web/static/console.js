@@ -135,8 +135,9 @@ async function health() {
       ),
     );
   };
-  await draw();
+  clearInterval(refresh); // before the first draw: leaving during it stops the polling
   refresh = setInterval(() => draw().catch((error) => body.replaceChildren(...failure(error))), 5000);
+  await draw();
   return page("Service health", consoleNav("#/console"), body);
 }
 
@@ -172,16 +173,21 @@ async function models() {
       h("td", {}, new Date(v.created_at * 1000).toLocaleString()),
       metrics.map((m) => h("td", { class: "number" }, fmt(v.metrics[m], 4))),
       h("td", {}, [v.actor, ...v.reasons].filter(Boolean).join(": ")),
-      h("td", {}, v.stage === "production" ? "" : h("button", {
+      h("td", {}, !["candidate", "archived"].includes(v.stage) ? "" : h("button", {
         type: "button",
-        onclick: () => change("/models/promote", { version: v.version }, `Promoted ${v.version}`),
+        onclick: () => window.confirm(`Make ${v.version} production on every server?`)
+          && change("/models/promote", { version: v.version }, `Promoted ${v.version}`),
       }, `Promote ${v.version}`)),
     ))),
   );
   return page("Model versions", consoleNav("#/console/models"),
     h("p", {}, `Production: ${listing.production || "none"}; this server serves ${listing.bundle_version}. Promotion and rollback reach every server following the registry within its poll.`),
     h("div", { class: "rating" }, h("label", { for: "change-reason" }, "Reason (recorded with the change)"), reason,
-      h("button", { type: "button", onclick: () => change("/models/rollback", {}, "Rolled back") }, "Roll back")),
+      h("button", {
+        type: "button",
+        onclick: () => window.confirm("Roll every server back to the previous production version?")
+          && change("/models/rollback", {}, "Rolled back"),
+      }, "Roll back")),
     outcome, h("div", { class: "scroll" }, table));
 }
 

@@ -42,6 +42,10 @@ export async function api(method, path, body, token = session.token) {
   }
   if (response.status === 204) return null;
   const data = await response.json().catch(() => null);
+  if (response.status === 401 && token && token === session.token) {
+    session.end(); // expired or revoked: forget it, the pages offer to sign in again
+    window.dispatchEvent(new Event("recsys:signed-out"));
+  }
   if (!response.ok) throw new ApiError(response.status, describe(response.status, data));
   return data;
 }
@@ -52,6 +56,7 @@ export function h(tag, attrs = {}, ...children) {
   for (const [key, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "style") el.style.cssText = value; // CSSOM: allowed by the pages' CSP
     else el.setAttribute(key, value === true ? "" : String(value));
   }
   for (const child of children.flat(Infinity)) {
