@@ -12,8 +12,8 @@ import pytest
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")  # not longer: Playwright's sync API keeps an event loop
+def browser() -> Iterator[Any]:  # running in the main thread (Ray's sync calls refuse to run)
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (make install adds Debian's chromium)")

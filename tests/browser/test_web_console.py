@@ -134,7 +134,9 @@ def test_console_health_promote_experiments_and_preview(setup: dict[str, Any], p
     expect(page.get_by_role("heading", level=2)).to_have_text("shelf (running)")
     rows = page.locator("table tbody tr")
     expect(rows).to_have_count(2)
-    expect(page.locator("figure.chart")).to_have_count(1)
+    expect(page.locator("figure.chart")).to_have_count(2)  # click-through, impressions
+    volume = page.locator("figure.chart svg").nth(1).get_attribute("aria-label")
+    assert volume.startswith("shelf: impressions per hour: latest control ")
     shoot(page, "console-experiments")
 
     # What would a reader see, and why is a read book not there?

@@ -149,6 +149,34 @@ def test_variants_serve_other_bundles_and_settings(setup: dict[str, Any]) -> Non
     assert {i["reasoning"] for i in body["recommendations"]} == {"matches your reading history"}
 
 
+def test_preview_follows_the_readers_arm(setup: dict[str, Any]) -> None:
+    """The console's preview shows each reader what their arm serves: its bundle and, for a
+    retrieval-only arm, the two-tower list with no ranked candidates."""
+    client = setup["client"]
+    arms = {
+        "name": "arms",
+        "variants": {"control": 50, "treatment": 50},
+        "settings": {"treatment": {"bundle": str(setup["other"]), "pipeline": "retrieval"}},
+    }
+    apply(setup, {"experiments": [arms]})
+    reference = Experiment("arms", {"control": 50, "treatment": 50})
+    seen = set()
+    for user in users(setup, 12):
+        served = client.post(f"/recommendations/users/{user}", json={"limit": 5}).json()
+        view = client.post(f"/users/{user}/preview", json={"limit": 5}).json()
+        variant = reference.assign(user)
+        seen.add(variant)
+        assert (view["experiment"], view["variant"]) == ("arms", variant)
+        assert view["bundle_version"] == served["metadata"]["bundle_version"]
+        assert [b["book_id"] for b in view["served"]] == [
+            b["book_id"] for b in served["recommendations"]
+        ]
+        assert view["status"] == "personal"
+        assert bool(view["candidates"]) == (variant == "control")  # no ranker in treatment
+    assert seen == {"control", "treatment"}
+    apply(setup, {"experiments": []})
+
+
 def test_impressions_clicks_and_report(
     setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:

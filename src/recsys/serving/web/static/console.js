@@ -193,6 +193,8 @@ async function models() {
 
 // --- experiments --------------------------------------------------------------------------
 
+const hourLabel = (t) => new Date(t * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+
 async function experiments() {
   const overview = await api("GET", "/experiments");
   const sections = await Promise.all(overview.experiments.map(async (exp) => {
@@ -212,9 +214,14 @@ async function experiments() {
       ? lineChart(`${exp.name}: hourly click-through, shaded: 95 % interval`, variants.map((v) => {
         const mine = series.points.filter((p) => p.variant === v);
         return { name: v, points: mine.map((p) => [p.at, p.ctr]), band: mine.map((p) => [p.at, p.ctr_95_low, p.ctr_95_high]) };
-      }), { percent: true, xLabel: (t) => new Date(t * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) })
+      }), { percent: true, xLabel: hourLabel })
       : h("p", {}, "No impressions logged yet.");
-    return h("section", { class: "experiment", "aria-label": exp.name }, h("h2", {}, `${exp.name} ${exp.active ? "(running)" : "(stopped)"}`), h("div", { class: "scroll" }, table), chart);
+    const volume = series.points.length
+      ? lineChart(`${exp.name}: impressions per hour`, variants.map((v) => ({
+        name: v, points: series.points.filter((p) => p.variant === v).map((p) => [p.at, p.impressions]),
+      })), { xLabel: hourLabel })
+      : "";
+    return h("section", { class: "experiment", "aria-label": exp.name }, h("h2", {}, `${exp.name} ${exp.active ? "(running)" : "(stopped)"}`), h("div", { class: "scroll" }, table), h("div", { class: "charts" }, chart, volume));
   }));
   return page("Experiments", consoleNav("#/console/experiments"),
     sections.length ? sections : h("p", {}, "No experiments are configured (experiments.file)."));
