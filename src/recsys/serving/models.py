@@ -39,18 +39,12 @@ class Models:
         )
 
     def reload(self) -> ModelsReload:
-        """Read production now and hot-swap to it if it moved."""
-        follower = self._follower()
-        switched = follower.check()
-        if follower.error is not None:
-            raise StoreUnavailable(f"model registry: {follower.error}", retry_after=2)
-        return ModelsReload(
-            family=follower.family,
-            production=follower.applied,
-            bundle_version=self.core.service.version,
-            switched=switched,
-            follow_error=None,
-        )
+        """Read production now and hot-swap to it if it moved (503 when the registry cannot
+        be read: nothing changed, so the caller may simply retry)."""
+        answer = self._followed(self._follower())
+        if answer.follow_error is not None:
+            raise StoreUnavailable(f"model registry: {answer.follow_error}", retry_after=2)
+        return answer
 
     def promote(self, version: str, actor: str, reason: str) -> ModelsReload:
         """Make ``version`` production (refused with the registry's reason when it may not
