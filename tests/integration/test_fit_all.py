@@ -81,6 +81,42 @@ def test_the_served_bundle_knows_and_excludes_every_interaction(fit_all: dict[st
     assert (top >= 0).all()
 
 
+def test_the_serving_recipe_measured_on_the_carve(tmp_path: Path) -> None:
+    """``epochs=selected`` with ``fit=carve``: each stage trains exactly its selected epochs
+    (no early stop, the last kept), as fit=all will, and the carve still reports both parts."""
+    from recsys.jobs.train import main as train_main
+
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        [
+            *OVERRIDES,
+            "epochs=selected",
+            "selected.label_retriever_epochs=1",
+            "selected.retriever_epochs=2",
+            "selected.ranker_epochs=1",
+            "ranker.serving_retriever=continue",
+            "trainer.max_epochs=9",  # the search budget: ignored here
+        ],
+    )
+    result = train_main(cfg)
+    assert result["epochs"] == 2 and result["best_epoch"] == 1
+    assert result["label_retriever"]["epochs"] == 1
+    assert result["ranker"]["best_epoch"] == 0
+    assert result["ranker"]["validation"] == []  # nothing chosen on validation...
+    assert result["rows"]["two_stage"]["recall@20"] > result["rows"]["popularity"]["recall@20"]
+    assert result["test_rows"]["two_stage"]["recall@20"] > 0  # ...and both carves reported
+
+
+def test_an_unknown_epochs_setting_is_refused(tmp_path: Path) -> None:
+    from recsys.errors import RecsysError
+    from recsys.jobs.train import main as train_main
+
+    cfg = compose_config("train", tmp_path, [*OVERRIDES, "epochs=best"])
+    with pytest.raises(RecsysError, match="epochs must be search or selected"):
+        train_main(cfg)
+
+
 def test_an_unknown_fit_is_refused_with_the_choices(tmp_path: Path) -> None:
     from recsys.runner import load_or_prepare
 

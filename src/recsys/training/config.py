@@ -112,6 +112,20 @@ def fits_all(cfg: DictConfig) -> bool:
     return fit_mode(cfg.get("fit")) == FIT_ALL
 
 
+EPOCHS_SEARCH, EPOCHS_SELECTED = "search", "selected"
+
+
+def trains_selected_epochs(cfg: DictConfig) -> bool:
+    """True when every stage trains its ``selected.*`` epochs and keeps the last, monitoring
+    nothing: always with ``fit=all``; with ``fit=carve`` when ``epochs=selected`` (the serving
+    recipe, measured on the carve). ``epochs=search`` (the default) early-stops on validation.
+    """
+    how = str(cfg.get("epochs") or EPOCHS_SEARCH)
+    if how not in (EPOCHS_SEARCH, EPOCHS_SELECTED):
+        raise RecsysError(f"epochs must be {EPOCHS_SEARCH} or {EPOCHS_SELECTED}, got {how!r}.")
+    return fits_all(cfg) or how == EPOCHS_SELECTED
+
+
 def selected_epochs(cfg: DictConfig, stage: str) -> int:
     """The epochs a ``fit=all`` run trains ``stage`` (``retriever``, ``label_retriever`` or
     ``ranker``) for: ``selected.<stage>_epochs``, chosen on the validation carve by a
@@ -153,21 +167,21 @@ def fit_retriever_from(
     """Train the configured towers on ``data``'s training split.
 
     ``tag`` separates the checkpoints of several fits in one run; only the ``retriever`` fit
-    is logged (auxiliary fits are not). With ``fit=all`` it trains the selected epochs
-    (:func:`selected_epochs`) and monitors nothing. ``start``: continue from that module's
-    weights (same towers) instead of the configured initialisation.
+    is logged (auxiliary fits are not). With ``fit=all`` (or ``epochs=selected``) it trains
+    the selected epochs (:func:`selected_epochs`) and monitors nothing. ``start``: continue
+    from that module's weights (same towers) instead of the configured initialisation.
     """
     datamodule = RetrievalDataModule(data, state, batch_size=cfg.batch_size, seed=cfg.seed)
     module, tower_args = build_module(cfg, state)
     if start is not None:
         module.load_state_dict(start.state_dict())
     module.attach(datamodule)
-    monitor = not fits_all(cfg)
+    monitor = not trains_selected_epochs(cfg)
     eval_set = EvalSet.from_prepared(data)
     loggers = _loggers(cfg) if tag == "retriever" else []
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    # fit=all: the chosen epochs, whatever they take (a time budget would cut them silently)
+    # selected epochs: all of them, whatever they take (a time budget would cut them silently)
     stage = "label_retriever" if tag == "label_retriever" else "retriever"
     fixed = (
         {}
@@ -210,7 +224,7 @@ def candidate_sources(cfg: DictConfig) -> CandidateSources:
 def ranker_loop(cfg: DictConfig) -> RankerLoop:
     """``ranker.module``, ``ranker.trainer`` and the loop settings."""
     rcfg = cfg.ranker
-    monitor = not fits_all(cfg)
+    monitor = not trains_selected_epochs(cfg)
     fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, "ranker"), "max_time": None}
 
     def make_trainer(callbacks: list[L.Callback]) -> L.Trainer:
