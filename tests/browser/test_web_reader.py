@@ -93,10 +93,19 @@ def test_sign_in_search_open_a_book_and_mark_it_read(
     expect(page.get_by_role("heading", level=1)).to_have_text(title)
     author = page.locator("dl dt", has_text="Author").locator("xpath=following-sibling::dd[1]")
     expect(author).to_have_text(writer)
+    series = page.locator("dl dt", has_text="Series")
+    if not re.fullmatch(r"Saga of .+ #\d+", title):  # a synthetic series title
+        expect(series).to_have_count(0)
     similar = page.get_by_role("list", name=f"Books similar to {title}").locator("li.book")
     expect(similar.first).to_be_visible()
     assert similar.locator(".reason").first.inner_text().strip()
     shoot(page, "book")
+    books = load_bundle(trained_bundle["bundle"]).books
+    volume = books.filter(books["series_position"] == 2).row(0, named=True)
+    page.goto(f"{base}/app/#/book/{volume['book_id']}")  # a volume shows its place
+    expect(page.get_by_role("heading", level=1)).to_have_text(volume["title"])
+    place = series.locator("xpath=following-sibling::dd[1]")
+    expect(place).to_have_text(f"#2 of {volume['series']}")
 
     # Mark the top "for you" book read: the list changes at once, without it.
     page.get_by_role("link", name="For you").click()

@@ -100,7 +100,8 @@ def test_the_serving_recipe_measured_on_the_carve(tmp_path: Path) -> None:
         ],
     )
     result = train_main(cfg)
-    assert result["epochs"] == 2 and result["best_epoch"] == 1
+    assert result["epochs"] == 2
+    assert result["best_epoch"] == 1
     assert result["label_retriever"]["epochs"] == 1
     assert result["ranker"]["best_epoch"] == 0
     assert result["ranker"]["validation"] == []  # nothing chosen on validation...

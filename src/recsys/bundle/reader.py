@@ -16,6 +16,7 @@ import torch
 from recsys.bundle import layout
 from recsys.bundle.files import resolve, verify
 from recsys.bundle.manifest import Manifest
+from recsys.data.works import Works
 from recsys.drift import TrainingSummary
 from recsys.errors import BundleError
 from recsys.features.pipeline import (
@@ -170,6 +171,12 @@ class Bundle:
         return self.mf.served(self.path / layout.MF)
 
     @cached_property
+    def works(self) -> Works:
+        """Works and series of the bundle's books (bundles written before the catalogue had
+        them: every book its own work, no series)."""
+        return Works.of_vocabulary(self.state.books.ids, self.books)
+
+    @cached_property
     def book_table(self) -> BookFeatures:
         return book_feature_table(self.books, self.state)
 
@@ -186,6 +193,7 @@ class Bundle:
             **generator,
             mf=self.mf_approximate if use_index else self.mf,
             ease=self.ease,
+            works=self.works if self.works.has_series else None,
         )
         pop = np.asarray(self.popularity_counts, dtype=np.float64)
         return TwoStageRecommender(

@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data import schema as S
+from recsys.data.works import derive_book_keys
 from recsys.errors import DataError
 
 
@@ -77,6 +78,7 @@ def build_dataset(
     book_frame = book_frame.unique(S.BOOK_ID, keep="first", maintain_order=True).with_columns(
         pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.String)))
     )
+    book_frame = derive_book_keys(book_frame)
     user_frame = users if users is not None else pl.DataFrame({S.USER_ID: []})
     user_frame = S.conform(user_frame, S.USERS_SCHEMA, S.USERS_REQUIRED, f"{name} users")
     user_frame = user_frame.unique(S.USER_ID, keep="first", maintain_order=True)
@@ -256,6 +258,8 @@ def read_goodbooks(path: str | Path, include_to_read: bool = False, max_tags: in
         .alias("year"),
         pl.col("language_code").alias("language"),
         pl.col("image_url"),
+        # editions and translations of one book share it (derived when the file lacks it)
+        pl.col("work_id") if "work_id" in raw.columns else pl.lit(None, pl.String).alias("work_id"),
         # The source lost leading zeros of ISBN-10s.
         pl.when(pl.col("isbn").str.contains(r"^\d+X?$"))
         .then(pl.col("isbn").str.zfill(10))

@@ -11,7 +11,9 @@ interactions
 books
     book_id str, title str|null, authors str|null (comma separated), year i32|null,
     publisher str|null, language str|null, tags list[str] (may be empty), image_url str|null,
-    isbn str|null
+    isbn str|null, series str|null, series_position f32|null (both or neither), work_id str
+    (editions of one work share it; derived when the source has none, see
+    ``recsys.data.works``)
 
 users
     user_id str, age i32|null, country str|null
@@ -50,6 +52,9 @@ BOOKS_SCHEMA: dict[str, pl.DataType] = {
     "tags": pl.List(pl.String()),
     "image_url": pl.String(),
     "isbn": pl.String(),
+    "series": pl.String(),
+    "series_position": pl.Float32(),
+    "work_id": pl.String(),
 }
 BOOKS_REQUIRED = (BOOK_ID,)
 

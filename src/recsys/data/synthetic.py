@@ -78,6 +78,7 @@ class SyntheticConfig:
     zipf_exponent: float = 1.0
     series_fraction: float = 0.3
     next_volume_prob: float = 0.5
+    editions_fraction: float = 0.03  # books that are another edition of an earlier book
     start_ts: int = 1_600_000_000
     seed: int = 0
 
@@ -130,6 +131,8 @@ def _books(
         else f"The {WORDS[rng.integers(len(WORDS))]} of {GENRES[genre[b]].title()} {b}"
         for b in range(n)
     ]
+    language = np.where(rng.random(n) < 0.9, "eng", "spa")
+    work = _editions(cfg, author, series_name, titles, language)
     frame = pl.DataFrame(
         {
             "book_id": [f"b{b}" for b in range(n)],
@@ -139,16 +142,46 @@ def _books(
             "publisher": [
                 f"{GENRES[g].title()} House {a % 3}" for g, a in zip(genre, author, strict=True)
             ],
-            "language": np.where(rng.random(n) < 0.9, "eng", "spa"),
+            "language": language,
             "tags": [
                 [GENRES[g], f"{GENRES[g]}-{a % 4}"] for g, a in zip(genre, author, strict=True)
             ],
             "image_url": [None] * n,
             "isbn": [f"{9780000000000 + b}" for b in range(n)],
+            "series": series_name,
+            "series_position": [float(volume[b]) if series_name[b] else None for b in range(n)],
+            "work_id": [f"w{w}" for w in work],
         },
-        schema_overrides={"image_url": pl.String},
+        schema_overrides={"image_url": pl.String, "series": pl.String},
     )
     return frame, genre, author, next_volume, pop
+
+
+def _editions(
+    cfg: SyntheticConfig,
+    author: np.ndarray,
+    series_name: list[str | None],
+    titles: list[str],
+    language: np.ndarray,
+) -> np.ndarray:
+    """Make ``editions_fraction`` of the books outside series a Spanish edition of an earlier
+    book by the same author (its title, "(Spanish Edition)", one work); returns each book's
+    work. Drawn from a stream of its own, so the rest of the data does not change with it."""
+    n = len(titles)
+    work = np.arange(n)
+    rng = np.random.default_rng(cfg.seed + 7919)
+    single = np.array([name is None for name in series_name])
+    for b in np.flatnonzero(single & (rng.random(n) < cfg.editions_fraction)):
+        earlier = np.flatnonzero(
+            single[:b] & (author[:b] == author[b]) & (work[:b] == np.arange(b))
+        )
+        if earlier.size == 0:
+            continue
+        original = int(earlier[rng.integers(earlier.size)])
+        work[b] = original
+        titles[b] = f"{titles[original]} (Spanish Edition)"
+        language[b] = "spa"
+    return work
 
 
 def _users(

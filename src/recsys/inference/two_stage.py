@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from recsys.data.works import Works
 from recsys.features.pipeline import BookFeatures
 from recsys.features.ranking import FEATURES, Candidates, pair_features
 from recsys.features.vocab import NUM_RESERVED
@@ -133,9 +134,14 @@ def sparse_values(scores: sp.csr_matrix, books: np.ndarray) -> np.ndarray:
 class CandidateGenerator:
     """Union of the sources, deduplicated, seen books excluded, at most ``max_candidates``.
 
-    Two-tower candidates come first (in retrieval order), then EASE-only, MF-only and
-    co-occurrence-only ones. Without ``mf`` / ``ease`` (or with ``n_mf=0`` / ``n_ease=0``)
-    that source gives no list and its features are zero.
+    Two-tower candidates come first (in retrieval order), then "next in series" ones, then
+    EASE-only, MF-only and co-occurrence-only ones. Without ``mf`` / ``ease`` (or with
+    ``n_mf=0`` / ``n_ease=0``) that source gives no list and its features are zero.
+
+    ``works`` (books' works and series) with ``n_series > 0`` adds the series source: for
+    each series the reader has read a volume of, its earliest unread volume (at most
+    ``n_series``, the series read most recently first). It has no features of its own: the
+    ranker scores those books from what the other sources say about them.
     """
 
     retriever: TwoTowerRecommender
@@ -147,6 +153,8 @@ class CandidateGenerator:
     n_mf: int = 0
     ease: EaseRecommender | None = None  # pruned (sparse) weights
     n_ease: int = 0
+    works: Works | None = None
+    n_series: int = 0
 
     def __post_init__(self) -> None:
         if self.ease is not None and not self.ease.sparse:
@@ -161,6 +169,24 @@ class CandidateGenerator:
             return None, np.full((batch, 0), PADDING, dtype=np.int64)
         vectors = self.mf.user_vectors(history)
         return vectors, _compact(self.mf.top_books(vectors, self.n_mf, excluded))
+
+    def _series_lists(self, history: sp.csr_matrix, excluded: list[set[int]]) -> np.ndarray:
+        """Each row's next unread volumes (``[B, n_series]``, padded)."""
+        batch = history.shape[0]
+        if self.works is None or self.n_series <= 0:
+            return np.full((batch, 0), PADDING, dtype=np.int64)
+        out = np.full((batch, self.n_series), PADDING, dtype=np.int64)
+        for row in range(batch):
+            books = history.indices[history.indptr[row] : history.indptr[row + 1]]
+            if books.size == 0:
+                continue
+            picked = [
+                b
+                for b in self.works.next_volumes(books.tolist(), self.n_series)
+                if b not in excluded[row] and b < history.shape[1]
+            ]
+            out[row, : len(picked)] = picked
+        return out
 
     def generate(
         self, vectors: np.ndarray, history: sp.csr_matrix, excluded: list[set[int]]
@@ -179,7 +205,8 @@ class CandidateGenerator:
             else _sparse_top(ease_scores, self.n_ease, excluded_keys)
         )
         mf_vectors, mf_books = self._mf_lists(history, excluded)
-        books = _merge([tt_books, ease_books, mf_books, co_books], width)
+        series_books = self._series_lists(history, excluded)
+        books = _merge([tt_books, series_books, ease_books, mf_books, co_books], width)
         tt_rank = _ranks_in(books, tt_books, self.n_retrieval)
         co_rank = _ranks_in(books, co_books, self.n_cooc)
         mf_rank = _ranks_in(books, mf_books, self.n_mf)

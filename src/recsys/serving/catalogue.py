@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 
 from recsys.bundle.reader import Bundle
+from recsys.data.works import SERIES, SERIES_POSITION, WORK_ID, Works
 from recsys.features.vocab import NUM_RESERVED
 from recsys.serving.schemas import Filters
 
@@ -43,6 +44,9 @@ class Catalogue:
         self.listed = np.concatenate(
             [[False] * NUM_RESERVED, present.get_column("present").fill_null(False).to_numpy()]
         )
+        # works and series: the live catalogue's, the bundle's where it has none (rows seeded
+        # before the catalogue kept them)
+        self.works = Works(self.ids, book_keys(table, bundle.books))
         # books removed from the catalogue (kept current by update/remove; read per request)
         self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
 
@@ -55,6 +59,7 @@ class Catalogue:
         year = book.get("year")
         self.years[index] = -1 if year is None else int(year)
         self.languages[index] = book.get("language")
+        self.works.update(index, book)
         self.listed[index] = True
         self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
 
@@ -69,6 +74,7 @@ class Catalogue:
         self.years = np.append(self.years, -1 if year is None else int(year))
         self.languages = np.append(self.languages, np.array([book.get("language")], dtype=object))
         self.listed = np.append(self.listed, True)
+        self.works.append(book)
         return index
 
     def remove(self, book_id: str) -> None:
@@ -98,3 +104,33 @@ class Catalogue:
                     [a is not None and any(w in a.lower() for w in wanted) for a in self.authors]
                 )
         return mask
+
+
+def book_keys(live: pl.DataFrame, bundled: pl.DataFrame) -> pl.DataFrame:
+    """``book_id``, ``work_id``, ``series``, ``series_position`` of the live catalogue, each
+    missing value taken from the bundle's catalogue (series and position as a pair)."""
+    keys = (WORK_ID, SERIES, SERIES_POSITION)
+    if live is bundled:
+        return live
+    out = live.select("book_id", *[c for c in keys if c in live.columns])
+    for name, dtype in ((WORK_ID, pl.String), (SERIES, pl.String), (SERIES_POSITION, pl.Float64)):
+        if name not in out.columns:
+            out = out.with_columns(pl.lit(None, dtype=dtype).alias(name))
+    present = [c for c in keys if c in bundled.columns]
+    if not present:
+        return out
+    theirs = bundled.select(
+        pl.col("book_id").cast(pl.String), *[pl.col(c).alias(f"{c}_bundle") for c in present]
+    ).unique("book_id", keep="first")
+    out = out.join(theirs, on="book_id", how="left", maintain_order="left")
+    fill = [pl.coalesce(WORK_ID, f"{WORK_ID}_bundle").alias(WORK_ID)] if WORK_ID in present else []
+    if SERIES in present and SERIES_POSITION in present:
+        own = pl.col(SERIES).is_not_null()
+        fill += [
+            pl.when(own).then(pl.col(SERIES)).otherwise(pl.col(f"{SERIES}_bundle")).alias(SERIES),
+            pl.when(own)
+            .then(pl.col(SERIES_POSITION))
+            .otherwise(pl.col(f"{SERIES_POSITION}_bundle").cast(pl.Float64))
+            .alias(SERIES_POSITION),
+        ]
+    return out.with_columns(fill).select("book_id", *keys)

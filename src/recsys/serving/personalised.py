@@ -8,8 +8,8 @@ filters leave short are topped up from popularity.
 
 from __future__ import annotations
 
-import itertools
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +22,7 @@ from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_stage import TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
 from recsys.serving.catalogue import Catalogue
+from recsys.serving.reading_order import ReadingOrder
 from recsys.serving.stages import Stages
 
 # fallback reasons that say nothing lasting about the reader: never cached
@@ -78,6 +79,24 @@ class PersonalisedPath:
     ) -> None:
         self.users, self.retriever, self.pipeline = users, retriever, pipeline
         self.stages, self.catalogue, self.popularity = stages, catalogue, popularity
+        self.order = ReadingOrder(catalogue.works)
+
+    def offerable(
+        self, exclude: set[int], allowed: np.ndarray | None, history: set[int]
+    ) -> Callable[[int], bool]:
+        """Whether a book could be proposed to this reader now (a volume standing in for a
+        later one must be)."""
+        listed = self.catalogue.listed
+
+        def check(book: int) -> bool:
+            return bool(
+                listed[book]
+                and book not in exclude
+                and book not in history
+                and (allowed is None or allowed[book])
+            )
+
+        return check
 
     def popular(
         self,
@@ -86,17 +105,19 @@ class PersonalisedPath:
         allowed: np.ndarray | None,
         reason: str | None,
         source: str = "popularity",
+        history: Iterable[int] = (),
+        taken: Iterable[int] = (),
     ) -> Answer:
-        """The most popular listed books not excluded (the fallback and the top-up)."""
-        books = []
-        listed = self.catalogue.listed
-        for book in self.popularity.order:
-            if book not in exclude and listed[book] and (allowed is None or allowed[book]):
-                books.append(int(book))
-                if len(books) == limit:
-                    break
-        scores = [float(self.popularity.scores[b]) for b in books]
-        return Answer(books, scores, ["popular with readers"] * len(books), source, reason)
+        """The most popular listed books not excluded (the fallback and the top-up), in
+        reading order for a reader with ``history`` (after the books ``taken``)."""
+        history = list(history)
+        check = self.offerable(exclude, allowed, set(history))
+        scores = self.popularity.scores
+        stream = ((int(b), float(scores[b])) for b in self.popularity.order if check(int(b)))
+        picks = self.order.pick(stream, history, check, limit, taken)
+        reasons = [self.order.reason(p, history) or "popular with readers" for p in picks]
+        books = [p.book for p in picks]
+        return Answer(books, [p.score for p in picks], reasons, source, reason)
 
     def answer(self, requests: list[Personal], explain: bool = True) -> list[Answer]:
         """Two-stage (or retrieval-only) answers for a batch of requests, one model call per
@@ -157,16 +178,23 @@ class PersonalisedPath:
         vectors = self.retriever.encode(self.retriever.features_from_matrix(users, matrix))
         answers = []
         for row, req in enumerate(requests):
-            seen = set(req.matrix.indices.tolist())
+            history = req.matrix.indices.tolist()
+            seen = set(history)
+            # a margin for the editions and later volumes reading order leaves out
             top, top_scores = self.retriever.search(
-                vectors[row : row + 1], req.limit, [seen | req.exclude], req.allowed
+                vectors[row : row + 1], 2 * req.limit + 10, [seen | req.exclude], req.allowed
             )
-            books = [int(b) for b in top[0] if b >= 0]
+            found = [(int(b), float(s)) for b, s in zip(top[0], top_scores[0], strict=True)]
+            check = self.offerable(req.exclude, req.allowed, seen)
+            picks = self.order.pick((p for p in found if p[0] >= 0), history, check, req.limit)
+            reasons = [
+                self.order.reason(p, history) or "matches your reading history" for p in picks
+            ]
             answers.append(
                 Answer(
-                    books,
-                    [float(s) for s in top_scores[0][: len(books)]],
-                    ["matches your reading history"] * len(books) if explain else [],
+                    [p.book for p in picks],
+                    [p.score for p in picks],
+                    reasons if explain else [],
                     req.source,
                 )
             )
@@ -177,9 +205,14 @@ class PersonalisedPath:
         answer.from_model = len(answer.books)
         if len(answer.books) >= req.limit:
             return
-        seen = set(req.matrix.indices.tolist())
+        history = req.matrix.indices.tolist()
         extra = self.popular(
-            req.limit - len(answer.books), seen | req.exclude | set(answer.books), req.allowed, None
+            req.limit - len(answer.books),
+            req.exclude | set(answer.books),
+            req.allowed,
+            None,
+            history=history,
+            taken=answer.books,
         )
         answer.books += extra.books
         answer.scores += extra.scores
@@ -198,14 +231,17 @@ class PersonalisedPath:
         assert self.pipeline is not None
         order = np.argsort(-scores[row], kind="stable")
         books = cands.books[row][order].tolist()
+        row_scores = scores[row]
         wanted = (
-            (b, i)
+            (b, float(row_scores[i]))
             for b, i in zip(books, order.tolist(), strict=True)
             if b >= 0 and b not in req.exclude and (req.allowed is None or req.allowed[b])
         )  # lazily: the first `limit` of ~300 candidates are all a list needs
-        ranked = [(b, float(scores[row][i])) for b, i in itertools.islice(wanted, req.limit)]
-        chosen = [b for b, _ in ranked]
-        answer = Answer(chosen, [s for _, s in ranked], [], req.source)
+        read = req.matrix.indices.tolist()
+        check = self.offerable(req.exclude, req.allowed, set(read))
+        picks = self.order.pick(wanted, read, check, req.limit)
+        chosen = [p.book for p in picks]
+        answer = Answer(chosen, [p.score for p in picks], [], req.source)
         if explain:
             co_read = cands.books[row][cands.from_cooc[row].astype(bool)]
             why, kinds = self.pipeline.reasons(
@@ -213,7 +249,10 @@ class PersonalisedPath:
                 np.array(chosen, dtype=np.int64),
                 np.isin(np.array(chosen, dtype=np.int64), co_read),
             )
-            answer.reasons = [self.reason(w, k) for w, k in zip(why, kinds, strict=True)]
+            answer.reasons = [
+                self.order.reason(p, read) or self.reason(w, k)
+                for p, w, k in zip(picks, why, kinds, strict=True)
+            ]
         return answer
 
     def reason(self, book: int, kind: str) -> str:

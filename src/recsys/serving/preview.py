@@ -76,7 +76,7 @@ class PreviewBuilder:
             return self._preview("erased", [], Reader(user_id, None, allowed, None), [])
         known, marked = service.reader(user_id)
         history = known or []
-        unwanted = service.indices(marked)
+        unwanted = self.catalogue.works.editions(service.indices(marked))
         allowed = self.catalogue.allowed(req.filters, unwanted)  # as the served list has it
         answer = service.for_user(user_id, req.limit, [], req.filters, self.retrieval_only)
         matrix = service.history_matrix([history]) if history else None
@@ -159,6 +159,14 @@ class PreviewBuilder:
             return "removed", "removed from the catalogue: never recommended"
         if index in reader.seen:
             return "already_read", "in the reader's history: read books are never recommended"
+        works = self.catalogue.works
+        read = works.works_read(reader.seen)
+        if works.work_of(index) in read:
+            other = next(b for b in reader.seen if works.work_of(b) == works.work_of(index))
+            return "edition_read", (
+                f"the reader read another edition of this work ({self._title(other)}): "
+                "no edition of a read work is recommended"
+            )
         if index in answer.books:
             place = answer.books.index(index) + 1
             filled = answer.from_model is not None and place > answer.from_model
@@ -174,6 +182,9 @@ class PreviewBuilder:
         if answer.source != "personalized":
             reason = answer.fallback_reason or "no personal list"
             return "not_personal", f"the list comes from {answer.source} ({reason})"
+        ordered = self._reading_order(index, reader, read)
+        if ordered is not None:
+            return ordered
         if not candidates:
             return "not_a_candidate", "this bundle answers from the two-tower alone (no ranker)"
         found = next((c for c in candidates if c.book_id == self._id(index)), None)
@@ -187,6 +198,32 @@ class PreviewBuilder:
                 f"list keeps {self.req.limit}{cut}"
             )
         return "not_a_candidate", self._not_proposed(index, reader)
+
+    def _reading_order(self, index: int, reader: Reader, read: set[int]) -> tuple[str, str] | None:
+        """The verdict when works or series keep the book out: another edition is listed,
+        or an earlier volume is unread and could be proposed."""
+        assert reader.answer is not None
+        works = self.catalogue.works
+        edition = next(
+            (b for b in reader.answer.books if works.work_of(b) == works.work_of(index)), None
+        )
+        if edition is not None:
+            return "edition_listed", (
+                f"another edition of this work is in the list ({self._title(edition)}): "
+                "one edition per work"
+            )
+        series = works.series_of(index)
+        if series < 0:
+            return None
+        check = self.service.path.offerable(reader.unwanted, reader.allowed, reader.seen)
+        first = works.first_open_volume(series, read, check)
+        if first is None or works.position_of(first) >= works.position_of(index):
+            return None
+        name = works.series_names[series]
+        return "earlier_volume_unread", (
+            f"#{works.position_of(index):g} of {name} waits for #{works.position_of(first):g} "
+            f"({self._title(first)}), which the reader has not read: volumes come in order"
+        )
 
     def _not_proposed(self, index: int, reader: Reader) -> str:
         """Where the two-tower would put the book among the reader's unread books."""

@@ -191,6 +191,22 @@ class BookIn(RequestModel):
     language: str | None = Field(None, max_length=32)
     tags: list[str] = Field(default_factory=list, max_length=100)
     cover_url: str | None = Field(None, max_length=2000)
+    series: str | None = Field(None, max_length=500, description="with series_position")
+    series_position: float | None = Field(
+        None, ge=0, le=100_000, description="the volume's place in its series (1, 2, 2.5…)"
+    )
+    work_id: str | None = Field(
+        None,
+        max_length=300,
+        description="editions of one work share it; derived from title and first author "
+        "when absent",
+    )
+
+    @model_validator(mode="after")
+    def _series_pair(self) -> BookIn:
+        if (self.series is None) != (self.series_position is None):
+            raise ValueError("series and series_position go together: give both or neither")
+        return self
 
 
 class BookCreate(BookIn):
@@ -206,6 +222,9 @@ class Book(BaseModel):
     language: str | None = None
     tags: list[str] = Field(default_factory=list)
     cover_url: str | None = None
+    series: str | None = None
+    series_position: float | None = None
+    work_id: str | None = None
 
 
 class BookList(BaseModel):
@@ -382,6 +401,9 @@ class WhyNot(BaseModel):
     verdict: Literal[
         "listed",
         "already_read",
+        "edition_read",
+        "edition_listed",
+        "earlier_volume_unread",
         "not_interested",
         "filtered",
         "not_a_candidate",

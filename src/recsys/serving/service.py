@@ -74,6 +74,9 @@ class RecommendationService:
         self.live = live if live is not None else Live()
         self.stores = self.live.stores
         self.catalogue = Catalogue(bundle, self.stores.catalogue.listed(bundle.books))
+        if self.pipeline is not None and self.catalogue.works.has_series:
+            # "next in series" from the live catalogue (volumes added or edited through the API)
+            self.pipeline.generator.works = self.catalogue.works
         self.path = PersonalisedPath(
             bundle.state.users,
             self.retriever,
@@ -265,10 +268,11 @@ class RecommendationService:
         try:
             history, unwanted = self.reader(user_id)
         except StoreUnavailable:  # erasure cannot be checked: nothing personal until it can
-            exclude = self.indices(exclude_ids)
+            exclude = self.catalogue.works.editions(self.indices(exclude_ids))
             allowed = self.catalogue.allowed(filters, exclude)
             return self.path.popular(limit, exclude, allowed, "store_unavailable")
-        exclude = self.indices([*exclude_ids, *unwanted])  # the reader's "not for me" too
+        # the reader's "not for me" too; a book left out takes its other editions with it
+        exclude = self.catalogue.works.editions(self.indices([*exclude_ids, *unwanted]))
         allowed = self.catalogue.allowed(filters, exclude)
         if not history:
             return self.path.popular(limit, exclude, allowed, "unknown_user")
@@ -276,7 +280,7 @@ class RecommendationService:
         seen = set(matrix.indices.tolist())
         answer = self._guarded(
             Personal(user_id, matrix, limit, exclude, allowed, "personalized", retrieval_only),
-            lambda reason: self.path.popular(limit, exclude | seen, allowed, reason),
+            lambda reason: self.path.popular(limit, exclude, allowed, reason, history=seen),
         )
         answer.history_length = len(history)
         return answer
@@ -291,23 +295,32 @@ class RecommendationService:
     ) -> Answer:
         index = self.book_index(book_id)
         allowed = self.catalogue.allowed(filters, set())
-        fetch = limit * 3 if (user_id or preferences) else limit
+        fetch = limit * 3 if (user_id or preferences) else limit + 10  # editions left out
         query = self.retriever.book_embeddings[[index]]
         top, scores = self.retriever.search(query, fetch, [{index}], allowed)
         books = [int(b) for b in top[0] if b >= 0]
         sims = [float(s) for s in scores[0][: len(books)]]
         stored = self._known_history(user_id)
         history = list(stored or []) + list(preferences or [])
+        reader: list[int] = []
         if history and books:  # re-rank for the user: similarity + affinity to their reading
             matrix = self.history_matrix([history])
+            reader = matrix.indices.tolist()
             user = np.array([self.bundle.state.users.encode_one(user_id) if user_id else 1])
             vector = self.retriever.encode(self.retriever.features_from_matrix(user, matrix))[0]
             affinity = self.retriever.book_embeddings[books] @ vector / self.retriever.temperature
             blended = np.asarray(sims) + 0.5 * affinity
-            seen = set(matrix.indices.tolist())
-            order = [i for i in np.argsort(-blended, kind="stable") if books[i] not in seen][:limit]
+            seen = set(reader)
+            order = [i for i in np.argsort(-blended, kind="stable") if books[i] not in seen]
             books, sims = [books[i] for i in order], [float(blended[i]) for i in order]
-        books, sims = books[:limit], sims[:limit]
+        # other editions of the book are not "similar books"; one edition per work; for a
+        # reader, nothing they read in another edition, and series in reading order
+        works = self.catalogue.works
+        seed = works.work_of(index)
+        ranked = ((b, s) for b, s in zip(books, sims, strict=True) if works.work_of(b) != seed)
+        check = self.path.offerable(set(), allowed, set(reader))
+        picks = self.path.order.pick(ranked, reader, check, limit, in_order=bool(reader))
+        books, sims = [p.book for p in picks], [p.score for p in picks]
         reason = f"similar to {self.path.title(index)}"
         return Answer(books, sims, [reason] * len(books), "similar")
 
@@ -331,7 +344,7 @@ class RecommendationService:
         seen = set(matrix.indices.tolist())
         return self._guarded(
             Personal(user_id, matrix, limit, set(), allowed, "hybrid"),
-            lambda reason: self.path.popular(limit, seen, allowed, reason),
+            lambda reason: self.path.popular(limit, set(), allowed, reason, history=seen),
         )
 
     def trending(self, limit: int) -> Answer:

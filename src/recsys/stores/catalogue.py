@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
+from recsys.data.works import SERIES, SERIES_POSITION, WORK_ID, derive_book_keys
 from recsys.stores.engine import Database
 from recsys.stores.schema import BOOK_COLUMNS, BOOK_FIELDS, books
 
@@ -45,23 +46,22 @@ class SqlCatalogueStore:
         return self.books_frame()
 
     def books_frame(self) -> pl.DataFrame:
-        """The listed catalogue: book_id, title, authors, year, language."""
-        query = sa.select(
-            books.c.book_id, books.c.title, books.c.authors, books.c.year, books.c.language
-        ).where(books.c.deleted == sa.false())
+        """The listed catalogue: book_id, title, authors, year, language, and works and
+        series (work_id, series, series_position)."""
+        schema = {
+            "book_id": pl.String,
+            "title": pl.String,
+            "authors": pl.String,
+            "year": pl.Int64,
+            "language": pl.String,
+            "work_id": pl.String,
+            "series": pl.String,
+            "series_position": pl.Float64,
+        }
+        query = sa.select(*(books.c[name] for name in schema)).where(books.c.deleted == sa.false())
         with self.db.connect() as conn:
             rows = conn.execute(query).all()
-        return pl.DataFrame(
-            [tuple(r) for r in rows],
-            schema={
-                "book_id": pl.String,
-                "title": pl.String,
-                "authors": pl.String,
-                "year": pl.Int64,
-                "language": pl.String,
-            },
-            orient="row",
-        )
+        return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
 
     def added_books(self) -> list[dict[str, Any]]:
         """Listed books created through the API (no bundle has them until retraining)."""
@@ -84,8 +84,10 @@ class SqlCatalogueStore:
             values["tags"] = json.dumps(list(values["tags"] or []))
         values["updated_at"] = time.time()
         with self._lock, self.db.begin() as conn:
-            row = conn.execute(sa.select(books.c.deleted).where(books.c.book_id == book_id)).first()
-            listed = row is not None and not row[0]
+            row = conn.execute(sa.select(books).where(books.c.book_id == book_id)).first()
+            before = dict(row._mapping) if row is not None and not create else {}
+            values.update(derived_keys(book_id, {**before, **values}, before))
+            listed = row is not None and not row.deleted
             if create and listed:
                 raise KeyError(book_id)
             if not create and not listed:
@@ -147,6 +149,9 @@ def _seed_row(r: dict[str, Any], now: float) -> dict[str, Any]:
         "language": r.get("language"),
         "tags": json.dumps(list(r.get("tags") or [])),
         "cover_url": r.get("cover_url") or r.get("image_url"),
+        "series": r.get("series"),
+        "series_position": r.get("series_position"),
+        "work_id": r.get("work_id"),
         "updated_at": now,
         "origin": "bundle",
         "deleted": False,
@@ -157,3 +162,34 @@ def _book(row: Any) -> dict[str, Any]:
     out = {k: v for k, v in row._mapping.items() if k in BOOK_COLUMNS}
     out["tags"] = json.loads(out.get("tags") or "[]")
     return out
+
+
+def derived_keys(
+    book_id: str, fields: dict[str, Any], before: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``work_id``, ``series`` and ``series_position`` for a book written through the API: as
+    given; else as the book had them (``before``, an update that leaves them alone); else
+    derived from its title and authors as the data readers derive them."""
+    before = before or {}
+    row = {"book_id": book_id, "title": fields.get("title"), "authors": fields.get("authors")}
+    row.update({k: fields.get(k) for k in (SERIES, SERIES_POSITION, WORK_ID)})
+    if fields.get(WORK_ID) is None and before.get(WORK_ID):
+        row[WORK_ID] = before[WORK_ID]
+    frame = pl.DataFrame(
+        [row],
+        schema={
+            "book_id": pl.String,
+            "title": pl.String,
+            "authors": pl.String,
+            SERIES: pl.String,
+            SERIES_POSITION: pl.Float32,
+            WORK_ID: pl.String,
+        },
+    )
+    keys = derive_book_keys(frame).row(0, named=True)
+    position = keys[SERIES_POSITION]
+    return {
+        SERIES: keys[SERIES],
+        SERIES_POSITION: None if position is None else float(position),
+        WORK_ID: keys[WORK_ID],
+    }

@@ -120,6 +120,10 @@ class Database:
             {
                 "origin": "VARCHAR(16) NOT NULL DEFAULT 'bundle'",
                 "deleted": "BOOLEAN NOT NULL DEFAULT FALSE",
+                # works and series (null on rows seeded before: serving reads the bundle's)
+                "series": "TEXT",
+                "series_position": "DOUBLE PRECISION" if not self.is_sqlite else "REAL",
+                "work_id": "VARCHAR(300)",
             },
         )
         self._add_columns("impressions", {"bundle": "VARCHAR(200) NOT NULL DEFAULT ''"})

@@ -18,7 +18,18 @@ HISTORY_EVENT_TYPES = ("view", "rate", "want_to_read", "read", "purchase")
 # a reader's "not for me": stored like any event, applied as exclusions, never history
 NEGATIVE_EVENT_TYPES = ("not_interested", "dislike")
 EVENT_TYPES = (*HISTORY_EVENT_TYPES, *NEGATIVE_EVENT_TYPES)
-BOOK_FIELDS = ("title", "authors", "year", "publisher", "language", "tags", "cover_url")
+BOOK_FIELDS = (
+    "title",
+    "authors",
+    "year",
+    "publisher",
+    "language",
+    "tags",
+    "cover_url",
+    "series",
+    "series_position",
+    "work_id",
+)
 BOOK_COLUMNS = ("book_id", *BOOK_FIELDS)
 
 metadata = sa.MetaData()
@@ -56,6 +67,9 @@ books = sa.Table(
     sa.Column("language", sa.String(32), nullable=True),
     sa.Column("tags", sa.Text, nullable=False, default="[]"),
     sa.Column("cover_url", sa.Text, nullable=True),
+    sa.Column("series", sa.Text, nullable=True),
+    sa.Column("series_position", sa.Float, nullable=True),
+    sa.Column("work_id", sa.String(300), nullable=True),
     sa.Column("updated_at", sa.Float, nullable=False),
     # bundle: seeded from a model bundle; api: added through the API (embedded at start)
     sa.Column("origin", sa.String(16), nullable=False, server_default="bundle"),

@@ -24,6 +24,7 @@ from torch import nn
 
 from recsys.data.prepared import PreparedData
 from recsys.data.split import random_holdout
+from recsys.data.works import Works
 from recsys.evaluation import EvalSet
 from recsys.features.pipeline import BookFeatures
 from recsys.features.vocab import NUM_RESERVED
@@ -98,14 +99,16 @@ class CandidateSources:
     ease: dict[str, Any] | None = None
 
     def fit(self, data: PreparedData) -> FittedSources:
-        """Co-occurrence and (when enabled) MF and EASE on ``data``'s training split."""
+        """Co-occurrence and (when enabled) MF and EASE on ``data``'s training split; the
+        series source from its catalogue (when any book is in a series)."""
         cooc = CooccurrenceRecommender.from_prepared(data, **self.cooccurrence)
         mf = ease = None
         if self.mf is not None:
             mf = MatrixFactorisation.fit(data.matrix("train"), seed=self.seed, **self.mf)
         if self.ease is not None:
             ease = EaseRecommender.from_prepared(data, **self.ease)
-        return FittedSources(cooc, mf, ease)
+        works = Works.of_vocabulary(data.book_vocab.ids, data.books)
+        return FittedSources(cooc, mf, ease, works if works.has_series else None)
 
 
 @dataclass(frozen=True)
@@ -115,13 +118,19 @@ class FittedSources:
     cooccurrence: CooccurrenceRecommender
     mf: MatrixFactorisation | None
     ease: EaseRecommender | None = None
+    works: Works | None = None  # series: the "next in series" source
 
     def generator(
         self, retriever: TwoTowerRecommender, spec: CandidateSources
     ) -> CandidateGenerator:
         """The generator over ``retriever`` and these sources, sized by ``spec``."""
         return CandidateGenerator(
-            retriever, self.cooccurrence, **spec.generator, mf=self.mf, ease=self.ease
+            retriever,
+            self.cooccurrence,
+            **spec.generator,
+            mf=self.mf,
+            ease=self.ease,
+            works=self.works,
         )
 
 

@@ -145,7 +145,9 @@ function ratingForm(book) {
 async function bookPage(id) {
   const book = await api("GET", `/books/${enc(id)}`);
   const details = [
-    ["Author", book.authors], ["Year", book.year], ["Publisher", book.publisher],
+    ["Author", book.authors],
+    ["Series", book.series ? `#${book.series_position} of ${book.series}` : null],
+    ["Year", book.year], ["Publisher", book.publisher],
     ["Language", book.language], ["Tags", (book.tags || []).join(", ")],
   ].filter(([, v]) => v !== null && v !== undefined && v !== "");
   const similar = await api("POST", `/recommendations/books/${enc(id)}`, { limit: 10 })
