@@ -148,6 +148,49 @@ class StoreSuite:
         finally:
             _empty(store)
 
+    def test_books_from_before_get_works_and_series(self, url: str) -> None:
+        """A catalogue seeded before works and series opens with them empty; writes take
+        them (given or derived), and an edit that leaves them alone keeps them."""
+        import sqlalchemy as sa
+
+        old = sa.MetaData()
+        table = sa.Table(
+            "books",
+            old,
+            sa.Column("book_id", sa.String(200), primary_key=True),
+            sa.Column("title", sa.Text, nullable=True),
+            sa.Column("authors", sa.Text, nullable=True),
+            sa.Column("year", sa.Integer, nullable=True),
+            sa.Column("publisher", sa.Text, nullable=True),
+            sa.Column("language", sa.String(32), nullable=True),
+            sa.Column("tags", sa.Text, nullable=False),
+            sa.Column("cover_url", sa.Text, nullable=True),
+            sa.Column("updated_at", sa.Float, nullable=False),
+        )
+        engine = sa.create_engine(url)
+        old.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(
+                table.insert(),
+                [{"book_id": "b1", "title": "Dune (Dune, #1)", "tags": "[]", "updated_at": 0.0}],
+            )
+        engine.dispose()
+        store = open_store(url)
+        try:
+            frame = store.catalogue.books_frame()
+            assert frame.row(0, named=True)["work_id"] is None  # the bundle's apply (serving)
+            given = {"title": "Dune Messiah", "series": "Dune", "series_position": 2.0}
+            book = store.catalogue.put_book("b2", given, create=True)
+            assert (book["series"], book["series_position"]) == ("Dune", 2.0)
+            assert book["work_id"] == "t:dune messiah|"
+            kept = store.catalogue.put_book("b2", {"authors": "Frank Herbert"}, create=False)
+            assert kept["series"] == "Dune"
+            assert kept["work_id"] == "t:dune messiah|"  # a work id, once given, stays
+            derived = store.catalogue.put_book("b1", {"year": 1965}, create=False)
+            assert (derived["series"], derived["series_position"]) == ("Dune", 1.0)
+        finally:
+            _empty(store)
+
     def test_events(self, store: Stores) -> None:
         now = time.time()
         events = [
