@@ -83,6 +83,7 @@ class ServingCore:
         self.metrics.registry.register(DriftCollector(self.drift))
         self.metrics.registry.register(QualityCollector(self.coverage, self.served_bundles))
         self.watcher: FileWatcher | None = None
+        self.rules_watcher: FileWatcher | None = None
         self.follower: ProductionFollower | None = None
         self.warmer = CacheWarmer(self)
         self.vitals = Vitals(self.metrics.registry)  # the console's health view
@@ -124,6 +125,13 @@ class ServingCore:
             self.watcher = FileWatcher(
                 self.live.experiments_file, self.experiments, self.live.experiments_poll_s
             )
+        if self.live.rules_file:
+            rules = self.live.rules
+            rules.folder = Path(self.live.rules_file).parent
+            rules.known = lambda book: book in self.service.catalogue.index
+            self.rules_watcher = FileWatcher(
+                self.live.rules_file, rules, self.live.rules_poll_s, what="rules"
+            )
         registry = self.live.registry
         if registry.url:
             family = registry.family or self.service.bundle.manifest.bundle_name
@@ -137,6 +145,8 @@ class ServingCore:
         self.vitals.stop()
         if self.watcher is not None:
             self.watcher.stop()
+        if self.rules_watcher is not None:
+            self.rules_watcher.stop()
         if self.follower is not None:
             self.follower.stop()
         self.service.close()
@@ -271,6 +281,7 @@ class ServingCore:
             **req.model_dump(mode="json"),
             "experiment": arm.experiment,
             "variant": arm.variant,
+            "rules": self.live.rules.version,  # a new rules file: lists made again
         }
         cached = await self._cached(svc, user_id, params, request_id)
         logged = forced is None  # a forced variant (testing) is no experiment data
@@ -392,5 +403,6 @@ class ServingCore:
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             request_id=request_id,
             fallback_reason=answer.fallback_reason,
+            rules=answer.rules,
         )
         return RecommendationResponse(recommendations=items, metadata=meta)

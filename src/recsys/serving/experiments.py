@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -236,16 +236,23 @@ class Experiments:
             )
 
 
-class FileWatcher:
-    """Re-apply an experiments file when it changes (polls its mtime)."""
+class Applies(Protocol):
+    def apply(self, raw: dict[str, Any] | None) -> None: ...
 
-    def __init__(self, path: str, experiments: Experiments, poll_s: float = 1.0) -> None:
-        self.path, self.experiments, self.poll_s = Path(path), experiments, poll_s
+
+class FileWatcher:
+    """Re-apply a YAML file when it changes (polls its mtime): the experiments file, the
+    business rules. ``target.apply`` validates whole and raises on a bad file."""
+
+    def __init__(
+        self, path: str, target: Applies, poll_s: float = 1.0, what: str = "experiments"
+    ) -> None:
+        self.path, self.target, self.poll_s, self.what = Path(path), target, poll_s, what
         self.mtime = 0.0
         self.error: str | None = None
         self.check()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="experiments-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{what}-watch", daemon=True)
         self._thread.start()
 
     def check(self) -> bool:
@@ -258,12 +265,14 @@ class FileWatcher:
             return False
         try:
             raw = yaml.safe_load(self.path.read_text()) or {}
-            self.experiments.apply(raw)
+            if not isinstance(raw, dict):
+                raise RecsysError(f"{self.path}: expected a mapping at the top level")
+            self.target.apply(raw)
             self.error = None
             return True
         except (RecsysError, yaml.YAMLError, OSError) as exc:
             self.error = str(exc)
-            log.error("experiments file %s refused, the current setup stays: %s", self.path, exc)
+            log.error("%s file %s refused, the current setup stays: %s", self.what, self.path, exc)
             return False
         finally:
             self.mtime = mtime  # marks this version as handled (applied or refused)

@@ -16,6 +16,7 @@ from recsys.serving.auth import Authenticator
 from recsys.serving.cache import ResponseCache
 from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
+from recsys.serving.rules import RulesHolder
 from recsys.serving.settings import (
     LiveSettings,
     MonitoringSettings,
@@ -44,6 +45,9 @@ class Live:
     impressions: ImpressionLog | None = None
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)  # url None: off
+    rules_file: str | None = None  # watched YAML (recsys.serving.rules)
+    rules_poll_s: float = 1.0
+    rules: RulesHolder = field(default_factory=RulesHolder)  # the business rules in force
 
     _rebuilding: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -125,6 +129,8 @@ class Live:
             settings.experiments.poll_s,
             monitoring=settings.monitoring,
             registry=settings.registry,
+            rules_file=settings.rules.file,
+            rules_poll_s=settings.rules.poll_s,
         )
         live.refresh_trending(force=True)
         return live

@@ -8,6 +8,7 @@ filters leave short are topped up from popularity.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_stage import TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
 from recsys.serving.catalogue import Catalogue
-from recsys.serving.reading_order import ReadingOrder
+from recsys.serving.reading_order import Pick, ReadingOrder
+from recsys.serving.rules import BoundRules
 from recsys.serving.stages import Stages
 
 # fallback reasons that say nothing lasting about the reader: never cached
@@ -40,6 +42,7 @@ class Personal:
     allowed: np.ndarray | None
     source: str
     retrieval_only: bool = False  # an experiment setting: two-tower answer, no ranker
+    rules: list[str] = field(default_factory=list)  # business rules that left books out
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
     from_model: int | None = None  # leading books from the model; the rest topped up
     history_length: int | None = None  # books in the history behind a user's list (drift)
+    rules: list[str] = field(default_factory=list)  # business rules that changed the list
 
 
 class PersonalisedPath:
@@ -80,6 +84,44 @@ class PersonalisedPath:
         self.users, self.retriever, self.pipeline = users, retriever, pipeline
         self.stages, self.catalogue, self.popularity = stages, catalogue, popularity
         self.order = ReadingOrder(catalogue.works)
+        # the business rules in force, bound to this catalogue (None: no rules)
+        self.rules: Callable[[], BoundRules | None] = lambda: None
+
+    def arrange(
+        self,
+        ranked: Iterable[tuple[int, float]],
+        history: list[int],
+        check: Callable[[int], bool],
+        limit: int,
+        taken: Iterable[int] = (),
+        in_order: bool = True,
+    ) -> tuple[list[Pick], list[str]]:
+        """Reading order, then the business rules' caps, shares and pins, over ranked books
+        (already boosted and filtered); the names of the rules that changed the list."""
+        walk = self.order.walk(ranked, history, check, taken, in_order)
+        bound = self.rules()
+        if bound is None or bound.rules.empty:
+            return list(itertools.islice(walk, limit)), []
+        works = self.catalogue.works
+        read = works.works_read(history)
+
+        def pinned(book: int) -> bool:  # a pinned book: offerable, and its work unread
+            return check(book) and (book >= len(works) or works.work_of(book) not in read)
+
+        return bound.arrange(walk, limit, pinned, time.time())
+
+    def boosted(
+        self, books: np.ndarray, scores: np.ndarray, log_scale: bool = True
+    ) -> tuple[np.ndarray, list[str]]:
+        """Scores after the business rules' boosts (unchanged without rules)."""
+        bound = self.rules()
+        if bound is None or not bound.rules.spec.boosts:
+            return scores, []
+        return bound.boost(books, scores, log_scale)
+
+    def words(self, pick: Pick, history: list[int], otherwise: str) -> str:
+        """A pick's reason: a rule's (a pin), its series note's, else ``otherwise``."""
+        return pick.reason or self.order.reason(pick, history) or otherwise
 
     def offerable(
         self, exclude: set[int], allowed: np.ndarray | None, history: set[int]
@@ -107,17 +149,28 @@ class PersonalisedPath:
         source: str = "popularity",
         history: Iterable[int] = (),
         taken: Iterable[int] = (),
+        arranged: bool = True,
     ) -> Answer:
         """The most popular listed books not excluded (the fallback and the top-up), in
-        reading order for a reader with ``history`` (after the books ``taken``)."""
+        reading order for a reader with ``history`` (after the books ``taken``), arranged
+        by the business rules (not ``arranged``: a top-up, after a list they arranged)."""
         history = list(history)
         check = self.offerable(exclude, allowed, set(history))
-        scores = self.popularity.scores
-        stream = ((int(b), float(scores[b])) for b in self.popularity.order if check(int(b)))
-        picks = self.order.pick(stream, history, check, limit, taken)
-        reasons = [self.order.reason(p, history) or "popular with readers" for p in picks]
-        books = [p.book for p in picks]
-        return Answer(books, [p.score for p in picks], reasons, source, reason)
+        order, scores = self.popularity.order, self.popularity.scores
+        boosted, names = self.boosted(np.asarray(order), scores[order], log_scale=False)
+        if names:
+            order = order[np.argsort(-boosted, kind="stable")]
+            scores = np.zeros(len(scores))
+            scores[self.popularity.order] = boosted
+        stream = ((int(b), float(scores[b])) for b in order if check(int(b)))
+        if arranged:
+            picks, applied = self.arrange(stream, history, check, limit, taken)
+        else:
+            picks, applied = self.order.pick(stream, history, check, limit, taken), []
+        reasons = [self.words(p, history, "popular with readers") for p in picks]
+        answer = Answer([p.book for p in picks], [p.score for p in picks], reasons, source, reason)
+        answer.rules = [n for n in names if _listed(n, picks, self)] + applied
+        return answer
 
     def answer(self, requests: list[Personal], explain: bool = True) -> list[Answer]:
         """Two-stage (or retrieval-only) answers for a batch of requests, one model call per
@@ -140,6 +193,7 @@ class PersonalisedPath:
             answers = self._retrieval_only(requests, users, matrix, explain)
         for req, answer in zip(requests, answers, strict=True):
             self._top_up(req, answer, explain)
+            answer.rules = [*req.rules, *answer.rules]
         return answers
 
     def _stack(self, requests: list[Personal]) -> sp.csr_matrix:
@@ -184,20 +238,21 @@ class PersonalisedPath:
             top, top_scores = self.retriever.search(
                 vectors[row : row + 1], 2 * req.limit + 10, [seen | req.exclude], req.allowed
             )
-            found = [(int(b), float(s)) for b, s in zip(top[0], top_scores[0], strict=True)]
+            books = np.asarray(top[0], dtype=np.int64)
+            boosted, names = self.boosted(books, np.asarray(top_scores[0], dtype=np.float64))
+            order = np.argsort(-boosted, kind="stable")
+            found = [(int(books[i]), float(boosted[i])) for i in order if books[i] >= 0]
             check = self.offerable(req.exclude, req.allowed, seen)
-            picks = self.order.pick((p for p in found if p[0] >= 0), history, check, req.limit)
-            reasons = [
-                self.order.reason(p, history) or "matches your reading history" for p in picks
-            ]
-            answers.append(
-                Answer(
-                    [p.book for p in picks],
-                    [p.score for p in picks],
-                    reasons if explain else [],
-                    req.source,
-                )
+            picks, applied = self.arrange(found, history, check, req.limit)
+            reasons = [self.words(p, history, "matches your reading history") for p in picks]
+            answer = Answer(
+                [p.book for p in picks],
+                [p.score for p in picks],
+                reasons if explain else [],
+                req.source,
             )
+            answer.rules = [n for n in names if _listed(n, picks, self)] + applied
+            answers.append(answer)
         return answers
 
     def _top_up(self, req: Personal, answer: Answer, explain: bool) -> None:
@@ -213,6 +268,7 @@ class PersonalisedPath:
             None,
             history=history,
             taken=answer.books,
+            arranged=False,
         )
         answer.books += extra.books
         answer.scores += extra.scores
@@ -229,9 +285,9 @@ class PersonalisedPath:
     ) -> Answer:
         """One user's answer from the ranker scores of its candidates (row ``row``)."""
         assert self.pipeline is not None
-        order = np.argsort(-scores[row], kind="stable")
+        row_scores, names = self.boosted(cands.books[row], scores[row])
+        order = np.argsort(-row_scores, kind="stable")
         books = cands.books[row][order].tolist()
-        row_scores = scores[row]
         wanted = (
             (b, float(row_scores[i]))
             for b, i in zip(books, order.tolist(), strict=True)
@@ -239,9 +295,10 @@ class PersonalisedPath:
         )  # lazily: the first `limit` of ~300 candidates are all a list needs
         read = req.matrix.indices.tolist()
         check = self.offerable(req.exclude, req.allowed, set(read))
-        picks = self.order.pick(wanted, read, check, req.limit)
+        picks, applied = self.arrange(wanted, read, check, req.limit)
         chosen = [p.book for p in picks]
         answer = Answer(chosen, [p.score for p in picks], [], req.source)
+        answer.rules = [n for n in names if _listed(n, picks, self)] + applied
         if explain:
             co_read = cands.books[row][cands.from_cooc[row].astype(bool)]
             why, kinds = self.pipeline.reasons(
@@ -250,7 +307,7 @@ class PersonalisedPath:
                 np.isin(np.array(chosen, dtype=np.int64), co_read),
             )
             answer.reasons = [
-                self.order.reason(p, read) or self.reason(w, k)
+                self.words(p, read, self.reason(w, k))
                 for p, w, k in zip(picks, why, kinds, strict=True)
             ]
         return answer
@@ -267,3 +324,14 @@ class PersonalisedPath:
 
     def title(self, index: int) -> str:
         return str(self.catalogue.titles[index] or self.catalogue.ids[index])
+
+
+def _listed(boost: str, picks: list[Pick], path: PersonalisedPath) -> bool:
+    """Whether a boost (``boost:<name>``) matched a book that made the list."""
+    bound = path.rules()
+    if bound is None:
+        return False
+    name = boost.split(":", 1)[1]
+    spec = next(b for b in bound.rules.spec.boosts if b.name == name)
+    mask = bound.mask(spec.filter)
+    return any(p.book < mask.size and mask[p.book] for p in picks)

@@ -18,7 +18,8 @@ later one), or None (the model's reason stands).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from recsys.data.works import Works
@@ -32,6 +33,7 @@ class Pick:
     score: float
     note: str | None = None  # SERIES_NEXT, SERIES_START or None
     replaced: int | None = None  # the later volume this one stands in for
+    reason: str | None = None  # a business rule's words (a pin), else the list's own
 
 
 class ReadingOrder:
@@ -53,15 +55,25 @@ class ReadingOrder:
         taken: Iterable[int] = (),
         in_order: bool = True,
     ) -> list[Pick]:
-        """The first ``limit`` books of ``ranked`` (already filtered: listed, allowed, not
-        excluded) that respect works and series.
+        """The first ``limit`` books of :meth:`walk`."""
+        return list(itertools.islice(self.walk(ranked, history, offerable, taken, in_order), limit))
+
+    def walk(
+        self,
+        ranked: Iterable[tuple[int, float]],
+        history: Iterable[int],
+        offerable: Callable[[int], bool],
+        taken: Iterable[int] = (),
+        in_order: bool = True,
+    ) -> Iterator[Pick]:
+        """The books of ``ranked`` (already filtered: listed, allowed, not excluded) that
+        respect works and series, lazily, best first.
 
         Args:
             ranked: (book, score), best first.
             history: the reader's books.
             offerable: whether a book could be proposed to this reader now (a stand-in
                 volume must pass it).
-            limit: books wanted.
             taken: books already in the list (a top-up after the model's books).
             in_order: apply series order (False: works only, for lists not made for a
                 reader).
@@ -73,20 +85,17 @@ class ReadingOrder:
         started = {works.series_of(b) for b in history if 0 <= b < size} - {-1}
         listed = {works.work_of(b) for b in taken if 0 <= b < size}
         first_open: dict[int, int | None] = {}
-        out: list[Pick] = []
         for book, score in ranked:
-            if len(out) >= limit:
-                break
             if not 0 <= book < size:  # a book newer than the works table: no rules known
-                out.append(Pick(book, score))
+                yield Pick(book, score)
                 continue
             work = works.work_of(book)
             if work in read or work in listed:
                 continue
             series = works.series_of(book) if in_order else -1
             if series < 0:
-                out.append(Pick(book, score))
                 listed.add(work)
+                yield Pick(book, score)
                 continue
             if series not in first_open:
                 first_open[series] = works.first_open_volume(series, read, offerable)
@@ -101,9 +110,8 @@ class ReadingOrder:
                 note = SERIES_NEXT if series in started else SERIES_START
             elif series in started:  # the book is the series' first open volume
                 note = SERIES_NEXT
-            out.append(Pick(book, score, note, replaced))
             listed.add(work)
-        return out
+            yield Pick(book, score, note, replaced)
 
     def reason(self, pick: Pick, history: Iterable[int]) -> str | None:
         """The words of a series note; None for no note."""

@@ -136,6 +136,9 @@ class Metadata(BaseModel):
     experiment: str | None = None  # the active experiment the user is in
     variant: str | None = None
     impression_id: str | None = None  # a list logged under an experiment: name it in feedback
+    rules: list[str] = Field(
+        default_factory=list, description="business rules that shaped this list (by name)"
+    )
 
 
 class RecommendationResponse(BaseModel):
@@ -464,3 +467,12 @@ class Preferences(BaseModel):
 class PreferencesWithdrawn(BaseModel):
     user_id: str
     removed: int = Field(description="marks withdrawn (events deleted)")
+
+
+class RulesOut(BaseModel):
+    file: str | None = Field(description="the watched rules file (null: none configured)")
+    version: str = Field(description="changes with every file applied ('none' before any)")
+    rules: dict[str, Any] = Field(description="the rules in force, as parsed")
+    error: str | None = Field(
+        description="why the file's latest version was refused (the rules in force stay)"
+    )

@@ -85,6 +85,7 @@ class RecommendationService:
             self.catalogue,
             bundle.popularity,
         )
+        self.path.rules = lambda: self.live.rules.bound(self.catalogue)
         # books added through the API that this bundle was not trained on
         self.add_books(self.stores.catalogue.added_books())
         self.histories = KnownHistories(bundle.known_histories)
@@ -257,6 +258,17 @@ class RecommendationService:
         variants of an experiment, a hot swap)."""
         return RecommendationService(bundle, self.stage_timeout_s, live=self.live)
 
+    def allowed(
+        self, filters: Filters | None, exclude: set[int]
+    ) -> tuple[np.ndarray | None, list[str]]:
+        """The request's filters and exclusions, then the business rules' (``require``,
+        ``hidden``, ``expires``); the names of those rules."""
+        allowed = self.catalogue.allowed(filters, exclude)
+        bound = self.live.rules.bound(self.catalogue)
+        if bound is None:
+            return allowed, []
+        return bound.restrict(allowed, time.time())
+
     def for_user(
         self,
         user_id: str,
@@ -269,18 +281,23 @@ class RecommendationService:
             history, unwanted = self.reader(user_id)
         except StoreUnavailable:  # erasure cannot be checked: nothing personal until it can
             exclude = self.catalogue.works.editions(self.indices(exclude_ids))
-            allowed = self.catalogue.allowed(filters, exclude)
-            return self.path.popular(limit, exclude, allowed, "store_unavailable")
+            allowed, rules = self.allowed(filters, exclude)
+            return _ruled(self.path.popular(limit, exclude, allowed, "store_unavailable"), rules)
         # the reader's "not for me" too; a book left out takes its other editions with it
         exclude = self.catalogue.works.editions(self.indices([*exclude_ids, *unwanted]))
-        allowed = self.catalogue.allowed(filters, exclude)
+        allowed, rules = self.allowed(filters, exclude)
         if not history:
-            return self.path.popular(limit, exclude, allowed, "unknown_user")
+            return _ruled(self.path.popular(limit, exclude, allowed, "unknown_user"), rules)
         matrix = self.history_matrix([history])
         seen = set(matrix.indices.tolist())
+        personal = Personal(
+            user_id, matrix, limit, exclude, allowed, "personalized", retrieval_only, rules
+        )
         answer = self._guarded(
-            Personal(user_id, matrix, limit, exclude, allowed, "personalized", retrieval_only),
-            lambda reason: self.path.popular(limit, exclude, allowed, reason, history=seen),
+            personal,
+            lambda reason: _ruled(
+                self.path.popular(limit, exclude, allowed, reason, history=seen), rules
+            ),
         )
         answer.history_length = len(history)
         return answer
@@ -294,7 +311,7 @@ class RecommendationService:
         preferences: list[str] | None = None,
     ) -> Answer:
         index = self.book_index(book_id)
-        allowed = self.catalogue.allowed(filters, set())
+        allowed, _ = self.allowed(filters, set())
         fetch = limit * 3 if (user_id or preferences) else limit + 10  # editions left out
         query = self.retriever.book_embeddings[[index]]
         top, scores = self.retriever.search(query, fetch, [{index}], allowed)
@@ -336,15 +353,17 @@ class RecommendationService:
             self.book_index(book)  # unknown seed books are a client error
         stored = self._known_history(user_id)
         combined = list(stored or []) + list(history) + list(seed_books)
-        allowed = self.catalogue.allowed(filters, set())
+        allowed, rules = self.allowed(filters, set())
         known = [b for b in combined if self.catalogue.index.get(b, 1) >= NUM_RESERVED]
         if not known:
-            return self.path.popular(limit, set(), allowed, "no_known_history")
+            return _ruled(self.path.popular(limit, set(), allowed, "no_known_history"), rules)
         matrix = self.history_matrix([known])
         seen = set(matrix.indices.tolist())
         return self._guarded(
-            Personal(user_id, matrix, limit, set(), allowed, "hybrid"),
-            lambda reason: self.path.popular(limit, set(), allowed, reason, history=seen),
+            Personal(user_id, matrix, limit, set(), allowed, "hybrid", rules=rules),
+            lambda reason: _ruled(
+                self.path.popular(limit, set(), allowed, reason, history=seen), rules
+            ),
         )
 
     def trending(self, limit: int) -> Answer:
@@ -353,23 +372,31 @@ class RecommendationService:
         books: list[int] = []
         scores: list[float] = []
         reasons: list[str] = []
+        allowed, rules = self.allowed(None, set())  # hidden, expired, required: here too
         trending = self.live.trending
         if trending is not None:
             self.live.refresh_trending()
             for book_id, score in trending.top(limit * 2):
                 index = self.catalogue.index.get(book_id)
-                if index is not None and self.catalogue.listed[index]:
+                shown = allowed is None or bool(allowed[index]) if index is not None else False
+                if index is not None and self.catalogue.listed[index] and shown:
                     books.append(index)
                     scores.append(score)
                     reasons.append("trending now")
                     if len(books) == limit:
                         break
         if len(books) < limit:
-            fill = self.path.popular(limit - len(books), set(books), None, None)
+            fill = self.path.popular(limit - len(books), set(books), allowed, None, arranged=False)
             books += fill.books
             scores += [0.0] * len(fill.books)  # below every trending score
             reasons += fill.reasons
-        return Answer(books, scores, reasons, "trending")
+        return _ruled(Answer(books, scores, reasons, "trending"), rules)
+
+
+def _ruled(answer: Answer, rules: list[str]) -> Answer:
+    """``answer`` naming the rules that left books out before it was made."""
+    answer.rules = [*rules, *(n for n in answer.rules if n not in rules)]
+    return answer
 
 
 def _book_frame(books: list[dict[str, Any]]) -> pl.DataFrame:

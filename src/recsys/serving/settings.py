@@ -90,6 +90,13 @@ class ExperimentSettings(_Section):
     poll_s: float = Field(default=1.0, gt=0)
 
 
+class RulesSettings(_Section):
+    file: str | None = Field(
+        default=None, description="watched YAML of business rules (recsys.serving.rules)"
+    )
+    poll_s: float = Field(default=1.0, gt=0)
+
+
 class RegistrySettings(_Section):
     """Follow the model registry's production version (docs/operations.md, "Model registry
     and promotion"); ``url: null`` (the default) serves the configured bundle only."""
@@ -125,11 +132,20 @@ class LiveSettings(_Section):
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="larger bodies get 413")
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
 
     @field_validator(
-        "store", "trending", "cache", "auth", "experiments", "monitoring", "registry", mode="before"
+        "store",
+        "trending",
+        "cache",
+        "auth",
+        "experiments",
+        "rules",
+        "monitoring",
+        "registry",
+        mode="before",
     )
     @classmethod
     def null_is_default(cls, value: Any) -> Any:

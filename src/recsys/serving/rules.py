@@ -1,0 +1,462 @@
+"""Business rules on the served lists, from a watched YAML file (`rules.file`; edits
+apply without a restart, a wrong file is refused whole and the rules before it keep serving)::
+
+    filters:                          # named book filters, used by the rules below
+      spanish: {languages: [spa]}
+      recent: {year_min: 2015}
+      in_stock: {book_ids_file: stock.txt}   # one id per line (relative to this file)
+      sagas: {in_series: true}
+    require: [in_stock]               # every list keeps to these filters
+    hidden: [b7, b9]                  # never recommended
+    expires: {b12: "2026-12-24T00:00:00Z"}   # recommended until then
+    boosts:                           # a matching book's score x factor (model: its odds)
+      - {name: recent-first, filter: recent, factor: 1.5}
+    promotions:                       # a share of each list's slots
+      - {name: spanish-share, filter: spanish, at_least: 0.2}
+      - {name: fewer-sagas, filter: sagas, at_most: 0.3}
+    pins:                             # a book in a fixed slot (1 = first), until a time
+      - {name: staff-pick, book_id: b40, slot: 1, until: "2027-01-01T00:00:00Z",
+         reason: "picked by our booksellers"}
+    diversity: {max_per_author: 2, max_per_series: 1}
+
+Filter fields (all given must hold): ``languages``, ``authors`` (substring, any),
+``year_min``, ``year_max``, ``book_ids``, ``book_ids_file``, ``in_series``.
+
+Order on a list: ``require``, ``hidden`` and ``expires`` leave books out (with the request's
+filters, so the popularity top-up keeps to them too); boosts rescore; reading order
+(:mod:`recsys.serving.reading_order`) walks the ranked books; diversity caps and ``at_most``
+shares skip books; ``at_least`` shares bring in the best-ranked matching books in place of
+the last non-matching ones; pins take their slots. The response's ``metadata.rules`` names
+each rule that changed the list, and ``require`` filters always.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recsys.errors import RecsysError
+from recsys.features.vocab import NUM_RESERVED
+from recsys.serving.reading_order import Pick
+
+log = logging.getLogger(__name__)
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class RulesError(RecsysError):
+    """A rules file that cannot be applied (the rules before it stay)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BookFilter(_Model):
+    languages: list[str] | None = None
+    authors: list[str] | None = None
+    year_min: int | None = None
+    year_max: int | None = None
+    book_ids: list[str] | None = None
+    book_ids_file: str | None = None
+    in_series: bool | None = None
+
+
+class Boost(_Model):
+    name: str = Field(pattern=NAME)
+    filter: str
+    factor: float = Field(gt=0)
+
+
+class Promotion(_Model):
+    name: str = Field(pattern=NAME)
+    filter: str
+    at_least: float | None = Field(None, gt=0, le=1)
+    at_most: float | None = Field(None, ge=0, lt=1)
+
+
+class Pin(_Model):
+    name: str = Field(pattern=NAME)
+    book_id: str
+    slot: int = Field(ge=1, le=50)
+    until: datetime | None = None
+    reason: str = Field("featured", max_length=200)
+
+    @field_validator("until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give the time zone, e.g. 2027-01-01T00:00:00Z")
+        return value
+
+
+class Diversity(_Model):
+    max_per_author: int | None = Field(None, ge=1)
+    max_per_series: int | None = Field(None, ge=1)
+
+
+class RulesFile(_Model):
+    filters: dict[str, BookFilter] = Field(default_factory=dict)
+    require: list[str] = Field(default_factory=list)
+    hidden: list[str] = Field(default_factory=list)
+    expires: dict[str, datetime] = Field(default_factory=dict)
+    boosts: list[Boost] = Field(default_factory=list)
+    promotions: list[Promotion] = Field(default_factory=list)
+    pins: list[Pin] = Field(default_factory=list)
+    diversity: Diversity | None = None
+
+
+@dataclass
+class Rules:
+    """Parsed, validated rules bound to their file's folder (for ``book_ids_file``).
+
+    ``version`` changes with every applied file (cached answers carry it)."""
+
+    spec: RulesFile = field(default_factory=RulesFile)
+    folder: Path = field(default_factory=Path)
+    version: str = "none"
+    ids: dict[str, set[str]] = field(default_factory=dict)  # filter -> book ids (files read)
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None, folder: Path, version: str) -> Rules:
+        """Validate a rules file's contents; RulesError names what is wrong."""
+        try:
+            spec = RulesFile.model_validate(raw or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
+            )
+            raise RulesError(f"rules file refused: {problems}") from None
+        names = set(spec.filters)
+        used = [
+            *spec.require,
+            *(b.filter for b in spec.boosts),
+            *(p.filter for p in spec.promotions),
+        ]
+        unknown = sorted({n for n in used if n not in names})
+        if unknown:
+            raise RulesError(
+                f"rules file refused: unknown filter(s) {unknown}; define them under filters"
+            )
+        for promotion in spec.promotions:
+            if (promotion.at_least is None) == (promotion.at_most is None):
+                raise RulesError(
+                    f"rules file refused: promotion {promotion.name} needs exactly one of "
+                    "at_least, at_most"
+                )
+        rule_names = [
+            *(b.name for b in spec.boosts),
+            *(p.name for p in spec.promotions),
+            *(p.name for p in spec.pins),
+        ]
+        twice = sorted({n for n in rule_names if rule_names.count(n) > 1})
+        if twice:
+            raise RulesError(f"rules file refused: rule name(s) used twice: {twice}")
+        slots = [p.slot for p in spec.pins]
+        if len(set(slots)) != len(slots):
+            raise RulesError("rules file refused: two pins share a slot")
+        ids: dict[str, set[str]] = {}
+        for name, spec_filter in spec.filters.items():
+            wanted = set(spec_filter.book_ids or [])
+            if spec_filter.book_ids_file:
+                path = folder / spec_filter.book_ids_file
+                try:
+                    text = path.read_text()
+                except OSError as exc:
+                    raise RulesError(
+                        f"rules file refused: filter {name}: cannot read {path} ({exc.strerror})"
+                    ) from None
+                wanted |= {line.strip() for line in text.splitlines() if line.strip()}
+            if spec_filter.book_ids is not None or spec_filter.book_ids_file:
+                ids[name] = wanted
+        return cls(spec, folder, version, ids)
+
+    @property
+    def empty(self) -> bool:
+        return self.spec == RulesFile()
+
+    def check_books(self, known: Callable[[str], bool]) -> None:
+        """Refuse rules naming a book the catalogue does not have (a typo would otherwise
+        pin or hide nothing, silently)."""
+        named = [*(p.book_id for p in self.spec.pins), *self.spec.hidden, *self.spec.expires]
+        missing = sorted({b for b in named if not known(b)})
+        if missing:
+            raise RulesError(f"rules file refused: unknown book id(s) {missing[:10]}")
+
+    def bind(self, catalogue: Any) -> BoundRules:
+        return BoundRules(self, catalogue)
+
+
+class BoundRules:
+    """Rules evaluated against one catalogue: a mask per filter (recomputed when the
+    catalogue grows)."""
+
+    def __init__(self, rules: Rules, catalogue: Any) -> None:
+        self.rules, self.catalogue = rules, catalogue
+        self._masks: dict[str, np.ndarray] = {}
+        self._size = -1
+
+    def mask(self, name: str) -> np.ndarray:
+        size = len(self.catalogue.ids)
+        if size != self._size:
+            self._masks, self._size = {}, size
+        if name not in self._masks:
+            self._masks[name] = self._evaluate(name)
+        return self._masks[name]
+
+    def _evaluate(self, name: str) -> np.ndarray:
+        spec = self.rules.spec.filters[name]
+        cat = self.catalogue
+        size = len(cat.ids)
+        mask = np.ones(size, dtype=bool)
+        mask[:NUM_RESERVED] = False
+        if spec.languages is not None:
+            mask &= np.isin(cat.languages, spec.languages)
+        if spec.authors is not None:
+            wanted = [a.lower() for a in spec.authors]
+            mask &= np.array(
+                [a is not None and any(w in a.lower() for w in wanted) for a in cat.authors]
+            )
+        if spec.year_min is not None:
+            mask &= cat.years >= spec.year_min
+        if spec.year_max is not None:
+            mask &= (cat.years >= 0) & (cat.years <= spec.year_max)
+        if name in self.rules.ids:
+            ids = self.rules.ids[name]
+            mask &= np.array([i is not None and i in ids for i in cat.ids])
+        if spec.in_series is not None:
+            works = cat.works
+            series = np.array([works.series_of(b) >= 0 for b in range(len(works))])
+            series = np.pad(series, (0, size - series.size))
+            mask &= series if spec.in_series else ~series
+        return mask
+
+    def restrict(
+        self, allowed: np.ndarray | None, now: float
+    ) -> tuple[np.ndarray | None, list[str]]:
+        """``allowed`` with ``require``, ``hidden`` and expired books left out; the names of
+        the rules that leave something out."""
+        spec = self.rules.spec
+        if not (spec.require or spec.hidden or spec.expires):
+            return allowed, []
+        cat = self.catalogue
+        mask = cat.listed.copy() if allowed is None else allowed.copy()
+        mask[:NUM_RESERVED] = False
+        names = []
+        for name in spec.require:
+            mask &= self.mask(name)
+            names.append(f"require:{name}")
+        hidden = [cat.index[b] for b in spec.hidden if b in cat.index]
+        if hidden:
+            mask[hidden] = False
+            names.append("hidden")
+        expired = [
+            cat.index[b]
+            for b, at in spec.expires.items()
+            if at.timestamp() <= now and b in cat.index
+        ]
+        if expired:
+            mask[expired] = False
+            names.append("expired")
+        return mask, names
+
+    def boost(
+        self, books: np.ndarray, scores: np.ndarray, log_scale: bool
+    ) -> tuple[np.ndarray, list[str]]:
+        """Scores after the boosts (``log_scale``: model scores, + ln(factor); else counts,
+        x factor); the names of the boosts that matched a book."""
+        out = np.asarray(scores, dtype=np.float64).copy()
+        names = []
+        valid = books >= 0
+        for boost in self.rules.spec.boosts:
+            mask = self.mask(boost.filter)
+            hit = np.zeros(books.shape, dtype=bool)
+            hit[valid] = mask[np.minimum(books[valid], mask.size - 1)] & (books[valid] < mask.size)
+            if hit.any():
+                names.append(f"boost:{boost.name}")
+                if log_scale:
+                    out[hit] += math.log(boost.factor)
+                else:
+                    out[hit] *= boost.factor
+        return out, names
+
+    def arrange(
+        self,
+        stream: Iterator[Pick],
+        limit: int,
+        pinned: Callable[[int], bool],
+        now: float,
+    ) -> tuple[list[Pick], list[str]]:
+        """The list of ``limit`` books from the ranked ``stream`` (already in reading order),
+        with diversity caps, promotions and pins; the names of the rules that changed it.
+
+        ``pinned``: whether a pinned book may be shown to this reader (not read, allowed).
+        """
+        spec = self.rules.spec
+        cat = self.catalogue
+        names: list[str] = []
+        diversity = spec.diversity
+        authors: dict[str, int] = {}
+        series: dict[int, int] = {}
+        caps = [
+            (p, self.mask(p.filter), math.floor(p.at_most * limit))
+            for p in spec.promotions
+            if p.at_most is not None
+        ]
+        capped = {p.name: 0 for p, _, _ in caps}
+        pins = [  # in force, and within this list
+            p
+            for p in spec.pins
+            if (p.until is None or p.until.timestamp() > now) and p.slot <= limit
+        ]
+        pin_books = {cat.index.get(p.book_id, -1) for p in pins}
+        chosen: list[Pick] = []
+        rest: list[Pick] = []
+
+        def fits(item: Pick) -> str | None:
+            """The rule that keeps ``item`` out of the list, or None."""
+            if diversity is not None:
+                author = cat.authors[item.book] if item.book < len(cat.authors) else None
+                if (
+                    diversity.max_per_author
+                    and author
+                    and authors.get(author, 0) >= diversity.max_per_author
+                ):
+                    return "diversity:author"
+                s = cat.works.series_of(item.book) if item.book < len(cat.works) else -1
+                if (
+                    diversity.max_per_series
+                    and s >= 0
+                    and series.get(s, 0) >= diversity.max_per_series
+                ):
+                    return "diversity:series"
+            for promotion, mask, cap in caps:
+                if item.book < mask.size and mask[item.book] and capped[promotion.name] >= cap:
+                    return f"promotion:{promotion.name}"
+            return None
+
+        def take(item: Pick) -> None:
+            chosen.append(item)
+            author = cat.authors[item.book] if item.book < len(cat.authors) else None
+            if author:
+                authors[author] = authors.get(author, 0) + 1
+            s = cat.works.series_of(item.book) if item.book < len(cat.works) else -1
+            if s >= 0:
+                series[s] = series.get(s, 0) + 1
+            for promotion, mask, _ in caps:
+                if item.book < mask.size and mask[item.book]:
+                    capped[promotion.name] += 1
+
+        room = limit - sum(1 for b in pin_books if b >= 0 and pinned(b))
+        lookahead = 0
+        for item in stream:
+            if item.book in pin_books:
+                continue  # placed by its pin
+            if len(chosen) >= room:
+                rest.append(item)
+                lookahead += 1
+                if lookahead >= 4 * limit + 50:
+                    break
+                continue
+            blocked = fits(item)
+            if blocked is None:
+                take(item)
+            else:
+                rest.append(item)
+                if blocked not in names:
+                    names.append(blocked)
+        for promotion in spec.promotions:
+            if promotion.at_least is None:
+                continue
+            need = math.ceil(promotion.at_least * limit)
+            if _bring_in(chosen, rest, self.mask(promotion.filter), need):
+                chosen.sort(key=lambda i: -i.score)
+                names.append(f"promotion:{promotion.name}")
+        for pin in sorted(pins, key=lambda p: p.slot):
+            book = cat.index.get(pin.book_id, -1)
+            if book < 0 or not pinned(book):
+                continue
+            slot = min(pin.slot, len(chosen) + 1) - 1
+            score = (
+                chosen[slot].score if slot < len(chosen) else (chosen[-1].score if chosen else 0.0)
+            )
+            chosen.insert(slot, Pick(book, score, reason=pin.reason))
+            names.append(f"pin:{pin.name}")
+        return chosen[:limit], names
+
+
+def _bring_in(chosen: list[Pick], rest: list[Pick], mask: np.ndarray, need: int) -> bool:
+    """Give ``need`` of ``chosen``'s places to books ``mask`` matches: the last non-matching
+    book gives way to the best-ranked matching one of ``rest``, until enough match or none
+    is left. Returns whether anything changed."""
+
+    def matching(book: int) -> bool:
+        return book < mask.size and bool(mask[book])
+
+    have = sum(matching(i.book) for i in chosen)
+    pool = [i for i in rest if matching(i.book)]
+    changed = False
+    while have < need and pool:
+        victim = next(
+            (j for j in range(len(chosen) - 1, -1, -1) if not matching(chosen[j].book)), None
+        )
+        if victim is None:
+            break
+        chosen.pop(victim)
+        chosen.append(pool.pop(0))
+        have += 1
+        changed = True
+    return changed
+
+
+class RulesHolder:
+    """The rules in force, replaced whole by :meth:`apply` (the file watcher calls it; a
+    refused file changes nothing). ``folder``: where ``book_ids_file`` paths start.
+    ``known``: whether a book id is in the catalogue (set by the serving core)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.rules = Rules()
+        self.folder = folder or Path()
+        self.known: Callable[[str], bool] = lambda _b: True
+        self.applied = 0
+        self._bound: weakref.WeakKeyDictionary[Any, BoundRules] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return self.rules.version
+
+    def apply(self, raw: dict[str, Any] | None) -> None:
+        """Validate and switch to ``raw`` (RulesError: refused, the rules stay)."""
+        with self._lock:
+            rules = Rules.parse(raw, self.folder, f"r{self.applied + 1}")
+            rules.check_books(self.known)
+            self.applied += 1
+            self.rules = rules
+        log.info("business rules applied (%s)", rules.version)
+
+    def bound(self, catalogue: Any) -> BoundRules | None:
+        """The rules in force bound to ``catalogue``; None when there are none."""
+        rules = self.rules
+        if rules.empty:
+            return None
+        hit = self._bound.get(catalogue)
+        if hit is None or hit.rules is not rules:
+            hit = self._bound[catalogue] = rules.bind(catalogue)
+        return hit
+
+
+def names_once(parts: Iterable[list[str]]) -> list[str]:
+    out: list[str] = []
+    for part in parts:
+        out += [n for n in part if n not in out]
+    return out
