@@ -46,12 +46,19 @@ def _reference(
     else:
         sources["mf"] = [[] for _ in excluded]
     sources["cooc"] = _sparse_lists(co, gen.n_cooc, excluded)
+    sources["series"] = [[] for _ in excluded]
+    if gen.works is not None and gen.n_series > 0:
+        for row in range(history.shape[0]):
+            read = history.indices[history.indptr[row] : history.indptr[row + 1]].tolist()
+            nexts = gen.works.next_volumes(read, gen.n_series) if read else []
+            sources["series"][row] = [b for b in nexts if b not in excluded[row]]
     sizes = {"retrieval": gen.n_retrieval, "ease": gen.n_ease, "mf": gen.n_mf, "cooc": gen.n_cooc}
     batch, width = len(vectors), gen.max_candidates
     out = {"books": np.full((batch, width), -1)}
     out.update({f"{s}_rank": np.full((batch, width), float(n)) for s, n in sizes.items()})
     for row in range(batch):
-        joined = [b for s in ("retrieval", "ease", "mf", "cooc") for b in sources[s][row]]
+        order = ("retrieval", "series", "ease", "mf", "cooc")
+        joined = [b for s in order for b in sources[s][row]]
         merged = list(dict.fromkeys(joined))[:width]
         out["books"][row, : len(merged)] = merged
         for name, n in sizes.items():
@@ -69,6 +76,7 @@ def test_generate_equals_the_per_row_definition(trained_bundle: dict[str, Any]) 
     generator = bundle.two_stage(use_index=False).generator
     assert generator.mf is not None
     assert generator.ease is not None
+    assert generator.works is not None  # synthetic books have series: next in series too
     data = trained_bundle["data"]
     users = np.unique(data.train.get_column("user_idx").to_numpy())[:80]
     history = data.matrix("train")[users]

@@ -264,7 +264,14 @@ def test_level_two_cache_is_shared_and_a_new_bundle_misses(
     assert cache.get(
         bundle.version,
         user_id,
-        {"limit": 9, "exclude": [], "filters": None, "experiment": None, "variant": None},
+        {
+            "limit": 9,
+            "exclude": [],
+            "filters": None,
+            "experiment": None,
+            "variant": None,
+            "rules": "none",
+        },
     )[1] == ("l2")
     assert cache.get("another-version", user_id, {"limit": 9})[1] == "miss"
 

@@ -209,7 +209,7 @@ def test_rules_status_for_operators(setup: dict[str, Any]) -> None:
     assert view["file"] == str(setup["file"])
     assert view["rules"] == {"hidden": ["b3"]}
     assert view["error"] is None
-    assert view["version"].startswith("r")
+    assert view["version"].startswith("r-")
 
 
 def test_rules_file_example_is_valid(tmp_path: Path) -> None:
@@ -220,3 +220,55 @@ def test_rules_file_example_is_valid(tmp_path: Path) -> None:
     rules = Rules.parse(yaml.safe_load(example.read_text()), example.parent, "r1")
     assert rules.spec.pins
     assert rules.spec.promotions
+
+
+def test_pins_keep_works_and_reading_order(setup: dict[str, Any]) -> None:
+    books: pl.DataFrame = setup["bundle"].books
+    user, history = setup["bundle"].known_histories.row(0)
+    read = set(history)
+    work = dict(zip(books["book_id"], books["work_id"], strict=True))
+    read_works = {work[b] for b in read}
+    series = books.filter(pl.col("series").is_not_null())
+    untouched = (
+        series.group_by("series")
+        .agg(pl.col("book_id"))
+        .filter(
+            pl.col("book_id").list.eval(pl.element().is_in(list(read))).list.any().not_()
+            & (pl.col("book_id").list.len() >= 3)
+        )
+    )
+    name = untouched["series"][0]
+    volumes = series.filter(pl.col("series") == name).sort("series_position")["book_id"]
+    spanish = books.filter(
+        pl.col("title").str.ends_with("(Spanish Edition)") & ~pl.col("work_id").is_in(read_works)
+    ).row(0, named=True)
+    error = write(
+        setup,
+        {
+            "pins": [
+                {"name": "too-early", "book_id": volumes[2], "slot": 1},  # #1 and #2 unread
+                {"name": "edition", "book_id": spanish["book_id"], "slot": 2},
+            ]
+        },
+    )
+    assert error is None, error
+    body = listed(setup, str(user), 50)
+    got = ids(body)
+    assert volumes[2] not in got  # a pin waits for the series' earlier volumes too
+    assert "pin:too-early" not in body["metadata"]["rules"]
+    assert got[1] == spanish["book_id"]
+    assert [b for b in got if work[b] == spanish["work_id"]] == [spanish["book_id"]]
+    assert len(got) == len(set(got)) == 50
+    assert (
+        write(
+            setup,
+            {
+                "pins": [
+                    {"name": "a", "book_id": "b1", "slot": 1},
+                    {"name": "b", "book_id": "b1", "slot": 2},
+                ]
+            },
+        )
+        is not None
+    )
+    assert write(setup, {"expires": {"b1": "2030-01-01T00:00:00"}}) is not None  # no zone

@@ -15,6 +15,7 @@ Every reader's catalogue passes through :func:`derive_book_keys` (from ``build_d
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -106,6 +107,7 @@ class Works:
         self._position: list[float] = []
         self._volumes: dict[int, list[int]] = {}
         self._editions: dict[int, list[int]] = {}
+        self._lock = threading.Lock()  # writers (catalogue edits); readers never wait
         for book_id in ids:
             self.append(known.get(book_id, {"book_id": book_id}))
 
@@ -134,44 +136,59 @@ class Works:
 
     def append(self, row: Mapping[str, Any]) -> int:
         """A new index with ``row``'s work and series; returns the index."""
-        self._work.append(-1)
-        self._series.append(-1)
-        self._position.append(float("nan"))
-        index = len(self._work) - 1
-        self.update(index, row)
-        return index
+        with self._lock:
+            index = len(self._work)
+            work, series, position = self._keys(index, row)
+            # readers see the index once ``_work`` holds it: everything else is set first
+            self._series.append(series)
+            self._position.append(position)
+            self._link(index, work, series)
+            self._work.append(work)
+            return index
 
     def update(self, index: int, row: Mapping[str, Any]) -> None:
         """Index ``index`` takes ``row``'s work and series (a catalogue edit)."""
-        old = self._series[index]
-        if old >= 0:
-            self._volumes[old].remove(index)
-        if self._work[index] >= 0:
-            self._editions[self._work[index]].remove(index)
+        with self._lock:
+            work, series, position = self._keys(index, row)
+            old_work, old_series = self._work[index], self._series[index]
+            # new lists swapped in whole: a reader never sees one half-changed
+            if old_series >= 0:
+                self._volumes[old_series] = [b for b in self._volumes[old_series] if b != index]
+            self._editions[old_work] = [b for b in self._editions[old_work] if b != index]
+            self._series[index], self._position[index] = series, position
+            self._work[index] = work
+            self._link(index, work, series)
+
+    def _keys(self, index: int, row: Mapping[str, Any]) -> tuple[int, int, float]:
+        """(work, series, position) of ``row``, new work and series indices made as needed."""
         book_id = row.get("book_id")
         key = row.get(WORK_ID) or (f"b:{book_id}" if book_id is not None else f"#{index}")
         work = self._work_index.setdefault(str(key), len(self._work_index))
-        self._work[index] = work
-        self._editions.setdefault(work, []).append(index)
         name, position = row.get(SERIES), row.get(SERIES_POSITION)
-        if not name or position is None or not np.isfinite(float(position)):
-            self._series[index], self._position[index] = -1, float("nan")
-            return
+        try:
+            place = float(position) if position is not None else float("nan")
+        except (TypeError, ValueError):
+            place = float("nan")
+        if not name or not np.isfinite(place):
+            return work, -1, float("nan")
         series = self._series_index.get(str(name))
         if series is None:
             series = self._series_index[str(name)] = len(self.series_names)
             self.series_names.append(str(name))
-        self._series[index], self._position[index] = series, float(position)
-        volumes = self._volumes.setdefault(series, [])
-        volumes.append(index)
-        volumes.sort(key=lambda b: (self._position[b], b))
+        return work, series, place
+
+    def _link(self, index: int, work: int, series: int) -> None:
+        self._editions[work] = [*self._editions.get(work, []), index]
+        if series >= 0:
+            volumes = [*self._volumes.get(series, []), index]
+            self._volumes[series] = sorted(volumes, key=lambda b: (self._position[b], b))
 
     def editions(self, books: Iterable[int]) -> set[int]:
         """``books`` and every other edition of their works."""
         out: set[int] = set()
         for book in books:
             if 0 <= book < len(self._work):
-                out.update(self._editions[self._work[book]])
+                out.update(self._editions.get(self._work[book], [book]))
             else:
                 out.add(book)
         return out
@@ -190,8 +207,9 @@ class Works:
     ) -> int | None:
         """The earliest volume of ``series`` whose work is unread and that ``offerable``
         allows (listed, not filtered or excluded); None when there is none."""
+        work = self._work
         for book in self.volumes(series):
-            if self._work[book] not in read and offerable(book):
+            if book < len(work) and work[book] not in read and offerable(book):
                 return book
         return None
 

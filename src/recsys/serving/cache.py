@@ -27,6 +27,20 @@ def digest(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def user_params(
+    request: Any, experiment: str | None, variant: str | None, rules: str
+) -> dict[str, Any]:
+    """What a user's cached list is keyed on besides the bundle: the request, the experiment
+    arm and the business rules' version (a new rules file: lists made again). The one
+    definition requests and the warm-up share."""
+    return {
+        **request.model_dump(mode="json"),
+        "experiment": experiment,
+        "variant": variant,
+        "rules": rules,
+    }
+
+
 class ResponseCache:
     """Args:
     ttl_s: entry lifetime (Redis and level 1 without Redis).

@@ -47,6 +47,7 @@ class Catalogue:
         # works and series: the live catalogue's, the bundle's where it has none (rows seeded
         # before the catalogue kept them)
         self.works = Works(self.ids, book_keys(table, bundle.books))
+        self.generation = 0  # counts edits (rules' filter masks are made again after one)
         # books removed from the catalogue (kept current by update/remove; read per request)
         self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
 
@@ -61,6 +62,7 @@ class Catalogue:
         self.languages[index] = book.get("language")
         self.works.update(index, book)
         self.listed[index] = True
+        self.generation += 1
         self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
 
     def add(self, book: dict[str, Any]) -> int:
@@ -75,12 +77,14 @@ class Catalogue:
         self.languages = np.append(self.languages, np.array([book.get("language")], dtype=object))
         self.listed = np.append(self.listed, True)
         self.works.append(book)
+        self.generation += 1
         return index
 
     def remove(self, book_id: str) -> None:
         index = self.index.get(book_id)
         if index is not None:
             self.listed[index] = False
+            self.generation += 1
             self.delisted = int((~self.listed[NUM_RESERVED:]).sum())
 
     def allowed(self, filters: Filters | None, exclude: set[int]) -> np.ndarray | None:
@@ -112,7 +116,7 @@ def book_keys(live: pl.DataFrame, bundled: pl.DataFrame) -> pl.DataFrame:
     keys = (WORK_ID, SERIES, SERIES_POSITION)
     if live is bundled:
         return live
-    out = live.select("book_id", *[c for c in keys if c in live.columns])
+    out = live.select(pl.col("book_id").cast(pl.String), *[c for c in keys if c in live.columns])
     for name, dtype in ((WORK_ID, pl.String), (SERIES, pl.String), (SERIES_POSITION, pl.Float64)):
         if name not in out.columns:
             out = out.with_columns(pl.lit(None, dtype=dtype).alias(name))
@@ -122,7 +126,8 @@ def book_keys(live: pl.DataFrame, bundled: pl.DataFrame) -> pl.DataFrame:
     theirs = bundled.select(
         pl.col("book_id").cast(pl.String), *[pl.col(c).alias(f"{c}_bundle") for c in present]
     ).unique("book_id", keep="first")
-    out = out.join(theirs, on="book_id", how="left", maintain_order="left")
+    # every bundle book keeps its keys, delisted ones too (a reader may have read one)
+    out = out.join(theirs, on="book_id", how="full", coalesce=True, maintain_order="left")
     fill = [pl.coalesce(WORK_ID, f"{WORK_ID}_bundle").alias(WORK_ID)] if WORK_ID in present else []
     if SERIES in present and SERIES_POSITION in present:
         own = pl.col(SERIES).is_not_null()

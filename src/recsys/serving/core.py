@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
 from recsys.lifecycle.guardrails import ArmStats, arm_stats
+from recsys.serving.cache import user_params
 from recsys.serving.drift import DriftCollector, DriftMonitor
 from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr_report, wilson
 from recsys.serving.follow import ProductionFollower
@@ -277,12 +278,7 @@ class ServingCore:
         default = svc is self.service  # drift compares inputs with the default bundle's
         if default:
             self.drift.request(user_id)
-        params = {
-            **req.model_dump(mode="json"),
-            "experiment": arm.experiment,
-            "variant": arm.variant,
-            "rules": self.live.rules.version,  # a new rules file: lists made again
-        }
+        params = user_params(req, arm.experiment, arm.variant, self.live.rules.version)
         cached = await self._cached(svc, user_id, params, request_id)
         logged = forced is None  # a forced variant (testing) is no experiment data
         if cached is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,32 +89,53 @@ class PersonalisedPath:
 
     def arrange(
         self,
+        bound: BoundRules | None,
         ranked: Iterable[tuple[int, float]],
         history: list[int],
         check: Callable[[int], bool],
         limit: int,
         taken: Iterable[int] = (),
-        in_order: bool = True,
     ) -> tuple[list[Pick], list[str]]:
         """Reading order, then the business rules' caps, shares and pins, over ranked books
-        (already boosted and filtered); the names of the rules that changed the list."""
-        walk = self.order.walk(ranked, history, check, taken, in_order)
-        bound = self.rules()
-        if bound is None or bound.rules.empty:
+        (already boosted and filtered); the names of the rules that changed the list.
+
+        With rules, ``ranked`` should not run short (the callers chain popularity after the
+        model's books): caps and shares then hold on the whole list, and pins keep their
+        slots."""
+        if bound is None:
+            walk = self.order.walk(ranked, history, check, taken)
             return list(itertools.islice(walk, limit)), []
         works = self.catalogue.works
         read = works.works_read(history)
 
-        def pinned(book: int) -> bool:  # a pinned book: offerable, and its work unread
-            return check(book) and (book >= len(works) or works.work_of(book) not in read)
+        def shown(book: int) -> bool:  # a pinned book: offerable, its work unread, in order
+            if not check(book) or (book < len(works) and works.work_of(book) in read):
+                return False
+            series = works.series_of(book) if book < len(works) else -1
+            if series < 0:
+                return True
+            first = works.first_open_volume(series, read, check)
+            return first is None or works.position_of(first) >= works.position_of(book)
 
-        return bound.arrange(walk, limit, pinned, time.time())
+        pins = bound.pins(limit, shown, time.time())
+        walk = self.order.walk(ranked, history, check, [*taken, *(b for _, b in pins)])
+        return bound.arrange(walk, limit, pins)
+
+    def popular_stream(self, check: Callable[[int], bool]) -> Iterator[tuple[int, float]]:
+        """Popular books the reader could be offered, most popular first, scored below any
+        model score (the tail of a list the rules arrange)."""
+        for book in self.popularity.order:
+            if check(int(book)):
+                yield int(book), -1e9 + float(self.popularity.scores[book])
 
     def boosted(
-        self, books: np.ndarray, scores: np.ndarray, log_scale: bool = True
+        self,
+        bound: BoundRules | None,
+        books: np.ndarray,
+        scores: np.ndarray,
+        log_scale: bool = True,
     ) -> tuple[np.ndarray, list[str]]:
         """Scores after the business rules' boosts (unchanged without rules)."""
-        bound = self.rules()
         if bound is None or not bound.rules.spec.boosts:
             return scores, []
         return bound.boost(books, scores, log_scale)
@@ -156,20 +177,18 @@ class PersonalisedPath:
         by the business rules (not ``arranged``: a top-up, after a list they arranged)."""
         history = list(history)
         check = self.offerable(exclude, allowed, set(history))
+        bound = self.rules() if arranged else None
         order, scores = self.popularity.order, self.popularity.scores
-        boosted, names = self.boosted(np.asarray(order), scores[order], log_scale=False)
+        boosted, names = self.boosted(bound, np.asarray(order), scores[order], log_scale=False)
         if names:
             order = order[np.argsort(-boosted, kind="stable")]
             scores = np.zeros(len(scores))
             scores[self.popularity.order] = boosted
         stream = ((int(b), float(scores[b])) for b in order if check(int(b)))
-        if arranged:
-            picks, applied = self.arrange(stream, history, check, limit, taken)
-        else:
-            picks, applied = self.order.pick(stream, history, check, limit, taken), []
+        picks, applied = self.arrange(bound, stream, history, check, limit, taken)
         reasons = [self.words(p, history, "popular with readers") for p in picks]
         answer = Answer([p.book for p in picks], [p.score for p in picks], reasons, source, reason)
-        answer.rules = [n for n in names if _listed(n, picks, self)] + applied
+        answer.rules = [n for n in names if _listed(bound, n, picks)] + applied
         return answer
 
     def answer(self, requests: list[Personal], explain: bool = True) -> list[Answer]:
@@ -239,11 +258,14 @@ class PersonalisedPath:
                 vectors[row : row + 1], 2 * req.limit + 10, [seen | req.exclude], req.allowed
             )
             books = np.asarray(top[0], dtype=np.int64)
-            boosted, names = self.boosted(books, np.asarray(top_scores[0], dtype=np.float64))
+            bound = self.rules()
+            scores = np.asarray(top_scores[0], dtype=np.float64)
+            boosted, names = self.boosted(bound, books, scores)
             order = np.argsort(-boosted, kind="stable")
             found = [(int(books[i]), float(boosted[i])) for i in order if books[i] >= 0]
             check = self.offerable(req.exclude, req.allowed, seen)
-            picks, applied = self.arrange(found, history, check, req.limit)
+            ranked = self._tailed(bound, found, check)
+            picks, applied = self.arrange(bound, ranked, history, check, req.limit)
             reasons = [self.words(p, history, "matches your reading history") for p in picks]
             answer = Answer(
                 [p.book for p in picks],
@@ -251,13 +273,29 @@ class PersonalisedPath:
                 reasons if explain else [],
                 req.source,
             )
-            answer.rules = [n for n in names if _listed(n, picks, self)] + applied
+            answer.rules = [n for n in names if _listed(bound, n, picks)] + applied
+            answer.from_model = _leading(picks, {b for b, _ in found})
             answers.append(answer)
         return answers
 
+    def _tailed(
+        self,
+        bound: BoundRules | None,
+        ranked: Iterable[tuple[int, float]],
+        check: Callable[[int], bool],
+    ) -> Iterable[tuple[int, float]]:
+        """With rules: the model's books, then popular ones (the list never runs short, so
+        caps, shares and pins hold on all of it). Without: the model's books alone (a short
+        list is topped up after)."""
+        if bound is None:
+            return ranked
+        return itertools.chain(ranked, self.popular_stream(check))
+
     def _top_up(self, req: Personal, answer: Answer, explain: bool) -> None:
-        """Filters left too few books: fill the list from popularity."""
-        answer.from_model = len(answer.books)
+        """Filters left too few books: fill the list from popularity (with rules in force
+        the list was arranged with popularity after the model's books already)."""
+        if answer.from_model is None:
+            answer.from_model = len(answer.books)
         if len(answer.books) >= req.limit:
             return
         history = req.matrix.indices.tolist()
@@ -285,7 +323,8 @@ class PersonalisedPath:
     ) -> Answer:
         """One user's answer from the ranker scores of its candidates (row ``row``)."""
         assert self.pipeline is not None
-        row_scores, names = self.boosted(cands.books[row], scores[row])
+        bound = self.rules()  # one set of rules for the whole list
+        row_scores, names = self.boosted(bound, cands.books[row], scores[row])
         order = np.argsort(-row_scores, kind="stable")
         books = cands.books[row][order].tolist()
         wanted = (
@@ -295,10 +334,13 @@ class PersonalisedPath:
         )  # lazily: the first `limit` of ~300 candidates are all a list needs
         read = req.matrix.indices.tolist()
         check = self.offerable(req.exclude, req.allowed, set(read))
-        picks, applied = self.arrange(wanted, read, check, req.limit)
+        ranked = self._tailed(bound, wanted, check)
+        picks, applied = self.arrange(bound, ranked, read, check, req.limit)
         chosen = [p.book for p in picks]
         answer = Answer(chosen, [p.score for p in picks], [], req.source)
-        answer.rules = [n for n in names if _listed(n, picks, self)] + applied
+        answer.rules = [n for n in names if _listed(bound, n, picks)] + applied
+        if bound is not None:
+            answer.from_model = _leading(picks, set(cands.books[row].tolist()))
         if explain:
             co_read = cands.books[row][cands.from_cooc[row].astype(bool)]
             why, kinds = self.pipeline.reasons(
@@ -326,12 +368,21 @@ class PersonalisedPath:
         return str(self.catalogue.titles[index] or self.catalogue.ids[index])
 
 
-def _listed(boost: str, picks: list[Pick], path: PersonalisedPath) -> bool:
+def _listed(bound: BoundRules | None, boost: str, picks: list[Pick]) -> bool:
     """Whether a boost (``boost:<name>``) matched a book that made the list."""
-    bound = path.rules()
     if bound is None:
         return False
     name = boost.split(":", 1)[1]
     spec = next(b for b in bound.rules.spec.boosts if b.name == name)
     mask = bound.mask(spec.filter)
     return any(p.book < mask.size and mask[p.book] for p in picks)
+
+
+def _leading(picks: list[Pick], model: set[int]) -> int:
+    """How many of the list's first books the model proposed (the rest: popularity)."""
+    count = 0
+    for pick in picks:
+        if pick.book not in model:
+            break
+        count += 1
+    return count

@@ -77,7 +77,7 @@ class PreviewBuilder:
         known, marked = service.reader(user_id)
         history = known or []
         unwanted = self.catalogue.works.editions(service.indices(marked))
-        allowed = self.catalogue.allowed(req.filters, unwanted)  # as the served list has it
+        allowed, _ = service.allowed(req.filters, unwanted)  # as the served list has it
         answer = service.for_user(user_id, req.limit, [], req.filters, self.retrieval_only)
         matrix = service.history_matrix([history]) if history else None
         reader = Reader(user_id, matrix, allowed, answer, unwanted)

@@ -32,6 +32,8 @@ each rule that changed the list, and ``require`` filters always.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import threading
@@ -114,6 +116,14 @@ class RulesFile(_Model):
     pins: list[Pin] = Field(default_factory=list)
     diversity: Diversity | None = None
 
+    @field_validator("expires")
+    @classmethod
+    def _aware(cls, value: dict[str, datetime]) -> dict[str, datetime]:
+        naive = sorted(b for b, at in value.items() if at.tzinfo is None)
+        if naive:
+            raise ValueError(f"give the time zone for {naive}, e.g. 2027-01-01T00:00:00Z")
+        return value
+
 
 @dataclass
 class Rules:
@@ -164,6 +174,9 @@ class Rules:
         slots = [p.slot for p in spec.pins]
         if len(set(slots)) != len(slots):
             raise RulesError("rules file refused: two pins share a slot")
+        pinned = [p.book_id for p in spec.pins]
+        if len(set(pinned)) != len(pinned):
+            raise RulesError("rules file refused: a book is pinned twice")
         ids: dict[str, set[str]] = {}
         for name, spec_filter in spec.filters.items():
             wanted = set(spec_filter.book_ids or [])
@@ -184,6 +197,16 @@ class Rules:
     def empty(self) -> bool:
         return self.spec == RulesFile()
 
+    def digest(self) -> str:
+        """A name of these rules' content (ids files read included): the same on every
+        replica and across restarts, so a shared cache never serves other rules' lists."""
+        content = {
+            "spec": self.spec.model_dump(mode="json"),
+            "ids": {k: sorted(v) for k, v in sorted(self.ids.items())},
+        }
+        text = json.dumps(content, sort_keys=True, default=str)
+        return "r-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def check_books(self, known: Callable[[str], bool]) -> None:
         """Refuse rules naming a book the catalogue does not have (a typo would otherwise
         pin or hide nothing, silently)."""
@@ -203,40 +226,45 @@ class BoundRules:
     def __init__(self, rules: Rules, catalogue: Any) -> None:
         self.rules, self.catalogue = rules, catalogue
         self._masks: dict[str, np.ndarray] = {}
-        self._size = -1
+        self._size: tuple[int, int] = (-1, -1)
 
     def mask(self, name: str) -> np.ndarray:
-        size = len(self.catalogue.ids)
-        if size != self._size:
-            self._masks, self._size = {}, size
-        if name not in self._masks:
-            self._masks[name] = self._evaluate(name)
-        return self._masks[name]
+        """Bool per book index (books newer than the mask never match: see :func:`fitted`).
+        Made again after any catalogue edit."""
+        generation = (self.catalogue.generation, len(self.catalogue.listed))
+        if generation != self._size:
+            self._masks, self._size = {}, generation
+        mask = self._masks.get(name)
+        if mask is None:
+            mask = self._masks[name] = self._evaluate(name)
+        return mask
 
     def _evaluate(self, name: str) -> np.ndarray:
         spec = self.rules.spec.filters[name]
         cat = self.catalogue
-        size = len(cat.ids)
+        # a book being added grows the arrays one after another: read the common part
+        size = min(len(cat.ids), len(cat.languages), len(cat.years), len(cat.authors))
         mask = np.ones(size, dtype=bool)
         mask[:NUM_RESERVED] = False
         if spec.languages is not None:
-            mask &= np.isin(cat.languages, spec.languages)
+            mask &= np.isin(cat.languages[:size], spec.languages)
         if spec.authors is not None:
             wanted = [a.lower() for a in spec.authors]
             mask &= np.array(
-                [a is not None and any(w in a.lower() for w in wanted) for a in cat.authors]
+                [a is not None and any(w in a.lower() for w in wanted) for a in cat.authors[:size]]
             )
         if spec.year_min is not None:
-            mask &= cat.years >= spec.year_min
+            mask &= cat.years[:size] >= spec.year_min
         if spec.year_max is not None:
-            mask &= (cat.years >= 0) & (cat.years <= spec.year_max)
+            mask &= (cat.years[:size] >= 0) & (cat.years[:size] <= spec.year_max)
         if name in self.rules.ids:
             ids = self.rules.ids[name]
-            mask &= np.array([i is not None and i in ids for i in cat.ids])
+            mask &= np.array([i is not None and i in ids for i in cat.ids[:size]])
         if spec.in_series is not None:
             works = cat.works
-            series = np.array([works.series_of(b) >= 0 for b in range(len(works))])
-            series = np.pad(series, (0, size - series.size))
+            known = min(len(works), size)
+            series = np.zeros(size, dtype=bool)
+            series[:known] = [works.series_of(b) >= 0 for b in range(known)]
             mask &= series if spec.in_series else ~series
         return mask
 
@@ -253,7 +281,7 @@ class BoundRules:
         mask[:NUM_RESERVED] = False
         names = []
         for name in spec.require:
-            mask &= self.mask(name)
+            mask &= fitted(self.mask(name), mask.size)
             names.append(f"require:{name}")
         hidden = [cat.index[b] for b in spec.hidden if b in cat.index]
         if hidden:
@@ -280,7 +308,8 @@ class BoundRules:
         for boost in self.rules.spec.boosts:
             mask = self.mask(boost.filter)
             hit = np.zeros(books.shape, dtype=bool)
-            hit[valid] = mask[np.minimum(books[valid], mask.size - 1)] & (books[valid] < mask.size)
+            inside = valid & (books < mask.size)
+            hit[inside] = mask[books[inside]]
             if hit.any():
                 names.append(f"boost:{boost.name}")
                 if log_scale:
@@ -289,18 +318,24 @@ class BoundRules:
                     out[hit] *= boost.factor
         return out, names
 
-    def arrange(
-        self,
-        stream: Iterator[Pick],
-        limit: int,
-        pinned: Callable[[int], bool],
-        now: float,
-    ) -> tuple[list[Pick], list[str]]:
-        """The list of ``limit`` books from the ranked ``stream`` (already in reading order),
-        with diversity caps, promotions and pins; the names of the rules that changed it.
+    def pins(self, limit: int, shown: Callable[[int], bool], now: float) -> list[tuple[Pin, int]]:
+        """The pins this reader's list of ``limit`` gets: in force, within the list, and
+        ``shown`` (the pinned book could be offered: not read in any edition, allowed, not
+        waiting for an earlier volume), as (pin, book index)."""
+        out = []
+        for pin in self.rules.spec.pins:
+            book = self.catalogue.index.get(pin.book_id, -1)
+            in_force = pin.until is None or pin.until.timestamp() > now
+            if in_force and pin.slot <= limit and book >= 0 and shown(book):
+                out.append((pin, book))
+        return out
 
-        ``pinned``: whether a pinned book may be shown to this reader (not read, allowed).
-        """
+    def arrange(
+        self, stream: Iterator[Pick], limit: int, pins: list[tuple[Pin, int]]
+    ) -> tuple[list[Pick], list[str]]:
+        """The list of ``limit`` books from the ranked ``stream`` (already in reading order,
+        with the pinned books' works left out of it), with diversity caps, promotions and
+        ``pins`` (from :meth:`pins`); the names of the rules that changed it."""
         spec = self.rules.spec
         cat = self.catalogue
         names: list[str] = []
@@ -308,17 +343,11 @@ class BoundRules:
         authors: dict[str, int] = {}
         series: dict[int, int] = {}
         caps = [
-            (p, self.mask(p.filter), math.floor(p.at_most * limit))
+            (p, self.mask(p.filter), math.floor(p.at_most * limit + 1e-9))
             for p in spec.promotions
             if p.at_most is not None
         ]
         capped = {p.name: 0 for p, _, _ in caps}
-        pins = [  # in force, and within this list
-            p
-            for p in spec.pins
-            if (p.until is None or p.until.timestamp() > now) and p.slot <= limit
-        ]
-        pin_books = {cat.index.get(p.book_id, -1) for p in pins}
         chosen: list[Pick] = []
         rest: list[Pick] = []
 
@@ -356,7 +385,8 @@ class BoundRules:
                 if item.book < mask.size and mask[item.book]:
                     capped[promotion.name] += 1
 
-        room = limit - sum(1 for b in pin_books if b >= 0 and pinned(b))
+        pin_books = {book for _, book in pins}
+        room = limit - len(pins)
         lookahead = 0
         for item in stream:
             if item.book in pin_books:
@@ -377,14 +407,11 @@ class BoundRules:
         for promotion in spec.promotions:
             if promotion.at_least is None:
                 continue
-            need = math.ceil(promotion.at_least * limit)
+            need = math.ceil(promotion.at_least * limit - 1e-9)
             if _bring_in(chosen, rest, self.mask(promotion.filter), need):
                 chosen.sort(key=lambda i: -i.score)
                 names.append(f"promotion:{promotion.name}")
-        for pin in sorted(pins, key=lambda p: p.slot):
-            book = cat.index.get(pin.book_id, -1)
-            if book < 0 or not pinned(book):
-                continue
+        for pin, book in sorted(pins, key=lambda p: p[0].slot):
             slot = min(pin.slot, len(chosen) + 1) - 1
             score = (
                 chosen[slot].score if slot < len(chosen) else (chosen[-1].score if chosen else 0.0)
@@ -418,6 +445,13 @@ def _bring_in(chosen: list[Pick], rest: list[Pick], mask: np.ndarray, need: int)
     return changed
 
 
+def fitted(mask: np.ndarray, size: int) -> np.ndarray:
+    """``mask`` cut or padded (False) to ``size`` books."""
+    if mask.size >= size:
+        return mask[:size]
+    return np.concatenate([mask, np.zeros(size - mask.size, dtype=bool)])
+
+
 class RulesHolder:
     """The rules in force, replaced whole by :meth:`apply` (the file watcher calls it; a
     refused file changes nothing). ``folder``: where ``book_ids_file`` paths start.
@@ -438,8 +472,9 @@ class RulesHolder:
     def apply(self, raw: dict[str, Any] | None) -> None:
         """Validate and switch to ``raw`` (RulesError: refused, the rules stay)."""
         with self._lock:
-            rules = Rules.parse(raw, self.folder, f"r{self.applied + 1}")
+            rules = Rules.parse(raw, self.folder, "pending")
             rules.check_books(self.known)
+            rules.version = rules.digest() if not rules.empty else "none"
             self.applied += 1
             self.rules = rules
         log.info("business rules applied (%s)", rules.version)

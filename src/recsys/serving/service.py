@@ -311,7 +311,7 @@ class RecommendationService:
         preferences: list[str] | None = None,
     ) -> Answer:
         index = self.book_index(book_id)
-        allowed, _ = self.allowed(filters, set())
+        allowed, rules = self.allowed(filters, set())
         fetch = limit * 3 if (user_id or preferences) else limit + 10  # editions left out
         query = self.retriever.book_embeddings[[index]]
         top, scores = self.retriever.search(query, fetch, [{index}], allowed)
@@ -339,7 +339,7 @@ class RecommendationService:
         picks = self.path.order.pick(ranked, reader, check, limit, in_order=bool(reader))
         books, sims = [p.book for p in picks], [p.score for p in picks]
         reason = f"similar to {self.path.title(index)}"
-        return Answer(books, sims, [reason] * len(books), "similar")
+        return _ruled(Answer(books, sims, [reason] * len(books), "similar"), rules)
 
     def hybrid(
         self,
@@ -386,7 +386,9 @@ class RecommendationService:
                     if len(books) == limit:
                         break
         if len(books) < limit:
-            fill = self.path.popular(limit - len(books), set(books), allowed, None, arranged=False)
+            fill = self.path.popular(
+                limit - len(books), set(books), allowed, None, taken=books, arranged=False
+            )
             books += fill.books
             scores += [0.0] * len(fill.books)  # below every trending score
             reasons += fill.reasons

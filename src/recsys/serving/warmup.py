@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from recsys.serving.cache import user_params
 from recsys.serving.personalised import TRANSIENT, Answer
 from recsys.serving.schemas import RecommendationResponse, RecommendRequest
 from recsys.serving.service import RecommendationService
@@ -131,7 +132,7 @@ class CacheWarmer:
         arm = self.core.experiments.assign(user, None)
         if arm.experiment is not None or arm.service is not service:
             return 0
-        params = {**request.model_dump(mode="json"), "experiment": None, "variant": None}
+        params = user_params(request, None, None, service.live.rules.version)
         if cache.get(service.version, user, params)[0] is not None:
             return 0
         started = time.perf_counter()

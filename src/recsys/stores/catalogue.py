@@ -175,6 +175,14 @@ def derived_keys(
     row.update({k: fields.get(k) for k in (SERIES, SERIES_POSITION, WORK_ID)})
     if fields.get(WORK_ID) is None and before.get(WORK_ID):
         row[WORK_ID] = before[WORK_ID]
+    if before and before.get(WORK_ID) is None and fields.get(WORK_ID) is None:
+        # a row seeded before the catalogue kept works: serving reads the bundle's keys for
+        # it, which an edit that does not name them must not replace with derived ones
+        return {
+            SERIES: fields.get(SERIES),
+            SERIES_POSITION: fields.get(SERIES_POSITION),
+            WORK_ID: None,
+        }
     frame = pl.DataFrame(
         [row],
         schema={
