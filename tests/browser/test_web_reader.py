@@ -198,3 +198,22 @@ def test_not_interested_leaves_the_list_and_can_be_undone(
     expect(page.get_by_text("You have not marked any book.")).to_be_visible()
     page.get_by_role("link", name="For you").click()
     expect(page.locator("li.book").first).to_have_attribute("data-book-id", top)  # back on top
+
+
+def test_less_of_this_author_from_a_book_page(
+    base: str, page: Any, trained_bundle: dict[str, Any]
+) -> None:
+    me = str(load_bundle(trained_bundle["bundle"]).known_histories.row(3)[0])
+    sign_in(page, base, Authenticator(secret=SECRET).issue(me))
+    expect(page.get_by_role("heading", level=1)).to_have_text("For you")
+    first = page.locator("li.book").first
+    title = first.locator("a.title").inner_text()
+    first.locator("a.title").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(title)
+    page.get_by_role("button", name=f"Less of this author: {title}").click()
+    expect(page.get_by_role("status")).to_contain_text("fewer books by its author")
+    page.goto(f"{base}/app/#/not-for-me")
+    marks = page.get_by_role("list", name="Books not for you")
+    expect(marks).to_contain_text(f"{title} — less of this author")
+    page.get_by_role("button", name=f"Undo for {title}").click()
+    expect(page.get_by_text("You have not marked any book.")).to_be_visible()

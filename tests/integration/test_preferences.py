@@ -142,3 +142,39 @@ def test_marks_are_never_history_types(tmp_path: Path) -> None:
         open_store(f"sqlite:///{tmp_path / 's.db'}", ["read", "dislike"])
     with pytest.raises(RecsysError, match="history_types"):
         Live.from_config({"store": {"url": None, "history_types": ["read", "not_interested"]}})
+
+
+def test_less_of_an_author_ranks_their_books_lower_until_withdrawn(
+    trained_bundle: dict[str, Any], tmp_path: Path
+) -> None:
+    bundle = Path(trained_bundle["bundle"])
+    books = load_bundle(bundle).books
+    author = dict(zip(books["book_id"], books["authors"], strict=True))
+    readers = [str(u) for u in load_bundle(bundle).known_histories["user_id"].head(40)]
+    with server(bundle, tmp_path / "store.db") as client:
+
+        def places(user: str) -> tuple[list[str], list[int]]:
+            answer = client.post(
+                f"/recommendations/users/{user}", json={"limit": 50}, headers=bearer(user)
+            )
+            assert answer.status_code == 200, answer.text
+            got = [b["book_id"] for b in answer.json()["recommendations"]]
+            return got, [i for i, b in enumerate(got) if author[b] == author[got[0]]]
+
+        # a reader whose list holds several books of its top book's author
+        user, before, theirs = next(
+            (u, got, at) for u in readers for got, at in [places(u)] if len(at) >= 3
+        )
+        mark(client, user, before[0], "less_of_author")
+        now = places(user)[0]
+        # the same books, each lower down (or out of the 50)
+        moved = [now.index(before[i]) if before[i] in now else 50 for i in theirs]
+        assert all(m >= i for m, i in zip(moved, theirs, strict=True))
+        assert sum(moved) > sum(theirs)
+        assert now[0] != before[0]
+        marks = client.get(f"/users/{user}/preferences", headers=bearer(user)).json()
+        assert [(p["book_id"], p["type"]) for p in marks["preferences"]] == [
+            (before[0], "less_of_author")
+        ]
+        client.delete(f"/users/{user}/preferences", headers=bearer(user))
+        assert places(user)[0] == before  # withdrawn: the list as it was

@@ -27,6 +27,8 @@ from recsys.serving.reading_order import Pick, ReadingOrder
 from recsys.serving.rules import BoundRules
 from recsys.serving.stages import Stages
 
+# "less of this author": that author's books keep this share of their odds (score + ln of it)
+LESS_OF_AUTHOR = 0.25
 # fallback reasons that say nothing lasting about the reader: never cached
 TRANSIENT = ("timeout", "stage_error", "overloaded", "store_unavailable", "caller_left")
 
@@ -43,6 +45,7 @@ class Personal:
     source: str
     retrieval_only: bool = False  # an experiment setting: two-tower answer, no ranker
     rules: list[str] = field(default_factory=list)  # business rules that left books out
+    fewer: frozenset[str] = frozenset()  # authors the reader asked for less of
 
 
 @dataclass
@@ -140,6 +143,25 @@ class PersonalisedPath:
             return scores, []
         return bound.boost(books, scores, log_scale)
 
+    def fewer_of(
+        self, fewer: frozenset[str], books: np.ndarray, scores: np.ndarray, log_scale: bool = True
+    ) -> np.ndarray:
+        """Scores with the books of authors the reader wants less of down-weighted
+        (``LESS_OF_AUTHOR``: model scores + its log, counts x it)."""
+        if not fewer:
+            return scores
+        authors = self.catalogue.authors
+        hit = np.array(
+            [0 <= b < len(authors) and authors[b] in fewer for b in np.asarray(books).tolist()],
+            dtype=bool,
+        )
+        out = np.asarray(scores, dtype=np.float64).copy()
+        if log_scale:
+            out[hit] += np.log(LESS_OF_AUTHOR)
+        else:
+            out[hit] *= LESS_OF_AUTHOR
+        return out
+
     def words(self, pick: Pick, history: list[int], otherwise: str) -> str:
         """A pick's reason: a rule's (a pin), its series note's, else ``otherwise``."""
         return pick.reason or self.order.reason(pick, history) or otherwise
@@ -171,6 +193,7 @@ class PersonalisedPath:
         history: Iterable[int] = (),
         taken: Iterable[int] = (),
         arranged: bool = True,
+        fewer: frozenset[str] = frozenset(),
     ) -> Answer:
         """The most popular listed books not excluded (the fallback and the top-up), in
         reading order for a reader with ``history`` (after the books ``taken``), arranged
@@ -180,7 +203,8 @@ class PersonalisedPath:
         bound = self.rules() if arranged else None
         order, scores = self.popularity.order, self.popularity.scores
         boosted, names = self.boosted(bound, np.asarray(order), scores[order], log_scale=False)
-        if names:
+        boosted = self.fewer_of(fewer, np.asarray(order), boosted, log_scale=False)
+        if names or fewer:
             order = order[np.argsort(-boosted, kind="stable")]
             scores = np.zeros(len(scores))
             scores[self.popularity.order] = boosted
@@ -261,6 +285,7 @@ class PersonalisedPath:
             bound = self.rules()
             scores = np.asarray(top_scores[0], dtype=np.float64)
             boosted, names = self.boosted(bound, books, scores)
+            boosted = self.fewer_of(req.fewer, books, boosted)
             order = np.argsort(-boosted, kind="stable")
             found = [(int(books[i]), float(boosted[i])) for i in order if books[i] >= 0]
             check = self.offerable(req.exclude, req.allowed, seen)
@@ -307,6 +332,7 @@ class PersonalisedPath:
             history=history,
             taken=answer.books,
             arranged=False,
+            fewer=req.fewer,
         )
         answer.books += extra.books
         answer.scores += extra.scores
@@ -325,6 +351,7 @@ class PersonalisedPath:
         assert self.pipeline is not None
         bound = self.rules()  # one set of rules for the whole list
         row_scores, names = self.boosted(bound, cands.books[row], scores[row])
+        row_scores = self.fewer_of(req.fewer, cands.books[row], row_scores)
         order = np.argsort(-row_scores, kind="stable")
         books = cands.books[row][order].tolist()
         wanted = (

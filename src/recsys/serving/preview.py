@@ -74,9 +74,9 @@ class PreviewBuilder:
         if erased:
             allowed = self.catalogue.allowed(req.filters, set())
             return self._preview("erased", [], Reader(user_id, None, allowed, None), [])
-        known, marked = service.reader(user_id)
+        known, marks = service.reader(user_id)
         history = known or []
-        unwanted = self.catalogue.works.editions(service.indices(marked))
+        unwanted = self.catalogue.works.editions(service.indices(marks.unwanted))
         allowed, _ = service.allowed(req.filters, unwanted)  # as the served list has it
         answer = service.for_user(user_id, req.limit, [], req.filters, self.retrieval_only)
         matrix = service.history_matrix([history]) if history else None

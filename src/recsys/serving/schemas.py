@@ -148,7 +148,16 @@ class RecommendationResponse(BaseModel):
 
 ID = Field(..., min_length=1, max_length=200, pattern=r"^[^\s/\x00-\x1f\x7f]+$")
 MAX_EVENTS = 1000
-EventType = Literal["view", "rate", "want_to_read", "read", "purchase", "not_interested", "dislike"]
+EventType = Literal[
+    "view",
+    "rate",
+    "want_to_read",
+    "read",
+    "purchase",
+    "not_interested",
+    "dislike",
+    "less_of_author",
+]
 
 
 class EventIn(RequestModel):
@@ -453,12 +462,13 @@ class ExperimentSeries(BaseModel):
 class Preference(BaseModel):
     book_id: str
     title: str | None
-    type: Literal["not_interested", "dislike"]
+    type: Literal["not_interested", "dislike", "less_of_author"]
     at: float = Field(description="when the reader said so, epoch seconds")
 
 
 class Preferences(BaseModel):
-    """Books the reader does not want: left out of every personal list until withdrawn."""
+    """Books the reader does not want (left out of every personal list until withdrawn), and
+    books whose author they want less of (that author's books down-weighted)."""
 
     user_id: str
     preferences: list[Preference]

@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from recsys.serving.personalised import Answer, Personal, PersonalisedPath
 from recsys.serving.schemas import Filters
 from recsys.serving.stages import LocalStages, Stages
 from recsys.stores import StoreUnavailable
+from recsys.stores.schema import AUTHOR_EVENT_TYPES, EXCLUDING_EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +131,15 @@ class RecommendationService:
         if not known:
             return []
         matrix = self.history_matrix([h for _, h in known])
-        requests = [  # what the reader marked not for them is left out here too
+        requests = [  # the reader's marks count here too
             Personal(
-                user, matrix[row : row + 1], k, self.indices(reads[user][1]), None, "personalized"
+                user,
+                matrix[row : row + 1],
+                k,
+                self.catalogue.works.editions(self.indices(reads[user][1].unwanted)),
+                None,
+                "personalized",
+                fewer=self.fewer_authors(reads[user][1]),
             )
             for row, (user, _) in enumerate(known)
         ]
@@ -213,16 +221,23 @@ class RecommendationService:
         without repeats. None for an erased user (served as unknown)."""
         return self.reader(user_id)[0]
 
-    def reader(self, user_id: str) -> tuple[list[str] | None, list[str]]:
-        """:meth:`user_history` and the books the reader marked not interested in or disliked
-        (left out of every personal list), in one read of the store."""
-        erased, events, unwanted = self.stores.events.serving_reads(user_id)
+    def reader(self, user_id: str) -> tuple[list[str] | None, Marks]:
+        """:meth:`user_history` and the reader's marks (books to leave out of every personal
+        list, authors to see less of), in one read of the store."""
+        erased, events, marks = self.stores.events.serving_reads(user_id)
         if erased:
-            return None, []
+            return None, Marks()
         known = self.histories.get(user_id, [])
         if not events:
-            return known or None, unwanted
-        return list(dict.fromkeys([*known, *events])), unwanted
+            return known or None, Marks.of(marks)
+        return list(dict.fromkeys([*known, *events])), Marks.of(marks)
+
+    def fewer_authors(self, marks: Marks) -> frozenset[str]:
+        """The authors of the books the reader asked for less of."""
+        cat = self.catalogue
+        return frozenset(
+            str(author) for i in self.indices(marks.fewer) if (author := cat.authors[i]) is not None
+        )
 
     def _known_history(self, user_id: str | None) -> list[str] | None:
         """The user's history for re-ranking a list, or None (no user, or the store is
@@ -278,25 +293,28 @@ class RecommendationService:
         retrieval_only: bool = False,
     ) -> Answer:
         try:
-            history, unwanted = self.reader(user_id)
+            history, marks = self.reader(user_id)
         except StoreUnavailable:  # erasure cannot be checked: nothing personal until it can
             exclude = self.catalogue.works.editions(self.indices(exclude_ids))
             allowed, rules = self.allowed(filters, exclude)
             return _ruled(self.path.popular(limit, exclude, allowed, "store_unavailable"), rules)
         # the reader's "not for me" too; a book left out takes its other editions with it
-        exclude = self.catalogue.works.editions(self.indices([*exclude_ids, *unwanted]))
+        exclude = self.catalogue.works.editions(self.indices([*exclude_ids, *marks.unwanted]))
         allowed, rules = self.allowed(filters, exclude)
+        fewer = self.fewer_authors(marks)
         if not history:
-            return _ruled(self.path.popular(limit, exclude, allowed, "unknown_user"), rules)
+            fallback = self.path.popular(limit, exclude, allowed, "unknown_user", fewer=fewer)
+            return _ruled(fallback, rules)
         matrix = self.history_matrix([history])
         seen = set(matrix.indices.tolist())
         personal = Personal(
-            user_id, matrix, limit, exclude, allowed, "personalized", retrieval_only, rules
+            user_id, matrix, limit, exclude, allowed, "personalized", retrieval_only, rules, fewer
         )
         answer = self._guarded(
             personal,
             lambda reason: _ruled(
-                self.path.popular(limit, exclude, allowed, reason, history=seen), rules
+                self.path.popular(limit, exclude, allowed, reason, history=seen, fewer=fewer),
+                rules,
             ),
         )
         answer.history_length = len(history)
@@ -393,6 +411,22 @@ class RecommendationService:
             scores += [0.0] * len(fill.books)  # below every trending score
             reasons += fill.reasons
         return _ruled(Answer(books, scores, reasons, "trending"), rules)
+
+
+@dataclass(frozen=True)
+class Marks:
+    """A reader's standing marks: books left out of their lists (not interested, disliked)
+    and books whose author they want less of."""
+
+    unwanted: list[str] = field(default_factory=list)
+    fewer: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, rows: list[tuple[str, str]]) -> Marks:
+        return cls(
+            [b for b, kind in rows if kind in EXCLUDING_EVENT_TYPES],
+            [b for b, kind in rows if kind in AUTHOR_EVENT_TYPES],
+        )
 
 
 def _ruled(answer: Answer, rules: list[str]) -> Answer:

@@ -57,10 +57,11 @@ class SqlEventStore:
         types = ", ".join(f"'{t}'" for t in self.history_types)  # validated names only
         negative = ", ".join(f"'{t}'" for t in NEGATIVE_EVENT_TYPES)
         self._serving_query = sa.text(
-            "SELECT 2 AS k, '' AS book_id, 0.0 AS ts, 0 AS seq FROM deleted_users "
-            "WHERE user_hash = :h UNION ALL SELECT 1, book_id, ts, seq FROM events "
-            f"WHERE user_id = :u AND type IN ({negative}) UNION ALL SELECT 0, book_id, ts, seq "
-            f"FROM events WHERE user_id = :u AND type IN ({types}) ORDER BY k DESC, ts, seq"
+            "SELECT 2 AS k, '' AS book_id, '' AS type, 0.0 AS ts, 0 AS seq FROM deleted_users "
+            "WHERE user_hash = :h UNION ALL SELECT 1, book_id, type, ts, seq FROM events "
+            f"WHERE user_id = :u AND type IN ({negative}) UNION ALL SELECT 0, book_id, type, "
+            f"ts, seq FROM events WHERE user_id = :u AND type IN ({types}) "
+            "ORDER BY k DESC, ts, seq"
         )
 
     def append(self, batch: list[Event]) -> tuple[int, int]:
@@ -116,21 +117,21 @@ class SqlEventStore:
     def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
         """(erased?, history book ids oldest first): :meth:`serving_reads` less the
         preferences."""
-        erased, history, _ = self.serving_reads(user_id)
+        erased, history, _marks = self.serving_reads(user_id)
         return erased, history
 
-    def serving_reads(self, user_id: str) -> tuple[bool, list[str], list[str]]:
-        """(erased?, history book ids oldest first, books the reader marked not interested
-        in or disliked) in one round trip: the per-request read of serving (a prepared text
-        statement: ~35 µs on SQLite, where building the same query with the expression
-        language costs ~200 µs)."""
+    def serving_reads(self, user_id: str) -> tuple[bool, list[str], list[tuple[str, str]]]:
+        """(erased?, history book ids oldest first, the reader's marks as (book id, type):
+        not interested, disliked, less of this author) in one round trip: the per-request
+        read of serving (a prepared text statement: ~35 µs on SQLite, where building the
+        same query with the expression language costs ~200 µs)."""
         params = {"h": self.db.user_hash(user_id), "u": user_id}
         with self.db.connect() as conn:
             rows = conn.execute(self._serving_query, params).all()
         if rows and rows[0][0] == 2:
             return True, [], []
         history = [str(r[1]) for r in rows if r[0] == 0]
-        return False, history, [str(r[1]) for r in rows if r[0] == 1]
+        return False, history, [(str(r[1]), str(r[2])) for r in rows if r[0] == 1]
 
     def preferences(self, user_id: str) -> list[tuple[str, str, float]]:
         """(book_id, type, ts) of the reader's standing "not for me" marks, the latest per

@@ -34,7 +34,7 @@ class NullEvents:
     def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
         return False, []  # nothing known beyond the bundle
 
-    def serving_reads(self, user_id: str) -> tuple[bool, list[str], list[str]]:
+    def serving_reads(self, user_id: str) -> tuple[bool, list[str], list[tuple[str, str]]]:
         return False, [], []
 
     def preferences(self, user_id: str) -> list[tuple[str, str, float]]:

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 HISTORY_EVENT_TYPES = ("view", "rate", "want_to_read", "read", "purchase")
-# a reader's "not for me": stored like any event, applied as exclusions, never history
-NEGATIVE_EVENT_TYPES = ("not_interested", "dislike")
+# a reader's "not for me": stored like any event, never history. not_interested and dislike
+# leave the book (every edition) out; less_of_author down-weights its author's books
+EXCLUDING_EVENT_TYPES = ("not_interested", "dislike")
+AUTHOR_EVENT_TYPES = ("less_of_author",)
+NEGATIVE_EVENT_TYPES = (*EXCLUDING_EVENT_TYPES, *AUTHOR_EVENT_TYPES)
 EVENT_TYPES = (*HISTORY_EVENT_TYPES, *NEGATIVE_EVENT_TYPES)
 BOOK_FIELDS = (
     "title",

@@ -56,8 +56,9 @@ async def get_history(
     responses=answers(403, 404, 422, 503),
 )
 async def get_preferences(request: Request, user_id: PathId, known: UsersDep) -> Preferences:
-    """Books the reader marked ``not_interested`` or ``dislike`` (events of those types):
-    left out of their lists until withdrawn."""
+    """The reader's marks (events of those types) until withdrawn: ``not_interested`` or
+    ``dislike`` (the book left out of their lists), ``less_of_author`` (its author's books
+    down-weighted)."""
     may_act(request, user_id, "users:read:any")
     return await run_in_threadpool(known.preferences, user_id)
 

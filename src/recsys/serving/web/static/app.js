@@ -13,21 +13,26 @@ const ACTIONS = [
   ["want_to_read", "Want to read", "added to your want-to-read list"],
   ["not_interested", "Not interested", "left out of your lists (undo under Not for me)"],
 ];
+// On a book's own page: fewer books by its author from now on (not none).
+const LESS = ["less_of_author", "Less of this author", "marked: fewer books by its author (undo under Not for me)"];
+
+// How the "not for me" page names each kind of mark.
+const MARKS = { not_interested: "not interested", dislike: "disliked", less_of_author: "less of this author" };
 
 async function record(book, type, value, title) {
   const event = { user_id: session.reader, book_id: book, type };
   if (value !== undefined) event.value = value;
   await api("POST", "/events", event);
-  const verb = ACTIONS.find(([t]) => t === type)?.[2] ?? `rated ${value / 2} of 5`;
+  const verb = [...ACTIONS, LESS].find(([t]) => t === type)?.[2] ?? `rated ${value / 2} of 5`;
   say(`“${title || book}” ${verb}.`);
 }
 
-function actionButtons(book, title, after) {
+function actionButtons(book, title, after, actions = ACTIONS) {
   if (!session.reader) return null;
   return h(
     "div",
     { class: "actions", role: "group", "aria-label": `Actions for ${title || book}` },
-    ACTIONS.map(([type, label]) =>
+    actions.map(([type, label]) =>
       h("button", {
         type: "button",
         "data-action": type,
@@ -99,7 +104,7 @@ async function notForMe() {
     body.replaceChildren(marks.preferences.length ? h("ul", { class: "marks", "aria-label": "Books not for you" },
       marks.preferences.map((m) => h("li", { "data-book-id": m.book_id },
         h("a", { href: bookHref(m.book_id) }, m.title || m.book_id),
-        ` — ${m.type === "dislike" ? "disliked" : "not interested"} `,
+        ` — ${MARKS[m.type] || m.type} `,
         h("button", {
           type: "button",
           onclick: async () => {
@@ -161,7 +166,7 @@ async function bookPage(id) {
         : null,
       h("dl", {}, details.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
     ),
-    actionButtons(book.book_id, book.title),
+    actionButtons(book.book_id, book.title, undefined, [...ACTIONS, LESS]),
     session.reader ? ratingForm(book) : h("p", {}, h("a", { href: "#/signin" }, "Sign in"), " to mark or rate this book."),
     h("h2", {}, "Similar books"),
     similar,
