@@ -35,6 +35,7 @@ from recsys.serving.schemas import (
     ExperimentSeries,
     ExperimentsOverview,
     ExperimentStatus,
+    Explored,
     Metadata,
     Recommendation,
     RecommendationResponse,
@@ -284,6 +285,7 @@ class ServingCore:
         if cached is not None:
             if logged:
                 self._impression(user_id, arm, cached, impression_id)
+            self._explorations(user_id, cached, request_id)  # served again: logged again
             return cached
         started = time.perf_counter()
         answer = await self._answer(
@@ -301,6 +303,7 @@ class ServingCore:
         body = response.model_dump(mode="json")
         if logged:
             self._impression(user_id, arm, body, impression_id)
+        self._explorations(user_id, body, request_id)
         return body
 
     async def _cached(
@@ -325,6 +328,24 @@ class ServingCore:
             cache=where,
         )
         return cached
+
+    def _explorations(self, user_id: str, body: dict[str, Any], request_id: str) -> None:
+        """Log a served list's exploration slots with their propensities (background)."""
+        log_rows = self.live.explorations
+        explored = body["metadata"].get("explored") or []
+        if log_rows is None or not explored:
+            return
+        now = time.time()
+        for slot in explored:
+            log_rows.add(
+                {
+                    "request_id": request_id,
+                    "at": now,
+                    "user_id": user_id,
+                    "bundle": body["metadata"]["bundle_version"],
+                    **slot,
+                }
+            )
 
     def _impression(
         self, user_id: str, arm: Assignment, body: dict[str, Any], impression_id: str
@@ -400,5 +421,9 @@ class ServingCore:
             request_id=request_id,
             fallback_reason=answer.fallback_reason,
             rules=answer.rules,
+            explored=[
+                Explored(book_id=str(cat.ids[b]), position=p, propensity=q, pool=n)
+                for b, p, q, n in answer.explored
+            ],
         )
         return RecommendationResponse(recommendations=items, metadata=meta)

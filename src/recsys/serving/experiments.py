@@ -327,8 +327,14 @@ class ImpressionLog:
     returns only once every impression queued before the call is written (a write in
     progress in the background included: feedback right after a list must find it)."""
 
-    def __init__(self, store: Any, flush_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: Any,
+        flush_s: float = 0.5,
+        write: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
         self.store, self.flush_s = store, flush_s
+        self.write = write or store.log_impressions  # or another table's rows
         self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._writing = threading.Lock()
@@ -348,7 +354,7 @@ class ImpressionLog:
                     break
             if rows:
                 try:
-                    self.store.log_impressions(rows)
+                    self.write(rows)
                 except Exception:  # keep serving; the rows are lost, and logged as such
                     log.exception("could not write %d impressions", len(rows))
             return len(rows)

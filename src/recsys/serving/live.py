@@ -18,6 +18,7 @@ from recsys.serving.experiments import ImpressionLog
 from recsys.serving.ratelimit import RateLimiter
 from recsys.serving.rules import RulesHolder
 from recsys.serving.settings import (
+    ExplorationSettings,
     LiveSettings,
     MonitoringSettings,
     RegistrySettings,
@@ -48,12 +49,18 @@ class Live:
     rules_file: str | None = None  # watched YAML (recsys.serving.rules)
     rules_poll_s: float = 1.0
     rules: RulesHolder = field(default_factory=RulesHolder)  # the business rules in force
+    # exploration slots for new books; off unless configured (recsys serve turns it on)
+    exploration: ExplorationSettings = field(default_factory=ExplorationSettings)
+    explorations: ImpressionLog | None = None  # their propensities, written in the background
 
     _rebuilding: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.stores.persistent and self.impressions is None:
             self.impressions = ImpressionLog(self.stores.experiments)
+        if self.stores.persistent and self.explorations is None:
+            experiments = self.stores.experiments
+            self.explorations = ImpressionLog(experiments, write=experiments.log_explorations)
 
     def refresh_trending(self, force: bool = False) -> None:
         """Rebuild trending from the store when it is older than ``refresh_s``: in a
@@ -93,6 +100,8 @@ class Live:
     def close(self) -> None:
         if self.impressions is not None:
             self.impressions.close()
+        if self.explorations is not None:
+            self.explorations.close()
         self.stores.close()
 
     @classmethod
@@ -131,6 +140,7 @@ class Live:
             registry=settings.registry,
             rules_file=settings.rules.file,
             rules_poll_s=settings.rules.poll_s,
+            exploration=settings.exploration,
         )
         live.refresh_trending(force=True)
         return live

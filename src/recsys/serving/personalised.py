@@ -18,13 +18,14 @@ import scipy.sparse as sp
 import torch
 
 from recsys.features.ranking import Candidates
-from recsys.features.vocab import IdVocab
+from recsys.features.vocab import NUM_RESERVED, IdVocab
 from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_stage import TwoStageRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
 from recsys.serving.catalogue import Catalogue
 from recsys.serving.reading_order import Pick, ReadingOrder
 from recsys.serving.rules import BoundRules
+from recsys.serving.settings import ExplorationSettings
 from recsys.serving.stages import Stages
 
 # "less of this author": that author's books keep this share of their odds (score + ln of it)
@@ -46,6 +47,7 @@ class Personal:
     retrieval_only: bool = False  # an experiment setting: two-tower answer, no ranker
     rules: list[str] = field(default_factory=list)  # business rules that left books out
     fewer: frozenset[str] = frozenset()  # authors the reader asked for less of
+    explore: bool = False  # an online list: exploration slots when configured
 
 
 @dataclass
@@ -61,6 +63,8 @@ class Answer:
     from_model: int | None = None  # leading books from the model; the rest topped up
     history_length: int | None = None  # books in the history behind a user's list (drift)
     rules: list[str] = field(default_factory=list)  # business rules that changed the list
+    # exploration slots: (book, position from 1, the probability the policy gave it, pool)
+    explored: list[tuple[int, int, float, int]] = field(default_factory=list)
 
 
 class PersonalisedPath:
@@ -87,6 +91,10 @@ class PersonalisedPath:
         self.users, self.retriever, self.pipeline = users, retriever, pipeline
         self.stages, self.catalogue, self.popularity = stages, catalogue, popularity
         self.order = ReadingOrder(catalogue.works)
+        self.exploration = ExplorationSettings()  # share 0: off (the service sets it)
+        # training readers per book (books added since: none); the service sets the bundle's
+        self.reads: np.ndarray = np.zeros(0)
+        self._rng = np.random.default_rng()
         # the business rules in force, bound to this catalogue (None: no rules)
         self.rules: Callable[[], BoundRules | None] = lambda: None
 
@@ -237,7 +245,65 @@ class PersonalisedPath:
         for req, answer in zip(requests, answers, strict=True):
             self._top_up(req, answer, explain)
             answer.rules = [*req.rules, *answer.rules]
+        exploring = [i for i, r in enumerate(requests) if r.explore]
+        if exploring and self.exploration.share > 0:
+            self._explore([requests[i] for i in exploring], [answers[i] for i in exploring])
         return answers
+
+    def _explore(self, requests: list[Personal], answers: list[Answer]) -> None:
+        """Give ``exploration.share`` of each list's slots (the last ones) to books read by
+        at most ``max_reads`` readers: drawn without replacement from a softmax over the
+        reader's two-tower scores (``temperature``), among the books the reader could be
+        offered that keep works and series in order. Each drawn book records the probability
+        it had at its draw (its propensity) and the pool's size."""
+        settings = self.exploration
+        reads = self.reads
+        new = np.flatnonzero(self.catalogue.listed)
+        known = new[new < reads.size]
+        new = np.concatenate([known[reads[known] <= settings.max_reads], new[new >= reads.size]])
+        new = new[new >= NUM_RESERVED]
+        if new.size == 0:
+            return
+        users = np.array([self.users.encode_one(r.user_id) if r.user_id else 1 for r in requests])
+        matrix = self._stack(requests)
+        vectors = self.retriever.encode(self.retriever.features_from_matrix(users, matrix))
+        works = self.catalogue.works
+        for row, (req, answer) in enumerate(zip(requests, answers, strict=True)):
+            slots = int(np.floor(settings.share * len(answer.books) + 1e-9))
+            if slots == 0:
+                continue
+            history = req.matrix.indices.tolist()
+            check = self.offerable(req.exclude, req.allowed, set(history))
+            keep = answer.books[: len(answer.books) - slots]
+            read = works.works_read(history) | works.works_read(keep)
+            pool = [
+                int(b)
+                for b in new
+                if b not in keep
+                and check(int(b))
+                and works.work_of(int(b)) not in read
+                and self._in_order(int(b), history, check)
+            ]
+            if not pool:
+                continue
+            scores = self.retriever.book_embeddings[pool] @ vectors[row] / settings.temperature
+            drawn = draw(self._rng, np.asarray(pool), scores, slots)
+            start = len(keep)
+            answer.books = keep + [b for b, _ in drawn]
+            answer.scores = answer.scores[:start] + [float(p) for _, p in drawn]
+            if answer.reasons:
+                answer.reasons = answer.reasons[:start] + [
+                    "new in the catalogue, picked to match your reading"
+                ] * len(drawn)
+            answer.explored = [(b, start + i + 1, p, len(pool)) for i, (b, p) in enumerate(drawn)]
+
+    def _in_order(self, book: int, history: list[int], check: Callable[[int], bool]) -> bool:
+        """Whether a book keeps its series in order (no earlier volume unread and offerable)."""
+        works = self.catalogue.works
+        if book >= len(works) or works.series_of(book) < 0:
+            return True
+        first = works.first_open_volume(works.series_of(book), works.works_read(history), check)
+        return first is None or works.position_of(first) >= works.position_of(book)
 
     def _stack(self, requests: list[Personal]) -> sp.csr_matrix:
         n_books = self.retriever.n_books
@@ -413,3 +479,21 @@ def _leading(picks: list[Pick], model: set[int]) -> int:
             break
         count += 1
     return count
+
+
+def draw(
+    rng: np.random.Generator, pool: np.ndarray, logits: np.ndarray, n: int
+) -> list[tuple[int, float]]:
+    """``n`` books of ``pool`` drawn without replacement from a softmax over ``logits``, each
+    with the probability it had at its draw (its propensity)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    alive = np.ones(pool.size, dtype=bool)
+    out: list[tuple[int, float]] = []
+    for _ in range(min(n, pool.size)):
+        shifted = np.where(alive, logits - logits[alive].max(), -np.inf)
+        probs = np.exp(shifted)
+        probs /= probs.sum()
+        pick = int(rng.choice(pool.size, p=probs))
+        out.append((int(pool[pick]), float(probs[pick])))
+        alive[pick] = False
+    return out

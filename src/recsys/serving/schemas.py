@@ -126,6 +126,13 @@ class Recommendation(BaseModel):
 Source = Literal["personalized", "similar", "hybrid", "popularity", "trending"]
 
 
+class Explored(BaseModel):
+    book_id: str
+    position: int = Field(description="place in the list, 1 = first")
+    propensity: float = Field(description="the probability the exploration policy gave it")
+    pool: int = Field(description="books it was drawn from")
+
+
 class Metadata(BaseModel):
     source: Source
     bundle_version: str
@@ -138,6 +145,9 @@ class Metadata(BaseModel):
     impression_id: str | None = None  # a list logged under an experiment: name it in feedback
     rules: list[str] = Field(
         default_factory=list, description="business rules that shaped this list (by name)"
+    )
+    explored: list[Explored] = Field(
+        default_factory=list, description="exploration slots of this list (new books)"
     )
 
 

@@ -88,6 +88,9 @@ class RecommendationService:
             bundle.popularity,
         )
         self.path.rules = lambda: self.live.rules.bound(self.catalogue)
+        self.path.exploration = self.live.exploration
+        if self.live.exploration.share > 0:
+            self.path.reads = bundle.popularity_counts
         # books added through the API that this bundle was not trained on
         self.add_books(self.stores.catalogue.added_books())
         self.histories = KnownHistories(bundle.known_histories)
@@ -308,7 +311,16 @@ class RecommendationService:
         matrix = self.history_matrix([history])
         seen = set(matrix.indices.tolist())
         personal = Personal(
-            user_id, matrix, limit, exclude, allowed, "personalized", retrieval_only, rules, fewer
+            user_id,
+            matrix,
+            limit,
+            exclude,
+            allowed,
+            "personalized",
+            retrieval_only,
+            rules,
+            fewer,
+            explore=True,
         )
         answer = self._guarded(
             personal,

@@ -90,6 +90,23 @@ class ExperimentSettings(_Section):
     poll_s: float = Field(default=1.0, gt=0)
 
 
+class ExplorationSettings(_Section):
+    """Slots for books with few reads (docs/serving.md, "Exploration")."""
+
+    share: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.5,
+        description="share of a user list's slots (0: off; `recsys serve` sets 0.1)",
+    )
+    max_reads: int = Field(
+        default=5, ge=0, description="books read by at most this many readers count as new"
+    )
+    temperature: float = Field(
+        default=1.0, gt=0, description="softmax temperature over the two-tower's scores"
+    )
+
+
 class RulesSettings(_Section):
     file: str | None = Field(
         default=None, description="watched YAML of business rules (recsys.serving.rules)"
@@ -133,6 +150,7 @@ class LiveSettings(_Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="larger bodies get 413")
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
+    exploration: ExplorationSettings = Field(default_factory=ExplorationSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
 
@@ -143,6 +161,7 @@ class LiveSettings(_Section):
         "auth",
         "experiments",
         "rules",
+        "exploration",
         "monitoring",
         "registry",
         mode="before",
@@ -182,6 +201,10 @@ class ServeSettings(LiveSettings):
     ray: RaySettings = Field(default_factory=RaySettings)
     # a served config limits every caller by default (the design's per-user budget)
     rate_limits: RateLimitSettings | None = Field(default_factory=RateLimitSettings)
+    # and explores: a tenth of each user list for new books (the library's default is off)
+    exploration: ExplorationSettings = Field(
+        default_factory=lambda: ExplorationSettings(share=0.1)
+    )
 
     def live(self) -> LiveSettings:
         """The live sections alone (what the Ray application's replicas receive)."""

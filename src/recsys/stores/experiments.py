@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from recsys.stores.engine import Database
-from recsys.stores.schema import Impression, feedback, impressions
+from recsys.stores.schema import Impression, explorations, feedback, impressions
 
 
 class SqlExperimentStore:
@@ -25,6 +25,24 @@ class SqlExperimentStore:
         insert = self.db.insert(impressions).on_conflict_do_nothing(index_elements=["request_id"])
         with self.db.begin() as conn:
             conn.execute(insert, rows)
+
+    def log_explorations(self, rows: list[dict[str, Any]]) -> None:
+        """Books served in exploration slots (request_id, at, user_id, book_id, position,
+        propensity, pool, bundle)."""
+        if not rows:
+            return
+        with self.db.begin() as conn:
+            conn.execute(explorations.insert(), rows)
+
+    def explorations_of(self, user_id: str) -> list[dict[str, Any]]:
+        """The reader's exploration rows, oldest first."""
+        query = (
+            sa.select(explorations)
+            .where(explorations.c.user_id == user_id)
+            .order_by(explorations.c.id)
+        )
+        with self.db.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None:
         with self.db.begin() as conn:

@@ -103,6 +103,12 @@ class NullExperiments:
     def log_impressions(self, rows: list[dict[str, Any]]) -> None:
         _unavailable()
 
+    def log_explorations(self, rows: list[dict[str, Any]]) -> None:
+        _unavailable()
+
+    def explorations_of(self, user_id: str) -> list[dict[str, Any]]:
+        _unavailable()
+
     def log_feedback(self, request_id: str, user_id: str, book_id: str, kind: str) -> None:
         _unavailable()
 

@@ -113,6 +113,21 @@ impressions = sa.Table(
     # the bundle version that served the list ('' for lists logged before it was recorded)
     sa.Column("bundle", sa.String(200), nullable=False, server_default=""),
 )
+explorations = sa.Table(
+    # books shown in exploration slots, with the probability the policy gave each (for
+    # off-policy estimates): one row per book per list served
+    "explorations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("user_id", sa.String(200), nullable=False, index=True),
+    sa.Column("book_id", sa.String(200), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),  # 1 = first in the list
+    sa.Column("propensity", sa.Float, nullable=False),
+    sa.Column("pool", sa.Integer, nullable=False),  # books it was drawn from
+    sa.Column("bundle", sa.String(200), nullable=False),
+)
 feedback = sa.Table(
     "feedback",
     metadata,

@@ -1,0 +1,97 @@
+"""Exploration over real HTTP: a share of each user list goes to books with few reads (a book
+just added through the API may be one), drawn to match the reader, each with its propensity in
+the response and in the store; off unless configured."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from recsys.bundle.reader import load_bundle
+from recsys.serving.app import create_app
+from recsys.serving.live import Live
+from recsys.serving.local import serve_in_thread
+from recsys.serving.service import RecommendationService
+
+pytestmark = pytest.mark.integration
+
+
+def serve(bundle: Path, db: Path, exploration: dict[str, Any] | None) -> Any:
+    config: dict[str, Any] = {"store": {"url": f"sqlite:///{db}"}, "auth": {"enabled": False}}
+    if exploration is not None:
+        config["exploration"] = exploration
+    live = Live.from_config(config)
+    app = create_app(lambda: RecommendationService(load_bundle(bundle), 10.0, live=live))
+    return live, app
+
+
+@pytest.fixture(scope="module")
+def exploring(
+    trained_bundle: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[httpx.Client, Live]]:
+    db = tmp_path_factory.mktemp("exploration") / "store.db"
+    live, app = serve(Path(trained_bundle["bundle"]), db, {"share": 0.2, "max_reads": 3})
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        yield client, live
+
+
+def test_a_share_of_slots_goes_to_new_books_with_propensities(
+    exploring: tuple[httpx.Client, Live], trained_bundle: dict[str, Any]
+) -> None:
+    client, live = exploring
+    bundle = load_bundle(trained_bundle["bundle"])
+    reads = bundle.popularity_counts
+    index = {b: i + 2 for i, b in enumerate(bundle.state.books.ids.to_list())}
+    new = {"book_id": "fresh-1", "title": "A Fresh Voice", "authors": "New Writer", "year": 2026}
+    assert client.post("/books", json=new).status_code == 201
+    users = [str(u) for u in bundle.known_histories["user_id"].head(30)]
+    seen_pools = set()
+    for user in users:
+        body = client.post(f"/recommendations/users/{user}", json={"limit": 10}).json()
+        got = [r["book_id"] for r in body["recommendations"]]
+        explored = body["metadata"]["explored"]
+        assert [e["position"] for e in explored] == [9, 10]  # 20 % of 10: the last two
+        assert len(set(got)) == 10
+        for slot in explored:
+            book = slot["book_id"]
+            assert got[slot["position"] - 1] == book
+            assert book == "fresh-1" or reads[index[book]] <= 3  # few readers
+            assert 0 < slot["propensity"] <= 1
+            seen_pools.add(slot["pool"])
+        reasons = [r["reasoning"] for r in body["recommendations"][8:]]
+        assert reasons == ["new in the catalogue, picked to match your reading"] * 2
+    assert min(seen_pools) > 2
+    assert live.explorations is not None
+    live.explorations.flush()
+    logged = live.stores.experiments.explorations_of(users[0])
+    assert [(r["book_id"], r["position"]) for r in logged][-2:] == [
+        (e["book_id"], e["position"]) for e in explored_of(client, users[0], logged)
+    ]
+    assert all(r["propensity"] > 0 and r["bundle"] == bundle.version for r in logged)
+
+
+def explored_of(
+    client: httpx.Client, user: str, logged: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The slots of the list logged last for ``user`` (as the response gave them)."""
+    last = logged[-1]["request_id"]
+    return [
+        {"book_id": r["book_id"], "position": r["position"]}
+        for r in logged
+        if r["request_id"] == last
+    ]
+
+
+def test_off_unless_configured(trained_bundle: dict[str, Any], tmp_path: Path) -> None:
+    live, app = serve(Path(trained_bundle["bundle"]), tmp_path / "store.db", None)
+    user = str(load_bundle(trained_bundle["bundle"]).known_histories.row(0)[0])
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        body = client.post(f"/recommendations/users/{user}", json={"limit": 10}).json()
+    assert body["metadata"]["explored"] == []
+    assert live.explorations is not None
+    live.explorations.flush()
+    assert live.stores.experiments.explorations_of(user) == []
