@@ -202,9 +202,7 @@ class ServeSettings(LiveSettings):
     # a served config limits every caller by default (the design's per-user budget)
     rate_limits: RateLimitSettings | None = Field(default_factory=RateLimitSettings)
     # and explores: a tenth of each user list for new books (the library's default is off)
-    exploration: ExplorationSettings = Field(
-        default_factory=lambda: ExplorationSettings(share=0.1)
-    )
+    exploration: ExplorationSettings = Field(default_factory=lambda: ExplorationSettings(share=0.1))
 
     def live(self) -> LiveSettings:
         """The live sections alone (what the Ray application's replicas receive)."""
