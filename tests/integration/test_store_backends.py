@@ -352,7 +352,14 @@ class StoreSuite:
         row = {"at": now, "experiment": "x", "variant": "control", "books": "[]"}
         store.experiments.log_impressions([{**row, "request_id": "r0", "user_id": "ann"}])
         removed = store.users.delete_user("ann", "dpo")
-        assert removed == {"events": 3, "profile": 1, "impressions": 1, "feedback": 0}
+        assert removed == {
+            "events": 3,
+            "profile": 1,
+            "impressions": 1,
+            "feedback": 0,
+            "explorations": 0,
+            "reviews": 0,
+        }
         assert store.events.serving_history("ann") == (True, [])
         assert store.events.serving_history("bob") == (False, ["b2"])
         assert store.users.is_deleted("ann")

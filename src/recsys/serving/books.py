@@ -6,6 +6,8 @@ from typing import Any
 
 from recsys.errors import RecsysError
 from recsys.serving.core import ServingCore
+from recsys.serving.ingest import Ingest
+from recsys.serving.schemas import EventIn, ReviewIn
 from recsys.serving.service import UnknownBook
 from recsys.stores.base import CatalogueStore
 
@@ -54,6 +56,33 @@ class Books:
             raise UnknownBook(f"unknown book id '{book_id}'") from None
         self.core.service.catalogue.update(book)
         return book
+
+    def review(self, book_id: str, body: ReviewIn) -> tuple[dict[str, Any], bool]:
+        """Create or replace the reader's review (UnknownBook unless listed); the rating is
+        also a ``rate`` event (stars x 2, on the events' 0-10 scale), so it feeds the reader's
+        history and the next training like any rating. Returns it and whether it is new."""
+        self.get(book_id)
+        review, created = self._store.put_review(book_id, body.user_id, body.rating, body.text)
+        event = EventIn(
+            user_id=body.user_id,
+            book_id=book_id,
+            type="rate",
+            value=float(2 * body.rating),
+            timestamp=None,
+            event_id=f"review-{book_id[:80]}-{int(review['updated_at'] * 1000)}",
+        )
+        Ingest(self.core).record([event])
+        return review, created
+
+    def reviews(self, book_id: str, limit: int) -> tuple[list[dict[str, Any]], int, float | None]:
+        self.get(book_id)
+        return self._store.reviews(book_id, limit)
+
+    def delete_review(self, book_id: str, user_id: str) -> None:
+        """Withdraw the reader's review (UnknownBook when there is none). The rating event
+        stays, like any rating the reader gave."""
+        if not self._store.delete_review(book_id, user_id):
+            raise UnknownBook(f"no review of '{book_id}' by this reader")
 
     def delete(self, book_id: str) -> None:
         """Delist: no longer recommended or searchable (UnknownBook if not listed)."""

@@ -496,3 +496,27 @@ class RulesOut(BaseModel):
     error: str | None = Field(
         description="why the file's latest version was refused (the rules in force stay)"
     )
+
+
+class ReviewIn(RequestModel):
+    """A reader's review of a book: one per reader and book; posting again replaces it."""
+
+    user_id: str = ID
+    rating: int = Field(..., ge=1, le=5, description="stars, 1-5 (stored as a rate event 2-10)")
+    text: str = Field("", max_length=5000)
+
+
+class Review(BaseModel):
+    user_id: str
+    book_id: str
+    rating: int
+    text: str
+    created_at: float
+    updated_at: float
+
+
+class Reviews(BaseModel):
+    book_id: str
+    count: int = Field(description="reviews of the book")
+    average_rating: float | None = Field(description="mean stars (null without reviews)")
+    reviews: list[Review] = Field(description="the latest first")

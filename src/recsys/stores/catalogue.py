@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from recsys.data.works import SERIES, SERIES_POSITION, WORK_ID, derive_book_keys
 from recsys.stores.engine import Database
-from recsys.stores.schema import BOOK_COLUMNS, BOOK_FIELDS, books
+from recsys.stores.schema import BOOK_COLUMNS, BOOK_FIELDS, books, reviews
 
 
 class SqlCatalogueStore:
@@ -113,6 +113,56 @@ class SqlCatalogueStore:
         )
         with self.db.begin() as conn:
             return bool(conn.execute(query).rowcount)
+
+    def put_review(
+        self, book_id: str, user_id: str, rating: int, text: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Create or replace the reader's review of the book (one per reader and book);
+        returns it and whether it is new."""
+        now = time.time()
+        key = (reviews.c.user_id == user_id) & (reviews.c.book_id == book_id)
+        with self._lock, self.db.begin() as conn:
+            found = conn.execute(sa.select(reviews.c.created_at).where(key)).first()
+            if found is None:
+                conn.execute(
+                    reviews.insert().values(
+                        user_id=user_id,
+                        book_id=book_id,
+                        rating=rating,
+                        text=text,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            else:
+                conn.execute(
+                    sa.update(reviews).where(key).values(rating=rating, text=text, updated_at=now)
+                )
+            row = conn.execute(sa.select(reviews).where(key)).one()
+        return dict(row._mapping), found is None
+
+    def reviews(self, book_id: str, limit: int) -> tuple[list[dict[str, Any]], int, float | None]:
+        """The book's latest reviews (newest first, at most ``limit``), how many it has and
+        their average rating."""
+        with self.db.connect() as conn:
+            count, average = conn.execute(
+                sa.select(sa.func.count(), sa.func.avg(reviews.c.rating)).where(
+                    reviews.c.book_id == book_id
+                )
+            ).one()
+            rows = conn.execute(
+                sa.select(reviews)
+                .where(reviews.c.book_id == book_id)
+                .order_by(reviews.c.updated_at.desc(), reviews.c.user_id)
+                .limit(limit)
+            ).all()
+        mean = None if average is None else round(float(average), 3)
+        return [dict(r._mapping) for r in rows], int(count), mean
+
+    def delete_review(self, book_id: str, user_id: str) -> bool:
+        key = (reviews.c.user_id == user_id) & (reviews.c.book_id == book_id)
+        with self.db.begin() as conn:
+            return bool(conn.execute(sa.delete(reviews).where(key)).rowcount)
 
     def search_books(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
         """Books whose title or authors match ``query`` (every word, prefix match), best first."""

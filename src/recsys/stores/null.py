@@ -78,6 +78,17 @@ class NullCatalogue:
     def search_books(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
         _unavailable()
 
+    def put_review(
+        self, book_id: str, user_id: str, rating: int, text: str
+    ) -> tuple[dict[str, Any], bool]:
+        _unavailable()
+
+    def reviews(self, book_id: str, limit: int) -> tuple[list[dict[str, Any]], int, float | None]:
+        _unavailable()
+
+    def delete_review(self, book_id: str, user_id: str) -> bool:
+        _unavailable()
+
 
 class NullUsers:
     def user(self, user_id: str) -> dict[str, Any] | None:

@@ -113,6 +113,17 @@ impressions = sa.Table(
     # the bundle version that served the list ('' for lists logged before it was recorded)
     sa.Column("bundle", sa.String(200), nullable=False, server_default=""),
 )
+reviews = sa.Table(
+    # one review per reader and book, editable; erased with the reader
+    "reviews",
+    metadata,
+    sa.Column("user_id", sa.String(200), primary_key=True),
+    sa.Column("book_id", sa.String(200), primary_key=True, index=True),
+    sa.Column("rating", sa.Integer, nullable=False),  # 1-5
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
 explorations = sa.Table(
     # books shown in exploration slots, with the probability the policy gave each (for
     # off-policy estimates): one row per book per list served

@@ -10,7 +10,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from recsys.stores.engine import Database
-from recsys.stores.schema import audit_log, deleted_users, events, feedback, impressions, users
+from recsys.stores.schema import (
+    audit_log,
+    deleted_users,
+    events,
+    explorations,
+    feedback,
+    impressions,
+    reviews,
+    users,
+)
 
 
 class SqlUserStore:
@@ -45,7 +54,8 @@ class SqlUserStore:
         return {u for u in user_ids if self.db.user_hash(u) in hashes}
 
     def delete_user(self, user_id: str, actor: str) -> dict[str, Any]:
-        """GDPR erasure: events, profile, impressions and feedback removed, the id
+        """GDPR erasure: events, profile, impressions, feedback, explorations and reviews
+        removed, the id
         suppressed, an audit entry written (one transaction).
 
         Returns what was removed (counts). The audit entry holds the actor, the time and the
@@ -57,6 +67,8 @@ class SqlUserStore:
             "profile": users,
             "impressions": impressions,
             "feedback": feedback,
+            "explorations": explorations,
+            "reviews": reviews,
         }
         with self.db.begin() as conn:
             details = {

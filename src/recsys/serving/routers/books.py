@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from recsys.serving.auth import CATALOGUE_WRITE
 from recsys.serving.books import Books
-from recsys.serving.deps import PathId, books, require_scope
+from recsys.serving.deps import PathId, books, may_act, require_scope
 from recsys.serving.responses import BODY, answers
-from recsys.serving.schemas import Book, BookCreate, BookIn, BookList
+from recsys.serving.schemas import Book, BookCreate, BookIn, BookList, Review, ReviewIn, Reviews
 
 router = APIRouter(tags=["books"])
 BooksDep = Annotated[Books, Depends(books)]
@@ -56,4 +56,46 @@ async def delete_book(request: Request, book_id: PathId, catalogue: BooksDep) ->
     """Remove a book from the catalogue: it is no longer recommended or searchable."""
     require_scope(request, CATALOGUE_WRITE)
     await run_in_threadpool(catalogue.delete, book_id)
+    return Response(status_code=204)
+
+
+@router.get("/books/{book_id}/reviews", response_model=Reviews, responses=answers(404, 422, 503))
+async def get_reviews(
+    book_id: PathId, catalogue: BooksDep, limit: int = Query(20, ge=1, le=100)
+) -> Reviews:
+    """The book's reviews, the latest first, with their count and average rating."""
+    found, count, average = await run_in_threadpool(catalogue.reviews, book_id, limit)
+    return Reviews(
+        book_id=book_id,
+        count=count,
+        average_rating=average,
+        reviews=[Review(**r) for r in found],
+    )
+
+
+@router.post(
+    "/books/{book_id}/reviews",
+    response_model=Review,
+    responses={**answers(*BODY, 403, 404, 503), 201: {"model": Review, "description": "created"}},
+)
+async def post_review(
+    request: Request, response: Response, book_id: PathId, body: ReviewIn, catalogue: BooksDep
+) -> Review:
+    """Review a book (own token or ``events:write:any``): 201 for a new review, 200 when it
+    replaces the reader's earlier one. The rating is also stored as a ``rate`` event."""
+    may_act(request, body.user_id, "events:write:any")
+    review, created = await run_in_threadpool(catalogue.review, book_id, body)
+    response.status_code = 201 if created else 200
+    return Review(**review)
+
+
+@router.delete(
+    "/books/{book_id}/reviews/{user_id}", status_code=204, responses=answers(403, 404, 422, 503)
+)
+async def delete_review(
+    request: Request, book_id: PathId, user_id: PathId, catalogue: BooksDep
+) -> Response:
+    """Withdraw a review (own token or ``events:write:any``)."""
+    may_act(request, user_id, "events:write:any")
+    await run_in_threadpool(catalogue.delete_review, book_id, user_id)
     return Response(status_code=204)
