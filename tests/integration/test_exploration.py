@@ -95,3 +95,30 @@ def test_off_unless_configured(trained_bundle: dict[str, Any], tmp_path: Path) -
     assert live.explorations is not None
     live.explorations.flush()
     assert live.stores.experiments.explorations_of(user) == []
+
+
+def test_exploration_leaves_pins_in_place(trained_bundle: dict[str, Any], tmp_path: Path) -> None:
+    """A pin in the last slot keeps it: exploration takes the last slots no pin holds."""
+    bundle = load_bundle(trained_bundle["bundle"])
+    user, history = bundle.known_histories.row(0)
+    reads = bundle.popularity_counts
+    index = {b: i + 2 for i, b in enumerate(bundle.state.books.ids.to_list())}
+    popular = next(  # a well-read book the reader has not read: never an exploration pick
+        b for b in bundle.books["book_id"] if b not in set(history) and reads[index[b]] > 10
+    )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"pins: [{{name: last, book_id: {popular}, slot: 10}}]\n")
+    config = {
+        "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+        "auth": {"enabled": False},
+        "exploration": {"share": 0.2, "max_reads": 3},
+        "rules": {"file": str(rules)},
+    }
+    live = Live.from_config(config)
+    app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        body = client.post(f"/recommendations/users/{user}", json={"limit": 10}).json()
+    got = [r["book_id"] for r in body["recommendations"]]
+    assert got[9] == popular
+    assert [e["position"] for e in body["metadata"]["explored"]] == [8, 9]
+    assert "pin:last" in body["metadata"]["rules"]

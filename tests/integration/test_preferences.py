@@ -178,3 +178,29 @@ def test_less_of_an_author_ranks_their_books_lower_until_withdrawn(
         ]
         client.delete(f"/users/{user}/preferences", headers=bearer(user))
         assert places(user)[0] == before  # withdrawn: the list as it was
+
+
+def test_less_of_an_author_needs_one_and_marks_are_listed_by_kind(
+    trained_bundle: dict[str, Any], tmp_path: Path
+) -> None:
+    bundle = Path(trained_bundle["bundle"])
+    user = str(load_bundle(bundle).known_histories.row(0)[0])
+    book = str(load_bundle(bundle).books["book_id"][3])
+    with server(bundle, tmp_path / "store.db") as client:
+        anonymous = {"book_id": "anon-1", "title": "Anonymous Pamphlet"}
+        added = client.post("/books", json=anonymous, headers=bearer("ed", ["catalogue:write"]))
+        assert added.status_code == 201, added.text
+        refused = client.post(
+            "/events",
+            json={"user_id": user, "book_id": "anon-1", "type": "less_of_author"},
+            headers=bearer(user),
+        )
+        assert refused.status_code == 422
+        assert "no author" in refused.text
+        mark(client, user, book, "not_interested")
+        mark(client, user, book, "less_of_author")
+        marks = client.get(f"/users/{user}/preferences", headers=bearer(user)).json()
+        assert sorted(p["type"] for p in marks["preferences"]) == [
+            "less_of_author",
+            "not_interested",
+        ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from recsys.errors import RecsysError
@@ -62,17 +63,16 @@ class Books:
         also a ``rate`` event (stars x 2, on the events' 0-10 scale), so it feeds the reader's
         history and the next training like any rating. Returns it and whether it is new."""
         self.get(book_id)
-        review, created = self._store.put_review(book_id, body.user_id, body.rating, body.text)
-        event = EventIn(
+        event = EventIn(  # first: a review is never stored without its rating
             user_id=body.user_id,
             book_id=book_id,
             type="rate",
             value=float(2 * body.rating),
             timestamp=None,
-            event_id=f"review-{book_id[:80]}-{int(review['updated_at'] * 1000)}",
+            event_id=f"review-{book_id[:80]}-{time.time_ns()}",
         )
         Ingest(self.core).record([event])
-        return review, created
+        return self._store.put_review(book_id, body.user_id, body.rating, body.text)
 
     def reviews(self, book_id: str, limit: int) -> tuple[list[dict[str, Any]], int, float | None]:
         self.get(book_id)

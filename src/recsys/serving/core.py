@@ -285,7 +285,8 @@ class ServingCore:
         if cached is not None:
             if logged:
                 self._impression(user_id, arm, cached, impression_id)
-            self._explorations(user_id, cached, request_id)  # served again: logged again
+            if logged:
+                self._explorations(user_id, cached, request_id)  # served again: logged again
             return cached
         started = time.perf_counter()
         answer = await self._answer(
@@ -301,9 +302,9 @@ class ServingCore:
         if cache is not None and response.metadata.fallback_reason not in TRANSIENT:
             cache.put(svc.version, user_id, params, response.model_dump_json())
         body = response.model_dump(mode="json")
-        if logged:
+        if logged:  # a forced variant (testing) is no experiment or exploration data
             self._impression(user_id, arm, body, impression_id)
-        self._explorations(user_id, body, request_id)
+            self._explorations(user_id, body, request_id)
         return body
 
     async def _cached(

@@ -40,6 +40,14 @@ class Ingest:
                 f"unknown book id(s) {unknown[:5]}{' …' if len(unknown) > 5 else ''}; "
                 "add books to the catalogue first (POST /books)"
             )
+        authorless = sorted(
+            {e.book_id for e in batch if e.type == "less_of_author" and not self._author(svc, e)}
+        )
+        if authorless:
+            raise UnknownEventBook(
+                f"book(s) {authorless[:5]} have no author: 'less_of_author' needs one "
+                "(use not_interested for the book itself)"
+            )
         now = time.time()
         rows = [
             Event(e.user_id, e.book_id, e.type, e.timestamp or now, e.value, e.event_id or "")
@@ -57,6 +65,13 @@ class Ingest:
         for event in new:
             self.core.drift.event(event.type, event.book_id)
         return len(new), len(rows) - len(new)
+
+    @staticmethod
+    def _author(svc: RecommendationService, event: EventIn) -> bool:
+        """Whether the event's book has an author (in the live catalogue)."""
+        index = svc.catalogue.index.get(event.book_id)
+        author = svc.catalogue.authors[index] if index is not None else None
+        return bool(author and str(author).strip())
 
     def _listed(self, svc: RecommendationService, book_id: str) -> bool:
         catalogue = svc.catalogue

@@ -238,9 +238,8 @@ class RecommendationService:
     def fewer_authors(self, marks: Marks) -> frozenset[str]:
         """The authors of the books the reader asked for less of."""
         cat = self.catalogue
-        return frozenset(
-            str(author) for i in self.indices(marks.fewer) if (author := cat.authors[i]) is not None
-        )
+        named = (cat.authors[i] for i in self.indices(marks.fewer))
+        return frozenset(str(a) for a in named if a is not None and str(a).strip())
 
     def _known_history(self, user_id: str | None) -> list[str] | None:
         """The user's history for re-ranking a list, or None (no user, or the store is

@@ -97,7 +97,11 @@ class Users:
     def erase(self, user_id: str, actor: str) -> dict[str, Any]:
         """GDPR erasure: events and profile deleted, cached answers purged, the id suppressed
         from later exports and batch outputs, an audit entry written. Returns the counts."""
-        removed = self.core.live.stores.users.delete_user(user_id, actor)
+        live = self.core.live
+        for queued in (live.impressions, live.explorations):  # nothing of theirs written after
+            if queued is not None:
+                queued.flush()
+        removed = live.stores.users.delete_user(user_id, actor)
         if self.core.live.cache is not None:
             self.core.live.cache.invalidate_user(user_id)
         removed["model_history"] = len(self.core.service.histories.get(user_id, []))

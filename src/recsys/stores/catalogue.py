@@ -121,25 +121,26 @@ class SqlCatalogueStore:
         returns it and whether it is new."""
         now = time.time()
         key = (reviews.c.user_id == user_id) & (reviews.c.book_id == book_id)
-        with self._lock, self.db.begin() as conn:
-            found = conn.execute(sa.select(reviews.c.created_at).where(key)).first()
-            if found is None:
-                conn.execute(
-                    reviews.insert().values(
-                        user_id=user_id,
-                        book_id=book_id,
-                        rating=rating,
-                        text=text,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-            else:
-                conn.execute(
-                    sa.update(reviews).where(key).values(rating=rating, text=text, updated_at=now)
-                )
+        # an upsert: two replicas writing the first review at once do not collide
+        upsert = (
+            self.db.insert(reviews)
+            .values(
+                user_id=user_id,
+                book_id=book_id,
+                rating=rating,
+                text=text,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_update(
+                index_elements=["user_id", "book_id"],
+                set_={"rating": rating, "text": text, "updated_at": now},
+            )
+        )
+        with self.db.begin() as conn:
+            conn.execute(upsert)
             row = conn.execute(sa.select(reviews).where(key)).one()
-        return dict(row._mapping), found is None
+        return dict(row._mapping), row.created_at == now
 
     def reviews(self, book_id: str, limit: int) -> tuple[list[dict[str, Any]], int, float | None]:
         """The book's latest reviews (newest first, at most ``limit``), how many it has and

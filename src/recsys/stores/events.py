@@ -134,7 +134,7 @@ class SqlEventStore:
         return False, history, [(str(r[1]), str(r[2])) for r in rows if r[0] == 1]
 
     def preferences(self, user_id: str) -> list[tuple[str, str, float]]:
-        """(book_id, type, ts) of the reader's standing "not for me" marks, the latest per
+        """(book_id, type, ts) of the reader's standing marks, the latest of each kind per
         book, oldest first."""
         query = (
             sa.select(events.c.book_id, events.c.type, events.c.ts)
@@ -142,7 +142,9 @@ class SqlEventStore:
             .order_by(events.c.ts, events.c.seq)
         )
         with self.db.connect() as conn:
-            latest = {str(b): (str(b), str(k), float(t)) for b, k, t in conn.execute(query)}
+            latest = {
+                (str(b), str(k)): (str(b), str(k), float(t)) for b, k, t in conn.execute(query)
+            }
         return sorted(latest.values(), key=lambda row: row[2])
 
     def forget_preferences(self, user_id: str, book_id: str | None = None) -> int:
