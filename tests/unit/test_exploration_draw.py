@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys.serving.personalised import draw
+from recsys.serving.exploration import draw
 
 
 def test_first_draws_follow_the_softmax_and_report_its_probability() -> None:
