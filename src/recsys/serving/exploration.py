@@ -4,26 +4,23 @@ drawn to match the reader, each with its propensity (docs/serving.md, "Explorati
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from recsys.features.vocab import NUM_RESERVED
 
-if TYPE_CHECKING:
-    from recsys.serving.personalised import Answer, Personal, PersonalisedPath
-
 
 class Explorer:
-    """The exploration step of one :class:`PersonalisedPath` (its settings, models and
-    catalogue).
+    """The exploration step of one ``PersonalisedPath`` (its settings, models and catalogue;
+    typed loosely here: that module imports this one).
     """
 
-    def __init__(self, path: PersonalisedPath) -> None:
+    def __init__(self, path: Any) -> None:
         self.path = path
         self._rng = np.random.default_rng()
 
-    def explore(self, requests: list[Personal], answers: list[Answer]) -> None:
+    def explore(self, requests: list[Any], answers: list[Any]) -> None:
         """Give ``exploration.share`` of each list's slots (the last ones a pin does not
         hold) to books read by at most ``max_reads`` readers.
 
@@ -74,9 +71,7 @@ class Explorer:
                     answer.reasons[place] = reason
                 answer.explored.append((book, place + 1, propensity, int(pool.size)))
 
-    def _pool(
-        self, new: np.ndarray, req: Personal, history: list[int], kept: list[int]
-    ) -> np.ndarray:
+    def _pool(self, new: np.ndarray, req: Any, history: list[int], kept: list[int]) -> np.ndarray:
         """The new books this reader could be offered in an exploration slot."""
         works = self.path.catalogue.works
         check = self.path.offerable(req.exclude, req.allowed, set(history))
