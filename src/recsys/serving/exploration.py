@@ -3,7 +3,6 @@ drawn to match the reader, each with its propensity (docs/serving.md, "Explorati
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,7 +74,8 @@ class Explorer:
         """The new books this reader could be offered in an exploration slot."""
         works = self.path.catalogue.works
         check = self.path.offerable(req.exclude, req.allowed, set(history))
-        read = works.works_read(history) | works.works_read(kept)
+        read_history = works.works_read(history)  # once, not per book
+        read = read_history | works.works_read(kept)
         taken = set(kept)
         return np.array(
             [
@@ -84,7 +84,7 @@ class Explorer:
                 if b not in taken
                 and check(b)
                 and (b >= len(works) or works.work_of(b) not in read)
-                and self._in_order(b, history, check)
+                and self.path.order.waits(b, read_history, check) is None
             ],
             dtype=np.int64,
         )
@@ -130,14 +130,6 @@ class Explorer:
                 if alive[i] and (work(other) == work(book) or not allowed_now(other)):
                     alive[i] = False
         return out
-
-    def _in_order(self, book: int, history: list[int], check: Callable[[int], bool]) -> bool:
-        """Whether a book keeps its series in order (no earlier volume unread and offerable)."""
-        works = self.path.catalogue.works
-        if book >= len(works) or works.series_of(book) < 0:
-            return True
-        first = works.first_open_volume(works.series_of(book), works.works_read(history), check)
-        return first is None or works.position_of(first) >= works.position_of(book)
 
 
 def draw_one(rng: np.random.Generator, logits: np.ndarray, alive: np.ndarray) -> tuple[int, float]:

@@ -124,11 +124,7 @@ class PersonalisedPath:
         def shown(book: int) -> bool:  # a pinned book: offerable, its work unread, in order
             if not check(book) or (book < len(works) and works.work_of(book) in read):
                 return False
-            series = works.series_of(book) if book < len(works) else -1
-            if series < 0:
-                return True
-            first = works.first_open_volume(series, read, check)
-            return first is None or works.position_of(first) >= works.position_of(book)
+            return self.order.waits(book, read, check) is None
 
         pins = bound.pins(limit, shown, time.time())
         walk = self.order.walk(ranked, history, check, [*taken, *(b for _, b in pins)])

@@ -212,14 +212,11 @@ class PreviewBuilder:
                 f"another edition of this work is in the list ({self._title(edition)}): "
                 "one edition per work"
             )
-        series = works.series_of(index)
-        if series < 0:
-            return None
         check = self.service.path.offerable(reader.unwanted, reader.allowed, reader.seen)
-        first = works.first_open_volume(series, read, check)
-        if first is None or works.position_of(first) >= works.position_of(index):
+        first = self.service.path.order.waits(index, read, check)
+        if first is None:
             return None
-        name = works.series_names[series]
+        name = works.series_names[works.series_of(index)]
         return "earlier_volume_unread", (
             f"#{works.position_of(index):g} of {name} waits for #{works.position_of(first):g} "
             f"({self._title(first)}), which the reader has not read: volumes come in order"

@@ -113,6 +113,17 @@ class ReadingOrder:
             listed.add(work)
             yield Pick(book, score, note, replaced)
 
+    def waits(self, book: int, read: set[int], offerable: Callable[[int], bool]) -> int | None:
+        """The earlier volume ``book`` waits for (unread, per the works in ``read``, and
+        ``offerable``), or None when it keeps its series in order (or is in none)."""
+        works = self.works
+        if not 0 <= book < len(works) or works.series_of(book) < 0:
+            return None
+        first = works.first_open_volume(works.series_of(book), read, offerable)
+        if first is None or works.position_of(first) >= works.position_of(book):
+            return None
+        return first
+
     def reason(self, pick: Pick, history: Iterable[int]) -> str | None:
         """The words of a series note; None for no note."""
         if pick.note is None:
