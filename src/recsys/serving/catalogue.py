@@ -96,17 +96,42 @@ class Catalogue:
         if exclude:
             mask[list(exclude)] = False
         if filters is not None:
-            if filters.year_min is not None:
-                mask &= self.years >= filters.year_min
-            if filters.year_max is not None:
-                mask &= (self.years >= 0) & (self.years <= filters.year_max)
-            if filters.languages:
-                mask &= np.isin(self.languages, filters.languages)
-            if filters.authors:
-                wanted = [a.lower() for a in filters.authors]
-                mask &= np.array(
-                    [a is not None and any(w in a.lower() for w in wanted) for a in self.authors]
-                )
+            mask &= self.matching(
+                len(mask),
+                filters.languages or None,
+                filters.authors or None,
+                filters.year_min,
+                filters.year_max,
+            )
+        return mask
+
+    def matching(
+        self,
+        size: int,
+        languages: list[str] | None = None,
+        authors: list[str] | None = None,
+        year_min: int | None = None,
+        year_max: int | None = None,
+    ) -> np.ndarray:
+        """Bool per book index (the first ``size``): books of these languages, by one of
+        these authors (substring, any case), in these years; None leaves a field unchecked.
+        The one definition request filters and the business rules' filters share."""
+        mask = np.ones(size, dtype=bool)
+        if languages is not None:
+            mask &= np.isin(self.languages[:size], languages)
+        if authors is not None:
+            wanted = [a.lower() for a in authors]
+            mask &= np.array(
+                [
+                    a is not None and any(w in a.lower() for w in wanted)
+                    for a in self.authors[:size]
+                ],
+                dtype=bool,
+            )
+        if year_min is not None:
+            mask &= self.years[:size] >= year_min
+        if year_max is not None:
+            mask &= (self.years[:size] >= 0) & (self.years[:size] <= year_max)
         return mask
 
 

@@ -244,19 +244,8 @@ class BoundRules:
         cat = self.catalogue
         # a book being added grows the arrays one after another: read the common part
         size = min(len(cat.ids), len(cat.languages), len(cat.years), len(cat.authors))
-        mask = np.ones(size, dtype=bool)
+        mask = cat.matching(size, spec.languages, spec.authors, spec.year_min, spec.year_max)
         mask[:NUM_RESERVED] = False
-        if spec.languages is not None:
-            mask &= np.isin(cat.languages[:size], spec.languages)
-        if spec.authors is not None:
-            wanted = [a.lower() for a in spec.authors]
-            mask &= np.array(
-                [a is not None and any(w in a.lower() for w in wanted) for a in cat.authors[:size]]
-            )
-        if spec.year_min is not None:
-            mask &= cat.years[:size] >= spec.year_min
-        if spec.year_max is not None:
-            mask &= (cat.years[:size] >= 0) & (cat.years[:size] <= spec.year_max)
         if name in self.rules.ids:
             ids = self.rules.ids[name]
             mask &= np.array([i is not None and i in ids for i in cat.ids[:size]])
