@@ -212,7 +212,7 @@ def test_rules_status_for_operators(setup: dict[str, Any]) -> None:
     assert view["version"].startswith("r-")
 
 
-def test_rules_file_example_is_valid(tmp_path: Path) -> None:
+def test_rules_file_example_is_valid() -> None:
     """The example in configs/ parses (its ids file next to it)."""
     from recsys.serving.rules import Rules
 
