@@ -3,7 +3,9 @@ added to the base data, the config hash and the row-addressed recommender."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,24 @@ def test_the_lock_admits_one_holder_and_names_it(tmp_path: Path) -> None:
             pass
     with exclusive(path):  # released
         pass
+
+
+def test_a_run_refused_as_the_holder_starts_still_names_the_holder(tmp_path: Path) -> None:
+    """The holder writes its line just after taking the lock; a refusal in between waits for it."""
+    path = tmp_path / "retrain.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, nothing written yet
+    writer = threading.Timer(0.2, lambda: os.pwrite(fd, b"pid 4242, since 2026-12-01\n", 0))
+    writer.start()
+    try:
+        with (
+            pytest.raises(AlreadyRunning, match=r"\(pid 4242, since 2026-12-01\)"),
+            exclusive(path),
+        ):
+            pass
+    finally:
+        writer.join()
+        os.close(fd)
 
 
 def test_stored_events_join_the_base_data_without_erased_users(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,20 @@ from recsys.errors import RecsysError
 
 class AlreadyRunning(RecsysError):
     """Another process holds the lock."""
+
+
+def _holder(fd: int, wait_s: float = 1.0) -> str:
+    """Who holds the lock, as its holder wrote it.
+
+    The holder writes its line just after it takes the lock, so a process refused in that
+    instant waits up to ``wait_s`` for the line rather than reporting an empty file.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if text or time.monotonic() >= deadline:
+            return text or "pid unknown"
+        time.sleep(0.02)
 
 
 @contextmanager
@@ -33,14 +48,15 @@ def exclusive(path: str | Path, what: str = "retrain") -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+        holder = _holder(fd)
         os.close(fd)
         raise AlreadyRunning(
             f"another {what} is running ({holder}); it holds {target}. Wait for it to end."
         ) from None
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, since {utc_now()}\n".encode(), 0)
+        line = f"pid {os.getpid()}, since {utc_now()}\n".encode()
+        os.pwrite(fd, line, 0)
+        os.ftruncate(fd, len(line))  # write, then cut: the file is never empty while held
         yield
     finally:
         os.ftruncate(fd, 0)
