@@ -99,18 +99,25 @@ def fuzz(target: Target, valid: int, invalid: int) -> Report:
     """Every operation of the target's OpenAPI document: ``valid`` generated inputs that match
     the document and ``invalid`` ones that do not (where it has inputs), each answer run
     through :data:`CHECKS`. Erasing and delisting (DELETE) go last, so the other operations
-    still find the known ids."""
+    still find the known ids; deleting a review goes before them."""
     document = httpx.get(f"{target.base}/openapi.json", timeout=target.timeout_s).json()
     schema = schemathesis.openapi.from_dict(document, config=SchemathesisConfig.from_dict(CONFIG))
     report = Report(
         spec=[f"{m.upper()} {path}" for path, ops in document["paths"].items() for m in ops]
     )
     operations = [result.ok() for result in schema.get_all_operations()]
-    for operation in sorted(operations, key=lambda op: op.method.upper() == "DELETE"):
+    for operation in sorted(operations, key=_last_the_deletes):
         _run(target, operation, GenerationMode.POSITIVE, valid, report)
         if list(operation.iter_parameters()) or operation.body:
             _run(target, operation, GenerationMode.NEGATIVE, invalid, report)
     return report
+
+
+def _last_the_deletes(operation: Any) -> tuple[bool, int]:
+    """Deletes last, and the deeper first: a review's before its reader's erasure and its
+    book's delisting (which would leave nothing to delete)."""
+    delete = operation.method.upper() == "DELETE"
+    return delete, -operation.path.count("/") if delete else 0
 
 
 def _run(

@@ -28,6 +28,7 @@ from recsys.serving.live import Live
 from recsys.serving.local import serve_in_thread
 from recsys.serving.ratelimit import RateLimiter
 from recsys.serving.service import RecommendationService
+from recsys.stores.schema import reviews
 
 pytestmark = pytest.mark.integration
 SECRET = "security-tests-only-secret-0123456789abcdef"
@@ -225,6 +226,17 @@ def own_server(
         users=[str(u) for u in bundle.known_histories["user_id"].head(100).to_list()],
         versions=[bundle.version, other.version],
     )
+    # a review by every known reader of every known book, so deleting one by known ids can
+    # succeed (the fuzz deletes reviews before it erases readers and delists books)
+    assert live.stores.db is not None
+    with live.stores.db.begin() as conn:
+        seeded = [
+            {"user_id": u, "book_id": b, "rating": 4, "text": "seeded"}
+            | {"created_at": 0.0, "updated_at": 0.0}
+            for b in known.books
+            for u in known.users
+        ]
+        conn.execute(reviews.insert(), seeded)
     app = create_app(lambda: RecommendationService(bundle, 10.0, live=live))
     try:
         with serve_in_thread(app) as base:
