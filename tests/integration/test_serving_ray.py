@@ -17,6 +17,7 @@ import httpx
 import pytest
 from tests.helpers.bundles import copy_version, reversed_ranker
 from tests.helpers.load import Load
+from tests.helpers.parity import assert_same, in_process, parity_users, served
 from tests.helpers.swaps import VersionLog, expected_lists
 
 from recsys.bundle.reader import load_bundle
@@ -144,6 +145,17 @@ def test_chained_endpoints(
     assert f'recsys_bundle_offline_metric{{bundle="{version}",metric="recall@20"}}' in metrics
 
 
+def test_chained_serves_the_in_process_lists(
+    chained: tuple[httpx.Client, dict[str, Any]], trained_bundle: dict[str, Any]
+) -> None:
+    """Concurrent callers through Ingress -> Retrieval -> Ranking get the lists the bundle
+    gives in process, one request at a time (#20's parity)."""
+    client, _ = chained
+    users = parity_users(trained_bundle["bundle"])
+    expected = in_process(trained_bundle["bundle"], users, 10)
+    assert_same(expected, served(str(client.base_url), users, 10))
+
+
 def test_chained_fallbacks(
     chained: tuple[httpx.Client, dict[str, Any]], trained_bundle: dict[str, Any]
 ) -> None:
@@ -228,6 +240,8 @@ def test_fused_topology(
         check_endpoints(client, trained_bundle)
         metrics = client.get("/metrics").text
         assert 'recsys_stage_latency_seconds_count{stage="ranking"}' in metrics
+    users = parity_users(bundle)
+    assert_same(in_process(bundle, users, 10), served(base, users, 10))
 
 
 def test_experiments_through_user_config(
