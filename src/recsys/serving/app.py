@@ -18,7 +18,7 @@ from recsys.serving import errors
 from recsys.serving.core import ServingCore
 from recsys.serving.deps import guard
 from recsys.serving.metrics import Metrics
-from recsys.serving.middleware import BodyLimit, add_request_context
+from recsys.serving.middleware import BodyLimit, RequestContext
 from recsys.serving.responses import GUARDED
 from recsys.serving.routers import (
     books,
@@ -89,7 +89,7 @@ def create_app(
         return int(serving.live.max_body_bytes) if serving is not None else 1_000_000
 
     app.add_middleware(BodyLimit, limit=body_limit, cancel_on_disconnect=cancel_on_disconnect)
-    add_request_context(app, echo_request_id)
+    app.add_middleware(RequestContext, echo_request_id=echo_request_id)  # outside BodyLimit
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from recsys.serving.batching import CURRENT_CALLER, Caller
 from recsys.serving.metrics import Metrics
@@ -148,51 +146,89 @@ async def _cancelled_on_disconnect(
             handler.cancel()
 
 
-def add_request_context(app: FastAPI, echo_request_id: bool) -> None:
-    """Every request: an id (the caller's ``X-Request-ID`` or a new one), Prometheus counts
-    and latency by endpoint and answer source, error counts, one structured log line.
+class RequestContext:
+    """Pure ASGI middleware, every request: an id (the caller's ``X-Request-ID`` or a new one),
+    Prometheus counts and latency by endpoint and answer source, error counts, one structured
+    log line; an unexpected error is a logged 500 that carries the request id.
+
+    Pure ASGI rather than ``@app.middleware("http")`` (Starlette's BaseHTTPMiddleware), which
+    runs the app in a task of its own and streams the response through a memory channel: a
+    cost on every request (docs/results/serving.md, #20).
 
     ``echo_request_id``: set ``X-Request-ID`` on responses (Ray Serve's proxy does that itself).
+    Handlers read ``request.state.request_id``/``unique_id`` and set ``request.state.source``.
     """
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next: Any) -> Response:
-        request_id = request.headers.get("x-request-id") or ""
+    def __init__(self, app: Any, echo_request_id: bool) -> None:
+        self.app, self.echo_request_id = app, echo_request_id
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+                break
         ours = not _REQUEST_ID.fullmatch(request_id)
         if ours:  # none, too long or odd: ours instead
             request_id = uuid.uuid4().hex
-        request.state.request_id = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         # a caller-chosen id may repeat or collide with another caller's: never a record key
-        request.state.unique_id = request_id if ours else uuid.uuid4().hex
-        request.state.source = "-"
+        state["unique_id"] = request_id if ours else uuid.uuid4().hex
+        state["source"] = "-"
+        status = 0
+        echoed = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if self.echo_request_id:
+                    headers = [h for h in message.get("headers", ()) if h[0] != b"x-request-id"]
+                    message = {**message, "headers": [*headers, echoed]}
+            await send(message)
+
         started = time.perf_counter()
         try:
-            response: Response = await call_next(request)
+            await self.app(scope, receive, sending)
         except Exception:  # counted and logged like any answer, with the request id
             logger.exception("unhandled error", request_id=request_id)
-            response = JSONResponse(
-                {"detail": "internal error", "request_id": request_id}, status_code=500
-            )
-        elapsed = time.perf_counter() - started
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", None) or _mounted(request.url.path)
-        metrics: Metrics = request.app.state.metrics  # the serving core's, once started
-        metrics.requests.labels(endpoint, request.state.source, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint, request.state.source).observe(elapsed)
-        if response.status_code >= 400:
-            metrics.errors.labels(endpoint, str(response.status_code)).inc()
-        if echo_request_id:
-            response.headers["X-Request-ID"] = request_id
+            if status:  # the answer had begun: the server closes the connection
+                raise
+            status = 500
+            body = json.dumps({"detail": "internal error", "request_id": request_id}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await sending({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            if status:
+                self._record(scope, state, status, time.perf_counter() - started, request_id)
+
+    @staticmethod
+    def _record(scope: Any, state: Any, status: int, elapsed: float, request_id: str) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or _mounted(scope.get("path", ""))
+        metrics: Metrics = scope["app"].state.metrics  # the serving core's, once started
+        source = str(state.get("source", "-"))
+        metrics.requests.labels(endpoint, source, str(status)).inc()
+        metrics.latency.labels(endpoint, source).observe(elapsed)
+        if status >= 400:
+            metrics.errors.labels(endpoint, str(status)).inc()
         logger.info(
             "request",
             request_id=request_id,
-            method=request.method,
+            method=scope.get("method"),
             endpoint=endpoint,
-            status=response.status_code,
-            source=request.state.source,
+            status=status,
+            source=source,
             latency_ms=round(elapsed * 1000, 2),
         )
-        return response
 
 
 def _mounted(path: str) -> str:
