@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from recsys.bundle.reader import load_bundle
 from recsys.serving.app import create_app
+from recsys.serving.exploration import Explorer, draw_one
 from recsys.serving.live import Live
 from recsys.serving.local import serve_in_thread
 from recsys.serving.service import RecommendationService
@@ -117,3 +119,90 @@ def test_exploration_leaves_pins_in_place(trained_bundle: dict[str, Any], tmp_pa
     assert got[9] == popular
     assert [e["position"] for e in body["metadata"]["explored"]] == [8, 9]
     assert "pin:last" in body["metadata"]["rules"]
+
+
+class PerBook(Explorer):
+    """The exploration pool and draws checked one book at a time (the rule as first written,
+    before the array version): the reference the served code must agree with."""
+
+    def _pool(self, new: np.ndarray, req: Any, history: list[int], kept: list[int]) -> np.ndarray:
+        works = self.path.catalogue.works
+        check = self.path.offerable(req.exclude, req.allowed, set(history))
+        read_history = works.works_read(history)
+        read = read_history | works.works_read(kept)
+        return np.array(
+            [
+                int(b)
+                for b in new.tolist()
+                if b not in set(kept)
+                and check(b)
+                and (b >= len(works) or works.work_of(b) not in read)
+                and self.path.order.waits(b, read_history, check) is None
+            ],
+            dtype=np.int64,
+        )
+
+    def _draw_slots(
+        self, pool: np.ndarray, logits: np.ndarray, n: int, kept: list[int], caps: Any
+    ) -> list[tuple[int, float]]:
+        works, authors = self.path.catalogue.works, self.path.catalogue.authors
+        author = lambda b: authors[b] if b < len(authors) else None  # noqa: E731
+        series = lambda b: works.series_of(b) if b < len(works) else -1  # noqa: E731
+        work = lambda b: works.work_of(b) if b < len(works) else -b - 1  # noqa: E731
+        count_a: dict[Any, int] = {}
+        count_s: dict[int, int] = {}
+        for b in kept:
+            count_a[author(b)] = count_a.get(author(b), 0) + 1
+            count_s[series(b)] = count_s.get(series(b), 0) + 1
+        max_a, max_s = caps.max_per_author, caps.max_per_series
+
+        def allowed_now(b: int) -> bool:
+            if max_a and author(b) is not None and count_a.get(author(b), 0) >= max_a:
+                return False
+            return not (max_s and series(b) >= 0 and count_s.get(series(b), 0) >= max_s)
+
+        alive = np.array([allowed_now(int(b)) for b in pool], dtype=bool)
+        out: list[tuple[int, float]] = []
+        while len(out) < n and alive.any():
+            pick, probability = draw_one(self._rng, logits, alive)
+            book = int(pool[pick])
+            out.append((book, probability))
+            count_a[author(book)] = count_a.get(author(book), 0) + 1
+            count_s[series(book)] = count_s.get(series(book), 0) + 1
+            for i, other in enumerate(pool.tolist()):
+                if alive[i] and (work(other) == work(book) or not allowed_now(other)):
+                    alive[i] = False
+        return out
+
+
+def test_exploration_picks_what_the_per_book_rule_picks(trained_bundle: dict[str, Any]) -> None:
+    """Same seed, same lists: the array version of the pool (listed, allowed, unread works,
+    series order) and of the draws (one per work, diversity caps) against the per-book rule,
+    with a wide share, caps of one per author and series and an excluded book, for readers
+    with series in their histories (the synthetic data has works and series)."""
+    bundle = load_bundle(trained_bundle["bundle"])
+    live = Live.from_config(
+        {
+            "store": {"url": None},
+            "auth": {"enabled": False},
+            "exploration": {"share": 0.5, "max_reads": 40},
+        }
+    )
+    live.rules.apply({"diversity": {"max_per_author": 1, "max_per_series": 1}})
+    service = RecommendationService(bundle, 10.0, live=live)
+    path = service.path
+    users = [str(u) for u in bundle.known_histories["user_id"].head(40)]
+    excluded = [str(bundle.books["book_id"][3])]
+    explored = 0
+    for user in users:
+        lists = []
+        for explorer in (Explorer(path), PerBook(path)):
+            explorer._rng = np.random.default_rng(7)
+            path.explorer = explorer
+            answer = service.for_user(user, 12, excluded, None)
+            assert answer.source == "personalized"
+            lists.append((answer.books, answer.scores, answer.explored))
+        assert lists[0] == lists[1]
+        explored += len(lists[0][2])
+    assert explored >= 3 * len(users)  # most readers got their six slots' worth explored
+    service.close()

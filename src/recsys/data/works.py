@@ -108,6 +108,8 @@ class Works:
         self._volumes: dict[int, list[int]] = {}
         self._editions: dict[int, list[int]] = {}
         self._lock = threading.Lock()  # writers (catalogue edits); readers never wait
+        self._changes = 0  # appends and updates: when the arrays below are stale
+        self._arrays: tuple[int, np.ndarray, np.ndarray] | None = None
         for book_id in ids:
             self.append(known.get(book_id, {"book_id": book_id}))
 
@@ -134,6 +136,19 @@ class Works:
     def position_of(self, book: int) -> float:
         return self._position[book]
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(work, series) of every index as int64 arrays (series -1: none), for vectorised
+        checks over many books; rebuilt after an edit."""
+        cached = self._arrays
+        if cached is not None and cached[0] == self._changes:
+            return cached[1], cached[2]
+        changes = self._changes
+        size = len(self._work)  # ``_series`` is appended first: it holds at least as many
+        work = np.array(self._work[:size], dtype=np.int64)
+        series = np.array(self._series[:size], dtype=np.int64)
+        self._arrays = (changes, work, series)
+        return work, series
+
     def append(self, row: Mapping[str, Any]) -> int:
         """A new index with ``row``'s work and series; returns the index."""
         with self._lock:
@@ -144,6 +159,7 @@ class Works:
             self._position.append(position)
             self._link(index, work, series)
             self._work.append(work)
+            self._changes += 1
             return index
 
     def update(self, index: int, row: Mapping[str, Any]) -> None:
@@ -158,6 +174,7 @@ class Works:
             self._series[index], self._position[index] = series, position
             self._work[index] = work
             self._link(index, work, series)
+            self._changes += 1
 
     def _keys(self, index: int, row: Mapping[str, Any]) -> tuple[int, int, float]:
         """(work, series, position) of ``row``, new work and series indices made as needed."""

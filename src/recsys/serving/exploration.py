@@ -71,23 +71,32 @@ class Explorer:
                 answer.explored.append((book, place + 1, propensity, int(pool.size)))
 
     def _pool(self, new: np.ndarray, req: Any, history: list[int], kept: list[int]) -> np.ndarray:
-        """The new books this reader could be offered in an exploration slot."""
-        works = self.path.catalogue.works
+        """The new books this reader could be offered in an exploration slot: listed, allowed,
+        not excluded, read or in the list, of no work read or listed, and keeping their
+        series in order. Array operations over ``new`` (thousands of books on Amazon-Book);
+        only books in a series take the reading-order check one by one."""
+        works, listed = self.path.catalogue.works, self.path.catalogue.listed
         check = self.path.offerable(req.exclude, req.allowed, set(history))
         read_history = works.works_read(history)  # once, not per book
         read = read_history | works.works_read(kept)
-        taken = set(kept)
-        return np.array(
-            [
-                int(b)
-                for b in new.tolist()
-                if b not in taken
-                and check(b)
-                and (b >= len(works) or works.work_of(b) not in read)
-                and self.path.order.waits(b, read_history, check) is None
-            ],
-            dtype=np.int64,
-        )
+        pool = new[new < listed.size]
+        pool = pool[listed[pool]]
+        if req.allowed is not None:
+            pool = pool[pool < req.allowed.size]
+            pool = pool[req.allowed[pool]]
+        drop = req.exclude | set(history) | set(kept)
+        if drop:
+            pool = pool[~np.isin(pool, _ints(drop))]
+        work, series = works.arrays()
+        if read:
+            pool = pool[~np.isin(_at(work, pool, -1), _ints(read))]
+        in_series = np.flatnonzero(_at(series, pool, -1) >= 0)
+        if in_series.size:
+            keep = np.ones(pool.size, dtype=bool)
+            for i in in_series.tolist():
+                keep[i] = self.path.order.waits(int(pool[i]), read_history, check) is None
+            pool = pool[keep]
+        return pool.astype(np.int64)
 
     def _draw_slots(
         self, pool: np.ndarray, logits: np.ndarray, n: int, kept: list[int], caps: Any
@@ -95,41 +104,66 @@ class Explorer:
         """Draw ``n`` books one by one; after each, its work (and any author or series at
         its diversity cap) leaves the pool."""
         works, authors = self.path.catalogue.works, self.path.catalogue.authors
+        work, series = works.arrays()
+        pool_work = np.where(pool < work.size, _at(work, pool, 0), -pool - 1)
+        pool_series = _at(series, pool, -1)
+        max_a = getattr(caps, "max_per_author", None)
+        max_s = getattr(caps, "max_per_series", None)
 
         def author(b: int) -> str | None:
             return authors[b] if b < len(authors) else None
 
-        def series(b: int) -> int:
-            return works.series_of(b) if b < len(works) else -1
-
-        def work(b: int) -> int:
-            return works.work_of(b) if b < len(works) else -b - 1
-
+        codes: dict[str | None, int] = {}
+        pool_author = np.zeros(0, dtype=np.int64)
+        if max_a:  # authors as codes (a book with none: -1, never capped)
+            pool_author = np.array(
+                [-1 if (a := author(b)) is None else codes.setdefault(a, len(codes)) for b in pool],
+                dtype=np.int64,
+            )
         count_a: dict[str | None, int] = {}
         count_s: dict[int, int] = {}
-        for b in kept:
+
+        def count(b: int) -> None:
             count_a[author(b)] = count_a.get(author(b), 0) + 1
-            count_s[series(b)] = count_s.get(series(b), 0) + 1
-        max_a = getattr(caps, "max_per_author", None)
-        max_s = getattr(caps, "max_per_series", None)
+            s = works.series_of(b) if b < work.size else -1
+            count_s[s] = count_s.get(s, 0) + 1
 
-        def allowed_now(b: int) -> bool:
-            if max_a and author(b) is not None and count_a.get(author(b), 0) >= max_a:
-                return False
-            return not (max_s and series(b) >= 0 and count_s.get(series(b), 0) >= max_s)
+        def capped() -> np.ndarray:
+            """Books whose author or series is at its cap."""
+            out = np.zeros(pool.size, dtype=bool)
+            if max_a:
+                full = [codes[a] for a, c in count_a.items() if c >= max_a and a in codes]
+                out |= np.isin(pool_author, full)
+            if max_s:
+                full = [s for s, c in count_s.items() if s >= 0 and c >= max_s]
+                out |= np.isin(pool_series, full)
+            return out
 
-        alive = np.array([allowed_now(int(b)) for b in pool], dtype=bool)
+        for b in kept:
+            count(b)
+        alive = ~capped()
         out: list[tuple[int, float]] = []
         while len(out) < n and alive.any():
             pick, probability = draw_one(self._rng, logits, alive)
             book = int(pool[pick])
             out.append((book, probability))
-            count_a[author(book)] = count_a.get(author(book), 0) + 1
-            count_s[series(book)] = count_s.get(series(book), 0) + 1
-            for i, other in enumerate(pool.tolist()):
-                if alive[i] and (work(other) == work(book) or not allowed_now(other)):
-                    alive[i] = False
+            count(book)
+            alive &= (pool_work != pool_work[pick]) & ~capped()
         return out
+
+
+def _ints(values: set[int]) -> np.ndarray:
+    return np.fromiter(values, dtype=np.int64, count=len(values))
+
+
+def _at(table: np.ndarray, books: np.ndarray, default: int) -> np.ndarray:
+    """``table[books]``, ``default`` for books past its end (added since it was built)."""
+    inside = books < table.size
+    if inside.all():
+        return table[books]
+    out = np.full(books.size, default, dtype=table.dtype)
+    out[inside] = table[books[inside]]
+    return out
 
 
 def draw_one(rng: np.random.Generator, logits: np.ndarray, alive: np.ndarray) -> tuple[int, float]:
