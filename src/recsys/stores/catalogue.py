@@ -29,7 +29,8 @@ class SqlCatalogueStore:
     def seed_books(self, frame: pl.DataFrame) -> int:
         """Add the bundle's books the catalogue does not have yet (every start: a new bundle
         brings its new books; edits and delistings made through the API are kept). Returns
-        rows added."""
+        rows offered. Processes that start together on one store (workers, replicas) may seed
+        the same books at once: a book another one added first is left as it is."""
         with self.db.connect() as conn:
             known = {str(b) for (b,) in conn.execute(sa.select(books.c.book_id))}
         frame = frame.filter(~pl.col("book_id").cast(pl.String).is_in(list(known)))
@@ -37,7 +38,10 @@ class SqlCatalogueStore:
         rows = [_seed_row(r, now) for r in frame.iter_rows(named=True)]
         with self.db.begin() as conn:
             for start in range(0, len(rows), 5000):
-                conn.execute(books.insert(), rows[start : start + 5000])
+                conn.execute(
+                    self.db.insert(books).on_conflict_do_nothing(index_elements=["book_id"]),
+                    rows[start : start + 5000],
+                )
         return len(rows)
 
     def listed(self, bundle_books: pl.DataFrame) -> pl.DataFrame:

@@ -169,12 +169,16 @@ class Database:
             if self.is_sqlite:
                 for statement in _FTS:
                     conn.exec_driver_sql(statement)
+            # processes starting together on a new store (workers, replicas): the first
+            # salt stored is everyone's
+            conn.execute(
+                self.insert(settings)
+                .values(key="user_hash_salt", value=uuid.uuid4().hex)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
             salt = conn.execute(
                 sa.select(settings.c.value).where(settings.c.key == "user_hash_salt")
             ).scalar()
-            if salt is None:
-                salt = uuid.uuid4().hex
-                conn.execute(settings.insert().values(key="user_hash_salt", value=salt))
         return str(salt)
 
 
