@@ -1,5 +1,5 @@
-"""`recsys serve`: the FastAPI app under uvicorn in one process (``engine=local``, the
-embedded default) or on Ray Serve (``engine=ray``, from ``serving/config.yaml``)."""
+"""`recsys serve`: the FastAPI app under uvicorn (``engine=local``, the embedded default: one
+process, or ``workers=N``) or on Ray Serve (``engine=ray``, from ``serving/config.yaml``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.errors import RecsysError
 from recsys.serving.settings import ServeSettings, validated
+from recsys.serving.workers import unshared
 
 
 def settings(cfg: DictConfig) -> ServeSettings:
@@ -31,6 +32,9 @@ def main(cfg: DictConfig) -> None:
             "in auth.secret_file on a volume every node mounts, or in RECSYS_JWT_SECRET where "
             "Ray starts."
         )
+    problem = unshared(typed)
+    if problem:  # before the bundle loads
+        raise RecsysError(problem)
     bundle = load_bundle(typed.bundle)  # fail fast, with the bundle's own error message
     if typed.engine == "local":
         serve_local(typed, bundle)
@@ -39,39 +43,16 @@ def main(cfg: DictConfig) -> None:
 
 
 def serve_local(cfg: ServeSettings, bundle: object) -> None:
-    import uvicorn
+    from recsys.serving import workers
 
-    from recsys.serving.app import configure_logging, create_app
-    from recsys.serving.heap import freeze_imports
-    from recsys.serving.live import Live
-    from recsys.serving.service import RecommendationService
-
-    configure_logging()
-    freeze_imports()  # the bundle loads after this: its objects stay collectable
-    live = Live.from_config(cfg)
-    app = create_app(
-        lambda: RecommendationService(
-            bundle,  # type: ignore[arg-type]
-            float(cfg.stage_timeout_ms) / 1000,
-            live=live,
-        )
-    )
-    print(f"serving on http://{cfg.host}:{cfg.port} (docs at /docs)")
+    processes = f", {cfg.workers} worker processes" if cfg.workers > 1 else ""
+    print(f"serving on http://{cfg.host}:{cfg.port}{processes} (docs at /docs)")
     if cfg.auth.enabled:
         print(
             "auth is on: get a token with `recsys token sub=<user id>` "
             "(or start with auth.enabled=false)"
         )
-    # X-Forwarded-For is believed only from `forwarded_allow_ips` (default none): otherwise any
-    # local client could pick the address its rate limit is counted under.
-    uvicorn.run(
-        app,
-        host=str(cfg.host),
-        port=int(cfg.port),
-        log_level="warning",
-        proxy_headers=bool(cfg.forwarded_allow_ips),
-        forwarded_allow_ips=cfg.forwarded_allow_ips or None,
-    )
+    workers.serve(cfg, bundle)
 
 
 def serve_ray(cfg: ServeSettings, bundle: str) -> None:

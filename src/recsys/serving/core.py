@@ -82,13 +82,13 @@ class ServingCore:
         self.drift = DriftMonitor(watch.drift_window, watch.drift_min_samples)
         self.drift.rebase(service.bundle)
         self.coverage = Coverage(watch.coverage_window_s)
-        self.metrics.registry.register(DriftCollector(self.drift))
-        self.metrics.registry.register(QualityCollector(self.coverage, self.served_bundles))
+        self.metrics.collector(DriftCollector(self.drift))
+        self.metrics.collector(QualityCollector(self.coverage, self.served_bundles))
         self.watcher: FileWatcher | None = None
         self.rules_watcher: FileWatcher | None = None
         self.follower: ProductionFollower | None = None
         self.warmer = CacheWarmer(self)
-        self.vitals = Vitals(self.metrics.registry)  # the console's health view
+        self.vitals = Vitals(self.metrics.exported)  # the console's health view
 
     @property
     def service(self) -> RecommendationService:

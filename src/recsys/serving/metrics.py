@@ -1,12 +1,20 @@
 """Prometheus metrics of one serving process (own registry, so several apps can live in one
-process, as tests do)."""
+process, as tests do).
+
+Several worker processes behind one port (``recsys serve workers=N``) use prometheus_client's
+multiprocess mode: the runner sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start, each
+worker's counters and histograms live in files there, and ``/metrics`` and the console read
+every worker's sum (:attr:`Metrics.exported`), whichever worker answers the scrape.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from recsys.breaker import Breaker
@@ -17,10 +25,21 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 class Metrics:
-    """Every metric the app exports, by attribute."""
+    """Every metric the app exports, by attribute.
+
+    ``registry``: this process's metrics (what it reports to the model registry for a
+    canary's guardrails, like any replica). ``exported``: what ``/metrics`` and the console
+    read: the same registry, or with several workers the sum over every worker's files plus
+    this worker's own collectors (breakers, drift, list quality).
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.exported = self.registry
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if shared:
+            self.exported = CollectorRegistry()
+            MultiProcessCollector(self.exported, shared)
         self._lookups = [0, 0]  # cache hits, lookups
         self._requests()
         self._model()
@@ -55,8 +74,10 @@ class Metrics:
         )
         self.cache_hit_ratio = Gauge(
             "recsys_cache_hit_ratio",
-            "Share of cache lookups answered from the cache (either level) since start",
+            "Share of cache lookups answered from the cache (either level) since start "
+            "(several workers: the last worker to look up)",
             registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
 
     def _model(self) -> None:
@@ -124,7 +145,13 @@ class Metrics:
         """Export the breakers' state: ``recsys_dependency_errors_total{dependency}`` and
         ``recsys_dependency_up{dependency}`` (0 while skipped after a failure)."""
         if breakers:
-            self.registry.register(_BreakerCollector(breakers))
+            self.collector(_BreakerCollector(breakers))
+
+    def collector(self, collector: Collector) -> None:
+        """Register a collector of this process's state (exported as it is by every worker)."""
+        self.registry.register(collector)
+        if self.exported is not self.registry:
+            self.exported.register(collector)
 
     def _counter(self, name: str, doc: str, *labels: str) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)

@@ -198,6 +198,14 @@ class ServeSettings(LiveSettings):
     forwarded_allow_ips: str = Field(
         default="", description="proxies whose X-Forwarded-For is believed (comma list; '*')"
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="engine=local: server processes sharing the port (uvicorn workers, each "
+        "with the bundle loaded; a worker that dies is replaced). Over 1, the response cache "
+        "and the rate limits must be shared (cache.redis_url) or off",
+    )
     ray: RaySettings = Field(default_factory=RaySettings)
     # a served config limits every caller by default (the design's per-user budget)
     rate_limits: RateLimitSettings | None = Field(default_factory=RateLimitSettings)

@@ -29,5 +29,5 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def prometheus(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
+    registry = request.app.state.metrics.exported  # every worker's, with several
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,113 @@
+"""The local runner (`recsys serve engine=local`): the app under uvicorn, in one process or in
+``workers=N`` processes sharing the port.
+
+One process runs the model path and the HTTP side under one interpreter lock; on a machine
+with more cores, several workers carry more (docs/results/serving.md). uvicorn's process
+manager starts the workers (spawned: each imports this module and calls :func:`worker_app`),
+replaces one that dies and stops them all on SIGTERM or Ctrl-C. The parent hands the
+validated settings to the workers in an environment variable; each worker loads the bundle
+and builds the same app as the one-process runner.
+
+What several workers must share, they share the way Ray replicas do: the store (SQLite in WAL
+mode, or PostgreSQL), the response cache and the rate limits (Redis; without it the runner
+refuses, since an event sent to one worker would leave another's cached list stale and each
+worker would count a caller's budget alone; the cache's in-process level is off, for the same
+reason), and the Prometheus metrics (prometheus_client's
+multiprocess files, in a folder the parent creates and removes).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+from recsys.errors import RecsysError
+from recsys.serving.settings import ServeSettings
+
+SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def unshared(cfg: ServeSettings) -> str | None:
+    """Why ``cfg`` cannot run on several workers (None: it can)."""
+    if cfg.workers == 1:
+        return None
+    missing = []
+    if cfg.cache.enabled and not cfg.cache.redis_url:
+        missing.append("the response cache")
+    limits = cfg.rate_limits
+    if limits is not None and limits.enabled and not limits.redis_url:
+        missing.append("the rate limits")
+    if not missing:
+        return None
+    return (
+        f"workers={cfg.workers} needs {' and '.join(missing)} shared between the workers: "
+        "set cache.redis_url=redis://<host>:6379/0 (the rate limits follow it), or turn "
+        "them off (cache.enabled=false, rate_limits.enabled=false), or serve with workers=1."
+    )
+
+
+def local_app(cfg: ServeSettings, bundle: Any = None) -> FastAPI:
+    """The app one local process serves: ``cfg``'s live sections around its bundle (loaded
+    here unless given)."""
+    from recsys.bundle.reader import load_bundle
+    from recsys.serving.app import configure_logging, create_app
+    from recsys.serving.heap import freeze_imports
+    from recsys.serving.live import Live
+    from recsys.serving.service import RecommendationService
+
+    configure_logging()
+    freeze_imports()  # the bundle loads after this: its objects stay collectable
+    loaded = bundle if bundle is not None else load_bundle(cfg.bundle)
+    live = Live.from_config(cfg)
+    return create_app(
+        lambda: RecommendationService(loaded, float(cfg.stage_timeout_ms) / 1000, live=live)
+    )
+
+
+def worker_app() -> FastAPI:
+    """uvicorn's factory in each worker: the settings the parent validated."""
+    return local_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
+def serve(cfg: ServeSettings, bundle: Any) -> None:
+    """Serve until stopped: one process with ``bundle``, or ``cfg.workers`` workers."""
+    import uvicorn
+
+    problem = unshared(cfg)
+    if problem:
+        raise RecsysError(problem)
+    # X-Forwarded-For is believed only from `forwarded_allow_ips` (default none): otherwise
+    # any local client could pick the address its rate limit is counted under.
+    options: dict[str, Any] = {
+        "host": str(cfg.host),
+        "port": int(cfg.port),
+        "log_level": "warning",
+        "proxy_headers": bool(cfg.forwarded_allow_ips),
+        "forwarded_allow_ips": cfg.forwarded_allow_ips or None,
+    }
+    if cfg.workers == 1:
+        uvicorn.run(local_app(cfg, bundle), **options)
+        return
+    # level 1 of the response cache off: through Redis alone, an event sent to one worker
+    # changes the reader's next list whichever worker answers it (a level-1 entry of another
+    # worker could serve the old list for cache.l1_ttl_s)
+    cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"l1_ttl_s": 0.0})})
+    folder = tempfile.mkdtemp(prefix="recsys-metrics-")
+    os.environ[METRICS_ENV] = folder  # before the workers start: they import after this
+    os.environ[SETTINGS_ENV] = cfg.model_dump_json()
+    try:
+        uvicorn.run(
+            "recsys.serving.workers:worker_app",
+            factory=True,
+            workers=cfg.workers,
+            timeout_worker_healthcheck=30,  # a worker loading a bundle under load answers late
+            **options,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,169 @@
+"""`recsys serve workers=2`: two processes on one port share the store, the response cache
+(a real Redis) and the Prometheus metrics; a worker that dies is replaced; without shared
+state the runner refuses to start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+
+from recsys.serving.local import spawn_server
+
+ENDPOINT = 'endpoint="/recommendations/users/{user_id}"'
+
+
+def _workers(parent: int) -> list[int]:
+    """The uvicorn workers of ``parent``: its children that run the multiprocessing spawn
+    entry point (not the resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _answered_by(folder: Path, pid: int) -> float:
+    """User recommendations counted in ``pid``'s own metrics file."""
+    path = folder / f"counter_{pid}.db"
+    if not path.exists():
+        return 0.0
+    total = 0.0
+    for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+        if key.startswith('["recsys_requests"') and "/recommendations/users/{user_id}" in key:
+            total += value
+    return total
+
+
+def _counted(base: str) -> float:
+    """``recsys_requests_total`` of the user endpoint, as one scrape of ``/metrics`` says."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("recsys_requests_total{") and ENDPOINT in line
+    )
+
+
+def test_several_workers_without_shared_state_are_refused(
+    trained_bundle: dict[str, Any], tmp_path: Path
+) -> None:
+    bundle = trained_bundle["bundle"]
+    command = ["serve", f"bundle={bundle}", "workers=2", f"store.url=sqlite:///{tmp_path}/s.db"]
+    result = subprocess.run(
+        [sys.executable, "-m", "recsys", *command, "port=0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "workers=2 needs the response cache and the rate limits shared" in result.stderr
+    assert "cache.redis_url=" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_workers_share_the_cache_the_store_and_the_metrics(
+    trained_bundle: dict[str, Any], tmp_path: Path, redis_url: str
+) -> None:
+    overrides = [
+        f"bundle={trained_bundle['bundle']}",
+        f"store.url=sqlite:///{tmp_path}/events.db",
+        f"cache.redis_url={redis_url}",
+        "auth.enabled=false",
+        "workers=2",
+        "stage_timeout_ms=10000",  # a loaded machine slows answers; never a fallback here
+    ]
+    process, base = spawn_server(overrides, {"RECSYS_ROOT": str(tmp_path)}, timeout_s=120)
+    try:
+        workers = _workers(process.pid)
+        assert len(workers) == 2, workers
+        environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
+        folder = Path(
+            next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+            .split(b"=", 1)[1]
+            .decode()
+        )
+        users = trained_bundle["data"].train.get_column("user_id").unique().sort().to_list()
+
+        def ask(user: str) -> httpx.Response:  # a fresh connection each time: any worker
+            return httpx.post(
+                f"{base}/recommendations/users/{user}", json={"limit": 10}, timeout=30
+            )
+
+        # both workers answer (the second may still be loading when /readyz first answers)
+        sent, deadline = 0, time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with ThreadPoolExecutor(8) as pool:
+                statuses = list(pool.map(_attempt, [ask] * 16, users[:16]))
+            assert statuses == [200] * 16
+            sent += 16
+            if all(_answered_by(folder, pid) > 0 for pid in workers):
+                break
+        assert all(_answered_by(folder, pid) > 0 for pid in workers)
+
+        # an event sent to one worker drops the list every worker cached for that reader
+        reader = users[0]
+        seen = ask(reader).json()["recommendations"][0]["book_id"]
+        event = {"user_id": reader, "book_id": seen, "type": "read"}
+        assert httpx.post(f"{base}/events", json=event, timeout=30).status_code == 202
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, [reader] * 24))
+        assert [a.status_code for a in answers] == [200] * 24
+        for answer in answers:
+            assert answer.json()["metadata"]["source"] == "personalized", answer.json()["metadata"]
+            assert seen not in [item["book_id"] for item in answer.json()["recommendations"]]
+        sent += 1 + len(answers)
+
+        # every scrape, whichever worker takes it, counts both workers' answers
+        assert sum(_answered_by(folder, pid) for pid in workers) == sent
+        for _ in range(6):
+            assert _counted(base) == sent
+
+        # a worker killed with SIGKILL is replaced, and no request fails after
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = _workers(process.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            time.sleep(0.5)
+        assert len(now) == 2, now
+        assert workers[0] not in now
+        with ThreadPoolExecutor(4) as pool:
+            after = list(pool.map(_attempt, [ask] * 40, users[:40]))
+        assert after == [200] * 40
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert not _workers(process.pid)
+
+
+def _attempt(ask: Any, user: str) -> int | str:
+    """The status, or the transport error's name (a failure like any other)."""
+    try:
+        return int(ask(user).status_code)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+@pytest.fixture(autouse=True)
+def _linux_only() -> None:
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads worker processes from /proc")
