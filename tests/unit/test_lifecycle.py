@@ -174,6 +174,58 @@ def test_stored_events_join_the_base_data_without_erased_users(tmp_path: Path) -
     assert books == {"b1": "One", "b2": "Two", "b3": "Three"}
 
 
+def test_marks_leave_the_positives_and_go_in_as_negatives(tmp_path: Path) -> None:
+    """A book read then disliked is no positive; not-interested marks of erased readers and
+    withdrawn marks are not used; "less of this author" is a down-weight, not a book mark."""
+    from recsys.data.prepared import BOOK_IDX, USER_IDX, PreparedData, prepare
+    from recsys.data.split import fitting_all, random_holdout
+
+    base = build_dataset(
+        "t",
+        pl.DataFrame(
+            {
+                "user_id": ["ann", "ann", "ann", "bob", "bob"],
+                "book_id": ["b1", "b2", "b3", "b1", "b2"],
+            }
+        ),
+    )
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
+    store.events.append(
+        [
+            Event("ann", "b2", "dislike", 10.0),  # read, then disliked
+            Event("ann", "b9", "not_interested", 11.0),  # a book nobody read
+            Event("bob", "b3", "not_interested", 12.0),
+            Event("bob", "b3", "dislike", 13.0),  # the same book twice: one mark
+            Event("bob", "b2", "less_of_author", 14.0),
+            Event("cy", "b1", "read", 15.0),
+            Event("cy", "b3", "dislike", 16.0),
+            Event("dee", "b1", "dislike", 17.0),
+        ]
+    )
+    store.events.forget_preferences("dee")  # withdrawn
+    store.users.delete_user("cy", actor="test")
+    data = with_stored_events(base, store, cutoff=None)
+    store.close()
+    pairs = sorted(data.dataset.interactions.select(S.USER_ID, S.BOOK_ID).rows())
+    assert pairs == [("ann", "b1"), ("ann", "b3"), ("bob", "b1"), ("bob", "b2")]
+    marks = data.dataset.marks
+    assert marks is not None
+    assert sorted(marks.rows()) == [("ann", "b2"), ("ann", "b9"), ("bob", "b3")]
+    assert data.marks == 3
+
+    prepared = prepare(data.dataset, fitting_all(random_holdout))
+    # b9 is in no vocabulary (never read, not in the catalogue): it cannot be a negative
+    assert sorted(prepared.marks.select(S.USER_ID, S.BOOK_ID).rows()) == [
+        ("ann", "b2"),
+        ("bob", "b3"),
+    ]
+    assert (prepared.marks.get_column(USER_IDX) >= 2).all()
+    assert (prepared.marks.get_column(BOOK_IDX) >= 2).all()
+    loaded = PreparedData.load(prepared.save(tmp_path / "prepared"))
+    assert loaded.marks.equals(prepared.marks)
+    assert loaded.dataset().marks is not None
+
+
 def test_holdout_rows_without_a_known_book_get_the_fallback() -> None:
     popularity = PopularityRecommender(np.array([0, 0, 5, 4, 3, 2], dtype=float))
 

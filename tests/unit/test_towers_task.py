@@ -140,3 +140,23 @@ def test_accidental_hits_are_masked() -> None:
     manual = F.cross_entropy(masked, torch.arange(3))
     assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
     assert loss.item() < F.cross_entropy(logits, torch.arange(3)).item()
+
+
+def test_marked_books_are_negatives_of_their_row_only() -> None:
+    """Hard negatives: each row's marked books join that row's softmax (no log q), padding
+    slots are left out, and the loss rises with a marked book's score."""
+    task = RetrievalTask(temperature=0.5, logq_correction=True)
+    query = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    cands = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=1)
+    ids = torch.tensor([5, 6, 7])
+    lq = torch.tensor([0.1, 0.2, 0.3])
+    marked = torch.tensor([[[0.6, 0.8], [9.0, 9.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    valid = torch.tensor([[True, False], [False, False]])  # row 0 has one mark; row 1 none
+    loss = task(query, cands, ids, lq, None, marked, valid)
+    logits = task.logits(query, cands, lq)
+    extra = torch.tensor([[(0.6 * 1.0) / 0.5], [MASKED]])  # row 0's mark; nothing for row 1
+    manual = F.cross_entropy(torch.cat([logits, extra], dim=1), torch.arange(2))
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
+    assert loss.item() > task(query, cands, ids, lq).item()
+    closer = torch.tensor([[[1.0, 0.0], [9.0, 9.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    assert task(query, cands, ids, lq, None, closer, valid).item() > loss.item()

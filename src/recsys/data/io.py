@@ -30,6 +30,9 @@ class Dataset:
         books: canonical catalogue (may hold books nobody interacted with).
         users: canonical user table (may be empty).
         duplicates: (user, book) rows merged during validation.
+        marks: (user, book) pairs the reader marked "not for me" (:data:`S.MARKS_SCHEMA`),
+            negatives for training; None when the source has none (files never do; a
+            retrain adds the stored marks).
     """
 
     name: str
@@ -38,6 +41,7 @@ class Dataset:
     users: pl.DataFrame
     duplicates: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    marks: pl.DataFrame | None = None
 
 
 def build_dataset(

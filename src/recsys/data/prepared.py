@@ -23,11 +23,16 @@ from recsys.data import schema as S
 from recsys.data.io import Dataset
 from recsys.data.split import Split
 from recsys.errors import DataError
-from recsys.features.vocab import IdVocab
+from recsys.features.vocab import NUM_RESERVED, IdVocab
 
 USER_IDX = "user_idx"
 BOOK_IDX = "book_idx"
 TABLES = ("train", "val", "test", "books", "users")
+MARKS_INDEXED: dict[str, pl.DataType] = {
+    **S.MARKS_SCHEMA,
+    USER_IDX: pl.Int64(),
+    BOOK_IDX: pl.Int64(),
+}
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,15 @@ class PreparedData:
     book_vocab: IdVocab
     summary: dict[str, Any]
     test: pl.DataFrame = None  # type: ignore[assignment]  # the test carve; empty when none
+    # readers' "not for me" marks of training users on vocabulary books (user_idx, book_idx
+    # and the ids): the retriever's hard negatives; empty when the data has none
+    marks: pl.DataFrame = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.test is None:
             object.__setattr__(self, "test", self.val.clear())
+        if self.marks is None:
+            object.__setattr__(self, "marks", pl.DataFrame(schema=MARKS_INDEXED))
 
     @property
     def n_users(self) -> int:
@@ -85,6 +95,8 @@ class PreparedData:
             self.user_vocab.save(tmp / "users.vocab.parquet")
             self.book_vocab.save(tmp / "books.vocab.parquet")
             (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2))
+            if self.marks.height:
+                self.marks.write_parquet(tmp / "marks.parquet")
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
@@ -104,6 +116,7 @@ class PreparedData:
             interactions,
             self.books.select(list(S.BOOKS_SCHEMA)),
             self.users.select(list(S.USERS_SCHEMA)),
+            marks=self.marks.select(list(S.MARKS_SCHEMA)) if self.marks.height else None,
         )
 
     @classmethod
@@ -119,6 +132,8 @@ class PreparedData:
             for t in TABLES
             if t != "test" or (path / "test.parquet").is_file()  # prepared before test carves
         }
+        if (path / "marks.parquet").is_file():
+            tables["marks"] = pl.read_parquet(path / "marks.parquet")
         return cls(
             name=summary["name"],
             user_vocab=IdVocab.load(path / "users.vocab.parquet"),
@@ -160,8 +175,14 @@ def prepare(dataset: Dataset, split_fn: Callable[[pl.DataFrame], Split]) -> Prep
         pl.Series(USER_IDX, user_vocab.encode(dataset.users.get_column(S.USER_ID)))
     )
     summary = _summary(dataset, split, train, val, test, user_vocab, book_vocab)
+    marks = pl.DataFrame(schema=MARKS_INDEXED)
+    if dataset.marks is not None and dataset.marks.height:
+        marks = index(dataset.marks.select(list(S.MARKS_SCHEMA))).filter(
+            (pl.col(USER_IDX) >= NUM_RESERVED) & (pl.col(BOOK_IDX) >= NUM_RESERVED)
+        )
+        summary["marks"] = marks.height
     return PreparedData(
-        dataset.name, train, val, books, users, user_vocab, book_vocab, summary, test
+        dataset.name, train, val, books, users, user_vocab, book_vocab, summary, test, marks
     )
 
 

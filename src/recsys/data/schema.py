@@ -32,6 +32,9 @@ RATING = "rating"
 TIMESTAMP = "timestamp"
 ORDER = "order"
 
+# a reader's "not for me" on a book (the stores' not_interested and dislike events): retraining
+# leaves the pair out of the positives and trains on it as a negative
+MARKS_SCHEMA: dict[str, pl.DataType] = {USER_ID: pl.String(), BOOK_ID: pl.String()}
 INTERACTIONS_SCHEMA: dict[str, pl.DataType] = {
     USER_ID: pl.String(),
     BOOK_ID: pl.String(),

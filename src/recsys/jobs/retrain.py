@@ -125,7 +125,9 @@ def prepare_candidate(cfg: DictConfig, data: RetrainData, remaining: pl.DataFram
     fingerprint and cut-off name all the data read (holdout included), so the same store
     gives the same fingerprint."""
     everything = data.dataset
-    dataset = Dataset(everything.name, remaining, everything.books, everything.users)
+    dataset = Dataset(
+        everything.name, remaining, everything.books, everything.users, marks=everything.marks
+    )
     split_fn = hydra.utils.instantiate(cfg.split, **without_test_carve(cfg.split))
     if fit_mode(cfg.get("fit")) == FIT_ALL:
         split_fn = fitting_all(split_fn)

@@ -9,7 +9,7 @@ outcome goes to the model registry (:func:`register_outcome`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class RetrainData:
             id embeddings, and the catalogue's metadata when added through the API).
         erased_users: users of stored events left out because they were erased (the base
             data's erased users were left out when it was prepared).
+        marks: readers' standing "not for me" marks (``not_interested``, ``dislike``) that
+            go in as negatives; their pairs are no positives even when the book was read.
     """
 
     dataset: Dataset
@@ -50,6 +52,7 @@ class RetrainData:
     cutoff: float | None
     new_books: int
     erased_users: int
+    marks: int = 0
 
     def facts(self) -> dict[str, Any]:
         inter = self.dataset.interactions
@@ -62,6 +65,7 @@ class RetrainData:
             "cutoff": self.cutoff,
             "new_books": self.new_books,
             "erased_users": self.erased_users,
+            "marks": self.marks,
         }
 
 
@@ -78,7 +82,10 @@ def with_stored_events(base: Dataset, stores: Stores, cutoff: float | None) -> R
 
     Events become interactions of weight 1 (a ``rate`` event's value is its rating) at their
     time; a (user, book) pair seen again is merged as every reader merges duplicates (weights
-    summed, the latest time kept). Books added through the API bring their metadata.
+    summed, the latest time kept). Books added through the API bring their metadata. The
+    readers' standing book marks (not interested, disliked) become the dataset's ``marks``,
+    negatives of the next training, and their (user, book) pairs leave the positives: a book
+    read and then disliked teaches the model nothing to repeat.
 
     Args:
         base: the base dataset (``load_or_prepare``'s tables).
@@ -91,14 +98,23 @@ def with_stored_events(base: Dataset, stores: Stores, cutoff: float | None) -> R
     interactions = pl.concat(
         [base.interactions, event_interactions(events)], how="vertical_relaxed"
     )
+    marks = stores.events.marks_frame().select(list(S.MARKS_SCHEMA))
+    marks = marks.filter(
+        ~pl.col(S.USER_ID).is_in(
+            list(stores.users.deleted_filter(marks.get_column(S.USER_ID).unique()))
+        )
+    )
+    interactions = interactions.join(marks, on=[S.USER_ID, S.BOOK_ID], how="anti")
     books = pl.concat([base.books, added_books(stores)], how="diagonal_relaxed")
     dataset = build_dataset(base.name, interactions, books, base.users, "base data + events")
+    dataset = replace(dataset, marks=marks)
     known = base.interactions.get_column(S.BOOK_ID).unique()
     new_books = (~events.get_column(S.BOOK_ID).unique().is_in(known)).sum()
     # interaction times are whole seconds, and so is a cut-off taken from them
-    after = pl.col("ts").floor() > cutoff
-    new = events.height if cutoff is None else events.filter(after).height
-    return RetrainData(dataset, events.height, new, cutoff, int(new_books), len(erased))
+    new = events.height if cutoff is None else events.filter(pl.col("ts").floor() > cutoff).height
+    return RetrainData(
+        dataset, events.height, new, cutoff, int(new_books), len(erased), marks.height
+    )
 
 
 def event_interactions(events: pl.DataFrame) -> pl.DataFrame:

@@ -27,6 +27,25 @@ from recsys.models.spectral import spectral_book_factors, spectral_init
 from recsys.tasks.retrieval import RetrievalTask, log_q
 
 MASK_LIMIT = 100_000_000  # skip same-user masking when batch x catalogue exceeds this
+MAX_MARKS = 16  # a reader's latest "not for me" marks used as hard negatives
+
+
+def marked_table(marks: pl.DataFrame, num_users: int, width: int = MAX_MARKS) -> torch.Tensor:
+    """``[num_users, width]`` book indices each user marked "not for me" (their latest
+    ``width``, 0-padded): a row's hard negatives (:class:`RetrievalTask`). ``[num_users, 0]``
+    when nobody marked anything."""
+    if marks.height == 0:
+        return torch.zeros(num_users, 0, dtype=torch.long)
+    latest = (
+        marks.select(USER_IDX, BOOK_IDX)
+        .group_by(USER_IDX, maintain_order=True)
+        .agg(pl.col(BOOK_IDX).tail(width))
+    )
+    lists = latest.get_column(BOOK_IDX).to_list()
+    table = torch.zeros(num_users, max(len(x) for x in lists), dtype=torch.long)
+    for user, books in zip(latest.get_column(USER_IDX).to_list(), lists, strict=True):
+        table[user, : len(books)] = torch.tensor(books, dtype=torch.long)
+    return table
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -48,6 +67,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.book_table = book_feature_table(data.books, state)
         counts = np.bincount(self.books.numpy(), minlength=state.books.size).astype(np.float64)
         self.book_freq = torch.from_numpy(counts / max(counts.sum(), 1.0)).float()
+        self.marked = marked_table(data.marks, state.users.size)
 
     @property
     def num_examples(self) -> int:
@@ -112,12 +132,14 @@ class TwoTowerModule(L.LightningModule):
         self.book_table: BookFeatures | None = None
         self.book_freq: torch.Tensor | None = None
         self.feature_state: FeatureState | None = None
+        self.marked: torch.Tensor | None = None  # [users, M] hard negatives (marked books)
         self._seen: torch.Tensor | None = None  # scratch mask of _accidental_hits
 
     def attach(self, datamodule: RetrievalDataModule) -> None:
         """Give the module the encoded feature tables (data, not parameters)."""
         self.user_table, self.book_table = datamodule.user_table, datamodule.book_table
         self.book_freq, self.feature_state = datamodule.book_freq, datamodule.state
+        self.marked = datamodule.marked
 
     def initialise(self, datamodule: RetrievalDataModule) -> None:
         """Apply the configured initialisation from the training split (before fitting; a
@@ -169,9 +191,23 @@ class TwoTowerModule(L.LightningModule):
         candidates = self.encode_books(ids)  # (C, D)
         lq = log_q(self.book_freq[ids], users.numel(), uniform.numel(), num_books - NUM_RESERVED)
         extra = self._accidental_hits(full_history, ids, num_books)
-        loss = self.task(query, candidates, ids, lq, extra)
+        loss = self.task(query, candidates, ids, lq, extra, *self._marked_negatives(users))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
+
+    def _marked_negatives(
+        self, users: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[()]:
+        """The rows' marked books as ``([B, M, D] vectors, [B, M] valid)``; empty when no
+        row's user marked anything."""
+        if self.marked is None or self.marked.shape[1] == 0:
+            return ()
+        marked = self.marked[users]  # (B, M)
+        valid = marked > 0
+        if not bool(valid.any()):
+            return ()
+        vectors = self.encode_books(marked.flatten()).view(*marked.shape, -1)
+        return vectors, valid
 
     def _accidental_hits(
         self, history: torch.Tensor, ids: torch.Tensor, num_books: int

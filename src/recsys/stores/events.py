@@ -12,6 +12,7 @@ from recsys.errors import RecsysError
 from recsys.stores.engine import Database
 from recsys.stores.schema import (
     EVENT_TYPES,
+    EXCLUDING_EVENT_TYPES,
     HISTORY_EVENT_TYPES,
     NEGATIVE_EVENT_TYPES,
     Event,
@@ -24,6 +25,12 @@ HISTORY_FRAME_SCHEMA: dict[str, pl.DataType] = {
     "book_id": pl.String(),
     "type": pl.String(),
     "value": pl.Float64(),
+    "ts": pl.Float64(),
+}
+MARKS_FRAME_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "book_id": pl.String(),
+    "type": pl.String(),
     "ts": pl.Float64(),
 }
 
@@ -182,6 +189,20 @@ class SqlEventStore:
         with self.db.connect() as conn:
             rows = [tuple(row) for row in conn.execute(query)]
         return pl.DataFrame(rows, schema=HISTORY_FRAME_SCHEMA, orient="row")
+
+    def marks_frame(self) -> pl.DataFrame:
+        """Every standing book mark (``not_interested``, ``dislike``; withdrawn marks are
+        deleted) as ``(user_id, book_id, type, ts)``, one row per (user, book), the latest
+        kind: retraining uses them as negatives (:data:`MARKS_FRAME_SCHEMA`)."""
+        query = (
+            sa.select(events.c.user_id, events.c.book_id, events.c.type, events.c.ts)
+            .where(events.c.type.in_(EXCLUDING_EVENT_TYPES))
+            .order_by(events.c.ts, events.c.seq)
+        )
+        with self.db.connect() as conn:
+            rows = [tuple(row) for row in conn.execute(query)]
+        frame = pl.DataFrame(rows, schema=MARKS_FRAME_SCHEMA, orient="row")
+        return frame.unique(["user_id", "book_id"], keep="last", maintain_order=True)
 
     def recent(self, since: float) -> Iterator[tuple[str, str, float]]:
         """(book_id, type, ts) of events since ``since``: trending."""

@@ -11,7 +11,7 @@ import polars as pl
 
 from recsys.stores.base import Stores
 from recsys.stores.errors import NO_STORE, StoreUnavailable
-from recsys.stores.events import HISTORY_FRAME_SCHEMA
+from recsys.stores.events import HISTORY_FRAME_SCHEMA, MARKS_FRAME_SCHEMA
 from recsys.stores.schema import HISTORY_EVENT_TYPES, Event, Impression
 
 
@@ -48,6 +48,9 @@ class NullEvents:
 
     def history_frame(self) -> pl.DataFrame:
         return pl.DataFrame(schema=HISTORY_FRAME_SCHEMA)  # no event was ever stored
+
+    def marks_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=MARKS_FRAME_SCHEMA)
 
     def recent(self, since: float) -> Iterator[tuple[str, str, float]]:
         return iter(())

@@ -76,6 +76,8 @@ class RetrievalTask(nn.Module):
         candidate_ids: torch.Tensor,
         candidate_log_q: torch.Tensor | None = None,
         extra_mask: torch.Tensor | None = None,
+        hard_negatives: torch.Tensor | None = None,
+        hard_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy.
 
@@ -87,6 +89,9 @@ class RetrievalTask(nn.Module):
             candidate_log_q: log sampling probability ``[C]`` (see :func:`log_q`).
             extra_mask: bool ``[B, C]``, true where a candidate is another positive of the row's
                 user (an accidental hit); masked out except on the diagonal.
+            hard_negatives: ``[B, M, D]`` books row ``i``'s reader marked "not for me",
+                negatives of that row only (never sampled: no log q correction);
+            hard_valid: ``[B, M]`` which of them are real (padding is masked).
         """
         batch = query.shape[0]
         logits = self.logits(query, candidates, candidate_log_q)
@@ -97,5 +102,9 @@ class RetrievalTask(nn.Module):
         hits[:, :batch].diagonal().fill_(False)  # each row's own positive stays
         # in place: the product's backward needs its inputs, not its output
         logits.masked_fill_(hits, MASKED)
+        if hard_negatives is not None and hard_valid is not None:
+            scaled = query / self.log_temperature.exp()
+            marked = torch.einsum("bd,bmd->bm", scaled, hard_negatives)
+            logits = torch.cat([logits, marked.masked_fill(~hard_valid, MASKED)], dim=1)
         labels = torch.arange(batch, device=query.device)
         return F.cross_entropy(logits, labels)
