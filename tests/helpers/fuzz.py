@@ -48,7 +48,8 @@ CONFIG = {
 @dataclass(frozen=True)
 class Known:
     """Ids the server knows: generated valid inputs use them instead of random ids half of
-    the time (every ``book_id``, ``user_id`` and model ``version`` in the path or the body)."""
+    the time (every ``book_id``, ``user_id``, ``followee_id`` and model ``version`` in the path or
+    the body)."""
 
     books: list[str]
     users: list[str]
@@ -132,7 +133,7 @@ def _run(
     if known and mode is GenerationMode.POSITIVE and (operation.path_parameters or operation.body):
         books, users = st.sampled_from(known.books), st.sampled_from(known.users)
         versions = st.sampled_from(known.versions or [""])
-        strategy = st.tuples(strategy, books, users, versions, st.booleans()).map(_aim)
+        strategy = st.tuples(strategy, books, users, users, versions, st.booleans()).map(_aim)
 
     @settings(
         max_examples=examples,
@@ -166,12 +167,12 @@ def _run(
         report.failures.extend(f"{label} ({mode.value}): {m}" for m in _messages(exc))
 
 
-def _aim(drawn: tuple[Any, str, str, str, bool]) -> Any:
-    """The generated case with a known book, user and version in its ids, when ``use`` says
-    so."""
-    case, book, user, version, use = drawn
+def _aim(drawn: tuple[Any, str, str, str, str, bool]) -> Any:
+    """The generated case with a known book, user (and another as the followee) and version
+    in its ids, when ``use`` says so."""
+    case, book, user, followee, version, use = drawn
     if use:
-        replace = _replacer(book, user, version)
+        replace = _replacer(book, user, followee, version)
         if case.path_parameters:
             case.path_parameters = replace(case.path_parameters)
         if isinstance(case.body, dict | list):
@@ -179,8 +180,9 @@ def _aim(drawn: tuple[Any, str, str, str, bool]) -> Any:
     return case
 
 
-def _replacer(book: str, user: str, version: str) -> Callable[[Any], Any]:
-    ids = {"book_id": book, "user_id": user, **({"version": version} if version else {})}
+def _replacer(book: str, user: str, followee: str, version: str) -> Callable[[Any], Any]:
+    ids = {"book_id": book, "user_id": user, "followee_id": followee}
+    ids |= {"version": version} if version else {}
 
     def replace(value: Any) -> Any:
         if isinstance(value, dict):

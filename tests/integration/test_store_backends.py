@@ -351,6 +351,19 @@ class StoreSuite:
         store.events.append([Event("bob", "b2", "purchase", now, None, "e4")])
         row = {"at": now, "experiment": "x", "variant": "control", "books": "[]"}
         store.experiments.log_impressions([{**row, "request_id": "r0", "user_id": "ann"}])
+        assert store.users.follow("ann", "bob")
+        assert store.users.follow("cy", "ann")
+        assert not store.users.follow("cy", "ann")  # once
+        assert store.users.follow("cy", "bob")
+        # followees once (oldest follow first), then their history events, oldest first
+        assert store.events.serving_reads("cy").friends == [
+            ("ann", ""),
+            ("bob", ""),
+            ("ann", "b3"),
+            ("ann", "b2"),
+            ("ann", "b1"),
+            ("bob", "b2"),
+        ]
         removed = store.users.delete_user("ann", "dpo")
         assert removed == {
             "events": 3,
@@ -359,7 +372,10 @@ class StoreSuite:
             "feedback": 0,
             "explorations": 0,
             "reviews": 0,
+            "follows": 2,  # whom ann followed and who followed ann
         }
+        assert store.users.following("cy") == [("bob", store.users.following("cy")[0][1])]
+        assert store.events.serving_reads("cy").friends == [("bob", ""), ("bob", "b2")]
         assert store.events.serving_history("ann") == (True, [])
         assert store.events.serving_history("bob") == (False, ["b2"])
         assert store.users.is_deleted("ann")

@@ -142,6 +142,11 @@ class CandidateGenerator:
     each series the reader has read a volume of, its earliest unread volume (at most
     ``n_series``, the series read most recently first). It has no features of its own: the
     ranker scores those books from what the other sources say about them.
+
+    ``social`` (serving only: ``[B, N]``, how many of the readers a reader follows read each
+    book) adds the "friends are reading" source after the series one: each row's
+    ``n_social`` books most read by the people they follow, unread. No features of its own
+    either (the ranker was trained without it).
     """
 
     retriever: TwoTowerRecommender
@@ -155,6 +160,7 @@ class CandidateGenerator:
     n_ease: int = 0
     works: Works | None = None
     n_series: int = 0
+    n_social: int = 20  # "friends are reading": at most this many books per reader
 
     def __post_init__(self) -> None:
         if self.ease is not None and not self.ease.sparse:
@@ -189,7 +195,11 @@ class CandidateGenerator:
         return out
 
     def generate(
-        self, vectors: np.ndarray, history: sp.csr_matrix, excluded: list[set[int]]
+        self,
+        vectors: np.ndarray,
+        history: sp.csr_matrix,
+        excluded: list[set[int]],
+        social: sp.csr_matrix | None = None,
     ) -> Candidates:
         batch, width = len(vectors), self.max_candidates
         tt_books, _ = self.retriever.search(vectors, self.n_retrieval, excluded)
@@ -206,7 +216,11 @@ class CandidateGenerator:
         )
         mf_vectors, mf_books = self._mf_lists(history, excluded)
         series_books = self._series_lists(history, excluded)
-        books = _merge([tt_books, series_books, ease_books, mf_books, co_books], width)
+        lists = [tt_books, series_books, ease_books, mf_books, co_books]
+        if social is not None and social.nnz and self.n_social > 0:
+            social = sp.csr_matrix(social, shape=(batch, binary.shape[1]))
+            lists.insert(2, _sparse_top(social, self.n_social, excluded_keys))
+        books = _merge(lists, width)
         tt_rank = _ranks_in(books, tt_books, self.n_retrieval)
         co_rank = _ranks_in(books, co_books, self.n_cooc)
         mf_rank = _ranks_in(books, mf_books, self.n_mf)
@@ -317,9 +331,14 @@ class TwoStageRecommender:
         return new
 
     def retrieve(
-        self, users: np.ndarray, history: sp.csr_matrix, exclude_seen: bool = True
+        self,
+        users: np.ndarray,
+        history: sp.csr_matrix,
+        exclude_seen: bool = True,
+        social: sp.csr_matrix | None = None,
     ) -> Retrieved:
-        """Stage 1: candidates from every source, with the encoded histories the ranker needs."""
+        """Stage 1: candidates from every source, with the encoded histories the ranker needs
+        (``social``: the friends' reads, see :class:`CandidateGenerator`)."""
         feats = self.retriever.features_from_matrix(users, history)
         vectors = self.retriever.encode(feats)
         excluded = [
@@ -328,7 +347,8 @@ class TwoStageRecommender:
             else set()
             for i in range(len(users))
         ]
-        return Retrieved(self.generator.generate(vectors, history, excluded), feats["history"])
+        candidates = self.generator.generate(vectors, history, excluded, social)
+        return Retrieved(candidates, feats["history"])
 
     def rank_features(self, retrieved: Retrieved) -> tuple[torch.Tensor, np.ndarray]:
         """Stage 2: pair features and ranker scores (``-inf`` on padding)."""
@@ -349,10 +369,14 @@ class TwoStageRecommender:
         return self.rank_features(retrieved)[1]
 
     def stages(
-        self, users: np.ndarray, history: sp.csr_matrix, exclude_seen: bool = True
+        self,
+        users: np.ndarray,
+        history: sp.csr_matrix,
+        exclude_seen: bool = True,
+        social: sp.csr_matrix | None = None,
     ) -> tuple[Candidates, torch.Tensor, np.ndarray, torch.Tensor]:
         """Candidates, pair features, ranker scores (``-inf`` on padding) and encoded history."""
-        retrieved = self.retrieve(users, history, exclude_seen)
+        retrieved = self.retrieve(users, history, exclude_seen, social)
         dense, scores = self.rank_features(retrieved)
         return retrieved.candidates, dense, scores, retrieved.history
 

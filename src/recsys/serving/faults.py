@@ -53,12 +53,14 @@ class FaultyStages(Drill):
         self.inner, self.row_latency_s = inner, row_latency_s
         self.rows = 0  # request rows the model computed
 
-    def retrieve(self, users: np.ndarray, history: sp.csr_matrix) -> Retrieved:
+    def retrieve(
+        self, users: np.ndarray, history: sp.csr_matrix, social: sp.csr_matrix | None = None
+    ) -> Retrieved:
         self.run("retrieval")
         self.rows += len(users)
         if self.row_latency_s:
             time.sleep(self.row_latency_s * len(users))
-        return self.inner.retrieve(users, history)
+        return self.inner.retrieve(users, history, social)
 
     def rank(self, retrieved: Retrieved) -> np.ndarray:
         self.run("ranking")

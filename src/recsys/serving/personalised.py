@@ -49,6 +49,8 @@ class Personal:
     rules: list[str] = field(default_factory=list)  # business rules that left books out
     fewer: frozenset[str] = frozenset()  # authors the reader asked for less of
     explore: bool = False  # an online list: exploration slots when configured
+    # "friends are reading": unread books of the readers they follow, with who read each
+    friends: dict[int, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -264,7 +266,7 @@ class PersonalisedPath:
     ) -> list[Answer]:
         assert self.stages is not None
         started = time.perf_counter()
-        retrieved = self.stages.retrieve(users, matrix)
+        retrieved = self.stages.retrieve(users, matrix, social_matrix(requests, matrix.shape[1]))
         retrieved_at = time.perf_counter()
         scores = self.stages.rank(retrieved)
         timings = {
@@ -388,7 +390,7 @@ class PersonalisedPath:
                 np.isin(np.array(chosen, dtype=np.int64), co_read),
             )
             answer.reasons = [
-                self.words(p, read, self.reason(w, k))
+                self.words(p, read, friends_read(req.friends.get(p.book)) or self.reason(w, k))
                 for p, w, k in zip(picks, why, kinds, strict=True)
             ]
         return answer
@@ -405,6 +407,34 @@ class PersonalisedPath:
 
     def title(self, index: int) -> str:
         return str(self.catalogue.titles[index] or self.catalogue.ids[index])
+
+
+def social_matrix(requests: list[Personal], n_books: int) -> sp.csr_matrix | None:
+    """``[B, n_books]``: per request, how many of the readers it follows read each book
+    (None when no request has friends' books)."""
+    if not any(r.friends for r in requests):
+        return None
+    rows, cols, counts = [], [], []
+    for row, req in enumerate(requests):
+        for book, friends in req.friends.items():
+            if book < n_books:
+                rows.append(row)
+                cols.append(book)
+                counts.append(len(friends))
+    return sp.csr_matrix(
+        (np.array(counts, dtype=np.float32), (rows, cols)), shape=(len(requests), n_books)
+    )
+
+
+def friends_read(friends: list[str] | None) -> str | None:
+    """The "friends are reading" reason: who of the people the reader follows read it."""
+    if not friends:
+        return None
+    if len(friends) == 1:
+        return f"{friends[0]}, whom you follow, read this"
+    if len(friends) == 2:
+        return f"{friends[0]} and {friends[1]}, whom you follow, read this"
+    return f"{friends[0]} and {len(friends) - 1} others you follow read this"
 
 
 def _listed(bound: BoundRules | None, boost: str, picks: list[Pick]) -> bool:

@@ -18,7 +18,7 @@ import torch
 
 from recsys.features.ranking import FEATURES, Candidates
 from recsys.features.vocab import NUM_RESERVED
-from recsys.serving.personalised import Answer
+from recsys.serving.personalised import Answer, friends_read
 from recsys.serving.schemas import (
     HistoryItem,
     Preview,
@@ -61,6 +61,7 @@ class PreviewBuilder:
     ) -> None:
         self.service, self.req, self.retrieval_only = service, req, retrieval_only
         self.catalogue = service.catalogue
+        self.friends: dict[int, list[str]] = {}  # "friends are reading": book -> followees
 
     def _id(self, index: int) -> str:
         return str(self.catalogue.ids[index])
@@ -74,7 +75,7 @@ class PreviewBuilder:
         if erased:
             allowed = self.catalogue.allowed(req.filters, set())
             return self._preview("erased", [], Reader(user_id, None, allowed, None), [])
-        known, marks = service.reader(user_id)
+        known, marks, friends = service.reader(user_id)
         history = known or []
         unwanted = self.catalogue.works.editions(service.indices(marks.unwanted))
         allowed, _ = service.allowed(req.filters, unwanted)  # as the served list has it
@@ -87,7 +88,8 @@ class PreviewBuilder:
             return self._preview("fallback", history, reader, [])
         if service.pipeline is None or self.retrieval_only:  # one stage: nothing ranked
             return self._preview("personal", history, reader, [])
-        cands, dense, scores, encoded = service.candidates_of(user_id, matrix)
+        self.friends = service.friend_books(friends, set(matrix.indices.tolist()))
+        cands, dense, scores, encoded = service.candidates_of(user_id, matrix, friends)
         candidates = self._candidates(cands, dense.numpy()[0], scores[0], encoded[0], reader)
         return self._preview("personal", history, reader, candidates)
 
@@ -110,6 +112,8 @@ class PreviewBuilder:
         )
         answer = reader.answer
         listed = set(answer.books)
+        n_social = self.service.pipeline.generator.n_social
+        friend_rank = {b: i + 1 for i, b in enumerate(list(self.friends)[:n_social])}
         out, position = [], 0
         for row, book, w, kind in zip(rows.tolist(), books.tolist(), why, kinds, strict=True):
             admissible = reader.allowed is None or bool(reader.allowed[book])
@@ -123,12 +127,16 @@ class PreviewBuilder:
                     listed=book in listed,
                     admissible=admissible,
                     sources={
-                        name: int(getattr(cands, rank)[0][row]) + 1
-                        for name, flag, rank in SOURCES
-                        if getattr(cands, flag)[0][row]
+                        **{
+                            name: int(getattr(cands, rank)[0][row]) + 1
+                            for name, flag, rank in SOURCES
+                            if getattr(cands, flag)[0][row]
+                        },
+                        **({"friends": friend_rank[book]} if book in friend_rank else {}),
                     },
                     features={n: float(dense[row][i]) for i, n in enumerate(FEATURES)},
-                    reasoning=self.service.path.reason(w, kind),
+                    reasoning=friends_read(self.friends.get(book))
+                    or self.service.path.reason(w, kind),
                 )
             )
         return out

@@ -187,6 +187,10 @@ class _Stage:
         return [out[i] for i in range(len(bundles))]
 
 
+# one retrieval call: bundle, users, their histories, their friends' reads (or None)
+_RetrievalCall = tuple[str, np.ndarray, sp.csr_matrix, sp.csr_matrix | None]
+
+
 @serve.deployment(name="Retrieval")
 class Retrieval(_Stage):
     """Stage 1: user tower + FAISS index + co-occurrence -> candidates."""
@@ -195,23 +199,39 @@ class Retrieval(_Stage):
         super().__init__(bundle, max_batch_size, batch_wait_timeout_ms)
         self._tune(self._batched)
 
-    async def retrieve(self, bundle: str, users: np.ndarray, history: sp.csr_matrix) -> Retrieved:
-        result: Retrieved = await self._batched((bundle, users, history))
+    async def retrieve(
+        self,
+        bundle: str,
+        users: np.ndarray,
+        history: sp.csr_matrix,
+        social: sp.csr_matrix | None = None,
+    ) -> Retrieved:
+        result: Retrieved = await self._batched((bundle, users, history, social))
         return result
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batched(
-        self, requests: list[tuple[str, np.ndarray, sp.csr_matrix]]
-    ) -> list[Retrieved]:
+    async def _batched(self, requests: list[_RetrievalCall]) -> list[Retrieved]:
         return await asyncio.to_thread(self._run, requests)
 
-    def _run(self, requests: list[tuple[str, np.ndarray, sp.csr_matrix]]) -> list[Retrieved]:
-        bundles, users, histories = (list(x) for x in zip(*requests, strict=True))
+    def _run(self, requests: list[_RetrievalCall]) -> list[Retrieved]:
+        bundles, users, histories, socials = (list(x) for x in zip(*requests, strict=True))
 
         def call(model: TwoStageRecommender, rows: list[int]) -> list[Retrieved]:
+            social = None
+            if any(socials[i] is not None for i in rows):  # rows without friends: empty
+                social = sp.vstack(
+                    [
+                        sp.csr_matrix(histories[i].shape, dtype=np.float32)
+                        if socials[i] is None
+                        else socials[i]
+                        for i in rows
+                    ],
+                    format="csr",
+                )
             merged = model.retrieve(
                 np.concatenate([users[i] for i in rows]),
                 sp.vstack([histories[i] for i in rows], format="csr"),
+                social=social,
             )
             return merged.split([len(users[i]) for i in rows])
 
@@ -263,11 +283,15 @@ class RemoteStages:
         self.retrieval, self.ranking = retrieval, ranking
         self.bundle, self.timeout_s, self.n_books = bundle, timeout_s, n_books
 
-    def retrieve(self, users: np.ndarray, history: sp.csr_matrix) -> Retrieved:
+    def retrieve(
+        self, users: np.ndarray, history: sp.csr_matrix, social: sp.csr_matrix | None = None
+    ) -> Retrieved:
         # The stage deployments know the bundle's books only: books added to the catalogue
         # since are retrievable in the fused topology (and the local runner), not here.
         history = history[:, : self.n_books]
-        response = self.retrieval.retrieve.remote(self.bundle, users, history)
+        if social is not None:
+            social = social[:, : self.n_books]
+        response = self.retrieval.retrieve.remote(self.bundle, users, history, social)
         result: Retrieved = response.result(timeout_s=self.timeout_s)
         return result
 

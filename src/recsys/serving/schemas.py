@@ -489,6 +489,36 @@ class PreferencesWithdrawn(BaseModel):
     removed: int = Field(description="marks withdrawn (events deleted)")
 
 
+class FollowIn(RequestModel):
+    """Whom to follow: their books join the reader's candidates ("friends are reading")."""
+
+    followee_id: str = Field(min_length=1, max_length=200, pattern=PATH_ID_PATTERN)
+
+
+class Followed(BaseModel):
+    user_id: str = Field(description="the reader who follows")
+    followee_id: str
+    created: bool = Field(description="false when the reader already followed them")
+
+
+class Followee(BaseModel):
+    user_id: str
+    since: float = Field(description="when the reader started following, epoch seconds")
+
+
+class Follows(BaseModel):
+    """Everyone the reader follows, oldest first."""
+
+    user_id: str
+    follows: list[Followee]
+
+
+class Unfollowed(BaseModel):
+    user_id: str
+    followee_id: str
+    removed: bool = Field(description="false when the reader did not follow them")
+
+
 class RulesOut(BaseModel):
     file: str | None = Field(description="the watched rules file (null: none configured)")
     version: str = Field(description="changes with every file applied ('none' before any)")

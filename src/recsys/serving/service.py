@@ -31,7 +31,7 @@ from recsys.serving.batching import CURRENT_CALLER, MicroBatcher, Overloaded
 from recsys.serving.catalogue import Catalogue
 from recsys.serving.histories import KnownHistories
 from recsys.serving.live import Live
-from recsys.serving.personalised import Answer, Personal, PersonalisedPath
+from recsys.serving.personalised import Answer, Personal, PersonalisedPath, social_matrix
 from recsys.serving.schemas import Filters
 from recsys.serving.stages import LocalStages, Stages
 from recsys.stores import StoreUnavailable
@@ -130,7 +130,7 @@ class RecommendationService:
         """Top-``k`` lists without reasons for the users anything is known about (the
         bundle's history and their events; erased users are skipped): batch scoring."""
         reads = {u: self.reader(u) for u in user_ids}
-        known = [(u, h) for u, (h, _) in reads.items() if h]
+        known = [(u, h) for u, (h, _, _) in reads.items() if h]
         if not known:
             return []
         matrix = self.history_matrix([h for _, h in known])
@@ -224,16 +224,40 @@ class RecommendationService:
         without repeats. None for an erased user (served as unknown)."""
         return self.reader(user_id)[0]
 
-    def reader(self, user_id: str) -> tuple[list[str] | None, Marks]:
-        """:meth:`user_history` and the reader's marks (books to leave out of every personal
-        list, authors to see less of), in one read of the store."""
-        erased, events, marks = self.stores.events.serving_reads(user_id)
+    def reader(self, user_id: str) -> tuple[list[str] | None, Marks, Friends]:
+        """:meth:`user_history`, the reader's marks (books to leave out of every personal
+        list, authors to see less of) and what the readers they follow read, in one read of
+        the store."""
+        erased, events, marks, friends = self.stores.events.serving_reads(user_id)
         if erased:
-            return None, Marks()
+            return None, Marks(), {}
         known = self.histories.get(user_id, [])
         if not events:
-            return known or None, Marks.of(marks)
-        return list(dict.fromkeys([*known, *events])), Marks.of(marks)
+            return known or None, Marks.of(marks), self._friends(friends)
+        return list(dict.fromkeys([*known, *events])), Marks.of(marks), self._friends(friends)
+
+    def _friends(self, rows: list[tuple[str, str]]) -> Friends:
+        """Each followee's latest :data:`FRIEND_BOOKS` books (their bundle history, then
+        their events) from the store's (followee, book) rows."""
+        events: dict[str, list[str]] = {}
+        for friend, book in rows:
+            events.setdefault(friend, [])
+            if book:
+                events[friend].append(book)
+        return {
+            friend: list(dict.fromkeys([*self.histories.get(friend, []), *books]))[-FRIEND_BOOKS:]
+            for friend, books in events.items()
+        }
+
+    def friend_books(self, friends: Friends, seen: set[int]) -> dict[int, list[str]]:
+        """Books (indices) the reader's followees read and the reader did not, each with
+        the followees who read it, most read first (the "friends are reading" source)."""
+        out: dict[int, list[str]] = {}
+        for friend, books in friends.items():
+            for index in self.indices(books):
+                if index not in seen:
+                    out.setdefault(index, []).append(friend)
+        return dict(sorted(out.items(), key=lambda kv: -len(kv[1])))
 
     def fewer_authors(self, marks: Marks) -> frozenset[str]:
         """The authors of the books the reader asked for less of."""
@@ -252,14 +276,18 @@ class RecommendationService:
             return None
 
     def candidates_of(
-        self, user_id: str, matrix: sp.csr_matrix
+        self, user_id: str, matrix: sp.csr_matrix, friends: Friends | None = None
     ) -> tuple[Candidates, torch.Tensor, np.ndarray, torch.Tensor]:
         """One reader's candidates, pair features, ranker scores and encoded history, in
         process (the console's preview; requests go through :meth:`personalised`)."""
         assert self.pipeline is not None, "a bundle without a ranker has no candidates"
         users = np.array([self.path.users.encode_one(user_id)])
+        books = self.friend_books(friends or {}, set(matrix.indices.tolist()))
+        social = social_matrix(
+            [Personal(user_id, matrix, 0, set(), None, "", friends=books)], matrix.shape[1]
+        )
         with self._model_lock:
-            return self.pipeline.stages(users, matrix)
+            return self.pipeline.stages(users, matrix, social=social)
 
     def user_vector(self, user_id: str, matrix: sp.csr_matrix) -> np.ndarray:
         """The two-tower's vector of one reader with this history."""
@@ -295,7 +323,7 @@ class RecommendationService:
         retrieval_only: bool = False,
     ) -> Answer:
         try:
-            history, marks = self.reader(user_id)
+            history, marks, friends = self.reader(user_id)
         except StoreUnavailable:  # erasure cannot be checked: nothing personal until it can
             exclude = self.catalogue.works.editions(self.indices(exclude_ids))
             allowed, rules = self.allowed(filters, exclude)
@@ -320,6 +348,7 @@ class RecommendationService:
             rules,
             fewer,
             explore=True,
+            friends=self.friend_books(friends, seen | exclude),
         )
         answer = self._guarded(
             personal,
@@ -422,6 +451,11 @@ class RecommendationService:
             scores += [0.0] * len(fill.books)  # below every trending score
             reasons += fill.reasons
         return _ruled(Answer(books, scores, reasons, "trending"), rules)
+
+
+# a reader's followees and each one's latest books (ids), oldest first
+Friends = dict[str, list[str]]
+FRIEND_BOOKS = 50  # of each followee, their latest this many books count
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,11 @@ from recsys.inference.two_stage import Retrieved, TwoStageRecommender
 
 
 class Stages(Protocol):
-    def retrieve(self, users: np.ndarray, history: sp.csr_matrix) -> Retrieved:
-        """Candidates for users (vocabulary indices) with histories as CSR rows."""
+    def retrieve(
+        self, users: np.ndarray, history: sp.csr_matrix, social: sp.csr_matrix | None = None
+    ) -> Retrieved:
+        """Candidates for users (vocabulary indices) with histories as CSR rows; ``social``:
+        per row, how many of the readers they follow read each book (or None)."""
         ...
 
     def rank(self, retrieved: Retrieved) -> np.ndarray:
@@ -32,8 +35,10 @@ class LocalStages:
     def __init__(self, pipeline: TwoStageRecommender) -> None:
         self.pipeline = pipeline
 
-    def retrieve(self, users: np.ndarray, history: sp.csr_matrix) -> Retrieved:
-        return self.pipeline.retrieve(users, history)
+    def retrieve(
+        self, users: np.ndarray, history: sp.csr_matrix, social: sp.csr_matrix | None = None
+    ) -> Retrieved:
+        return self.pipeline.retrieve(users, history, social=social)
 
     def rank(self, retrieved: Retrieved) -> np.ndarray:
         return self.pipeline.rank(retrieved)

@@ -8,10 +8,14 @@ from typing import Any
 from recsys.errors import RecsysError
 from recsys.serving.core import ServingCore
 from recsys.serving.schemas import (
+    Followed,
+    Followee,
+    Follows,
     HistoryItem,
     Preference,
     Preferences,
     PreferencesWithdrawn,
+    Unfollowed,
     UserHistory,
     UserProfile,
 )
@@ -21,6 +25,10 @@ log = logging.getLogger(__name__)
 
 class UnknownUser(RecsysError):
     """A user id nothing is known about (HTTP 404)."""
+
+
+class SelfFollow(RecsysError):
+    """A reader asked to follow themselves (HTTP 422)."""
 
 
 class Users:
@@ -85,6 +93,41 @@ class Users:
         if removed and self.core.live.cache is not None:
             self.core.live.cache.invalidate_user(user_id, self.core.service.version)
         return PreferencesWithdrawn(user_id=user_id, removed=removed)
+
+    def follow(self, user_id: str, followee_id: str) -> Followed:
+        """``user_id`` follows ``followee_id``: the followee's books join the reader's
+        candidates from the next answer on. 404 for an erased reader or an unknown or erased
+        followee; 422 to follow oneself."""
+        if followee_id == user_id:
+            raise SelfFollow("a reader cannot follow themselves; name another reader's user_id")
+        if self.core.live.stores.users.is_deleted(user_id):
+            raise UnknownUser(f"unknown user '{user_id}'")
+        self._events(followee_id)  # 404 when nothing is known of them or they were erased
+        created = self.core.live.stores.users.follow(user_id, followee_id)
+        self._changed(user_id)
+        return Followed(user_id=user_id, followee_id=followee_id, created=created)
+
+    def unfollow(self, user_id: str, followee_id: str) -> Unfollowed:
+        """``user_id`` stops following ``followee_id`` (their books leave at once)."""
+        removed = self.core.live.stores.users.unfollow(user_id, followee_id)
+        if removed:
+            self._changed(user_id)
+        return Unfollowed(user_id=user_id, followee_id=followee_id, removed=removed)
+
+    def follows(self, user_id: str) -> Follows:
+        """Everyone the reader follows (404 for an erased or unknown reader)."""
+        stores = self.core.live.stores
+        following = stores.users.following(user_id)
+        if not following:
+            self._events(user_id)
+        return Follows(
+            user_id=user_id, follows=[Followee(user_id=f, since=t) for f, t in following]
+        )
+
+    def _changed(self, user_id: str) -> None:
+        """The reader's cached answers are stale."""
+        if self.core.live.cache is not None:
+            self.core.live.cache.invalidate_user(user_id, self.core.service.version)
 
     def _title(self, book_id: str) -> str | None:
         catalogue = self.core.service.catalogue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import polars as pl
 import sqlalchemy as sa
@@ -35,6 +36,23 @@ MARKS_FRAME_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+class ServingReads(NamedTuple):
+    """A reader as serving reads them (:meth:`SqlEventStore.serving_reads`).
+
+    Attributes:
+        erased: the reader was erased (nothing else is read).
+        history: history event book ids, oldest first.
+        marks: (book id, type): not interested, disliked, less of this author.
+        friends: (followee id, book id) of the readers they follow: each followee once with
+            an empty book id, then each history event of a followee, oldest first.
+    """
+
+    erased: bool
+    history: list[str]
+    marks: list[tuple[str, str]]
+    friends: list[tuple[str, str]]
+
+
 def check_history_types(types: Iterable[str]) -> tuple[str, ...]:
     """The event types that count as reading history (RecsysError naming the known ones)."""
     out = tuple(types)
@@ -63,11 +81,16 @@ class SqlEventStore:
         self.history_types = check_history_types(history_types)
         types = ", ".join(f"'{t}'" for t in self.history_types)  # validated names only
         negative = ", ".join(f"'{t}'" for t in NEGATIVE_EVENT_TYPES)
+        # k: 2 erased, 1 a mark, 0 a history event; 4 a followee (in ``type``), 3 a
+        # followee's history event (the followee in ``type``)
         self._serving_query = sa.text(
             "SELECT 2 AS k, '' AS book_id, '' AS type, 0.0 AS ts, 0 AS seq FROM deleted_users "
             "WHERE user_hash = :h UNION ALL SELECT 1, book_id, type, ts, seq FROM events "
             f"WHERE user_id = :u AND type IN ({negative}) UNION ALL SELECT 0, book_id, type, "
             f"ts, seq FROM events WHERE user_id = :u AND type IN ({types}) "
+            "UNION ALL SELECT 4, '', followee_id, created_at, 0 FROM follows WHERE user_id = :u "
+            "UNION ALL SELECT 3, e.book_id, e.user_id, e.ts, e.seq FROM events e JOIN follows f "
+            f"ON e.user_id = f.followee_id WHERE f.user_id = :u AND e.type IN ({types}) "
             "ORDER BY k DESC, ts, seq"
         )
 
@@ -124,21 +147,22 @@ class SqlEventStore:
     def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
         """(erased?, history book ids oldest first): :meth:`serving_reads` less the
         preferences."""
-        erased, history, _marks = self.serving_reads(user_id)
-        return erased, history
+        reads = self.serving_reads(user_id)
+        return reads.erased, reads.history
 
-    def serving_reads(self, user_id: str) -> tuple[bool, list[str], list[tuple[str, str]]]:
-        """(erased?, history book ids oldest first, the reader's marks as (book id, type):
-        not interested, disliked, less of this author) in one round trip: the per-request
-        read of serving (a prepared text statement: ~35 µs on SQLite, where building the
-        same query with the expression language costs ~200 µs)."""
+    def serving_reads(self, user_id: str) -> ServingReads:
+        """What serving reads of a reader, in one round trip: the per-request read (a
+        prepared text statement: ~35 µs on SQLite, where building the same query with the
+        expression language costs ~200 µs). See :class:`ServingReads`."""
         params = {"h": self.db.user_hash(user_id), "u": user_id}
         with self.db.connect() as conn:
             rows = conn.execute(self._serving_query, params).all()
         if rows and rows[0][0] == 2:
-            return True, [], []
+            return ServingReads(True, [], [], [])
         history = [str(r[1]) for r in rows if r[0] == 0]
-        return False, history, [(str(r[1]), str(r[2])) for r in rows if r[0] == 1]
+        marks = [(str(r[1]), str(r[2])) for r in rows if r[0] == 1]
+        friends = [(str(r[2]), str(r[1])) for r in rows if r[0] in (3, 4)]
+        return ServingReads(False, history, marks, friends)
 
     def preferences(self, user_id: str) -> list[tuple[str, str, float]]:
         """(book_id, type, ts) of the reader's standing marks, the latest of each kind per

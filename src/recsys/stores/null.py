@@ -11,7 +11,7 @@ import polars as pl
 
 from recsys.stores.base import Stores
 from recsys.stores.errors import NO_STORE, StoreUnavailable
-from recsys.stores.events import HISTORY_FRAME_SCHEMA, MARKS_FRAME_SCHEMA
+from recsys.stores.events import HISTORY_FRAME_SCHEMA, MARKS_FRAME_SCHEMA, ServingReads
 from recsys.stores.schema import HISTORY_EVENT_TYPES, Event, Impression
 
 
@@ -34,8 +34,8 @@ class NullEvents:
     def serving_history(self, user_id: str) -> tuple[bool, list[str]]:
         return False, []  # nothing known beyond the bundle
 
-    def serving_reads(self, user_id: str) -> tuple[bool, list[str], list[tuple[str, str]]]:
-        return False, [], []
+    def serving_reads(self, user_id: str) -> ServingReads:
+        return ServingReads(False, [], [], [])
 
     def preferences(self, user_id: str) -> list[tuple[str, str, float]]:
         _unavailable()
@@ -108,6 +108,15 @@ class NullUsers:
 
     def delete_user(self, user_id: str, actor: str) -> dict[str, Any]:
         _unavailable()
+
+    def follow(self, user_id: str, followee_id: str) -> bool:
+        _unavailable()
+
+    def unfollow(self, user_id: str, followee_id: str) -> bool:
+        _unavailable()
+
+    def following(self, user_id: str) -> list[tuple[str, float]]:
+        return []  # nobody follows anyone where nothing is stored
 
     def audit(self) -> list[dict[str, Any]]:
         _unavailable()

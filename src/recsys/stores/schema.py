@@ -4,7 +4,8 @@
 seeded from the bundle, then edited through the API), ``deleted_users`` (suppression list: a
 salted hash of each erased id, so erased users stay out of later exports and batch outputs
 without keeping the id), ``audit_log`` (who erased what and when, counts only),
-``impressions`` and ``feedback`` (A/B experiments), ``settings`` (the hash salt).
+``impressions`` and ``feedback`` (A/B experiments), ``settings`` (the hash salt), ``reviews``,
+``follows`` (who reads whose list), ``explorations``.
 """
 
 from __future__ import annotations
@@ -123,6 +124,14 @@ reviews = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+follows = sa.Table(
+    # reader user_id follows followee_id ("friends are reading"); erased with either side
+    "follows",
+    metadata,
+    sa.Column("user_id", sa.String(200), primary_key=True),
+    sa.Column("followee_id", sa.String(200), primary_key=True, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 explorations = sa.Table(
     # books shown in exploration slots, with the probability the policy gave each (for

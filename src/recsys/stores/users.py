@@ -16,6 +16,7 @@ from recsys.stores.schema import (
     events,
     explorations,
     feedback,
+    follows,
     impressions,
     reviews,
     users,
@@ -54,9 +55,9 @@ class SqlUserStore:
         return {u for u in user_ids if self.db.user_hash(u) in hashes}
 
     def delete_user(self, user_id: str, actor: str) -> dict[str, Any]:
-        """GDPR erasure: events, profile, impressions, feedback, explorations and reviews
-        removed, the id
-        suppressed, an audit entry written (one transaction).
+        """GDPR erasure: events, profile, impressions, feedback, explorations, reviews and
+        follows (both ways) removed, the id suppressed, an audit entry written (one
+        transaction).
 
         Returns what was removed (counts). The audit entry holds the actor, the time and the
         counts, and the subject as a salted hash only.
@@ -69,12 +70,15 @@ class SqlUserStore:
             "feedback": feedback,
             "explorations": explorations,
             "reviews": reviews,
+            "follows": follows,  # whom they follow; who follows them, below
         }
         with self.db.begin() as conn:
             details = {
                 name: int(conn.execute(sa.delete(t).where(t.c.user_id == user_id)).rowcount)
                 for name, t in owned.items()
             }
+            followed_by = sa.delete(follows).where(follows.c.followee_id == user_id)
+            details["follows"] += int(conn.execute(followed_by).rowcount)
             conn.execute(
                 self.db.insert(deleted_users).on_conflict_do_nothing(index_elements=["user_hash"]),
                 [{"user_hash": subject, "deleted_at": time.time()}],
@@ -89,6 +93,33 @@ class SqlUserStore:
                 )
             )
         return details
+
+    def follow(self, user_id: str, followee_id: str) -> bool:
+        """``user_id`` follows ``followee_id``; False when it already did."""
+        row = {"user_id": user_id, "followee_id": followee_id, "created_at": time.time()}
+        insert = (
+            self.db.insert(follows)
+            .on_conflict_do_nothing(index_elements=["user_id", "followee_id"])
+            .returning(follows.c.user_id)
+        )
+        with self.db.begin() as conn:
+            return conn.execute(insert, [row]).first() is not None
+
+    def unfollow(self, user_id: str, followee_id: str) -> bool:
+        """``user_id`` stops following ``followee_id``; False when it did not."""
+        where = (follows.c.user_id == user_id, follows.c.followee_id == followee_id)
+        with self.db.begin() as conn:
+            return int(conn.execute(sa.delete(follows).where(*where)).rowcount) > 0
+
+    def following(self, user_id: str) -> list[tuple[str, float]]:
+        """(followee id, since) of everyone ``user_id`` follows, oldest first."""
+        query = (
+            sa.select(follows.c.followee_id, follows.c.created_at)
+            .where(follows.c.user_id == user_id)
+            .order_by(follows.c.created_at, follows.c.followee_id)
+        )
+        with self.db.connect() as conn:
+            return [(str(f), float(t)) for f, t in conn.execute(query)]
 
     def audit(self) -> list[dict[str, Any]]:
         with self.db.connect() as conn:

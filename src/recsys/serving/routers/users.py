@@ -15,10 +15,14 @@ from recsys.serving.responses import BODY, answers
 from recsys.serving.schemas import (
     PATH_ID_PATTERN,
     Erasure,
+    Followed,
+    FollowIn,
+    Follows,
     Preferences,
     PreferencesWithdrawn,
     Preview,
     PreviewIn,
+    Unfollowed,
     UserHistory,
     UserProfile,
 )
@@ -80,6 +84,43 @@ async def withdraw_preferences(
     recommended again at once."""
     may_act(request, user_id, "events:write:any")
     return await run_in_threadpool(known.withdraw, user_id, book_id)
+
+
+@router.get(
+    "/users/{user_id}/follows",
+    response_model=Follows,
+    responses=answers(403, 404, 422, 503),
+)
+async def get_follows(request: Request, user_id: PathId, known: UsersDep) -> Follows:
+    """Everyone the reader follows, oldest first."""
+    may_act(request, user_id, "users:read:any")
+    return await run_in_threadpool(known.follows, user_id)
+
+
+@router.post(
+    "/users/{user_id}/follows",
+    response_model=Followed,
+    responses=answers(*BODY, 403, 404, 503),
+)
+async def follow(request: Request, user_id: PathId, body: FollowIn, known: UsersDep) -> Followed:
+    """Follow another reader: books they read join this reader's candidates ("friends are
+    reading", with that reason) from the next answer on. Idempotent (``created`` false the
+    second time); 404 when nothing is known of the followee or either side was erased."""
+    may_act(request, user_id, "events:write:any")
+    return await run_in_threadpool(known.follow, user_id, body.followee_id)
+
+
+@router.delete(
+    "/users/{user_id}/follows/{followee_id}",
+    response_model=Unfollowed,
+    responses=answers(403, 422, 503),
+)
+async def unfollow(
+    request: Request, user_id: PathId, followee_id: PathId, known: UsersDep
+) -> Unfollowed:
+    """Stop following a reader: their books leave this reader's candidates at once."""
+    may_act(request, user_id, "events:write:any")
+    return await run_in_threadpool(known.unfollow, user_id, followee_id)
 
 
 @router.delete("/users/{user_id}", response_model=Erasure, responses=answers(403, 422, 503))
