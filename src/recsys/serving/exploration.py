@@ -45,6 +45,13 @@ class Explorer:
         vectors = self.path.retriever.encode(
             self.path.retriever.features_from_matrix(users, matrix)
         )
+        # every new book's score for every reader of the batch in one product ([B, new]),
+        # rather than gathering each pool's vectors row by row
+        embeddings = self.path.retriever.book_embeddings
+        where = np.full(embeddings.shape[0], -1, dtype=np.int64)
+        scored = new[new < where.size]
+        where[scored] = np.arange(scored.size)
+        scores = vectors @ embeddings[scored].T
         bound = self.path.rules()
         caps = bound.rules.spec.diversity if bound is not None else None
         for row, (req, answer) in enumerate(zip(requests, answers, strict=True)):
@@ -58,7 +65,7 @@ class Explorer:
             pool = self._pool(new, req, history, kept)
             if pool.size == 0:
                 continue
-            logits = self.path.retriever.book_embeddings[pool] @ vectors[row]
+            logits = scores[row, where[pool]]
             logits = logits / self.path.retriever.temperature / settings.temperature
             logits = self.path.fewer_of(req.fewer, pool, logits)
             drawn = self._draw_slots(pool, logits, len(places), kept, caps)
