@@ -121,7 +121,7 @@ def test_sign_in_search_open_a_book_and_mark_it_read(
     assert [h for h in history["history"] if h["book_id"] == top and h["source"] == "event"]
 
 
-def test_rating_from_the_book_page_is_stored(
+def test_review_from_the_book_page_is_stored_edited_and_deleted(
     base: str, page: Any, trained_bundle: dict[str, Any]
 ) -> None:
     me = str(load_bundle(trained_bundle["bundle"]).known_histories.row(1)[0])
@@ -131,12 +131,64 @@ def test_rating_from_the_book_page_is_stored(
     book = listed(page, "Books for you")[0]
     page.goto(f"{base}/app/#/book/{book}")
     page.get_by_label("Your rating").select_option("4")
-    page.get_by_role("button", name="Rate").click()
+    page.get_by_label("Your review (optional)").fill("Slow start, then wonderful.")
+    page.get_by_role("button", name="Post review").click()
     expect(page.get_by_role("status")).to_contain_text("rated 4 of 5")
+    mine = page.get_by_role("list", name=re.compile("^Reviews of ")).locator(
+        f'li[data-user-id="{me}"]'
+    )
+    expect(mine).to_contain_text("Slow start, then wonderful.")
+    expect(page.get_by_text("1 review, average 4.0 of 5.")).to_be_visible()
     history = httpx.get(
         f"{base}/users/{me}/history", headers={"Authorization": f"Bearer {token}"}
     ).json()
     assert [h for h in history["history"] if h["book_id"] == book and h["type"] == "rate"]
+    reviews = httpx.get(f"{base}/books/{book}/reviews").json()["reviews"]
+    assert [(r["user_id"], r["rating"]) for r in reviews] == [(me, 4)]
+    # edited in place, then deleted
+    page.get_by_label("Your rating").select_option("5")
+    page.get_by_role("button", name="Update review").click()
+    expect(page.get_by_text("1 review, average 5.0 of 5.")).to_be_visible()
+    page.get_by_role("button", name="Delete your review").click()
+    expect(page.get_by_text("No reviews yet.")).to_be_visible()
+    assert httpx.get(f"{base}/books/{book}/reviews").json()["count"] == 0
+
+
+def test_follow_a_reviewer_and_unfollow_them(
+    base: str, page: Any, trained_bundle: dict[str, Any]
+) -> None:
+    bundle = load_bundle(trained_bundle["bundle"])
+    me, fred = (str(bundle.known_histories.row(i)[0]) for i in (2, 3))
+    book = str(bundle.books["book_id"][7])
+    fred_token = Authenticator(secret=SECRET).issue(fred)
+    posted = httpx.post(
+        f"{base}/books/{book}/reviews",
+        json={"user_id": fred, "rating": 5, "text": "Read it twice."},
+        headers={"Authorization": f"Bearer {fred_token}"},
+    )
+    assert posted.status_code in (200, 201), posted.text
+    token = Authenticator(secret=SECRET).issue(me)
+    sign_in(page, base, token)
+    expect(page.get_by_role("heading", level=1)).to_have_text("For you")
+    page.goto(f"{base}/app/#/book/{book}")
+    page.get_by_role("button", name=f"Follow {fred}").click()
+    expect(page.get_by_role("status")).to_contain_text(f"You follow {fred}")
+    expect(page.get_by_role("button", name=f"Unfollow {fred}")).to_be_visible()
+    follows = httpx.get(
+        f"{base}/users/{me}/follows", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    assert [f["user_id"] for f in follows["follows"]] == [fred]
+    page.get_by_role("link", name="For you").first.click()
+    page.get_by_role("link", name="Readers you follow").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Following")
+    followed = page.get_by_role("list", name="Readers you follow")
+    expect(followed.locator(f'li[data-user-id="{fred}"]')).to_be_visible()
+    page.get_by_role("button", name=f"Unfollow {fred}").click()
+    expect(page.get_by_text("You follow nobody yet")).to_be_visible()
+    follows = httpx.get(
+        f"{base}/users/{me}/follows", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    assert follows["follows"] == []
 
 
 def test_keyboard_only_reader_searches_and_opens_a_book(base: str, page: Any) -> None:
@@ -158,7 +210,7 @@ def test_keyboard_only_reader_searches_and_opens_a_book(base: str, page: Any) ->
     expect(page.get_by_role("heading", level=1)).to_be_focused()  # announced on arrival
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")  # the first result
-    expect(page.get_by_role("heading", level=2)).to_have_text("Similar books")
+    expect(page.get_by_role("heading", level=2, name="Similar books")).to_be_visible()
 
 
 def test_phone_width_has_no_sideways_scroll(base: str, browser: Any) -> None:
@@ -168,7 +220,7 @@ def test_phone_width_has_no_sideways_scroll(base: str, browser: Any) -> None:
     expect(page.get_by_role("heading", level=1)).to_have_text("Trending")
     widths = {"trending": page.evaluate("document.documentElement.scrollWidth")}
     page.locator("li.book a.title").first.click()
-    expect(page.get_by_role("heading", level=2)).to_have_text("Similar books")
+    expect(page.get_by_role("heading", level=2, name="Similar books")).to_be_visible()
     widths["book"] = page.evaluate("document.documentElement.scrollWidth")
     context.close()
     assert max(widths.values()) <= 375, widths

@@ -92,7 +92,8 @@ async function forYou() {
     if (refocus) list.querySelector("li.book a.title")?.focus();
   };
   await refresh();
-  return page("For you", list, h("p", {}, h("a", { href: "#/not-for-me" }, "Books you said are not for you")));
+  return page("For you", list, h("p", {}, h("a", { href: "#/not-for-me" }, "Books you said are not for you"),
+    " · ", h("a", { href: "#/following" }, "Readers you follow")));
 }
 
 // The reader's "not for me" marks, each can be withdrawn (the book may come back at once).
@@ -131,20 +132,107 @@ async function search(query) {
     bookList(`Books matching ${query}`, rows));
 }
 
-function ratingForm(book) {
+// The reader's review of a book (one per reader and book; posting again replaces it). The
+// API stores its stars as a rating event too, so it counts in the reader's next list.
+function reviewForm(book, mine, after) {
   const select = h("select", { id: "rating", name: "rating" },
-    [5, 4, 3, 2, 1].map((n) => h("option", { value: n }, `${n} of 5`)));
+    [5, 4, 3, 2, 1].map((n) => h("option", { value: n, selected: mine?.rating === n }, `${n} of 5`)));
+  const text = h("textarea", { id: "review-text", name: "text", rows: 3, maxlength: 5000 });
+  text.value = mine?.text || "";
   return h("form", {
     class: "rating",
     onsubmit: async (event) => {
       event.preventDefault();
       try {
-        await record(book.book_id, "rate", Number(select.value) * 2, book.title);
+        const body = { user_id: session.reader, rating: Number(select.value), text: text.value };
+        await api("POST", `/books/${enc(book.book_id)}/reviews`, body);
+        say(`Your review of “${book.title || book.book_id}” is saved: rated ${select.value} of 5.`);
+        await after();
       } catch (error) {
         say(error.message);
       }
     },
-  }, h("label", { for: "rating" }, "Your rating"), select, h("button", { type: "submit" }, "Rate"));
+  },
+  h("label", { for: "rating" }, "Your rating"), select,
+  h("label", { for: "review-text" }, "Your review (optional)"), text,
+  h("button", { type: "submit" }, mine ? "Update review" : "Post review"));
+}
+
+// Whom the reader follows (ids), or none when they cannot be read (a new reader: 404).
+async function followed() {
+  if (!session.reader) return new Set();
+  return api("GET", `/users/${enc(session.reader)}/follows`)
+    .then((f) => new Set(f.follows.map((x) => x.user_id)))
+    .catch(() => new Set());
+}
+
+function followButton(user, following, after) {
+  const act = following ? "Unfollow" : "Follow";
+  return h("button", {
+    type: "button",
+    "data-follow": user,
+    onclick: async (event) => {
+      event.currentTarget.disabled = true;
+      try {
+        if (following) await api("DELETE", `/users/${enc(session.reader)}/follows/${enc(user)}`);
+        else await api("POST", `/users/${enc(session.reader)}/follows`, { followee_id: user });
+        say(following ? `You no longer follow ${user}.` : `You follow ${user}: books they read can appear in your list.`);
+        await after();
+      } catch (error) {
+        say(error.message);
+        event.currentTarget.disabled = false;
+      }
+    },
+  }, `${act} ${user}`);
+}
+
+// Reviews of a book, the latest first; the reader's own can be edited or deleted, and other
+// reviewers followed (their books then join the reader's candidates: "friends are reading").
+function reviews(book) {
+  const box = h("div", { class: "reviews" });
+  const title = book.title || book.book_id;
+  const refresh = async () => {
+    const found = await api("GET", `/books/${enc(book.book_id)}/reviews?limit=20`);
+    const mine = found.reviews.find((r) => r.user_id === session.reader);
+    const follows = await followed();
+    const summary = found.count
+      ? `${found.count} review${found.count === 1 ? "" : "s"}, average ${found.average_rating.toFixed(1)} of 5.`
+      : "No reviews yet.";
+    box.replaceChildren(
+      session.reader ? reviewForm(book, mine, refresh) : h("p", {}, h("a", { href: "#/signin" }, "Sign in"), " to mark, rate or review this book."),
+      h("p", { class: "summary" }, summary),
+      found.reviews.length ? h("ul", { class: "review-list", "aria-label": `Reviews of ${title}` },
+        found.reviews.map((r) => h("li", { "data-user-id": r.user_id },
+          h("strong", {}, r.user_id), ` — ${r.rating} of 5`,
+          r.text ? h("p", {}, r.text) : null,
+          r.user_id === session.reader
+            ? h("button", {
+              type: "button",
+              onclick: async () => {
+                await api("DELETE", `/books/${enc(book.book_id)}/reviews/${enc(session.reader)}`);
+                say(`Your review of “${title}” is deleted.`);
+                await refresh();
+              },
+            }, "Delete your review")
+            : session.reader ? followButton(r.user_id, follows.has(r.user_id), refresh) : null))) : null,
+    );
+  };
+  return { box, refresh };
+}
+
+// Everyone the reader follows, each can be unfollowed.
+async function following() {
+  if (!session.reader) return page("Following", h("p", {}, h("a", { href: "#/signin" }, "Sign in"), " first."));
+  const body = h("div", {});
+  const refresh = async () => {
+    const follows = await followed();
+    body.replaceChildren(follows.size
+      ? h("ul", { class: "marks", "aria-label": "Readers you follow" },
+        [...follows].map((user) => h("li", { "data-user-id": user }, `${user} `, followButton(user, true, refresh))))
+      : h("p", {}, "You follow nobody yet: follow a reviewer from a book's page."));
+  };
+  await refresh();
+  return page("Following", h("p", {}, "Books these readers read can appear in your list, with their name as the reason."), body);
 }
 
 async function bookPage(id) {
@@ -158,6 +246,8 @@ async function bookPage(id) {
   const similar = await api("POST", `/recommendations/books/${enc(id)}`, { limit: 10 })
     .then((a) => bookList(`Books similar to ${book.title || id}`, a.recommendations))
     .catch((error) => failure(error));
+  const { box, refresh } = reviews(book);
+  await refresh().catch((error) => box.replaceChildren(...failure(error)));
   return page(
     book.title || book.book_id,
     h("div", { class: "book-page" },
@@ -167,7 +257,8 @@ async function bookPage(id) {
       h("dl", {}, details.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
     ),
     actionButtons(book.book_id, book.title, undefined, [...ACTIONS, LESS]),
-    session.reader ? ratingForm(book) : h("p", {}, h("a", { href: "#/signin" }, "Sign in"), " to mark or rate this book."),
+    h("h2", {}, "Reviews"),
+    box,
     h("h2", {}, "Similar books"),
     similar,
   );
@@ -234,6 +325,7 @@ const ROUTES = [
   [/^#\/for-you$/, forYou],
   [/^#\/trending$/, trending],
   [/^#\/not-for-me$/, notForMe],
+  [/^#\/following$/, following],
   [/^#\/search\?q=(.*)$/, (m) => search(decodeURIComponent(m[1]))],
   [/^#\/book\/(.+)$/, (m) => bookPage(decodeURIComponent(m[1]))],
   ...CONSOLE_ROUTES,
