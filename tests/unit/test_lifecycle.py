@@ -176,7 +176,8 @@ def test_stored_events_join_the_base_data_without_erased_users(tmp_path: Path) -
 
 def test_marks_leave_the_positives_and_go_in_as_negatives(tmp_path: Path) -> None:
     """A book read then disliked is no positive; not-interested marks of erased readers and
-    withdrawn marks are not used; "less of this author" is a down-weight, not a book mark."""
+    withdrawn marks are not used; "less of this author" makes the author's unread books
+    negatives and leaves the positives alone."""
     from recsys.data.prepared import BOOK_IDX, USER_IDX, PreparedData, prepare
     from recsys.data.split import fitting_all, random_holdout
 
@@ -186,6 +187,12 @@ def test_marks_leave_the_positives_and_go_in_as_negatives(tmp_path: Path) -> Non
             {
                 "user_id": ["ann", "ann", "ann", "bob", "bob"],
                 "book_id": ["b1", "b2", "b3", "b1", "b2"],
+            }
+        ),
+        pl.DataFrame(
+            {
+                "book_id": ["b1", "b2", "b3", "b4", "b5"],
+                "authors": ["A. One", "B. Two", "B. Two", "B. Two", None],
             }
         ),
     )
@@ -210,14 +217,17 @@ def test_marks_leave_the_positives_and_go_in_as_negatives(tmp_path: Path) -> Non
     assert pairs == [("ann", "b1"), ("ann", "b3"), ("bob", "b1"), ("bob", "b2")]
     marks = data.dataset.marks
     assert marks is not None
-    assert sorted(marks.rows()) == [("ann", "b2"), ("ann", "b9"), ("bob", "b3")]
-    assert data.marks == 3
+    # bob's "less of B. Two" on b2 (read: stays a positive) adds b4, the author's unread
+    # book; b3 was marked already
+    assert sorted(marks.rows()) == [("ann", "b2"), ("ann", "b9"), ("bob", "b3"), ("bob", "b4")]
+    assert data.marks == 4
 
     prepared = prepare(data.dataset, fitting_all(random_holdout))
     # b9 is in no vocabulary (never read, not in the catalogue): it cannot be a negative
     assert sorted(prepared.marks.select(S.USER_ID, S.BOOK_ID).rows()) == [
         ("ann", "b2"),
         ("bob", "b3"),
+        ("bob", "b4"),
     ]
     assert (prepared.marks.get_column(USER_IDX) >= 2).all()
     assert (prepared.marks.get_column(BOOK_IDX) >= 2).all()

@@ -24,6 +24,7 @@ from recsys.lifecycle.records import epoch
 from recsys.lifecycle.registry import Registry
 from recsys.report import print_table
 from recsys.stores import Stores
+from recsys.stores.schema import AUTHOR_EVENT_TYPES, EXCLUDING_EVENT_TYPES
 
 ACTOR = "retrain"
 RATE = "rate"  # the event type whose value is a rating
@@ -42,8 +43,9 @@ class RetrainData:
             id embeddings, and the catalogue's metadata when added through the API).
         erased_users: users of stored events left out because they were erased (the base
             data's erased users were left out when it was prepared).
-        marks: readers' standing "not for me" marks (``not_interested``, ``dislike``) that
-            go in as negatives; their pairs are no positives even when the book was read.
+        marks: negatives from the readers' standing marks: books marked ``not_interested``
+            or ``dislike`` (their pairs are no positives, even when the book was read) and,
+            for ``less_of_author``, up to :data:`AUTHOR_BOOKS` unread books by that author.
     """
 
     dataset: Dataset
@@ -85,7 +87,8 @@ def with_stored_events(base: Dataset, stores: Stores, cutoff: float | None) -> R
     summed, the latest time kept). Books added through the API bring their metadata. The
     readers' standing book marks (not interested, disliked) become the dataset's ``marks``,
     negatives of the next training, and their (user, book) pairs leave the positives: a book
-    read and then disliked teaches the model nothing to repeat.
+    read and then disliked teaches the model nothing to repeat. A "less of this author" mark
+    adds the author's unread books (:func:`by_author`) as negatives, positives untouched.
 
     Args:
         base: the base dataset (``load_or_prepare``'s tables).
@@ -98,15 +101,18 @@ def with_stored_events(base: Dataset, stores: Stores, cutoff: float | None) -> R
     interactions = pl.concat(
         [base.interactions, event_interactions(events)], how="vertical_relaxed"
     )
-    marks = stores.events.marks_frame().select(list(S.MARKS_SCHEMA))
-    marks = marks.filter(
-        ~pl.col(S.USER_ID).is_in(
-            list(stores.users.deleted_filter(marks.get_column(S.USER_ID).unique()))
-        )
-    )
-    interactions = interactions.join(marks, on=[S.USER_ID, S.BOOK_ID], how="anti")
+    stored = stores.events.marks_frame()
+    erased_marks = stores.users.deleted_filter(stored.get_column(S.USER_ID).unique())
+    stored = stored.filter(~pl.col(S.USER_ID).is_in(list(erased_marks)))
+    book_marks = stored.filter(pl.col("type").is_in(EXCLUDING_EVENT_TYPES))
+    book_marks = book_marks.select(list(S.MARKS_SCHEMA)).unique(maintain_order=True)
+    interactions = interactions.join(book_marks, on=[S.USER_ID, S.BOOK_ID], how="anti")
     books = pl.concat([base.books, added_books(stores)], how="diagonal_relaxed")
     dataset = build_dataset(base.name, interactions, books, base.users, "base data + events")
+    author_marks = by_author(
+        stored.filter(pl.col("type").is_in(AUTHOR_EVENT_TYPES)), dataset.books
+    ).join(dataset.interactions, on=[S.USER_ID, S.BOOK_ID], how="anti")
+    marks = pl.concat([author_marks, book_marks]).unique(maintain_order=True)
     dataset = replace(dataset, marks=marks)
     known = base.interactions.get_column(S.BOOK_ID).unique()
     new_books = (~events.get_column(S.BOOK_ID).unique().is_in(known)).sum()
@@ -115,6 +121,28 @@ def with_stored_events(base: Dataset, stores: Stores, cutoff: float | None) -> R
     return RetrainData(
         dataset, events.height, new, cutoff, int(new_books), len(erased), marks.height
     )
+
+
+AUTHOR_BOOKS = 8  # books of an author a "less of this author" mark makes negatives
+
+
+def by_author(marks: pl.DataFrame, books: pl.DataFrame) -> pl.DataFrame:
+    """``(user_id, book_id)`` pairs for "less of this author" marks: up to
+    :data:`AUTHOR_BOOKS` books (catalogue order) by the marked book's author (the same
+    ``authors`` text, as serving matches it), the marked book first."""
+    if marks.height == 0:
+        return pl.DataFrame(schema=S.MARKS_SCHEMA)
+    catalogue = books.select(S.BOOK_ID, "authors").filter(
+        pl.col("authors").is_not_null() & (pl.col("authors").str.strip_chars() != "")
+    )
+    marked = marks.select(S.USER_ID, S.BOOK_ID).join(catalogue, on=S.BOOK_ID)
+    marked = marked.rename({S.BOOK_ID: "marked"})
+    pairs = marked.join(catalogue, on="authors").with_columns(
+        (pl.col(S.BOOK_ID) != pl.col("marked")).alias("_other")
+    )
+    pairs = pairs.sort([S.USER_ID, "marked", "_other"], maintain_order=True)
+    pairs = pairs.group_by([S.USER_ID, "marked"], maintain_order=True).head(AUTHOR_BOOKS)
+    return pairs.select(list(S.MARKS_SCHEMA)).unique(maintain_order=True)
 
 
 def event_interactions(events: pl.DataFrame) -> pl.DataFrame:

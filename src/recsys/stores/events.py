@@ -215,18 +215,23 @@ class SqlEventStore:
         return pl.DataFrame(rows, schema=HISTORY_FRAME_SCHEMA, orient="row")
 
     def marks_frame(self) -> pl.DataFrame:
-        """Every standing book mark (``not_interested``, ``dislike``; withdrawn marks are
-        deleted) as ``(user_id, book_id, type, ts)``, one row per (user, book), the latest
-        kind: retraining uses them as negatives (:data:`MARKS_FRAME_SCHEMA`)."""
+        """Every standing mark (withdrawn marks are deleted) as ``(user_id, book_id, type,
+        ts)``, oldest first: per (user, book) the latest book mark (``not_interested``,
+        ``dislike``) and any ``less_of_author``. Retraining uses them as negatives
+        (:data:`MARKS_FRAME_SCHEMA`)."""
         query = (
             sa.select(events.c.user_id, events.c.book_id, events.c.type, events.c.ts)
-            .where(events.c.type.in_(EXCLUDING_EVENT_TYPES))
+            .where(events.c.type.in_(NEGATIVE_EVENT_TYPES))
             .order_by(events.c.ts, events.c.seq)
         )
         with self.db.connect() as conn:
             rows = [tuple(row) for row in conn.execute(query)]
         frame = pl.DataFrame(rows, schema=MARKS_FRAME_SCHEMA, orient="row")
-        return frame.unique(["user_id", "book_id"], keep="last", maintain_order=True)
+        kind = pl.when(pl.col("type").is_in(EXCLUDING_EVENT_TYPES)).then(0).otherwise(1)
+        frame = frame.with_columns(kind.alias("_kind"))
+        return frame.unique(["user_id", "book_id", "_kind"], keep="last", maintain_order=True).drop(
+            "_kind"
+        )
 
     def recent(self, since: float) -> Iterator[tuple[str, str, float]]:
         """(book_id, type, ts) of events since ``since``: trending."""
