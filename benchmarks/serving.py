@@ -146,6 +146,8 @@ RUNNERS = {
     "local": ["engine=local", *OPEN],
     # two server processes on the port (`workers=2`; the cache is off, so no Redis is needed)
     "local-2w": ["engine=local", "workers=2", *OPEN],
+    # exploration off (`recsys serve` gives it 10 % of each list): what the slots cost
+    "local-noexplore": ["engine=local", "exploration.share=0", *OPEN],
     # the product default: bearer token checked and rate limit counted on every request
     "local-secure": ["engine=local", "rate_limits.default=1000000/minute", "cache.enabled=false"],
     "ray-fused": ["engine=ray", "ray.topology=fused", *OPEN],
@@ -218,7 +220,8 @@ def main() -> None:
     parser.add_argument(
         "--runners",
         default="local,local-secure,ray-fused,ray-chained",
-        help="comma list of local, local-2w (workers=2), local-secure (auth + rate limit), "
+        help="comma list of local, local-2w (workers=2), local-noexplore (exploration off), "
+        "local-secure (auth + rate limit), "
         "ray-fused, ray-chained, "
         "ray-fused-proxy, ray-chained-proxy (Serve's Python proxy, not HAProxy)",
     )
