@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
@@ -53,6 +53,28 @@ T = TypeVar("T")
 Entry = tuple[Bundle, TwoStageRecommender]  # a loaded bundle and its two-stage model
 
 
+class Autoscaling(BaseModel):
+    """Serve's autoscaling of every deployment (replaces the fixed ``*_replicas``): replicas
+    are added while each holds more than ``target_ongoing_requests`` requests on average, and
+    removed below it, between ``min_replicas`` and ``max_replicas``. On KubeRay the cluster
+    autoscaler adds the pods new replicas need (docs/operations.md#kubernetes)."""
+
+    min_replicas: int = Field(default=3, ge=1)
+    max_replicas: int = Field(default=20, ge=1)
+    target_ongoing_requests: float = Field(default=4.0, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+
+    @model_validator(mode="after")
+    def ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling.min_replicas ({self.min_replicas}) is above max_replicas "
+                f"({self.max_replicas})"
+            )
+        return self
+
+
 class RayAppArgs(BaseModel):
     """Arguments of :func:`build` (the ``args`` of an application in a Serve config)."""
 
@@ -62,6 +84,9 @@ class RayAppArgs(BaseModel):
     ingress_replicas: int = Field(default=1, ge=1)
     retrieval_replicas: int = Field(default=1, ge=1)
     ranking_replicas: int = Field(default=1, ge=1)
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="autoscale every deployment instead of fixed replicas"
+    )
     ingress_cpus: float = Field(default=0.5, ge=0)
     stage_cpus: float = Field(default=0.5, ge=0)
     max_ongoing_requests: int = Field(default=32, ge=1)
@@ -381,8 +406,14 @@ def build(args: RayAppArgs) -> Application:
         )
     user_config = {"bundle": args.bundle, "stage_timeout_ms": args.stage_timeout_ms}
     live = args.live.model_dump(mode="json")  # plain data for the replicas
+
+    def replicas(fixed: int) -> dict[str, Any]:
+        if args.autoscaling is None:
+            return {"num_replicas": fixed}
+        return {"autoscaling_config": args.autoscaling.model_dump()}
+
     ingress = as_deployment(Ingress).options(
-        num_replicas=args.ingress_replicas,
+        **replicas(args.ingress_replicas),
         max_ongoing_requests=args.max_ongoing_requests,
         ray_actor_options={"num_cpus": args.ingress_cpus},
         user_config=user_config,
@@ -390,11 +421,11 @@ def build(args: RayAppArgs) -> Application:
     if args.topology == "fused":
         return ingress.bind(args.bundle, args.stage_timeout_ms, None, None, live)
 
-    def stage(kind: Any, replicas: int) -> Application:
+    def stage(kind: Any, count: int) -> Application:
         return (
             as_deployment(kind)
             .options(
-                num_replicas=replicas,
+                **replicas(count),
                 max_ongoing_requests=args.max_ongoing_requests,
                 ray_actor_options={"num_cpus": args.stage_cpus},
                 user_config={"bundle": args.bundle},
