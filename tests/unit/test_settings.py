@@ -182,13 +182,14 @@ def test_null_sections() -> None:
 
 
 def test_production_ray_config_survives_a_replica_death() -> None:
-    """The production Serve config runs two replicas of every deployment and shares its
-    state (store, cache, rate limits) outside the replicas."""
+    """The production Serve config never runs fewer than two replicas of a deployment (it
+    autoscales each from 3) and shares its state (store, cache, rate limits) outside them."""
     path = RAY_CONFIG.with_name("config.production.yaml")
     app = yaml.safe_load(path.read_text())["applications"][0]
     args = RayAppArgs.model_validate(app["args"])
     assert args.topology == "chained"
-    assert min(args.ingress_replicas, args.retrieval_replicas, args.ranking_replicas) >= 2
+    assert args.autoscaling is not None
+    assert args.autoscaling.min_replicas >= 2
     assert args.live.store.url is not None
     assert args.live.store.url.startswith("postgresql")
     assert args.live.cache.redis_url is not None
