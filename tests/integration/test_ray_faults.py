@@ -1,6 +1,7 @@
 """Ray Serve under faults (`pytest -m faults -s` prints the figures): the chained topology with
-two replicas of every deployment, as serving/config.production.yaml runs it, called over real
-HTTP by client threads that count every outcome (a transport error is a failure too).
+two replicas of every deployment (serving/config.production.yaml never runs fewer: it
+autoscales each from three), called over real HTTP by client threads that count every outcome
+(a transport error is a failure too).
 
 * a hot swap between two **different** models under load: no failed request, and no response
   whose list belongs to the other version than the one it names (a response that mixed the
