@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= serve,wandb,bench,dev,postgres
+EXTRAS ?= serve,wandb,bench,dev,postgres,torchserve
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 export RAY_USAGE_STATS_ENABLED ?= 0
@@ -30,14 +30,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), v"
 	# Real Redis and PostgreSQL servers for the cache and store tests, HAProxy for Ray Serve's
-	# HAProxy ingress, promtool for the alert rules' tests and Chromium for the web app's
-	# browser tests (Playwright drives it; no browser download). Skipped with a reason when
-	# they cannot be installed.
+	# HAProxy ingress, promtool for the alert rules' tests, Chromium for the web app's
+	# browser tests (Playwright drives it; no browser download) and Java for TorchServe (the
+	# export's tests). Skipped with a reason when they cannot be installed.
 	$(call apt_install,redis-server,redis-server)
 	$(call apt_install,pg_ctl,postgresql)
 	$(call apt_install,haproxy,haproxy)
 	$(call apt_install,promtool,prometheus)
 	$(call apt_install,chromium,chromium)
+	$(call apt_install,java,openjdk-17-jre-headless)
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install recsys with all extras (pinned)

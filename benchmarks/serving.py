@@ -212,6 +212,36 @@ def bench_runner(
     return rows
 
 
+def bench_torchserve(
+    bundle: str, users: list[str], seconds: float, clients: str
+) -> dict[str, dict[str, float]]:
+    """The bundle exported as a TorchServe archive (`recsys export-torchserve`), served by a
+    real TorchServe on loopback (one worker, token auth off), loaded with user requests."""
+    import tempfile
+
+    from recsys.serving.local import free_port
+    from recsys.torchserve.archive import export
+    from recsys.torchserve.server import running
+
+    rng = random.Random(1)
+
+    def make() -> tuple[str, str, Any]:
+        return "POST", "/predictions/recsys", {"user_id": rng.choice(users), "limit": 10}
+
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="recsys-ts-") as tmp:
+        store = Path(tmp) / "store"
+        export(bundle, store)
+        ports = {k: free_port() for k in ("inference", "management", "metrics")}
+        with running(store, Path(tmp) / "run", ports) as base:
+            asyncio.run(load(base, make, 2, 2.0))  # warm-up
+            for n in (int(c) for c in clients.split(",")):
+                key = f"torchserve user x{n}"
+                rows[key] = asyncio.run(load(base, make, n, seconds))
+                print(key, rows[key], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle", default="artifacts/bundles/amazon_book")
@@ -223,7 +253,8 @@ def main() -> None:
         help="comma list of local, local-2w (workers=2), local-noexplore (exploration off), "
         "local-secure (auth + rate limit), "
         "ray-fused, ray-chained, "
-        "ray-fused-proxy, ray-chained-proxy (Serve's Python proxy, not HAProxy)",
+        "ray-fused-proxy, ray-chained-proxy (Serve's Python proxy, not HAProxy), "
+        "torchserve (the bundle exported to TorchServe; extra: torchserve)",
     )
     parser.add_argument("--clients", default="1,8,32", help="comma list of concurrencies")
     parser.add_argument(
@@ -269,6 +300,9 @@ def main() -> None:
     service.close()
 
     for runner in args.runners.split(","):
+        if runner == "torchserve":  # the TorchServe export (#24): user requests only
+            rows.update(bench_torchserve(args.bundle, users, args.seconds, args.clients))
+            continue
         rows.update(
             bench_runner(runner, args.bundle, endpoints, args.seconds, args.clients, profile)
         )
@@ -304,6 +338,11 @@ def main() -> None:
         if plain and secure:
             bar[f"auth_ratelimit_p50_ratio_x{n}"] = secure["p50_ms"] / plain["p50_ms"]
             bar[f"auth_ratelimit_rps_ratio_x{n}"] = secure["rps"] / plain["rps"]
+    for n in (1, 8):
+        plain, ts = rows.get(f"local user x{n}"), rows.get(f"torchserve user x{n}")
+        if plain and ts:
+            bar[f"torchserve_p50_vs_local_x{n}"] = ts["p50_ms"] / plain["p50_ms"]
+            bar[f"torchserve_rps_vs_local_x{n}"] = ts["rps"] / plain["rps"]
     ray_rows = {k: v for k, v in rows.items() if k.startswith("ray") and " user " in k}
     at1 = [k for k in ray_rows if k.endswith(" x1")]
     if at1:

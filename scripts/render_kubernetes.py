@@ -1,6 +1,6 @@
 """Write serving/kubernetes/rayservice.yaml from serving/config.production.yaml (recsys.deploy).
 
-    python scripts/render_kubernetes.py
+python scripts/render_kubernetes.py
 """
 
 from recsys.deploy import write

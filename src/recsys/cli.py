@@ -37,6 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "recsys.jobs.export_embeddings",
         "book/user vectors -> Parquet + manifest (+ .npy, FAISS)",
     ),
+    "export-torchserve": (
+        "export_torchserve",
+        "recsys.jobs.export_torchserve",
+        "a bundle as a TorchServe model archive (.mar) + loopback config (extra: torchserve)",
+    ),
     "experiments report": (
         "experiments_report",
         "recsys.jobs.experiments_report",

@@ -404,27 +404,35 @@ class ServingCore:
         self, svc: RecommendationService, answer: Answer, started: float, request_id: str
     ) -> RecommendationResponse:
         """The answer as the response (``started``: when the service call began)."""
-        cat = svc.catalogue
-        items = [
-            Recommendation(
-                book_id=str(cat.ids[b]),
-                title=cat.titles[b],
-                author=cat.authors[b],
-                confidence_score=round(float(s), 6),
-                reasoning=r,
-            )
-            for b, s, r in zip(answer.books, answer.scores, answer.reasons, strict=True)
-        ]
-        meta = Metadata(
-            source=answer.source,  # type: ignore[arg-type]
-            bundle_version=svc.version,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            request_id=request_id,
-            fallback_reason=answer.fallback_reason,
-            rules=answer.rules,
-            explored=[
-                Explored(book_id=str(cat.ids[b]), position=p, propensity=q, pool=n)
-                for b, p, q, n in answer.explored
-            ],
+        return shape_answer(svc, answer, started, request_id)
+
+
+def shape_answer(
+    svc: RecommendationService, answer: Answer, started: float, request_id: str
+) -> RecommendationResponse:
+    """A service's answer as the response body of the recommendation endpoints (``started``:
+    when the service call began): also what the TorchServe export answers."""
+    cat = svc.catalogue
+    items = [
+        Recommendation(
+            book_id=str(cat.ids[b]),
+            title=cat.titles[b],
+            author=cat.authors[b],
+            confidence_score=round(float(s), 6),
+            reasoning=r,
         )
-        return RecommendationResponse(recommendations=items, metadata=meta)
+        for b, s, r in zip(answer.books, answer.scores, answer.reasons, strict=True)
+    ]
+    meta = Metadata(
+        source=answer.source,  # type: ignore[arg-type]
+        bundle_version=svc.version,
+        latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        request_id=request_id,
+        fallback_reason=answer.fallback_reason,
+        rules=answer.rules,
+        explored=[
+            Explored(book_id=str(cat.ids[b]), position=p, propensity=q, pool=n)
+            for b, p, q, n in answer.explored
+        ],
+    )
+    return RecommendationResponse(recommendations=items, metadata=meta)
