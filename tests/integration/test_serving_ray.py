@@ -277,3 +277,29 @@ def test_experiments_through_user_config(
             f"/recommendations/users/{user_id}", headers={"X-Experiment-Variant": "treatment"}
         ).json()["metadata"]
         assert (forced["variant"], forced["bundle_version"]) == ("treatment", other.name)
+
+
+def test_autoscaling_applies_to_every_deployment(
+    ray_cluster: int, chained: tuple[httpx.Client, dict[str, Any]], trained_bundle: dict[str, Any]
+) -> None:
+    """`autoscaling` in the args (as serving/config.production.yaml has it) gives every
+    deployment Serve's autoscaling config instead of a fixed replica count, and it serves."""
+    from ray.serve.context import _get_global_client
+
+    bundle = load_bundle(trained_bundle["bundle"]).path  # replaces the chained application
+    scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}
+    _, base = deploy(
+        bundle, ray_cluster, topology="chained", stage_timeout_ms=1500, autoscaling=scaling
+    )
+    with httpx.Client(base_url=base, timeout=30) as client:
+        user, _ = known_user(trained_bundle)
+        answer = client.post(f"/recommendations/users/{user}", json={"limit": 5})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["metadata"]["source"] == "personalized"
+    details = _get_global_client().get_serve_details()
+    deployments = details["applications"]["recsys"]["deployments"]
+    assert set(deployments) == {"Ingress", "Retrieval", "Ranking"}
+    for name, found in deployments.items():
+        config = found["deployment_config"]["autoscaling_config"]
+        got = (config["min_replicas"], config["max_replicas"], config["target_ongoing_requests"])
+        assert got == (1, 2, 2.0), name

@@ -202,3 +202,32 @@ def test_min_samples_swap_and_bundles_without_a_summary(caplog: pytest.LogCaptur
         monitor.event("view", "b1")
     assert monitor.snapshot() == {}
     assert scrape(monitor) == {}
+
+
+def test_cached_answers_count_like_computed_ones() -> None:
+    """A list served from the cache adds its history length and first score, as the
+    computed one did; a fallback's cached list adds no score."""
+    from recsys.serving.core import shape_answer
+
+    computed, cached = (
+        DriftMonitor(window=10, min_samples=1),
+        DriftMonitor(window=10, min_samples=1),
+    )
+    for monitor in (computed, cached):
+        monitor.rebase(fake_bundle(SUMMARY))
+    answer = Answer([2, 3], [0.75, 0.5], ["r", "r"], "personalized")
+    answer.history_length, answer.from_model = 37, 2
+    computed.answer(answer)
+    svc = SimpleNamespace(
+        catalogue=SimpleNamespace(ids=["", "", "b1", "b2"], titles=[None] * 4, authors=[None] * 4),
+        version="v1",
+    )
+    body = shape_answer(svc, answer, 0.0, "r1").model_dump(mode="json")  # type: ignore[arg-type]
+    assert body["metadata"]["history_length"] == 37
+    cached.served(body)
+    assert list(cached._windows["history_length"]) == list(computed._windows["history_length"])
+    assert list(cached._windows["top_score"]) == list(computed._windows["top_score"]) == [0.75]
+    body["metadata"]["fallback_reason"] = "timeout"
+    cached.served(body)
+    assert list(cached._windows["top_score"]) == [0.75]
+    assert list(cached._windows["history_length"]) == [37, 37]

@@ -282,6 +282,8 @@ class ServingCore:
         params = user_params(req, arm.experiment, arm.variant, self.live.rules.version)
         cached = await self._cached(svc, user_id, params, request_id)
         logged = forced is None  # a forced variant (testing) is no experiment data
+        if cached is not None and default:  # a cache hit is traffic too (warmed users are)
+            self.drift.served(cached, scored=not arm.retrieval_only)
         if cached is not None:
             if logged:
                 self._impression(user_id, arm, cached, impression_id)
@@ -434,5 +436,6 @@ def shape_answer(
             Explored(book_id=str(cat.ids[b]), position=p, propensity=q, pool=n)
             for b, p, q, n in answer.explored
         ],
+        history_length=answer.history_length,
     )
     return RecommendationResponse(recommendations=items, metadata=meta)

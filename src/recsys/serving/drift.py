@@ -84,6 +84,18 @@ class DriftMonitor:
             if scored and answer.fallback_reason is None and answer.from_model and answer.scores:
                 self._windows["top_score"].append(answer.scores[0])
 
+    def served(self, body: dict[str, Any], scored: bool = True) -> None:
+        """A cached answer served again: the same signals as :meth:`answer`, from the
+        response body (its ``history_length`` and first score), so users whose lists come
+        from the cache (the most active, warmed after a swap) are not left out."""
+        meta, items = body["metadata"], body["recommendations"]
+        with self._lock:
+            if meta.get("history_length"):
+                self._windows["history_length"].append(meta["history_length"])
+            personal = meta.get("source") == "personalized" and meta.get("fallback_reason") is None
+            if scored and personal and items:
+                self._windows["top_score"].append(items[0]["confidence_score"])
+
     def snapshot(self) -> dict[str, tuple[float, dict[str, float], dict[str, float], int]]:
         """Signal -> (PSI, live figures, training figures, live samples) for every signal
         of the summary with at least ``min_samples`` live values."""

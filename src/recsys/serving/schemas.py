@@ -149,6 +149,9 @@ class Metadata(BaseModel):
     explored: list[Explored] = Field(
         default_factory=list, description="exploration slots of this list (new books)"
     )
+    history_length: int | None = Field(
+        None, description="books in the reader's history behind a personal list"
+    )
 
 
 class RecommendationResponse(BaseModel):
