@@ -143,3 +143,19 @@ def test_a_corrupt_bundle_is_refused_at_export(
     assert done.returncode == 2, done.stderr
     assert "checksum" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_incompatible_bundle_is_refused_at_export(
+    trained_bundle: dict[str, Any], tmp_path: Path
+) -> None:
+    """A bundle written by another manifest schema (another recsys) is refused, naming the fix."""
+    import json
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(load_bundle(trained_bundle["bundle"]).path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["manifest_schema"] = 999
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecsysError, match=r"manifest_schema 999.*rebuild the bundle"):
+        export(copy, tmp_path / "out")
+    assert not (tmp_path / "out" / "recsys.mar").exists()
