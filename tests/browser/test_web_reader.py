@@ -151,6 +151,7 @@ def test_review_from_the_book_page_is_stored_edited_and_deleted(
     expect(page.get_by_text("1 review, average 5.0 of 5.")).to_be_visible()
     page.get_by_role("button", name="Delete your review").click()
     expect(page.get_by_text("No reviews yet.")).to_be_visible()
+    expect(page.locator("div.reviews")).not_to_contain_text("null")  # no stray DOM text
     assert httpx.get(f"{base}/books/{book}/reviews").json()["count"] == 0
 
 

@@ -198,7 +198,7 @@ function reviews(book) {
     const summary = found.count
       ? `${found.count} review${found.count === 1 ? "" : "s"}, average ${found.average_rating.toFixed(1)} of 5.`
       : "No reviews yet.";
-    box.replaceChildren(
+    box.replaceChildren(...[  // replaceChildren would write a null as the text "null"
       session.reader ? reviewForm(book, mine, refresh) : h("p", {}, h("a", { href: "#/signin" }, "Sign in"), " to mark, rate or review this book."),
       h("p", { class: "summary" }, summary),
       found.reviews.length ? h("ul", { class: "review-list", "aria-label": `Reviews of ${title}` },
@@ -215,7 +215,7 @@ function reviews(book) {
               },
             }, "Delete your review")
             : session.reader ? followButton(r.user_id, follows.has(r.user_id), refresh) : null))) : null,
-    );
+    ].filter(Boolean));
   };
   return { box, refresh };
 }
