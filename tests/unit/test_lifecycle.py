@@ -212,6 +212,8 @@ def test_marks_leave_the_positives_and_go_in_as_negatives(tmp_path: Path) -> Non
     store.events.forget_preferences("dee")  # withdrawn
     store.users.delete_user("cy", actor="test")
     data = with_stored_events(base, store, cutoff=None)
+    # marks after production's cut-off are new data: a retrain does not skip them
+    assert with_stored_events(base, store, cutoff=12.5).new_marks == 2  # bob's two, at 13, 14
     store.close()
     pairs = sorted(data.dataset.interactions.select(S.USER_ID, S.BOOK_ID).rows())
     assert pairs == [("ann", "b1"), ("ann", "b3"), ("bob", "b1"), ("bob", "b2")]
@@ -234,6 +236,20 @@ def test_marks_leave_the_positives_and_go_in_as_negatives(tmp_path: Path) -> Non
     loaded = PreparedData.load(prepared.save(tmp_path / "prepared"))
     assert loaded.marks.equals(prepared.marks)
     assert loaded.dataset().marks is not None
+
+
+def test_less_of_an_author_reaches_past_the_books_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The author's books the reader read are left out before the cap, so a reader who read
+    the author's first books still gets negatives (the unread ones, catalogue order)."""
+    from recsys.lifecycle import retrain
+
+    monkeypatch.setattr(retrain, "AUTHOR_BOOKS", 2)
+    books = pl.DataFrame({"book_id": [f"b{i}" for i in range(6)], "authors": ["A"] * 5 + ["Z"]})
+    read = pl.DataFrame({"user_id": ["ann"] * 3, "book_id": ["b0", "b1", "b2"]})
+    marks = pl.DataFrame({"user_id": ["ann"], "book_id": ["b1"], "type": ["less_of_author"]})
+    assert retrain.by_author(marks, books, read).rows() == [("ann", "b3"), ("ann", "b4")]
+    unread = pl.DataFrame({"user_id": ["ann"], "book_id": ["b5"]})
+    assert retrain.by_author(marks, books, unread).rows() == [("ann", "b1"), ("ann", "b0")]
 
 
 def test_holdout_rows_without_a_known_book_get_the_fallback() -> None:

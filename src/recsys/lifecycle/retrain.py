@@ -43,6 +43,7 @@ class RetrainData:
             id embeddings, and the catalogue's metadata when added through the API).
         erased_users: users of stored events left out because they were erased (the base
             data's erased users were left out when it was prepared).
+        new_marks: of the stored marks, those after the cut-off (new data too).
         marks: negatives from the readers' standing marks: books marked ``not_interested``
             or ``dislike`` (their pairs are no positives, even when the book was read) and,
             for ``less_of_author``, up to :data:`AUTHOR_BOOKS` unread books by that author.
@@ -55,6 +56,7 @@ class RetrainData:
     new_books: int
     erased_users: int
     marks: int = 0
+    new_marks: int = 0
 
     def facts(self) -> dict[str, Any]:
         inter = self.dataset.interactions
@@ -68,6 +70,7 @@ class RetrainData:
             "new_books": self.new_books,
             "erased_users": self.erased_users,
             "marks": self.marks,
+            "new_marks": self.new_marks,
         }
 
 
@@ -110,26 +113,39 @@ def with_stored_events(base: Dataset, stores: Stores, cutoff: float | None) -> R
     books = pl.concat([base.books, added_books(stores)], how="diagonal_relaxed")
     dataset = build_dataset(base.name, interactions, books, base.users, "base data + events")
     author_marks = by_author(
-        stored.filter(pl.col("type").is_in(AUTHOR_EVENT_TYPES)), dataset.books
-    ).join(dataset.interactions, on=[S.USER_ID, S.BOOK_ID], how="anti")
+        stored.filter(pl.col("type").is_in(AUTHOR_EVENT_TYPES)), dataset.books, dataset.interactions
+    )
+    # book marks last: the training keeps each reader's last 16 (lightning.retrieval)
     marks = pl.concat([author_marks, book_marks]).unique(maintain_order=True)
     dataset = replace(dataset, marks=marks)
     known = base.interactions.get_column(S.BOOK_ID).unique()
     new_books = (~events.get_column(S.BOOK_ID).unique().is_in(known)).sum()
-    # interaction times are whole seconds, and so is a cut-off taken from them
-    new = events.height if cutoff is None else events.filter(pl.col("ts").floor() > cutoff).height
+    # interaction times are whole seconds, and so is a cut-off taken from them; a read since
+    # disliked is not in the data, so it is not new either (else it would be new for ever)
+    kept = events.join(book_marks, on=[S.USER_ID, S.BOOK_ID], how="anti")
+    after = pl.col("ts").floor() > cutoff
+    new = kept.height if cutoff is None else kept.filter(after).height
+    new_marks = stored.height if cutoff is None else stored.filter(after).height
     return RetrainData(
-        dataset, events.height, new, cutoff, int(new_books), len(erased), marks.height
+        dataset,
+        events.height,
+        new,
+        cutoff,
+        int(new_books),
+        len(erased),
+        marks.height,
+        new_marks,
     )
 
 
 AUTHOR_BOOKS = 8  # books of an author a "less of this author" mark makes negatives
 
 
-def by_author(marks: pl.DataFrame, books: pl.DataFrame) -> pl.DataFrame:
+def by_author(marks: pl.DataFrame, books: pl.DataFrame, interactions: pl.DataFrame) -> pl.DataFrame:
     """``(user_id, book_id)`` pairs for "less of this author" marks: up to
-    :data:`AUTHOR_BOOKS` books (catalogue order) by the marked book's author (the same
-    ``authors`` text, as serving matches it), the marked book first."""
+    :data:`AUTHOR_BOOKS` books (catalogue order) the reader has not read (``interactions``)
+    by the marked book's author (the same ``authors`` text, as serving matches it), the
+    marked book first."""
     if marks.height == 0:
         return pl.DataFrame(schema=S.MARKS_SCHEMA)
     catalogue = books.select(S.BOOK_ID, "authors").filter(
@@ -139,6 +155,9 @@ def by_author(marks: pl.DataFrame, books: pl.DataFrame) -> pl.DataFrame:
     marked = marked.rename({S.BOOK_ID: "marked"})
     pairs = marked.join(catalogue, on="authors").with_columns(
         (pl.col(S.BOOK_ID) != pl.col("marked")).alias("_other")
+    )
+    pairs = pairs.join(
+        interactions.select(S.USER_ID, S.BOOK_ID), on=[S.USER_ID, S.BOOK_ID], how="anti"
     )
     pairs = pairs.sort([S.USER_ID, "marked", "_other"], maintain_order=True)
     pairs = pairs.group_by([S.USER_ID, "marked"], maintain_order=True).head(AUTHOR_BOOKS)
@@ -168,10 +187,11 @@ def added_books(stores: Stores) -> pl.DataFrame:
 
 
 def unchanged(production: Manifest, data: RetrainData, fingerprint: str, config_hash: str) -> bool:
-    """Nothing to retrain: no new event since production's cut-off, and production was built
-    from the same data (fingerprint) with the same config (hash)."""
+    """Nothing to retrain: no new event or mark since production's cut-off, and production
+    was built from the same data (fingerprint) with the same config (hash)."""
     return (
         data.new_events == 0
+        and data.new_marks == 0
         and production.data_fingerprint == fingerprint
         and production.config_hash == config_hash
     )
