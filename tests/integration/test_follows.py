@@ -127,9 +127,22 @@ def test_friends_books_join_the_candidates_with_their_reason(
     assert not any(book in candidates(client, ann) for book in others)
 
 
-def test_bad_follows_are_refused_with_a_message(served: tuple[httpx.Client, Any]) -> None:
+def test_bad_follows_are_refused_with_a_message(
+    served: tuple[httpx.Client, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     client, bundle = served
     ann = str(bundle.known_histories.row(0)[0])
+    from recsys.serving import users
+
+    monkeypatch.setattr(users, "MAX_FOLLOWS", 1)
+    read(client, "fred", [str(bundle.books["book_id"][3])])
+    read(client, "gus", [str(bundle.books["book_id"][4])])
+    assert follow(client, ann, "fred").status_code == 200
+    assert follow(client, ann, "fred").status_code == 200  # again: still allowed
+    over = follow(client, ann, "gus")
+    assert over.status_code == 422
+    assert "at most 1 readers" in over.json()["detail"]
+    assert client.delete(f"/users/{ann}/follows/fred", headers=bearer(ann)).status_code == 200
     myself = follow(client, ann, ann)
     assert myself.status_code == 422
     assert "themselves" in myself.json()["detail"]
@@ -153,10 +166,19 @@ def test_erasure_removes_follows_both_ways(served: tuple[httpx.Client, Any]) -> 
     ann, bob = (str(bundle.known_histories.row(i)[0]) for i in (0, 1))
     read(client, "fred", [str(bundle.books["book_id"][3])])
     assert follow(client, ann, "fred").status_code == 200
+    # ann reads two of the books bob is recommended; bob follows ann: his cached list names her
+    model_reasons = ("because you read", "readers of")
+    top = [
+        b["book_id"] for b in recommended(client, bob) if b["reasoning"].startswith(model_reasons)
+    ]
+    read(client, ann, top[:2])
     assert follow(client, bob, ann).status_code == 200
+    assert any(f"{ann}, whom you follow" in b["reasoning"] for b in recommended(client, bob))
     erased = client.delete(f"/users/{ann}", headers=bearer("ops", OPERATOR))
     assert erased.status_code == 200, erased.text
     assert erased.json()["removed"]["follows"] == 2
+    # the follower's cached list went with her: nothing of ann's is named any more
+    assert not any(ann in b["reasoning"] for b in recommended(client, bob))
     assert client.get(f"/users/{bob}/follows", headers=bearer(bob)).json()["follows"] == []
     assert follow(client, bob, ann).status_code == 404  # an erased reader cannot be followed
     assert follow(client, ann, "fred").status_code == 404  # nor follow anyone

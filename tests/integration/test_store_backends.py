@@ -343,6 +343,25 @@ class StoreSuite:
             assert (stored.user_id, stored.variant) == (row["user_id"], row["variant"])
         assert sum(n for n, _ in store.experiments.experiment_counts(longest).values()) == 3
 
+    def test_friends_are_each_followees_latest_reads(self, store: Stores) -> None:
+        """Serving reads at most FRIEND_EVENTS history events of each followee, the latest,
+        oldest first; marks and other readers' events are not among them."""
+        from recsys.stores.events import FRIEND_EVENTS
+
+        many = FRIEND_EVENTS + 10
+        store.events.append([Event("dan", f"d{i}", "read", 1000.0 + i) for i in range(many)])
+        store.events.append([Event("dan", "x", "not_interested", 5000.0)])
+        store.events.append([Event("eve", "e1", "view", 10.0), Event("zed", "z1", "read", 1.0)])
+        assert store.users.follow("cy", "dan")
+        assert store.users.follow("cy", "eve")
+        friends = store.events.serving_reads("cy").friends
+        assert friends[:2] == [("dan", ""), ("eve", "")]
+        dan = [b for f, b in friends[2:] if f == "dan"]
+        assert dan == [f"d{i}" for i in range(10, many)]
+        assert [b for f, b in friends[2:] if f == "eve"] == ["e1"]
+        assert friends[2] == ("eve", "e1")  # oldest first across followees
+        assert store.users.followers("dan") == ["cy"]
+
     def test_erasure(self, store: Stores) -> None:
         now = time.time()
         store.events.append(

@@ -22,7 +22,7 @@ from recsys.serving.follow import RegistryOff
 from recsys.serving.ingest import UnknownEventBook
 from recsys.serving.ratelimit import RateLimited
 from recsys.serving.service import UnknownBook
-from recsys.serving.users import SelfFollow, UnknownUser
+from recsys.serving.users import SelfFollow, TooManyFollows, UnknownUser
 from recsys.stores import StoreUnavailable
 
 STATUS: dict[type[RecsysError], int] = {
@@ -31,6 +31,7 @@ STATUS: dict[type[RecsysError], int] = {
     BadVariant: 422,
     UnknownEventBook: 422,
     SelfFollow: 422,
+    TooManyFollows: 422,
     BookExists: 409,
     RegistryOff: 409,
     Unauthorized: 401,

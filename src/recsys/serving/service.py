@@ -35,6 +35,7 @@ from recsys.serving.personalised import Answer, Personal, PersonalisedPath, soci
 from recsys.serving.schemas import Filters
 from recsys.serving.stages import LocalStages, Stages
 from recsys.stores import StoreUnavailable
+from recsys.stores.events import FRIEND_EVENTS
 from recsys.stores.schema import AUTHOR_EVENT_TYPES, EXCLUDING_EVENT_TYPES
 
 log = logging.getLogger(__name__)
@@ -276,13 +277,18 @@ class RecommendationService:
             return None
 
     def candidates_of(
-        self, user_id: str, matrix: sp.csr_matrix, friends: Friends | None = None
+        self,
+        user_id: str,
+        matrix: sp.csr_matrix,
+        friends: Friends | None = None,
+        exclude: set[int] | None = None,
     ) -> tuple[Candidates, torch.Tensor, np.ndarray, torch.Tensor]:
         """One reader's candidates, pair features, ranker scores and encoded history, in
-        process (the console's preview; requests go through :meth:`personalised`)."""
+        process (the console's preview; requests go through :meth:`personalised`), with the
+        friends' books as served (``exclude``: the reader's unwanted books)."""
         assert self.pipeline is not None, "a bundle without a ranker has no candidates"
         users = np.array([self.path.users.encode_one(user_id)])
-        books = self.friend_books(friends or {}, set(matrix.indices.tolist()))
+        books = self.friend_books(friends or {}, set(matrix.indices.tolist()) | (exclude or set()))
         social = social_matrix(
             [Personal(user_id, matrix, 0, set(), None, "", friends=books)], matrix.shape[1]
         )
@@ -455,7 +461,7 @@ class RecommendationService:
 
 # a reader's followees and each one's latest books (ids), oldest first
 Friends = dict[str, list[str]]
-FRIEND_BOOKS = 50  # of each followee, their latest this many books count
+FRIEND_BOOKS = FRIEND_EVENTS  # of each followee, their latest this many books count
 
 
 @dataclass(frozen=True)

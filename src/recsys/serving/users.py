@@ -31,6 +31,13 @@ class SelfFollow(RecsysError):
     """A reader asked to follow themselves (HTTP 422)."""
 
 
+class TooManyFollows(RecsysError):
+    """A reader who follows :data:`MAX_FOLLOWS` readers asked to follow one more (HTTP 422)."""
+
+
+MAX_FOLLOWS = 500  # each list reads every followee's latest books: bounded
+
+
 class Users:
     """Users of one serving process: the bundle's histories and the stores' events."""
 
@@ -103,6 +110,12 @@ class Users:
         if self.core.live.stores.users.is_deleted(user_id):
             raise UnknownUser(f"unknown user '{user_id}'")
         self._events(followee_id)  # 404 when nothing is known of them or they were erased
+        following = {f for f, _ in self.core.live.stores.users.following(user_id)}
+        if len(following) >= MAX_FOLLOWS and followee_id not in following:
+            raise TooManyFollows(
+                f"a reader follows at most {MAX_FOLLOWS} readers; unfollow one first "
+                f"(DELETE /users/{user_id}/follows/{{followee_id}})"
+            )
         created = self.core.live.stores.users.follow(user_id, followee_id)
         self._changed(user_id)
         return Followed(user_id=user_id, followee_id=followee_id, created=created)
@@ -144,8 +157,12 @@ class Users:
         for queued in (live.impressions, live.explorations):  # nothing of theirs written after
             if queued is not None:
                 queued.flush()
+        followers = live.stores.users.followers(user_id)  # their lists name this reader
         removed = live.stores.users.delete_user(user_id, actor)
-        if self.core.live.cache is not None:
-            self.core.live.cache.invalidate_user(user_id)
+        cache = self.core.live.cache
+        if cache is not None:
+            cache.invalidate_user(user_id)  # every version
+            for follower in followers:  # the lists they are served now
+                cache.invalidate_user(follower, self.core.service.version)
         removed["model_history"] = len(self.core.service.histories.get(user_id, []))
         return removed

@@ -36,6 +36,9 @@ MARKS_FRAME_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+FRIEND_EVENTS = 50  # of each followee, their latest this many history events are read
+
+
 class ServingReads(NamedTuple):
     """A reader as serving reads them (:meth:`SqlEventStore.serving_reads`).
 
@@ -44,7 +47,8 @@ class ServingReads(NamedTuple):
         history: history event book ids, oldest first.
         marks: (book id, type): not interested, disliked, less of this author.
         friends: (followee id, book id) of the readers they follow: each followee once with
-            an empty book id, then each history event of a followee, oldest first.
+            an empty book id, then the latest :data:`FRIEND_EVENTS` history events of each
+            followee, oldest first.
     """
 
     erased: bool
@@ -89,8 +93,10 @@ class SqlEventStore:
             f"WHERE user_id = :u AND type IN ({negative}) UNION ALL SELECT 0, book_id, type, "
             f"ts, seq FROM events WHERE user_id = :u AND type IN ({types}) "
             "UNION ALL SELECT 4, '', followee_id, created_at, 0 FROM follows WHERE user_id = :u "
-            "UNION ALL SELECT 3, e.book_id, e.user_id, e.ts, e.seq FROM events e JOIN follows f "
-            f"ON e.user_id = f.followee_id WHERE f.user_id = :u AND e.type IN ({types}) "
+            "UNION ALL SELECT 3, book_id, user_id, ts, seq FROM (SELECT e.book_id, e.user_id, "
+            "e.ts, e.seq, ROW_NUMBER() OVER (PARTITION BY e.user_id ORDER BY e.ts DESC, "
+            "e.seq DESC) AS r FROM events e JOIN follows f ON e.user_id = f.followee_id "
+            f"WHERE f.user_id = :u AND e.type IN ({types})) recent WHERE r <= {FRIEND_EVENTS} "
             "ORDER BY k DESC, ts, seq"
         )
 

@@ -118,6 +118,9 @@ class NullUsers:
     def following(self, user_id: str) -> list[tuple[str, float]]:
         return []  # nobody follows anyone where nothing is stored
 
+    def followers(self, user_id: str) -> list[str]:
+        return []
+
     def audit(self) -> list[dict[str, Any]]:
         _unavailable()
 

@@ -121,6 +121,12 @@ class SqlUserStore:
         with self.db.connect() as conn:
             return [(str(f), float(t)) for f, t in conn.execute(query)]
 
+    def followers(self, user_id: str) -> list[str]:
+        """Everyone who follows ``user_id`` (their lists name what ``user_id`` read)."""
+        query = sa.select(follows.c.user_id).where(follows.c.followee_id == user_id)
+        with self.db.connect() as conn:
+            return [str(u) for (u,) in conn.execute(query)]
+
     def audit(self) -> list[dict[str, Any]]:
         with self.db.connect() as conn:
             rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.id)).all()
