@@ -2,6 +2,7 @@
 # train`, `retrain`, `batch-score`, …), as serving/kubernetes/ and training/schedule/ run it.
 #   docker build -t recsys:latest .
 #   docker run -p 8000:8000 recsys:latest serve host=0.0.0.0 bundle=/data/artifacts/bundles/…
+# engine=ray in the image: add ray.config=/app/serving/config.yaml (the configs live in /app).
 # The same pins as `make install`: torch 2.13.0 first, from PyTorch's CPU index (any other
 # index gives a multi-GB CUDA build), then recsys under constraints.txt.
 FROM python:3.11-slim-bookworm

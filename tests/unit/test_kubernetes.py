@@ -97,6 +97,11 @@ def test_the_plain_deployment_composes_as_recsys_serve_and_scales_on_cpu(tmp_pat
     assert any(str(cfg.bundle).startswith(m + "/") for m in mounts)
     assert str(cfg.auth.secret_file).startswith("/secrets/")
     assert "/secrets" in mounts
+    # where the run writes (paths.root_dir: Hydra's outputs/) is not a read-only mount
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    root = env.get("RECSYS_ROOT") or "/data"  # the image's default
+    read_only = [m["mountPath"] for m in container["volumeMounts"] if m.get("readOnly")]
+    assert not any(root == m or root.startswith(m + "/") for m in read_only), (root, read_only)
     hpa = found["HorizontalPodAutoscaler"]["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20)
     (metric,) = hpa["metrics"]

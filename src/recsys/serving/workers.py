@@ -109,5 +109,7 @@ def serve(cfg: ServeSettings, bundle: Any) -> None:
             timeout_worker_healthcheck=30,  # a worker loading a bundle under load answers late
             **options,
         )
-    finally:
+    finally:  # this process may go on (tests, embedded use): no pointer to a removed folder
+        for name in (METRICS_ENV, SETTINGS_ENV):
+            os.environ.pop(name, None)
         shutil.rmtree(folder, ignore_errors=True)

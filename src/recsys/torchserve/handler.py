@@ -15,6 +15,7 @@ import json
 import threading
 import time
 import uuid
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,12 @@ class Recommender:
                 answer = self.service.for_user(req.user_id, req.limit, [], req.filters)
             else:
                 answer = self.service.hybrid(None, req.history or [], [], req.limit, req.filters)
-        except RecsysError as exc:  # e.g. a history of books none of which is known
-            return 404, {"detail": str(exc)}
+        except RecsysError as exc:  # refused by the service: the API's status for it
+            from recsys.serving.errors import STATUS
+
+            return next((c for k, c in STATUS.items() if isinstance(exc, k)), 400), {
+                "detail": str(exc)
+            }
         response = shape_answer(self.service, answer, started, uuid.uuid4().hex)
         return 200, response.model_dump(mode="json")
 
@@ -96,6 +101,6 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
         body = request.get("body") if request.get("body") is not None else request.get("data")
         status, answer = _recommender.answer(body)
         if status != 200:
-            context.set_response_status(code=status, phrase="Bad Request", idx=index)
+            context.set_response_status(code=status, phrase=HTTPStatus(status).phrase, idx=index)
         out.append(answer)
     return out
