@@ -266,7 +266,8 @@ class PersonalisedPath:
     ) -> list[Answer]:
         assert self.stages is not None
         started = time.perf_counter()
-        retrieved = self.stages.retrieve(users, matrix, social_matrix(requests, matrix.shape[1]))
+        social = social_matrix([r.friends for r in requests], matrix.shape[1])
+        retrieved = self.stages.retrieve(users, matrix, social)
         retrieved_at = time.perf_counter()
         scores = self.stages.rank(retrieved)
         timings = {
@@ -409,20 +410,20 @@ class PersonalisedPath:
         return str(self.catalogue.titles[index] or self.catalogue.ids[index])
 
 
-def social_matrix(requests: list[Personal], n_books: int) -> sp.csr_matrix | None:
-    """``[B, n_books]``: per request, how many of the readers it follows read each book
-    (None when no request has friends' books)."""
-    if not any(r.friends for r in requests):
+def social_matrix(friend_books: list[dict[int, list[str]]], n_books: int) -> sp.csr_matrix | None:
+    """``[B, n_books]``: per row, how many of the readers it follows read each book (the
+    rows' ``Personal.friends``; None when no row has friends' books)."""
+    if not any(friend_books):
         return None
     rows, cols, counts = [], [], []
-    for row, req in enumerate(requests):
-        for book, friends in req.friends.items():
+    for row, books in enumerate(friend_books):
+        for book, friends in books.items():
             if book < n_books:
                 rows.append(row)
                 cols.append(book)
                 counts.append(len(friends))
     return sp.csr_matrix(
-        (np.array(counts, dtype=np.float32), (rows, cols)), shape=(len(requests), n_books)
+        (np.array(counts, dtype=np.float32), (rows, cols)), shape=(len(friend_books), n_books)
     )
 
 

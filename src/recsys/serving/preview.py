@@ -89,7 +89,7 @@ class PreviewBuilder:
         if service.pipeline is None or self.retrieval_only:  # one stage: nothing ranked
             return self._preview("personal", history, reader, [])
         self.friends = service.friend_books(friends, set(matrix.indices.tolist()) | unwanted)
-        cands, dense, scores, encoded = service.candidates_of(user_id, matrix, friends, unwanted)
+        cands, dense, scores, encoded = service.candidates_of(user_id, matrix, self.friends)
         candidates = self._candidates(cands, dense.numpy()[0], scores[0], encoded[0], reader)
         return self._preview("personal", history, reader, candidates)
 

@@ -233,9 +233,8 @@ class RecommendationService:
         if erased:
             return None, Marks(), {}
         known = self.histories.get(user_id, [])
-        if not events:
-            return known or None, Marks.of(marks), self._friends(friends)
-        return list(dict.fromkeys([*known, *events])), Marks.of(marks), self._friends(friends)
+        history = list(dict.fromkeys([*known, *events])) if events else known
+        return history or None, Marks.of(marks), self._friends(friends)
 
     def _friends(self, rows: list[tuple[str, str]]) -> Friends:
         """Each followee's latest :data:`FRIEND_BOOKS` books (their bundle history, then
@@ -277,21 +276,14 @@ class RecommendationService:
             return None
 
     def candidates_of(
-        self,
-        user_id: str,
-        matrix: sp.csr_matrix,
-        friends: Friends | None = None,
-        exclude: set[int] | None = None,
+        self, user_id: str, matrix: sp.csr_matrix, friend_books: dict[int, list[str]] | None = None
     ) -> tuple[Candidates, torch.Tensor, np.ndarray, torch.Tensor]:
         """One reader's candidates, pair features, ranker scores and encoded history, in
         process (the console's preview; requests go through :meth:`personalised`), with the
-        friends' books as served (``exclude``: the reader's unwanted books)."""
+        friends' books (:meth:`friend_books`) as served."""
         assert self.pipeline is not None, "a bundle without a ranker has no candidates"
         users = np.array([self.path.users.encode_one(user_id)])
-        books = self.friend_books(friends or {}, set(matrix.indices.tolist()) | (exclude or set()))
-        social = social_matrix(
-            [Personal(user_id, matrix, 0, set(), None, "", friends=books)], matrix.shape[1]
-        )
+        social = social_matrix([friend_books or {}], matrix.shape[1])
         with self._model_lock:
             return self.pipeline.stages(users, matrix, social=social)
 

@@ -52,10 +52,15 @@ def config_properties(model_store: Path, mar: str, ports: dict[str, int] = PORTS
     )
 
 
+def command(name: str) -> str | None:
+    """The console script ``name`` of this Python's environment, else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
 def archiver() -> str:
-    """The ``torch-model-archiver`` next to this Python, or on PATH."""
-    beside = Path(sys.executable).parent / "torch-model-archiver"
-    found = str(beside) if beside.exists() else shutil.which("torch-model-archiver")
+    """The ``torch-model-archiver`` command (RecsysError naming the extra when missing)."""
+    found = command("torch-model-archiver")
     if found is None:
         raise RecsysError(
             "torch-model-archiver is not installed: the TorchServe export needs the torchserve "

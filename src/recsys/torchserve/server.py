@@ -18,13 +18,12 @@ from pathlib import Path
 import httpx
 
 from recsys.errors import RecsysError
-from recsys.torchserve.archive import MODEL_NAME, config_properties
+from recsys.torchserve.archive import MODEL_NAME, command, config_properties
 
 
 def torchserve() -> str:
     """The ``torchserve`` command of this environment (RecsysError naming the extra)."""
-    beside = Path(sys.executable).parent / "torchserve"
-    found = str(beside) if beside.exists() else shutil.which("torchserve")
+    found = command("torchserve")
     if found is None or shutil.which("java") is None:
         raise RecsysError(
             "TorchServe needs the torchserve extra (pip install -e '.[torchserve]') and Java 17 "
