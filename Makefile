@@ -59,7 +59,7 @@ typecheck: $(STAMP)  ## mypy on src/recsys
 	$(BIN)/mypy
 
 test: lint typecheck  ## lint, typecheck and the test suite (slow tests excluded)
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow" -q --durations=15
 
 test-all: lint typecheck  ## everything, slow tests included
 	$(BIN)/pytest -q

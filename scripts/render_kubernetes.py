@@ -1,4 +1,5 @@
-"""Write serving/kubernetes/rayservice.yaml from serving/config.production.yaml (recsys.deploy).
+"""Write serving/kubernetes/rayservice.yaml from serving/config.production.yaml, and the
+training RayJob training/schedule/retrain-rayjob.yaml (recsys.deploy).
 
 python scripts/render_kubernetes.py
 """
@@ -6,4 +7,5 @@ python scripts/render_kubernetes.py
 from recsys.deploy import write
 
 if __name__ == "__main__":
-    print(f"written {write()}")
+    for path in write():
+        print(f"written {path}")

@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from tests.helpers.hydra import compose_config
 
@@ -131,3 +132,43 @@ def test_the_image_installs_with_the_constraints_file() -> None:
     assert re.search(r"^EXPOSE 8000$", text, flags=re.M)
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".venv", "artifacts", "data"} <= set(ignored)
+
+
+def test_the_training_rayjob_is_rendered_and_runs_retrain_as_ddp_on_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committed = (REPO / deploy.RAYJOB).read_text()
+    assert committed == deploy.render_job(), "run python scripts/render_kubernetes.py"
+    job = documents(REPO / deploy.RAYJOB)["RayJob"]
+    assert job["apiVersion"] == "ray.io/v1"
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words[:2] == ["recsys", "retrain"]
+    assert "retrain" in importlib.import_module("recsys.cli").COMMANDS
+    # the pods' environment names the store and registry (no shell variable in the entrypoint)
+    monkeypatch.setenv("RECSYS_STORE_URL", "postgresql+psycopg://u@db/recsys")
+    monkeypatch.setenv("RECSYS_REGISTRY_URL", "postgresql+psycopg://u@db/registry")
+    cfg = compose_config("retrain", tmp_path, words[2:])  # the overrides compose
+    assert cfg.paths.store_url == "postgresql+psycopg://u@db/recsys"
+    assert cfg.registry.url == "postgresql+psycopg://u@db/registry"
+    assert cfg.engine == "ray"
+    assert cfg.ray.address == "auto"
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == importlib.import_module("ray").__version__
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no worker there
+    (group,) = cluster["workerGroupSpecs"]
+    (container,) = group["template"]["spec"]["containers"]
+    cpus = int(container["resources"]["requests"]["cpu"])
+    # every Ray Train worker fits on a pod of the group, and the group holds them all
+    assert cfg.ray.cpus_per_worker <= cpus
+    assert cfg.trainer.workers * cfg.ray.cpus_per_worker <= group["minReplicas"] * cpus
+    for pod in (cluster["headGroupSpec"]["template"], group["template"]):
+        (box,) = pod["spec"]["containers"]
+        mounts = {m["name"]: m for m in box["volumeMounts"]}
+        assert mounts["data"]["readOnly"] is False  # bundles and checkpoints are written
+        assert str(cfg.ray.storage).startswith(mounts["data"]["mountPath"] + "/")
+        env = {e["name"]: e for e in box["env"]}
+        assert env["RECSYS_STORE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "store-url"
+        assert env["RECSYS_REGISTRY_URL"]["valueFrom"]["secretKeyRef"]["key"] == "registry-url"
+    claim = {v["name"]: v for v in group["template"]["spec"]["volumes"]}["data"]
+    assert claim["persistentVolumeClaim"]["claimName"] == "recsys-data"

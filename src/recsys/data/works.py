@@ -113,6 +113,16 @@ class Works:
         for book_id in ids:
             self.append(known.get(book_id, {"book_id": book_id}))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its lock (sent to Ray Train workers with the serving stage)."""
+        state = dict(self.__dict__)
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @classmethod
     def of_vocabulary(cls, ids: Iterable[str], books: pl.DataFrame) -> Works:
         """Works over a book vocabulary's indices (``ids`` in index order, after the

@@ -16,6 +16,7 @@ from recsys.evaluation import EvalSet, evaluate
 from recsys.features.pipeline import BookFeatures
 from recsys.features.ranking import pair_features
 from recsys.inference.two_stage import CandidateGenerator, TwoStageRecommender
+from recsys.lightning.batches import ShardedBatches, worker_share
 from recsys.tasks.ranking import listwise_softmax_loss, pairwise_logistic_loss
 
 
@@ -71,6 +72,10 @@ class RankerDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         keys = ("features", "history", "candidates", "labels", "mask")
         dataset = TensorDataset(*(self.examples[k] for k in keys))
+        rank, world = worker_share(self)
+        if world > 1:  # DDP: this worker's share of each global batch
+            shard = ShardedBatches(len(dataset), self.batch_size, self.seed, rank, world)
+            return DataLoader(dataset, sampler=shard, batch_size=None)
         sampler = BatchSampler(
             RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed)),
             min(self.batch_size, len(dataset)),

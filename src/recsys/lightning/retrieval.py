@@ -23,6 +23,7 @@ from recsys.features.pipeline import (
     user_histories,
 )
 from recsys.features.vocab import NUM_RESERVED
+from recsys.lightning.batches import ShardedBatches, worker_share
 from recsys.models.spectral import spectral_book_factors, spectral_init
 from recsys.tasks.retrieval import RetrievalTask, log_q
 
@@ -75,6 +76,10 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = TensorDataset(self.users, self.books)
+        rank, world = worker_share(self)
+        if world > 1:  # DDP: this worker's share of each global batch
+            shard = ShardedBatches(len(dataset), self.batch_size, self.seed, rank, world)
+            return DataLoader(dataset, sampler=shard, batch_size=None)
         generator = torch.Generator().manual_seed(self.seed)
         sampler = BatchSampler(
             RandomSampler(dataset, generator=generator),

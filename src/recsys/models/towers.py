@@ -41,6 +41,9 @@ class BookTower(nn.Module):
         self.year = nn.Embedding(sizes["num_year_buckets"], embedding_dim, padding_idx=0)
         self.language = nn.Embedding(sizes["num_languages"], embedding_dim, padding_idx=0)
         self.tags = nn.Embedding(sizes["num_tags"], embedding_dim, padding_idx=0)
+        if not side_features:  # kept for the bundle's names, frozen for DDP (see UserTower)
+            for part in (self.author, self.publisher, self.year, self.language, self.tags):
+                part.requires_grad_(False)
         width = embedding_dim * (6 if side_features else 1)
         self.mlp = mlp(width, hidden_dims, output_dim, dropout)
         for table in (self.book, self.author, self.publisher, self.year, self.language, self.tags):
@@ -108,6 +111,12 @@ class UserTower(nn.Module):
         self.user = nn.Embedding(sizes["num_users"] if user_id else 1, embedding_dim)
         self.age = nn.Embedding(sizes["num_age_buckets"], embedding_dim, padding_idx=0)
         self.country = nn.Embedding(sizes["num_countries"], embedding_dim, padding_idx=0)
+        # the parts this configuration never reads stay (bundles name them) but are frozen:
+        # DDP (engine=ray) requires every trained parameter to reach the loss
+        unused = [(self.attention, not self.use_attention), (self.user, not user_id)]
+        unused += [(self.age, not side_features), (self.country, not side_features)]
+        for part, frozen in unused:
+            part.requires_grad_(not frozen)
         width = embedding_dim * (
             int(self.use_mean) + int(self.use_attention) + int(user_id) + 2 * int(side_features)
         )

@@ -32,6 +32,7 @@ from recsys.inference.popularity import PopularityRecommender
 from recsys.inference.two_tower import TwoTowerRecommender
 from recsys.lightning.retrieval import RetrievalDataModule, TwoTowerModule
 from recsys.report import print_table
+from recsys.training.engine import Engine, LocalEngine, RayEngine, TrainerPlan
 from recsys.training.export import BundleContents, write_bundle
 from recsys.training.index import index_retriever
 from recsys.training.ranker import (
@@ -192,13 +193,48 @@ def fit_retriever_from(
             "enable_checkpointing": False,
         }
     )
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        logger=loggers or False,
+    plan = TrainerPlan(
+        node=_plain_node(cfg.trainer),
         callbacks=_callbacks(cfg, eval_set, tag, monitor),
-        **fixed,
+        loggers=loggers,
+        overrides=fixed,
     )
-    return fit_retriever(module, datamodule, trainer, tower_args, initialise=start is None)
+    engine = training_engine(cfg)
+    return fit_retriever(module, datamodule, engine, plan, tower_args, start is None, tag)
+
+
+ENGINES = ("local", "ray")
+
+
+def training_engine(cfg: DictConfig) -> Engine:
+    """``engine``: ``local`` (this process) or ``ray`` (DDP across ``trainer.workers`` Ray
+    Train workers; ``ray.address``, ``ray.storage``, ``ray.cpus_per_worker``,
+    ``ray.max_failures``)."""
+    name = str(cfg.get("engine") or "local")
+    if name not in ENGINES:
+        raise RecsysError(f"unknown engine {name!r}: use engine=local or engine=ray.")
+    workers = int((cfg.get("trainer") or {}).get("workers") or 1)
+    if name == "local":
+        if workers != 1:
+            raise RecsysError(
+                f"trainer.workers={workers} needs engine=ray (DDP across Ray Train workers)."
+            )
+        return LocalEngine()
+    ray_cfg = cfg.get("ray") or {}
+    return RayEngine(
+        workers=workers,
+        storage=str(ray_cfg.get("storage") or Path(cfg.paths.output_dir) / "ray"),
+        address=ray_cfg.get("address") or None,
+        cpus_per_worker=float(ray_cfg.get("cpus_per_worker") or 1),
+        max_failures=int(ray_cfg.get("max_failures") or 0),
+    )
+
+
+def _plain_node(node: DictConfig) -> dict[str, Any]:
+    """A config node resolved to plain data, ``_target_`` kept (what a worker instantiates)."""
+    plain = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(plain, dict)
+    return {str(k): v for k, v in plain.items()}
 
 
 def candidate_sources(cfg: DictConfig) -> CandidateSources:
@@ -226,19 +262,15 @@ def ranker_loop(cfg: DictConfig) -> RankerLoop:
     rcfg = cfg.ranker
     monitor = not trains_selected_epochs(cfg)
     fixed = {} if monitor else {"max_epochs": selected_epochs(cfg, "ranker"), "max_time": None}
-
-    def make_trainer(callbacks: list[L.Callback]) -> L.Trainer:
-        trainer: L.Trainer = hydra.utils.instantiate(rcfg.trainer, callbacks=callbacks, **fixed)
-        return trainer
-
     return RankerLoop(
         make_module=lambda ranker: hydra.utils.instantiate(rcfg.module, ranker=ranker),
-        make_trainer=make_trainer,
+        trainer=TrainerPlan(node=_plain_node(rcfg.trainer), overrides=fixed),
         batch_size=int(rcfg.batch_size),
         seed=int(cfg.seed),
         eval_users=rcfg.eval_users,
         patience=int(rcfg.patience),
         monitor=monitor,
+        engine=training_engine(cfg),
     )
 
 
@@ -366,7 +398,13 @@ def training_facts(
 
 def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None) -> TrainingRun:
     """Features -> retriever -> (ranking stage) -> index -> bundle, as ``cfg`` says;
-    ``parent``: the version the bundle is trained to replace (its manifest's parent)."""
+    ``parent``: the version the bundle is trained to replace (its manifest's parent). The
+    fits run where ``engine`` says (one Ray for all of them with ``engine=ray``)."""
+    with training_engine(cfg).session():
+        return _run_training(cfg, data, parent)
+
+
+def _run_training(cfg: DictConfig, data: PreparedData, parent: str | None) -> TrainingRun:
     state = fit_features(hydra.utils.instantiate(cfg.features), data)
     # the label retriever first: with ranker.serving_retriever=continue the serving one
     # starts from its weights

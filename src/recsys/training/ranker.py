@@ -40,6 +40,7 @@ from recsys.lightning.ranking import (
     TwoStageEvaluation,
     build_examples,
 )
+from recsys.training.engine import Engine, LocalEngine, TrainerPlan
 
 log = logging.getLogger(__name__)
 
@@ -209,22 +210,24 @@ class RankerLoop:
 
     Attributes:
         make_module: ranker -> its LightningModule (loss, optimiser).
-        make_trainer: callbacks -> the Lightning trainer.
+        trainer: the Lightning trainer's plan (its callbacks are added by :func:`fit_ranker`).
         batch_size: lists per batch.
         seed: shuffling seed.
         eval_users: users sampled for the per-epoch two-stage validation.
         patience: epochs without a better two-stage recall@20 before stopping.
         monitor: choose the epoch on validation (``fit=carve``); False trains the trainer's
             epochs and keeps the last (``fit=all``: nothing is held out).
+        engine: where the fit runs (this process, or DDP across Ray Train workers).
     """
 
     make_module: Callable[[nn.Module], RankerModule]
-    make_trainer: Callable[[list[L.Callback]], L.Trainer]
+    trainer: TrainerPlan
     batch_size: int
     seed: int
     eval_users: int | None
     patience: int
     monitor: bool = True
+    engine: Engine = field(default_factory=LocalEngine)
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,6 @@ def fit_ranker(
     ranker.set_standardisation(examples.tensors["features"], examples.tensors["mask"])  # type: ignore[operator]
     module = loop.make_module(ranker)
     callbacks: list[L.Callback] = [BudgetCosineLR()]  # anneal over the budget
-    evaluation = None
     if loop.monitor:
         evaluation = TwoStageEvaluation(
             serving.pipeline, EvalSet.from_prepared(data), ks=(20,), max_users=loop.eval_users
@@ -286,19 +288,19 @@ def fit_ranker(
             check_on_train_epoch_end=True,
         )
         callbacks = [evaluation, stop, *callbacks]
-    trainer = loop.make_trainer(callbacks)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=RankerDataModule(examples.tensors, loop.batch_size, loop.seed))
-    if evaluation is not None:
-        best_epoch = evaluation.best_epoch
+    datamodule = RankerDataModule(examples.tensors, loop.batch_size, loop.seed)
+    plan = loop.trainer.with_callbacks(callbacks)
+    facts = loop.engine.fit(module, datamodule, plan, keep_ranker, name="ranker")
+    best_epoch = int(facts["best_epoch"])
+    if loop.monitor:
         log.info(
             "ranker: best epoch %d (two-stage recall@20 %.4f on %s validation users)",
             best_epoch,
-            evaluation.best_score,
+            facts["best_score"],
             loop.eval_users,
         )
     else:
-        best_epoch = trainer.current_epoch - 1  # the last epoch run (nothing to choose on)
         log.info("ranker: %d epochs, the last one kept (nothing held out)", best_epoch + 1)
     return RankerFit(
         ranker=ranker.eval(),
@@ -309,5 +311,18 @@ def fit_ranker(
         best_epoch=best_epoch,
         examples_seconds=examples.seconds,
         train_seconds=time.perf_counter() - started,
-        history=evaluation.history if evaluation is not None else [],
+        history=list(facts["history"]),
     )
+
+
+def keep_ranker(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+    """The ranker's fit facts; the module already holds the weights to keep (the two-stage
+    evaluation restores the best epoch's when the fit ends; the last epoch's otherwise)."""
+    evaluation = next((c for c in trainer.callbacks if isinstance(c, TwoStageEvaluation)), None)  # type: ignore[attr-defined]
+    if evaluation is None:
+        return {"best_epoch": trainer.current_epoch - 1, "best_score": None, "history": []}
+    return {
+        "best_epoch": evaluation.best_epoch,
+        "best_score": evaluation.best_score,
+        "history": evaluation.history,
+    }

@@ -17,6 +17,7 @@ from recsys.features.pipeline import FeaturePipeline, FeatureState
 from recsys.inference.two_tower import TwoTowerRecommender
 from recsys.lightning.callbacks import recommender_from_module
 from recsys.lightning.retrieval import RetrievalDataModule, TwoTowerModule
+from recsys.training.engine import Engine, TrainerPlan
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class RetrieverFit:
         steps: optimiser steps run.
         examples_per_second: training throughput.
         wandb_run_id: the wandb run that logged this fit, if any.
+        workers: processes the fit ran on (DDP across Ray Train workers when more than 1).
     """
 
     module: TwoTowerModule
@@ -46,6 +48,7 @@ class RetrieverFit:
     examples_per_second: float
     wandb_run_id: str | None = None
     best_epoch: int | None = None
+    workers: int = 1
 
     def facts(self) -> dict[str, Any]:
         """What the bundle's ``eval/metrics.json`` records under ``training``."""
@@ -56,6 +59,7 @@ class RetrieverFit:
             "examples_per_second": self.examples_per_second,
             "wandb_run_id": self.wandb_run_id,
             "best_epoch": self.best_epoch,
+            "workers": self.workers,
         }
 
     def recommender(self) -> TwoTowerRecommender:
@@ -75,24 +79,45 @@ def fit_features(pipeline: FeaturePipeline, data: PreparedData) -> FeatureState:
 def fit_retriever(
     module: TwoTowerModule,
     datamodule: RetrievalDataModule,
-    trainer: L.Trainer,
+    engine: Engine,
+    plan: TrainerPlan,
     tower_args: dict[str, dict[str, Any]],
     initialise: bool = True,
+    name: str = "retriever",
 ) -> RetrieverFit:
     """Initialise (unless ``initialise`` is off: weights given) and train ``module`` on
-    ``datamodule``; restore the best checkpoint.
+    ``datamodule`` where ``engine`` runs fits; keep the best checkpoint's weights.
 
     Args:
         module: towers + task, already attached to ``datamodule``'s feature tables.
         datamodule: the training split's (user, book) pairs.
-        trainer: the configured Lightning trainer (callbacks, loggers, budget).
+        engine: this process, or DDP across Ray Train workers.
+        plan: the configured Lightning trainer (callbacks, loggers, budget).
         tower_args: the towers' constructor arguments (recorded, see :class:`RetrieverFit`).
+        name: the fit's name in the run (``retriever``, ``label_retriever``).
     """
     started = time.perf_counter()
     if initialise:
         module.initialise(datamodule)  # part of training time (the spectral SVD: ~2 s)
-    trainer.fit(module, datamodule=datamodule)
+    facts = engine.fit(module, datamodule, plan, keep_best_checkpoint, name)
     seconds = time.perf_counter() - started
+    steps = int(facts["steps"])
+    return RetrieverFit(
+        module=module,
+        tower_args=tower_args,
+        train_seconds=seconds,
+        epochs=int(facts["epochs"]),
+        steps=steps,
+        examples_per_second=steps * datamodule.batch_size / max(seconds, 1e-9),
+        wandb_run_id=facts.get("wandb_run_id"),
+        best_epoch=facts.get("best_epoch"),
+        workers=int(facts.get("workers", 1)),
+    )
+
+
+def keep_best_checkpoint(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+    """Load the best checkpoint's weights into ``module`` (the last epoch's stay when none
+    was written); the fit's facts."""
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     best_epoch = trainer.current_epoch - 1
     if best:
@@ -100,16 +125,11 @@ def fit_retriever(
         checkpoint = torch.load(best, weights_only=False)
         module.load_state_dict(checkpoint["state_dict"])
         best_epoch = int(checkpoint["epoch"])
-    steps = trainer.global_step
-    return RetrieverFit(
-        module=module,
-        tower_args=tower_args,
-        train_seconds=seconds,
-        epochs=trainer.current_epoch,
-        steps=steps,
-        examples_per_second=steps * datamodule.batch_size / max(seconds, 1e-9),
-        wandb_run_id=next(
+    return {
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "best_epoch": best_epoch,
+        "wandb_run_id": next(
             (lg.experiment.id for lg in trainer.loggers if isinstance(lg, WandbLogger)), None
         ),
-        best_epoch=best_epoch,
-    )
+    }
