@@ -21,6 +21,11 @@ memory sampled (the whole process tree, every 0.2 s):
 
 Every figure is also given as a ratio to the same figure at the smallest scale of the run.
 Prints a table, writes benchmarks/results/scale.json and scale.png (cost against size).
+
+``--only prepare`` measures data preparation from a file instead: the synthetic interactions
+written to Parquet (string ids), then `recsys data prepare data=custom` of that file in memory
+and streamed through ``--buckets`` buckets (`data.buckets`, recsys.data.streaming): wall time
+and peak memory of each, and streamed ÷ in-memory. Writes benchmarks/results/scale_prepare.json.
 """
 
 from __future__ import annotations
@@ -215,6 +220,38 @@ def one_scale(scale: int, args: argparse.Namespace, scratch: Path) -> dict[str, 
     return row
 
 
+def file_prepare(scale: int, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The same interactions file prepared in memory and streamed through buckets."""
+    root = scratch / f"file{scale}"
+    root.mkdir(parents=True)
+    events = root / "events.parquet"
+    settings = {
+        "n_users": args.base_users * scale,
+        "n_books": args.base_books * scale,
+        "n_genres": GENRES,
+        "authors_per_genre": max(1, args.base_books * scale // (GENRES * BOOKS_PER_AUTHOR)),
+        "mean_history": args.mean_history,
+    }
+    write = (
+        "import sys; from recsys.data.synthetic import generate; "
+        f"generate(**{settings!r}).interactions.write_parquet(sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", write, str(events)], check=True)
+    row: dict[str, Any] = {"scale": scale, "file_mib": round(events.stat().st_size / 2**20)}
+    base = ["data", "prepare", "data=custom", f"data.reader.interactions={events}"]
+    for how, extra in (("in_memory", []), ("streamed", [f"data.buckets={args.buckets}"])):
+        row[how] = command([*base, f"data.name={how}", *extra], root)
+        summary = json.loads((root / "data" / "processed" / how / "summary.json").read_text())
+        row["interactions"] = summary["interactions"]
+        print(f"scale {scale}: prepare {how} {row[how]}", flush=True)
+    row["streamed_memory_ratio"] = round(
+        row["streamed"]["peak_rss_mib"] / row["in_memory"]["peak_rss_mib"], 2
+    )
+    row["streamed_time_ratio"] = round(row["streamed"]["wall_s"] / row["in_memory"]["wall_s"], 2)
+    shutil.rmtree(root, ignore_errors=True)
+    return row
+
+
 FIGURES = {  # (step, figure): the table's columns and the plot's lines
     "prepare s": ("prepare", "wall_s"),
     "prepare MiB": ("prepare", "peak_rss_mib"),
@@ -282,8 +319,34 @@ def main() -> None:
     parser.add_argument("--score-users", type=int, default=20_000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--only", choices=["prepare"], default=None)
+    parser.add_argument("--buckets", type=int, default=16, help="--only prepare: data.buckets")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="recsys-scale-"))
+    if args.only == "prepare":
+        try:
+            found = [file_prepare(int(s), args, scratch) for s in args.scales.split(",")]
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        shown = {
+            f"{r['scale']}x": {
+                "interactions": r["interactions"],
+                "file MiB": r["file_mib"],
+                "in-memory s": r["in_memory"]["wall_s"],
+                "in-memory MiB": r["in_memory"]["peak_rss_mib"],
+                "streamed s": r["streamed"]["wall_s"],
+                "streamed MiB": r["streamed"]["peak_rss_mib"],
+                "memory streamed ÷ in memory": r["streamed_memory_ratio"],
+                "time streamed ÷ in memory": r["streamed_time_ratio"],
+            }
+            for r in found
+        }
+        print_table(
+            shown, title=f"prepare from a file, in memory and through {args.buckets} buckets"
+        )
+        payload = {"settings": vars(args), "rows": found}
+        print(f"written {write_json(Path(args.out) / 'scale_prepare.json', payload)}")
+        return
     rows: list[dict[str, Any]] = []
     try:
         for scale in (int(s) for s in args.scales.split(",")):

@@ -151,7 +151,52 @@ def max_time(minutes: float) -> str:
 def _source_config(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg.data.reader, resolve=True)
     split = OmegaConf.to_container(cfg.split, resolve=True)
-    return {"reader": data, "split": split, "fit": fit_mode(cfg.get("fit"))}
+    source = {"reader": data, "split": split, "fit": fit_mode(cfg.get("fit"))}
+    if cfg.data.get("buckets"):  # streamed: random_holdout draws per bucket
+        source["buckets"] = int(cfg.data.buckets)
+    return source
+
+
+def _split_fn(cfg: DictConfig) -> Callable[[pl.DataFrame], Any]:
+    split_fn = hydra.utils.instantiate(cfg.split)
+    return fitting_all(split_fn) if fit_mode(cfg.get("fit")) == FIT_ALL else split_fn
+
+
+def prepare_streamed(cfg: DictConfig) -> dict[str, Any]:
+    """``data.buckets=K`` with ``data=custom``: prepare the interactions file without holding
+    it in memory (:mod:`recsys.data.streaming`); returns the summary (nothing is loaded)."""
+    from recsys.data.io import read_table
+    from recsys.data.streaming import prepare_streaming, scan_interactions
+
+    reader = cfg.data.reader
+    if reader.get("_target_") != "recsys.data.io.read_custom":
+        raise RecsysError(
+            "data.buckets streams the files of data=custom (data.reader.interactions=<file>); "
+            f"{cfg.data.name} is read in memory: leave data.buckets unset."
+        )
+    args = OmegaConf.to_container(reader, resolve=True)
+    assert isinstance(args, dict)
+    books = (
+        read_table(args["books"], args.get("book_columns"), "books") if args.get("books") else None
+    )
+    users = (
+        read_table(args["users"], args.get("user_columns"), "users") if args.get("users") else None
+    )
+    store = _erasure_store(cfg)
+    try:
+        return prepare_streaming(
+            str(args.get("name") or cfg.data.name),
+            scan_interactions(args["interactions"], args.get("interaction_columns")),
+            _split_fn(cfg),
+            cfg.data.processed_dir,
+            int(cfg.data.buckets),
+            books,
+            users,
+            erased=lambda ids: list(store.users.deleted_filter(ids.to_list())),
+            extra={"source_config": _source_config(cfg)},
+        )
+    finally:
+        store.close()
 
 
 def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
@@ -170,6 +215,9 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
             log.info("prepared data in %s holds %d erased user(s); preparing again", folder, erased)
         else:
             log.info("prepared data in %s came from another config; preparing again", folder)
+    if cfg.data.get("buckets"):
+        prepare_streamed(cfg)
+        return PreparedData.load(folder)
     dataset = hydra.utils.instantiate(cfg.data.reader)
     # GDPR: erased users never reach training data again (none where there is no store)
     deleted = store.users.deleted_filter(dataset.interactions.get_column("user_id").unique())
@@ -184,10 +232,7 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
             users=users,
         )
         log.info("dropped %d erased user(s) from %s", len(deleted), dataset.name)
-    split_fn = hydra.utils.instantiate(cfg.split)
-    if fit_mode(cfg.get("fit")) == FIT_ALL:
-        split_fn = fitting_all(split_fn)
-    data = prepare(dataset, split_fn)
+    data = prepare(dataset, _split_fn(cfg))
     data.summary["source_config"] = source
     data.save(folder)
     log.info("prepared %s into %s", data.name, folder)

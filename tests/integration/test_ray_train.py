@@ -55,7 +55,25 @@ class Rows(L.LightningDataModule):
 
 def keep_last(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
     rank, world = worker_share(trainer.datamodule)  # type: ignore[attr-defined]
-    return {"steps": trainer.global_step, "epochs": trainer.current_epoch, "share": (rank, world)}
+    return {
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "share": (rank, world),
+        "resumed": trainer.ckpt_path is not None,
+    }
+
+
+class FailOnce(L.Callback):
+    """Kills the fit at the end of epoch 1, once (a marker file remembers): before that
+    epoch's checkpoint is reported, so the restarted group resumes from epoch 0's."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 1 and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError("a worker dies mid-fit")
 
 
 PLAN = TrainerPlan(
@@ -73,16 +91,23 @@ PLAN = TrainerPlan(
 )
 
 
-def test_two_workers_end_where_one_process_does(tmp_path: Path) -> None:
+def test_two_workers_end_where_one_process_does_through_a_failure(tmp_path: Path) -> None:
+    """DDP on two Ray Train workers, one of which fails at the end of epoch 1: the group
+    restarts (ray.max_failures), resumes from epoch 0's checkpoint on the storage, and ends
+    exactly where one uninterrupted process ends."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
     alone = Regression()
     local = LocalEngine().fit(alone, Rows(), PLAN, keep_last)
     spread = Regression()
-    engine = RayEngine(workers=2, storage=str(tmp_path / "ray"))
+    engine = RayEngine(workers=2, storage=str(tmp_path / "ray"), max_failures=1)
+    failing = PLAN.with_callbacks([FailOnce(tmp_path / "failed-once")])
     with engine.session():
-        facts = engine.fit(spread, Rows(), PLAN, keep_last, name="regression")
+        facts = engine.fit(spread, Rows(), failing, keep_last, name="regression")
+    assert (tmp_path / "failed-once").exists()  # it did fail
+    assert facts["resumed"] is True  # from the checkpoint, not from scratch
+    assert local["resumed"] is False
     assert facts["workers"] == 2
     assert facts["share"] == (0, 2)  # rank 0 of a 2-worker DDP group
     assert local["share"] == (0, 1)

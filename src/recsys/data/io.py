@@ -77,6 +77,16 @@ def build_dataset(
         .select(list(S.INTERACTIONS_SCHEMA))
     )
     duplicates = before - inter.height
+    book_frame, user_frame = conform_side_tables(name, books, users)
+    notes = (f"merged {duplicates} duplicate (user, book) rows",) if duplicates else ()
+    return Dataset(name, inter, book_frame, user_frame, duplicates, notes)
+
+
+def conform_side_tables(
+    name: str, books: pl.DataFrame | None, users: pl.DataFrame | None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The catalogue and the user table in the canonical schema (empty when not given), one
+    row per id (the first kept), book keys derived."""
     book_frame = books if books is not None else pl.DataFrame({S.BOOK_ID: []})
     book_frame = S.conform(book_frame, S.BOOKS_SCHEMA, S.BOOKS_REQUIRED, f"{name} books")
     book_frame = book_frame.unique(S.BOOK_ID, keep="first", maintain_order=True).with_columns(
@@ -86,8 +96,7 @@ def build_dataset(
     user_frame = users if users is not None else pl.DataFrame({S.USER_ID: []})
     user_frame = S.conform(user_frame, S.USERS_SCHEMA, S.USERS_REQUIRED, f"{name} users")
     user_frame = user_frame.unique(S.USER_ID, keep="first", maintain_order=True)
-    notes = (f"merged {duplicates} duplicate (user, book) rows",) if duplicates else ()
-    return Dataset(name, inter, book_frame, user_frame, duplicates, notes)
+    return book_frame, user_frame
 
 
 def find_file(folder: str | Path, name: str, required: bool = True) -> Path | None:
@@ -303,7 +312,8 @@ def read_goodbooks(path: str | Path, include_to_read: bool = False, max_tags: in
 # --- Bring your own data --------------------------------------------------------------------
 
 
-def _read_table(path: str | Path, columns: Mapping[str, str] | None, what: str) -> pl.DataFrame:
+def read_table(path: str | Path, columns: Mapping[str, str] | None, what: str) -> pl.DataFrame:
+    """A CSV/TSV/Parquet table with its columns renamed to the canonical names."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{what} file {file} does not exist. Fix the path in the data config.")
@@ -341,7 +351,7 @@ def read_custom(
     Column mappings go from canonical name to the file's name, e.g.
     ``{"user_id": "customer", "book_id": "sku", "timestamp": "ts"}``.
     """
-    inter = _read_table(interactions, interaction_columns, "interactions")
-    book_frame = _read_table(books, book_columns, "books") if books else None
-    user_frame = _read_table(users, user_columns, "users") if users else None
+    inter = read_table(interactions, interaction_columns, "interactions")
+    book_frame = read_table(books, book_columns, "books") if books else None
+    user_frame = read_table(users, user_columns, "users") if users else None
     return build_dataset(name, inter, book_frame, user_frame, source=str(interactions))

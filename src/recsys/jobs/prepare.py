@@ -7,10 +7,15 @@ from typing import Any
 from omegaconf import DictConfig
 
 from recsys.report import print_table
-from recsys.runner import load_or_prepare
+from recsys.runner import load_or_prepare, prepare_streamed
 
 
 def main(cfg: DictConfig) -> None:
+    if cfg.data.get("buckets"):  # streamed: prepared again every time, never loaded whole
+        summary = prepare_streamed(cfg)
+        where = f"{cfg.data.processed_dir} ({cfg.data.buckets} buckets)"
+        print_table(summary_rows(summary), title=f"prepared {summary['name']} -> {where}")
+        return
     data = load_or_prepare(cfg, force=bool(cfg.force))
     print_table(
         summary_rows(data.summary), title=f"prepared {data.name} -> {cfg.data.processed_dir}"
