@@ -285,27 +285,42 @@ def table(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+PANELS = {  # the plot's two panels: what a step costs, and how fast it serves or trains
+    "time and memory": ("prepare", "train", "HNSW build", "serve MiB"),
+    "throughput and latency": ("ex/s", "users/s", "query", "p50", "p99"),
+}
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Each figure ÷ its value at the smallest scale against interactions, log-log, with the
+    line a cost linear in the data would follow."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = np.array([r["interactions"] for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, (step, key) in FIGURES.items():
-        values = np.array([r[step][key] for r in rows], dtype=float)
-        ax.plot(sizes, values / values[0], marker="o", label=name)
-    ax.plot(sizes, sizes / sizes[0], color="black", linestyle="--", label="linear in data")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("interactions")
-    ax.set_ylabel("figure / figure at the smallest scale")
-    ax.set_title("recsys: cost against data size (synthetic, 2 cores)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(True, which="both", alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    colours = plt.get_cmap("tab10")
+    for ax, (title, words) in zip(axes, PANELS.items(), strict=True):
+        names = [n for n in FIGURES if any(w in n for w in words)]
+        for i, name in enumerate(names):
+            step, key = FIGURES[name]
+            values = np.array([r[step][key] for r in rows], dtype=float)
+            ax.plot(
+                sizes, values / values[0], marker="os^Dv<>"[i % 7], color=colours(i), label=name
+            )
+        ax.plot(sizes, sizes / sizes[0], color="black", linestyle="--", label="linear in data")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("interactions")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("figure ÷ figure at the smallest scale")
+    fig.suptitle("recsys: cost against data size (synthetic, 2 cores)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

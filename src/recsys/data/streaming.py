@@ -2,8 +2,8 @@
 
 The in-memory path (:func:`recsys.data.prepared.prepare`) holds every interaction, with its
 string ids, at once. This one never does. It streams the interactions file once into ``K``
-buckets on disk by a hash of the user id (polars' streaming engine, ``sink_parquet`` with
-``PartitionBy``), so every user's rows land in one bucket; then takes the buckets one at a
+buckets on disk by a hash of the user id (polars' streaming engine, a batch of rows at a
+time), so every user's rows land in one bucket; then takes the buckets one at a
 time through the same steps as the in-memory path (validation and duplicate merging,
 :func:`recsys.data.io.build_dataset`; erased users left out; the configured split), keeping
 only each bucket's distinct ids and counts. The vocabularies are the sorted distinct ids, as
@@ -43,6 +43,7 @@ from recsys.features.vocab import IdVocab
 log = logging.getLogger(__name__)
 
 BUCKET = "_bucket"
+BATCH_ROWS = 250_000  # rows a streaming batch holds while it is cut into buckets
 PARTS = ("train", "val", "test")
 
 
@@ -133,11 +134,7 @@ def prepare_streaming(
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.stream.", dir=target.parent))
     try:
-        spread = scratch / "buckets"
-        interactions.with_columns(
-            (pl.col(S.USER_ID).cast(pl.String).hash(seed=0) % buckets).alias(BUCKET)
-        ).sink_parquet(pl.PartitionBy(spread, key=BUCKET, include_key=False), mkdir=True)
-        folders = sorted(p for p in spread.iterdir() if p.is_dir())
+        folders = _spread(interactions, scratch / "buckets", buckets)
         if not folders:
             raise DataError(f"{name}: the interactions file has no rows.")
         catalogue, user_table = conform_side_tables(name, books, users)
@@ -162,6 +159,20 @@ def prepare_streaming(
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("prepared %s into %s through %d buckets", name, target, buckets)
     return summary
+
+
+def _spread(interactions: pl.LazyFrame, folder: Path, buckets: int) -> list[Path]:
+    """Stream the interactions into ``buckets`` folders by a hash of the user id: batches of
+    :data:`BATCH_ROWS` rows from polars' streaming engine, each cut by bucket and written as
+    one small file per bucket. Returns the folders that got rows."""
+    bucket = (pl.col(S.USER_ID).cast(pl.String).hash(seed=0) % buckets).alias(BUCKET)
+    for i, batch in enumerate(interactions.collect_batches(chunk_size=BATCH_ROWS)):
+        for part in batch.with_columns(bucket).partition_by(BUCKET, include_key=True):
+            key = int(part.get_column(BUCKET)[0])
+            target = folder / f"{key:05d}"
+            target.mkdir(parents=True, exist_ok=True)
+            part.drop(BUCKET).write_parquet(target / f"{i:06d}.parquet")
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
 def _split_bucket(
