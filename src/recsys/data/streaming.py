@@ -9,7 +9,8 @@ time through the same steps as the in-memory path (validation and duplicate merg
 only each bucket's distinct ids and counts. The vocabularies are the sorted distinct ids, as
 :meth:`recsys.features.vocab.IdVocab.fit` makes them; a second pass over the buckets encodes
 each part, and the final tables are the buckets' parts streamed into one Parquet file each.
-Peak memory is one bucket plus the vocabularies, whatever the file's size.
+Peak memory is a batch, one bucket and the vocabularies, whatever the file's size
+(docs/results/scale.md).
 
 What is the same as in memory: every table, column and dtype, each user's rows and their
 order, the vocabularies and the summary's counts. The splits that look at each user's own
