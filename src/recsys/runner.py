@@ -194,6 +194,7 @@ def prepare_streamed(cfg: DictConfig) -> dict[str, Any]:
             users,
             erased=lambda ids: list(store.users.deleted_filter(ids.to_list())),
             extra={"source_config": _source_config(cfg)},
+            source=str(args["interactions"]),
         )
     finally:
         store.close()
@@ -206,7 +207,7 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
     store = _erasure_store(cfg)
     if not force and (folder / "summary.json").is_file():
         data = PreparedData.load(folder)
-        erased = _erased(store, data.train, data.val, data.test)
+        erased = _erased(store, data.train, data.val, data.test, data.users)
         if data.summary.get("source_config") == source and not erased:
             log.info("using prepared data in %s", folder)
             store.close()
@@ -216,6 +217,7 @@ def load_or_prepare(cfg: DictConfig, force: bool = False) -> PreparedData:
         else:
             log.info("prepared data in %s came from another config; preparing again", folder)
     if cfg.data.get("buckets"):
+        store.close()
         prepare_streamed(cfg)
         return PreparedData.load(folder)
     dataset = hydra.utils.instantiate(cfg.data.reader)

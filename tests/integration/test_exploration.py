@@ -206,3 +206,45 @@ def test_exploration_picks_what_the_per_book_rule_picks(trained_bundle: dict[str
         explored += len(lists[0][2])
     assert explored >= 3 * len(users)  # most readers got their six slots' worth explored
     service.close()
+
+
+def test_exploration_reuses_the_vectors_retrieval_computed(
+    trained_bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One user-tower pass a request: exploration scores new books with the vectors the
+    two-stage retrieval returned (``Retrieved.vectors``), and draws what it draws when it
+    encodes the readers again itself."""
+    bundle = load_bundle(trained_bundle["bundle"])
+    live = Live.from_config(
+        {"store": {"url": None}, "auth": {"enabled": False}, "exploration": {"share": 0.5}}
+    )
+    service = RecommendationService(bundle, 10.0, live=live)
+    path = service.path
+    calls = {"n": 0}
+    encode = path.retriever.encode
+
+    def counted(features: Any) -> Any:
+        calls["n"] += 1
+        return encode(features)
+
+    monkeypatch.setattr(path.retriever, "encode", counted)
+    two_stage = path._two_stage
+    users = [str(u) for u in bundle.known_histories["user_id"].head(15)]
+    explored = 0
+    for user in users:
+        lists = []
+        for reuse in (True, False):
+            path.explorer._rng = np.random.default_rng(3)
+            if reuse:
+                monkeypatch.setattr(path, "_two_stage", two_stage)
+            else:  # a stage that does not return vectors: exploration encodes them
+                monkeypatch.setattr(path, "_two_stage", lambda *a: (two_stage(*a)[0], None))
+            calls["n"] = 0
+            answer = service.for_user(user, 12, [], None)
+            assert answer.source == "personalized"
+            lists.append((answer.books, answer.scores, answer.explored))
+            assert calls["n"] == (1 if reuse else 2)
+        assert lists[0] == lists[1]
+        explored += len(lists[0][2])
+    assert explored > 0
+    service.close()

@@ -10,12 +10,15 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from recsys.errors import RecsysError
 from recsys.lightning.batches import ShardedBatches, worker_share
+from recsys.lightning.callbacks import BudgetCosineLR
 from recsys.training.engine import LocalEngine, RayEngine, TrainerPlan
+from recsys.training.retriever import keep_best_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -91,20 +94,44 @@ PLAN = TrainerPlan(
 )
 
 
+class Score(L.Callback):
+    """Logs a score that is best at epoch 0, so the kept weights are not the last ones."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("score", 1.0 if trainer.current_epoch == 0 else 0.5)
+
+
+def keep_best_and_last(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+    """The last epoch's weights in the facts, then the best checkpoint's into the module."""
+    last = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    facts = keep_best_checkpoint(trainer, module)
+    return {**keep_last(trainer, module), **facts, "last": last}
+
+
+def plan_with(*callbacks: L.Callback, dirpath: Path) -> TrainerPlan:
+    checkpoint = ModelCheckpoint(dirpath=str(dirpath), monitor="score", mode="max")
+    node = {**PLAN.node, "enable_checkpointing": True}
+    return TrainerPlan(node=node, callbacks=[*callbacks, BudgetCosineLR(), Score(), checkpoint])
+
+
 def test_two_workers_end_where_one_process_does_through_a_failure(tmp_path: Path) -> None:
     """DDP on two Ray Train workers, one of which fails at the end of epoch 1: the group
     restarts (ray.max_failures), resumes from epoch 0's checkpoint on the storage, and ends
-    exactly where one uninterrupted process ends."""
+    exactly where one uninterrupted process ends: the same last weights (the cosine schedule
+    resumed at its rates, not at the decayed ones), and the same kept ones (the best epoch,
+    chosen before the failure)."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
     alone = Regression()
-    local = LocalEngine().fit(alone, Rows(), PLAN, keep_last)
+    local = LocalEngine().fit(
+        alone, Rows(), plan_with(dirpath=tmp_path / "best"), keep_best_and_last
+    )
     spread = Regression()
     engine = RayEngine(workers=2, storage=str(tmp_path / "ray"), max_failures=1)
-    failing = PLAN.with_callbacks([FailOnce(tmp_path / "failed-once")])
+    failing = plan_with(FailOnce(tmp_path / "failed-once"), dirpath=tmp_path / "unused")
     with engine.session():
-        facts = engine.fit(spread, Rows(), failing, keep_last, name="regression")
+        facts = engine.fit(spread, Rows(), failing, keep_best_and_last, name="regression")
     assert (tmp_path / "failed-once").exists()  # it did fail
     assert facts["resumed"] is True  # from the checkpoint, not from scratch
     assert local["resumed"] is False
@@ -112,11 +139,16 @@ def test_two_workers_end_where_one_process_does_through_a_failure(tmp_path: Path
     assert facts["share"] == (0, 2)  # rank 0 of a 2-worker DDP group
     assert local["share"] == (0, 1)
     assert facts["steps"] == local["steps"] == 3 * (512 // 64)  # same global batches
-    for name, value in alone.state_dict().items():
+    assert facts["best_epoch"] == local["best_epoch"] == 0
+    for name, value in local["last"].items():
+        torch.testing.assert_close(facts["last"][name], value, rtol=1e-5, atol=1e-5)
+    for name, value in alone.state_dict().items():  # the best epoch's, kept
         torch.testing.assert_close(spread.state_dict()[name], value, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(alone.linear.weight, local["last"]["linear.weight"])
     # the weights moved (a fit that did nothing would also "match")
     assert float(alone.linear.weight.detach().abs().sum()) > 1.0
-    assert any((tmp_path / "ray").iterdir()), "no checkpoints in the shared storage"
+    # the fit's folder is removed once the driver holds the weights (keep_checkpoints off)
+    assert list((tmp_path / "ray").iterdir()) == []
 
 
 def test_sharded_batches_split_every_global_batch() -> None:
@@ -171,6 +203,7 @@ def test_train_engine_ray_writes_a_bundle_that_matches_one_process(
             "callbacks.progress_bar=null",
             "engine=ray",
             "trainer.workers=2",
+            "ray.keep_checkpoints=true",
         ],
     )
     result = train_main(cfg)
@@ -187,5 +220,8 @@ def test_train_engine_ray_writes_a_bundle_that_matches_one_process(
     )
     facts = json.loads((bundle.path / "eval" / "metrics.json").read_text())["training"]
     assert facts["workers"] == facts["label_retriever"]["workers"] == 2
-    runs = sorted(p.name.split("-")[-1] for p in (tmp_path / "out" / "ray").iterdir())
-    assert runs == ["label_retriever", "ranker", "retriever"]  # checkpoints on storage
+    folders = {p.name.rsplit("-", 1)[1]: p for p in (tmp_path / "out" / "ray").iterdir()}
+    assert sorted(folders) == ["label_retriever", "ranker", "retriever"]  # on the storage
+    assert len({p.name.rsplit("-", 1)[0] for p in folders.values()}) == 1  # one run's
+    for fit in ("label_retriever", "retriever"):  # the best epoch's checkpoint, shared
+        assert list((folders[fit] / "best").glob("*.ckpt")), fit

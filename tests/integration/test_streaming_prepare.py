@@ -132,3 +132,24 @@ def test_what_cannot_stream_is_refused_with_the_fix(files: dict[str, Path], tmp_
     packed.write_bytes(b"not really gzip")
     with pytest.raises(DataError, match="decompress it"):
         prepared({**files, "parquet": packed}, tmp_path / "gz", "data.buckets=2")
+
+
+def test_erased_readers_leave_the_streamed_tables_and_their_profiles(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    from recsys.stores import open_store
+
+    users = pl.DataFrame({"user_id": ["u1", "u2", "u3"], "age": [30, 40, 50]})
+    users.write_parquet(tmp_path / "users.parquet")
+    root = tmp_path / "root"
+    cfg = compose_config("prepare", root, [])
+    store = open_store(cfg.paths.store_url, create=True)
+    store.users.delete_user("u2", actor="test")
+    store.close()
+    data = prepared(
+        files, root, "data.buckets=3", f"data.reader.users={tmp_path / 'users.parquet'}"
+    )
+    for part in ("train", "val", "test"):
+        assert "u2" not in set(getattr(data, part).get_column("user_id").to_list())
+    assert sorted(data.users.get_column("user_id").to_list()) == ["u1", "u3"]
+    assert data.summary["streaming"]["erased_users"] == 1

@@ -101,6 +101,7 @@ class _Tally:
     oov_books: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
     digests: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)
+    erased_ids: list[str] = field(default_factory=list)
 
 
 def prepare_streaming(
@@ -113,6 +114,7 @@ def prepare_streaming(
     users: pl.DataFrame | None = None,
     erased: Callable[[pl.Series], list[str]] | None = None,
     extra: Mapping[str, Any] | None = None,
+    source: str = "interactions",
 ) -> dict[str, Any]:
     """Prepare ``interactions`` into ``folder`` (the layout :meth:`PreparedData.load` reads)
     through ``buckets`` buckets on disk; returns the summary.
@@ -127,6 +129,7 @@ def prepare_streaming(
         users: the user table (in memory).
         erased: user ids -> those erased (the store's erasures), left out.
         extra: more summary entries (the source config).
+        source: the file's name, in error messages.
     """
     if buckets < 1:
         raise DataError(f"data.buckets must be >= 1, got {buckets}.")
@@ -141,7 +144,7 @@ def prepare_streaming(
         catalogue, user_table = conform_side_tables(name, books, users)
         tally = _Tally()
         for i, bucket in enumerate(folders):
-            _split_bucket(name, bucket, split_fn, erased, scratch / f"split{i}", tally)
+            _split_bucket(source, bucket, split_fn, erased, scratch / f"split{i}", tally, name)
         if not tally.train_users:
             raise DataError(f"{name}: no interactions left (every user erased).")
         user_vocab = IdVocab.fit(pl.concat(tally.train_users))
@@ -150,6 +153,8 @@ def prepare_streaming(
         out.mkdir()
         for part in PARTS:
             _encode_part(part, len(folders), scratch, out, user_vocab, book_vocab, tally)
+        if tally.erased_ids:  # erased readers' profiles go too, as in memory
+            user_table = user_table.filter(~pl.col(S.USER_ID).is_in(tally.erased_ids))
         _write_tables(catalogue, user_table, user_vocab, book_vocab, out)
         summary = {**_summary(name, catalogue, tally, user_vocab, book_vocab, buckets), **extra}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -177,22 +182,24 @@ def _spread(interactions: pl.LazyFrame, folder: Path, buckets: int) -> list[Path
 
 
 def _split_bucket(
-    name: str,
+    source: str,
     bucket: Path,
     split_fn: Callable[[pl.DataFrame], Split],
     erased: Callable[[pl.Series], list[str]] | None,
     out: Path,
     tally: _Tally,
+    name: str,
 ) -> None:
     """One bucket in memory: validate and merge, drop erased users, split, write the parts."""
     raw = pl.read_parquet(bucket)
-    dataset = build_dataset(name, raw, source=f"{name} interactions")
+    dataset = build_dataset(name, raw, source=source)
     inter = dataset.interactions
     if erased is not None:
         gone = erased(inter.get_column(S.USER_ID).unique())
         if gone:
             inter = inter.filter(~pl.col(S.USER_ID).is_in(gone))
             tally.erased += len(gone)
+            tally.erased_ids.extend(gone)
     if inter.height == 0:
         return
     split = split_fn(inter)

@@ -262,6 +262,9 @@ class Retrieved:
 
     candidates: Candidates
     history: torch.Tensor  # [B, max_history] encoded histories (0 = pad)
+    # [B, D] the users' two-tower vectors (exploration scores new books with them); None
+    # from code that does not keep them
+    vectors: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.candidates.books)
@@ -273,7 +276,9 @@ class Retrieved:
             f: np.concatenate([getattr(p.candidates, f) for p in parts])
             for f in Candidates.__dataclass_fields__
         }
-        return Retrieved(Candidates(**fields), torch.cat([p.history for p in parts]))
+        vectors = [p.vectors for p in parts if p.vectors is not None]
+        joined = np.concatenate(vectors) if len(vectors) == len(parts) else None
+        return Retrieved(Candidates(**fields), torch.cat([p.history for p in parts]), joined)
 
     def split(self, sizes: list[int]) -> list[Retrieved]:
         """Inverse of :meth:`concat`."""
@@ -281,7 +286,8 @@ class Retrieved:
         for size in sizes:
             rows = slice(start, start + size)
             fields = {f: getattr(self.candidates, f)[rows] for f in Candidates.__dataclass_fields__}
-            out.append(Retrieved(Candidates(**fields), self.history[rows]))
+            vectors = None if self.vectors is None else self.vectors[rows]
+            out.append(Retrieved(Candidates(**fields), self.history[rows], vectors))
             start += size
         return out
 
@@ -348,7 +354,7 @@ class TwoStageRecommender:
             for i in range(len(users))
         ]
         candidates = self.generator.generate(vectors, history, excluded, social)
-        return Retrieved(candidates, feats["history"])
+        return Retrieved(candidates, feats["history"], np.asarray(vectors))
 
     def rank_features(self, retrieved: Retrieved) -> tuple[torch.Tensor, np.ndarray]:
         """Stage 2: pair features and ranker scores (``-inf`` on padding)."""

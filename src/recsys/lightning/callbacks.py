@@ -84,8 +84,15 @@ class BudgetCosineLR(L.Callback):
         self.timer: Timer | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.base_lrs = [[g["lr"] for g in opt.param_groups] for opt in trainer.optimizers]
+        if not self.base_lrs:  # a resumed fit restored them (its optimiser holds decayed rates)
+            self.base_lrs = [[g["lr"] for g in opt.param_groups] for opt in trainer.optimizers]
         self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base_lrs": self.base_lrs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base_lrs = [list(lrs) for lrs in state_dict.get("base_lrs", [])]
 
     def progress(self, trainer: L.Trainer) -> float:
         """Share of the budget spent, in [0, 1]."""
@@ -110,6 +117,9 @@ class BudgetCosineLR(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         factor = self.factor(trainer)
+        if trainer.world_size > 1 and self.timer is not None:
+            # each worker's clock differs: rank 0's rate for all, or the replicas drift apart
+            factor = float(trainer.strategy.broadcast(factor, src=0))
         for opt, lrs in zip(trainer.optimizers, self.base_lrs, strict=True):
             for group, lr in zip(opt.param_groups, lrs, strict=True):
                 group["lr"] = lr * factor

@@ -161,6 +161,21 @@ class TwoStageEvaluation(L.Callback):
                 k: v.detach().clone() for k, v in pl_module.ranker.state_dict().items()
             }
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved with each checkpoint, so a resumed fit still knows the best epoch before it."""
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = float(state_dict["best_score"])
+        self.best_epoch = int(state_dict["best_epoch"])
+        self.best_state = state_dict["best_state"]
+        self.history = list(state_dict["history"])
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.restore_best and self.best_state is not None:
             assert isinstance(pl_module, RankerModule)

@@ -19,7 +19,9 @@ class Explorer:
         self.path = path
         self._rng = np.random.default_rng()
 
-    def explore(self, requests: list[Any], answers: list[Any]) -> None:
+    def explore(
+        self, requests: list[Any], answers: list[Any], vectors: np.ndarray | None = None
+    ) -> None:
         """Give ``exploration.share`` of each list's slots (the last ones a pin does not
         hold) to books read by at most ``max_reads`` readers.
 
@@ -29,7 +31,8 @@ class Explorer:
         order and the business rules' diversity caps. Each drawn book records its propensity:
         the probability it had at its draw, given the books drawn before it (their product is
         the probability of the explored slots). A pool smaller than the slots leaves the
-        model's books in the rest."""
+        model's books in the rest. ``vectors``: the readers' two-tower vectors, when the
+        answers' retrieval kept them (else encoded here)."""
         settings = self.path.exploration
         reads = self.path.reads
         new = np.flatnonzero(self.path.catalogue.listed)
@@ -38,13 +41,14 @@ class Explorer:
         new = new[new >= NUM_RESERVED]
         if new.size == 0:
             return
-        users = np.array(
-            [self.path.users.encode_one(r.user_id) if r.user_id else 1 for r in requests]
-        )
-        matrix = self.path.stacked(requests)
-        vectors = self.path.retriever.encode(
-            self.path.retriever.features_from_matrix(users, matrix)
-        )
+        if vectors is None:
+            users = np.array(
+                [self.path.users.encode_one(r.user_id) if r.user_id else 1 for r in requests]
+            )
+            matrix = self.path.stacked(requests)
+            vectors = self.path.retriever.encode(
+                self.path.retriever.features_from_matrix(users, matrix)
+            )
         # every new book's score for every reader of the batch in one product ([B, new]),
         # rather than gathering each pool's vectors row by row
         embeddings = self.path.retriever.book_embeddings

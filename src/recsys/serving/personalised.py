@@ -240,15 +240,19 @@ class PersonalisedPath:
         users = np.array([self.users.encode_one(r.user_id) if r.user_id else 1 for r in requests])
         matrix = self.stacked(requests)
         if two_stage and all(ranked):
-            answers = self._two_stage(requests, users, matrix, explain)
+            answers, vectors = self._two_stage(requests, users, matrix, explain)
         else:
-            answers = self._retrieval_only(requests, users, matrix, explain)
+            answers, vectors = self._retrieval_only(requests, users, matrix, explain)
         for req, answer in zip(requests, answers, strict=True):
             self._top_up(req, answer, explain)
             answer.rules = [*req.rules, *answer.rules]
         exploring = [i for i, r in enumerate(requests) if r.explore]
         if exploring and self.exploration.share > 0:
-            self.explorer.explore([requests[i] for i in exploring], [answers[i] for i in exploring])
+            self.explorer.explore(
+                [requests[i] for i in exploring],
+                [answers[i] for i in exploring],
+                None if vectors is None else vectors[exploring],
+            )
         return answers
 
     def stacked(self, requests: list[Personal]) -> sp.csr_matrix:
@@ -263,7 +267,9 @@ class PersonalisedPath:
 
     def _two_stage(
         self, requests: list[Personal], users: np.ndarray, matrix: sp.csr_matrix, explain: bool
-    ) -> list[Answer]:
+    ) -> tuple[list[Answer], np.ndarray | None]:
+        """The ranked answers, and the users' vectors retrieval computed (None where the
+        stage does not return them)."""
         assert self.stages is not None
         started = time.perf_counter()
         social = social_matrix([r.friends for r in requests], matrix.shape[1])
@@ -280,11 +286,11 @@ class PersonalisedPath:
         ]
         for answer in answers:
             answer.timings_ms = timings
-        return answers
+        return answers, getattr(retrieved, "vectors", None)
 
     def _retrieval_only(
         self, requests: list[Personal], users: np.ndarray, matrix: sp.csr_matrix, explain: bool
-    ) -> list[Answer]:
+    ) -> tuple[list[Answer], np.ndarray]:
         vectors = self.retriever.encode(self.retriever.features_from_matrix(users, matrix))
         answers = []
         for row, req in enumerate(requests):
@@ -315,7 +321,7 @@ class PersonalisedPath:
             answer.pinned = {p.book for p in picks if p.reason is not None}
             answer.from_model = _leading(picks, {b for b, _ in found})
             answers.append(answer)
-        return answers
+        return answers, vectors
 
     def _tailed(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,10 +207,17 @@ def fit_retriever_from(
 ENGINES = ("local", "ray")
 
 
+# the engine of the run in progress (run_training): every fit of one run shares it
+_RUN_ENGINE: ContextVar[Engine | None] = ContextVar("run_engine", default=None)
+
+
 def training_engine(cfg: DictConfig) -> Engine:
     """``engine``: ``local`` (this process) or ``ray`` (DDP across ``trainer.workers`` Ray
     Train workers; ``ray.address``, ``ray.storage``, ``ray.cpus_per_worker``,
-    ``ray.max_failures``)."""
+    ``ray.max_failures``, ``ray.keep_checkpoints``). Inside :func:`run_training`, the run's."""
+    current = _RUN_ENGINE.get()
+    if current is not None:
+        return current
     name = str(cfg.get("engine") or "local")
     if name not in ENGINES:
         raise RecsysError(f"unknown engine {name!r}: use engine=local or engine=ray.")
@@ -221,12 +229,15 @@ def training_engine(cfg: DictConfig) -> Engine:
             )
         return LocalEngine()
     ray_cfg = cfg.get("ray") or {}
+    address = ray_cfg.get("address") or None
+    storage = ray_cfg.get("storage") or ("" if address else str(Path(cfg.paths.output_dir) / "ray"))
     return RayEngine(
         workers=workers,
-        storage=str(ray_cfg.get("storage") or Path(cfg.paths.output_dir) / "ray"),
-        address=ray_cfg.get("address") or None,
+        storage=storage,
+        address=address,
         cpus_per_worker=float(ray_cfg.get("cpus_per_worker") or 1),
         max_failures=int(ray_cfg.get("max_failures") or 0),
+        keep_checkpoints=bool(ray_cfg.get("keep_checkpoints")),
     )
 
 
@@ -400,8 +411,13 @@ def run_training(cfg: DictConfig, data: PreparedData, parent: str | None = None)
     """Features -> retriever -> (ranking stage) -> index -> bundle, as ``cfg`` says;
     ``parent``: the version the bundle is trained to replace (its manifest's parent). The
     fits run where ``engine`` says (one Ray for all of them with ``engine=ray``)."""
-    with training_engine(cfg).session():
-        return _run_training(cfg, data, parent)
+    engine = training_engine(cfg)
+    token = _RUN_ENGINE.set(engine)
+    try:
+        with engine.session():
+            return _run_training(cfg, data, parent)
+    finally:
+        _RUN_ENGINE.reset(token)
 
 
 def _run_training(cfg: DictConfig, data: PreparedData, parent: str | None) -> TrainingRun:

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import Logger
 
 from recsys.errors import RecsysError
@@ -134,6 +134,8 @@ class RayEngine:
             checkpoint.
         run: names this training run's folders under ``storage`` (``<run>-<fit>``; a new
             run never resumes an old one's checkpoints).
+        keep_checkpoints: leave each fit's folder on ``storage`` after it succeeds (default:
+            removed once the driver holds the weights; they are there for restarts).
     """
 
     workers: int
@@ -141,6 +143,7 @@ class RayEngine:
     address: str | None = None
     cpus_per_worker: float = 1.0
     max_failures: int = 0
+    keep_checkpoints: bool = False
     run: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -148,6 +151,11 @@ class RayEngine:
             raise RecsysError(f"trainer.workers must be >= 1, got {self.workers}.")
         if self.cpus_per_worker <= 0:
             raise RecsysError(f"ray.cpus_per_worker must be > 0, got {self.cpus_per_worker}.")
+        if not self.storage:
+            raise RecsysError(
+                "ray.storage is needed with ray.address: storage every node of the cluster "
+                "reaches (a shared mount or s3://...), where checkpoints and weights go."
+            )
 
     def fit(
         self,
@@ -157,10 +165,18 @@ class RayEngine:
         keep: Keep,
         name: str = "fit",
     ) -> dict[str, Any]:
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import (
+            CheckpointConfig,
+            FailureConfig,
+            RunConfig,
+            ScalingConfig,
+            TrainingFailedError,
+        )
         from ray.train.torch import TorchTrainer
 
         started_here = self._start_ray()
+        storage = _storage_path(self.storage)
+        folder = f"{self.run}-{name}"
         try:
             trainer = TorchTrainer(
                 _worker_loop,
@@ -170,6 +186,9 @@ class RayEngine:
                     "plan": plan,
                     "keep": keep,
                     "threads": max(1, int(self.cpus_per_worker)),
+                    # the best checkpoint: in the run's folder on the shared storage, so a
+                    # restarted group (any node) finds the one chosen before the failure
+                    "best": f"{storage}/{folder}/best",
                 },
                 scaling_config=ScalingConfig(
                     num_workers=self.workers,
@@ -177,19 +196,25 @@ class RayEngine:
                     resources_per_worker={"CPU": self.cpus_per_worker},
                 ),
                 run_config=RunConfig(
-                    name=f"{self.run}-{name}",
-                    storage_path=_storage_path(self.storage),
+                    name=folder,
+                    storage_path=storage,
                     checkpoint_config=CheckpointConfig(num_to_keep=1),
                     failure_config=FailureConfig(max_failures=self.max_failures),
                 ),
             )
-            result = trainer.fit()
-            if result.error is not None:
-                raise RecsysError(f"distributed training failed: {result.error}") from None
+            try:
+                result = trainer.fit()
+            except TrainingFailedError as exc:
+                raise RecsysError(
+                    f"distributed training ({name}) failed after {self.max_failures} "
+                    f"restart(s) allowed (ray.max_failures): {exc}"
+                ) from None
             if result.checkpoint is None:
                 raise RecsysError("distributed training reported no weights.")
-            with result.checkpoint.as_directory() as folder:
-                kept = torch.load(Path(folder) / KEPT_FILE, weights_only=False)
+            with result.checkpoint.as_directory() as checkpoint:
+                kept = torch.load(Path(checkpoint) / KEPT_FILE, weights_only=False)
+            if not self.keep_checkpoints and "://" not in storage:
+                shutil.rmtree(Path(storage) / folder, ignore_errors=True)
         finally:
             if started_here:
                 import ray
@@ -271,25 +296,26 @@ def _worker_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(config["threads"])  # the CPUs this worker reserved
     rank = ray.train.get_context().get_world_rank()
     scratch = Path(tempfile.mkdtemp(prefix=f"recsys-train-rank{rank}-"))
-    callbacks = []
-    for callback in plan.callbacks:
-        if isinstance(callback, ProgressBar):
-            continue  # worker logs are not a terminal
-        if isinstance(callback, ModelCheckpoint):  # its files: this node's scratch
-            callback.dirpath = str(scratch / "best")
-        callbacks.append(callback)
-    trainer = plan.with_callbacks(callbacks).build(
-        extra_callbacks=[RayTrainReportCallback()],
-        strategy=RayDDPStrategy(),
-        plugins=[RayLightningEnvironment()],
-        accelerator="cpu",
-        devices="auto",
-        use_distributed_sampler=False,  # the datamodules shard whole batches by rank
-        enable_progress_bar=False,
-    )
-    trainer = prepare_trainer(trainer)
-    resume = _resume_from(ray.train.get_checkpoint(), scratch)
     try:
+        callbacks = []
+        for callback in plan.callbacks:
+            if isinstance(callback, ProgressBar):
+                continue  # worker logs are not a terminal
+            if isinstance(callback, ModelCheckpoint):
+                callback.dirpath = config["best"]  # shared: a restart keeps the best so far
+            callbacks.append(callback)
+        trainer = plan.with_callbacks(callbacks).build(
+            extra_callbacks=[_epoch_reporter(RayTrainReportCallback)],
+            enable_checkpointing=True,  # the reporter is a Checkpoint callback
+            strategy=RayDDPStrategy(),
+            plugins=[RayLightningEnvironment()],
+            accelerator="cpu",
+            devices="auto",
+            use_distributed_sampler=False,  # the datamodules shard whole batches by rank
+            enable_progress_bar=False,
+        )
+        trainer = prepare_trainer(trainer)
+        resume = _resume_from(ray.train.get_checkpoint(), scratch)
         trainer.fit(module, datamodule=config["datamodule"], ckpt_path=resume)
         facts = keep(trainer, module) if rank == 0 else {}
         final = scratch / "final"
@@ -301,6 +327,18 @@ def _worker_loop(config: dict[str, Any]) -> None:
         ray.train.report({"final": 1}, checkpoint=checkpoint)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _epoch_reporter(base: type) -> L.Callback:
+    """Ray's per-epoch report as a ``Checkpoint`` callback: Lightning runs those last, in
+    order, so each epoch's checkpoint is saved after ModelCheckpoint has recorded that
+    epoch's score (a plain callback would save the best-so-far of the epoch before)."""
+
+    class ReportAfterCheckpoints(base, Checkpoint):
+        pass
+
+    reporter: L.Callback = ReportAfterCheckpoints()
+    return reporter
 
 
 def _resume_from(checkpoint: Any, scratch: Path) -> str | None:
