@@ -22,7 +22,9 @@ memory sampled (the whole process tree, every 0.2 s):
 Every figure is also given as a ratio to the same figure at the smallest scale of the run.
 Prints a table, writes benchmarks/results/scale.json and scale.png (cost against size).
 
-``--only prepare`` measures data preparation from a file instead: the synthetic interactions
+``--only prepare`` measures data preparation from a file instead (``--memory-cap-mib N``: each
+preparation in a cgroup capped at N MiB, where the machine allows it; a preparation the cap
+kills shows its exit status): the synthetic interactions
 written to Parquet (string ids), then `recsys data prepare data=custom` of that file in memory
 and streamed through ``--buckets`` buckets (`data.buckets`, recsys.data.streaming): wall time
 and peak memory of each, and streamed ÷ in-memory. Writes benchmarks/results/scale_prepare.json.
@@ -31,6 +33,7 @@ and peak memory of each, and streamed ÷ in-memory. Writes benchmarks/results/sc
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -38,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +61,12 @@ BOOKS_PER_AUTHOR = 16  # as the default synthetic data (2,000 books, 12 genres x
 GENRES = 20
 
 
-def command(args: list[str], root: Path) -> dict[str, Any]:
-    """Run ``recsys <args>`` under ``root``; wall seconds and peak memory of its tree."""
+def command(
+    args: list[str], root: Path, enter: Callable[[], None] | None = None, check: bool = True
+) -> dict[str, Any]:
+    """Run ``recsys <args>`` under ``root``; wall seconds and peak memory of its tree.
+    ``enter`` runs in the child before it starts (joining a memory-capped cgroup); without
+    ``check``, a failed command gives its exit status instead of raising."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "WANDB_MODE": "offline", "RECSYS_ROOT": str(root)}
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -67,6 +75,7 @@ def command(args: list[str], root: Path) -> dict[str, Any]:
         stderr=subprocess.STDOUT,
         env=env,
         cwd=root,
+        preexec_fn=enter,
     )
     peak = 0.0
     while process.poll() is None:
@@ -75,8 +84,33 @@ def command(args: list[str], root: Path) -> dict[str, Any]:
     wall = time.perf_counter() - started
     output = process.stdout.read().decode() if process.stdout else ""
     if process.returncode != 0:
+        if not check:
+            return {
+                "wall_s": round(wall, 1),
+                "peak_rss_mib": round(peak),
+                "exit": process.returncode,
+            }
         raise RuntimeError(f"recsys {' '.join(args)} failed:\n{output[-4000:]}")
-    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak)}
+    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak), "exit": 0}
+
+
+def memory_cap(mib: int) -> Callable[[], None]:
+    """A cgroup (v1 memory controller) capped at ``mib``; the function a child calls to join
+    it. Needs a writable /sys/fs/cgroup/memory (root in a container that allows it)."""
+    group = Path("/sys/fs/cgroup/memory") / f"recsys-scale-{os.getpid()}"
+    try:
+        group.mkdir(exist_ok=True)
+        (group / "memory.limit_in_bytes").write_text(str(mib * 2**20))
+    except OSError as exc:
+        raise SystemExit(
+            f"--memory-cap-mib needs a writable cgroup v1 memory controller: {exc}"
+        ) from None
+
+    def enter() -> None:
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+
+    atexit.register(lambda: group.rmdir() if group.is_dir() else None)  # empty by then
+    return enter
 
 
 def data_overrides(scale: int, args: argparse.Namespace) -> list[str]:
@@ -239,10 +273,12 @@ def file_prepare(scale: int, args: argparse.Namespace, scratch: Path) -> dict[st
     subprocess.run([sys.executable, "-c", write, str(events)], check=True)
     row: dict[str, Any] = {"scale": scale, "file_mib": round(events.stat().st_size / 2**20)}
     base = ["data", "prepare", "data=custom", f"data.reader.interactions={events}"]
+    enter = memory_cap(args.memory_cap_mib) if args.memory_cap_mib else None
     for how, extra in (("in_memory", []), ("streamed", [f"data.buckets={args.buckets}"])):
-        row[how] = command([*base, f"data.name={how}", *extra], root)
-        summary = json.loads((root / "data" / "processed" / how / "summary.json").read_text())
-        row["interactions"] = summary["interactions"]
+        row[how] = command([*base, f"data.name={how}", *extra], root, enter, check=not enter)
+        summary_file = root / "data" / "processed" / how / "summary.json"
+        if summary_file.is_file():
+            row["interactions"] = json.loads(summary_file.read_text())["interactions"]
         print(f"scale {scale}: prepare {how} {row[how]}", flush=True)
     row["streamed_memory_ratio"] = round(
         row["streamed"]["peak_rss_mib"] / row["in_memory"]["peak_rss_mib"], 2
@@ -336,6 +372,12 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--only", choices=["prepare"], default=None)
     parser.add_argument("--buckets", type=int, default=16, help="--only prepare: data.buckets")
+    parser.add_argument(
+        "--memory-cap-mib",
+        type=int,
+        default=0,
+        help="--only prepare: run each preparation in a cgroup capped at this much memory",
+    )
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="recsys-scale-"))
     if args.only == "prepare":
@@ -345,8 +387,10 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
         shown = {
             f"{r['scale']}x": {
-                "interactions": r["interactions"],
+                "interactions": r.get("interactions", "–"),
                 "file MiB": r["file_mib"],
+                "in-memory exit": r["in_memory"]["exit"],
+                "streamed exit": r["streamed"]["exit"],
                 "in-memory s": r["in_memory"]["wall_s"],
                 "in-memory MiB": r["in_memory"]["peak_rss_mib"],
                 "streamed s": r["streamed"]["wall_s"],
