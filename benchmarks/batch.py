@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,32 @@ def tree_rss_mib(pid: int) -> float:
     return total / 2**20
 
 
+def measured(
+    command: list[str],
+    env: dict[str, str],
+    cwd: Path | None = None,
+    enter: Callable[[], None] | None = None,
+) -> tuple[int, str, float, float]:
+    """Run ``command``; its exit status, output, wall seconds and the peak resident memory of
+    its process tree (MiB, sampled every 0.2 s). ``enter`` runs in the child before it starts."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+        preexec_fn=enter,
+    )
+    peak = 0.0
+    while process.poll() is None:
+        peak = max(peak, tree_rss_mib(process.pid))
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
+    output = process.stdout.read().decode() if process.stdout else ""
+    return process.returncode, output, wall, peak
+
+
 def run(executor: str, bundle: str, users: str, k: int, out: Path) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
@@ -65,15 +92,8 @@ def run(executor: str, bundle: str, users: str, k: int, out: Path) -> dict[str, 
         f"executor={executor}",
         "progress=false",
     ]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    peak = 0.0
-    while process.poll() is None:
-        peak = max(peak, tree_rss_mib(process.pid))
-        time.sleep(0.2)
-    wall = time.perf_counter() - started
-    output = process.stdout.read().decode() if process.stdout else ""
-    if process.returncode != 0:
+    status, output, wall, peak = measured(command, env)
+    if status != 0:
         raise RuntimeError(f"batch-score {executor} failed:\n{output[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     return {

@@ -49,7 +49,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch import tree_rss_mib
+from batch import measured, tree_rss_mib
 
 from recsys.bundle.reader import load_bundle
 from recsys.index.faiss_index import IndexSpec
@@ -68,30 +68,11 @@ def command(
     ``enter`` runs in the child before it starts (joining a memory-capped cgroup); without
     ``check``, a failed command gives its exit status instead of raising."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "WANDB_MODE": "offline", "RECSYS_ROOT": str(root)}
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "recsys", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=root,
-        preexec_fn=enter,
-    )
-    peak = 0.0
-    while process.poll() is None:
-        peak = max(peak, tree_rss_mib(process.pid))
-        time.sleep(0.2)
-    wall = time.perf_counter() - started
-    output = process.stdout.read().decode() if process.stdout else ""
-    if process.returncode != 0:
-        if not check:
-            return {
-                "wall_s": round(wall, 1),
-                "peak_rss_mib": round(peak),
-                "exit": process.returncode,
-            }
+    argv = [sys.executable, "-m", "recsys", *args]
+    status, output, wall, peak = measured(argv, env, root, enter)
+    if status != 0 and check:
         raise RuntimeError(f"recsys {' '.join(args)} failed:\n{output[-4000:]}")
-    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak), "exit": 0}
+    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak), "exit": status}
 
 
 def memory_cap(mib: int) -> Callable[[], None]:

@@ -157,23 +157,11 @@ def prepare(dataset: Dataset, split_fn: Callable[[pl.DataFrame], Split]) -> Prep
     )
 
     def index(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.with_columns(
-            pl.Series(USER_IDX, user_vocab.encode(frame.get_column(S.USER_ID))),
-            pl.Series(BOOK_IDX, book_vocab.encode(frame.get_column(S.BOOK_ID))),
-        )
+        return encode_ids(frame, user_vocab, book_vocab)
 
     assert split.test is not None
     train, val, test = index(split.train), index(split.val), index(split.test)
-    books = dataset.books.join(
-        pl.DataFrame({S.BOOK_ID: book_vocab.ids}), on=S.BOOK_ID, how="right"
-    ).select(list(S.BOOKS_SCHEMA))
-    books = books.with_columns(
-        pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-        pl.Series(BOOK_IDX, book_vocab.encode(books.get_column(S.BOOK_ID))),
-    )
-    users = dataset.users.with_columns(
-        pl.Series(USER_IDX, user_vocab.encode(dataset.users.get_column(S.USER_ID)))
-    )
+    books, users = index_side_tables(dataset.books, dataset.users, user_vocab, book_vocab)
     summary = _summary(dataset, split, train, val, test, user_vocab, book_vocab)
     marks = pl.DataFrame(schema=MARKS_INDEXED)
     if dataset.marks is not None and dataset.marks.height:
@@ -184,6 +172,28 @@ def prepare(dataset: Dataset, split_fn: Callable[[pl.DataFrame], Split]) -> Prep
     return PreparedData(
         dataset.name, train, val, books, users, user_vocab, book_vocab, summary, test, marks
     )
+
+
+def encode_ids(frame: pl.DataFrame, user_vocab: IdVocab, book_vocab: IdVocab) -> pl.DataFrame:
+    """``frame`` with its ``user_idx`` and ``book_idx`` columns (OOV ids: 1)."""
+    return frame.with_columns(
+        pl.Series(USER_IDX, user_vocab.encode(frame.get_column(S.USER_ID))),
+        pl.Series(BOOK_IDX, book_vocab.encode(frame.get_column(S.BOOK_ID))),
+    )
+
+
+def index_side_tables(
+    books: pl.DataFrame, users: pl.DataFrame, user_vocab: IdVocab, book_vocab: IdVocab
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The catalogue over the book vocabulary (a row for every vocabulary book, catalogue
+    or not) and the user table, each with its vocabulary column."""
+    books = books.join(pl.DataFrame({S.BOOK_ID: book_vocab.ids}), on=S.BOOK_ID, how="right")
+    books = books.select(list(S.BOOKS_SCHEMA)).with_columns(
+        pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+        pl.Series(BOOK_IDX, book_vocab.encode(books.get_column(S.BOOK_ID))),
+    )
+    users = users.with_columns(pl.Series(USER_IDX, user_vocab.encode(users.get_column(S.USER_ID))))
+    return books, users
 
 
 def fingerprint(frame: pl.DataFrame, spec: dict[str, Any]) -> str:

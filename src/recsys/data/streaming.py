@@ -36,7 +36,14 @@ import polars as pl
 
 from recsys.data import schema as S
 from recsys.data.io import build_dataset, conform_side_tables
-from recsys.data.prepared import BOOK_IDX, USER_IDX, data_cutoff
+from recsys.data.prepared import (
+    BOOK_IDX,
+    USER_IDX,
+    data_cutoff,
+    encode_ids,
+    fingerprint,
+    index_side_tables,
+)
 from recsys.data.split import Split
 from recsys.errors import DataError
 from recsys.features.vocab import IdVocab
@@ -90,7 +97,6 @@ class _Tally:
     users: int = 0
     interactions: int = 0
     duplicates: int = 0
-    erased: int = 0
     cutoff: float | None = None
     train_users: list[pl.Series] = field(default_factory=list)
     train_books: list[pl.Series] = field(default_factory=list)
@@ -198,7 +204,6 @@ def _split_bucket(
         gone = erased(inter.get_column(S.USER_ID).unique())
         if gone:
             inter = inter.filter(~pl.col(S.USER_ID).is_in(gone))
-            tally.erased += len(gone)
             tally.erased_ids.extend(gone)
     if inter.height == 0:
         return
@@ -216,11 +221,7 @@ def _split_bucket(
     latest = data_cutoff(inter)
     if latest is not None:
         tally.cutoff = latest if tally.cutoff is None else max(tally.cutoff, latest)
-    pairs = inter.select(S.USER_ID, S.BOOK_ID).sort([S.USER_ID, S.BOOK_ID])
-    digest = hashlib.sha256()
-    for column in (S.USER_ID, S.BOOK_ID):
-        digest.update("\n".join(pairs.get_column(column).to_list()).encode())
-    tally.digests.append(digest.hexdigest())
+    tally.digests.append(fingerprint(inter, {}))  # the bucket's pairs
     tally.spec = split.spec
 
 
@@ -239,11 +240,7 @@ def _encode_part(
         source = scratch / f"split{i}" / f"{part}.parquet"
         if not source.is_file():
             continue  # every user of the bucket was erased
-        frame = pl.read_parquet(source)
-        frame = frame.with_columns(
-            pl.Series(USER_IDX, user_vocab.encode(frame.get_column(S.USER_ID))),
-            pl.Series(BOOK_IDX, book_vocab.encode(frame.get_column(S.BOOK_ID))),
-        )
+        frame = encode_ids(pl.read_parquet(source), user_vocab, book_vocab)
         tally.rows[part] += frame.height
         tally.part_users[part] += frame.get_column(S.USER_ID).n_unique()
         tally.oov_users[part] += int((frame.get_column(USER_IDX) == 1).sum())
@@ -263,16 +260,7 @@ def _write_tables(
 ) -> None:
     """The catalogue and the users with their vocabulary columns, as the in-memory path has
     them, and the vocabularies."""
-    books = catalogue.join(
-        pl.DataFrame({S.BOOK_ID: book_vocab.ids}), on=S.BOOK_ID, how="right"
-    ).select(list(S.BOOKS_SCHEMA))
-    books = books.with_columns(
-        pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-        pl.Series(BOOK_IDX, book_vocab.encode(books.get_column(S.BOOK_ID))),
-    )
-    users = user_table.with_columns(
-        pl.Series(USER_IDX, user_vocab.encode(user_table.get_column(S.USER_ID)))
-    )
+    books, users = index_side_tables(catalogue, user_table, user_vocab, book_vocab)
     books.write_parquet(out / "books.parquet")
     users.write_parquet(out / "users.parquet")
     user_vocab.save(out / "users.vocab.parquet")
@@ -316,5 +304,5 @@ def _summary(
         "vocab": {"users": len(user_vocab), "books": len(book_vocab)},
         "data_fingerprint": digest.hexdigest(),
         "data_cutoff": tally.cutoff,
-        "streaming": {"buckets": buckets, "erased_users": tally.erased},
+        "streaming": {"buckets": buckets, "erased_users": len(tally.erased_ids)},
     }

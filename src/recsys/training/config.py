@@ -80,10 +80,8 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def _plain(node: DictConfig) -> dict[str, Any]:
-    args = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(args, dict)
-    args.pop("_target_", None)
-    return {str(k): v for k, v in args.items()}
+    """A node's constructor arguments: :func:`_plain_node` without ``_target_``."""
+    return {k: v for k, v in _plain_node(node).items() if k != "_target_"}
 
 
 def build_module(cfg: DictConfig, state: FeatureState) -> tuple[TwoTowerModule, dict[str, Any]]:

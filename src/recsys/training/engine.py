@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 Keep = Callable[[L.Trainer, L.LightningModule], dict[str, Any]]
 
 KEPT_FILE = "kept.pt"  # the final checkpoint's file: {"state_dict", "facts"}
-LIGHTNING_CHECKPOINT = "checkpoint.ckpt"  # RayTrainReportCallback's file name
 
 
 @dataclass(frozen=True)
@@ -174,10 +173,9 @@ class RayEngine:
         )
         from ray.train.torch import TorchTrainer
 
-        started_here = self._start_ray()
         storage = _storage_path(self.storage)
         folder = f"{self.run}-{name}"
-        try:
+        with self.session():
             trainer = TorchTrainer(
                 _worker_loop,
                 train_loop_config={
@@ -215,11 +213,6 @@ class RayEngine:
                 kept = torch.load(Path(checkpoint) / KEPT_FILE, weights_only=False)
             if not self.keep_checkpoints and "://" not in storage:
                 shutil.rmtree(Path(storage) / folder, ignore_errors=True)
-        finally:
-            if started_here:
-                import ray
-
-                ray.shutdown()
         module.load_state_dict(kept["state_dict"])
         facts: dict[str, Any] = kept["facts"]
         facts["workers"] = self.workers
@@ -240,24 +233,17 @@ class RayEngine:
                 ray.shutdown()
 
     def _start_ray(self) -> bool:
-        """Connect to (or start) Ray; True when this call started it (and so stops it)."""
+        """Connect to (or start) Ray, as ``recsys serve engine=ray`` does; True when this
+        call started it (and so stops it)."""
         import ray
 
-        from recsys.serving.ray_runner import ray_env
+        from recsys.serving.ray_runner import start_ray
 
-        ray_env()
         # the Train controller polls its workers this often (Ray's default, 2 s, is paid at
         # every fit's start and end: 23 -> 14 s a fit here); a local Ray's processes inherit it
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-        if ray.is_initialized():
-            started_here = False
-        else:
-            kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
-            if self.address:
-                ray.init(address=self.address, **kwargs)
-            else:
-                ray.init(include_dashboard=False, **kwargs)
-            started_here = True
+        started_here = not ray.is_initialized()
+        start_ray(self.address)
         needed = self.workers * self.cpus_per_worker
         have = float(ray.cluster_resources().get("CPU", 0.0))
         if not self.address and needed > have:  # a cluster may autoscale; a local one won't
@@ -315,7 +301,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
             enable_progress_bar=False,
         )
         trainer = prepare_trainer(trainer)
-        resume = _resume_from(ray.train.get_checkpoint(), scratch)
+        name = RayTrainReportCallback.CHECKPOINT_NAME
+        resume = _resume_from(ray.train.get_checkpoint(), scratch, name)
         trainer.fit(module, datamodule=config["datamodule"], ckpt_path=resume)
         facts = keep(trainer, module) if rank == 0 else {}
         final = scratch / "final"
@@ -341,15 +328,15 @@ def _epoch_reporter(base: type) -> L.Callback:
     return reporter
 
 
-def _resume_from(checkpoint: Any, scratch: Path) -> str | None:
+def _resume_from(checkpoint: Any, scratch: Path, name: str) -> str | None:
     """The Lightning checkpoint a restarted worker group resumes from, copied to ``scratch``."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        source = Path(folder) / LIGHTNING_CHECKPOINT
+        source = Path(folder) / name
         if not source.is_file():
             return None
-        target = scratch / LIGHTNING_CHECKPOINT
+        target = scratch / name
         shutil.copyfile(source, target)
     log.info("resuming from the last epoch's checkpoint (%s)", target)
     return str(target)
