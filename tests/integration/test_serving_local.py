@@ -53,6 +53,7 @@ def test_user_recommendations(
     assert all(i["title"] and i["author"] and i["reasoning"] for i in items)
     scores = [i["confidence_score"] for i in items]
     assert scores == sorted(scores, reverse=True)
+    assert body["metadata"]["from_model"] == 7  # no filter: every book from the model
     generated = client.post(f"/recommendations/users/{user_id}").headers["X-Request-ID"]
     assert len(generated) == 32
 
@@ -81,6 +82,7 @@ def test_unknown_user_falls_back(server: tuple[httpx.Client, Any]) -> None:
     body = client.post("/recommendations/users/nobody-knows-me", json={"limit": 5}).json()
     assert body["metadata"]["source"] == "popularity"
     assert body["metadata"]["fallback_reason"] == "unknown_user"
+    assert body["metadata"]["from_model"] is None  # not a personal list
     assert len(body["recommendations"]) == 5
 
 

@@ -204,30 +204,50 @@ def test_min_samples_swap_and_bundles_without_a_summary(caplog: pytest.LogCaptur
     assert scrape(monitor) == {}
 
 
-def test_cached_answers_count_like_computed_ones() -> None:
-    """A list served from the cache adds its history length and first score, as the
-    computed one did; a fallback's cached list adds no score."""
+def served_both(
+    scores: list[float], history_length: int, from_model: int
+) -> tuple[DriftMonitor, DriftMonitor, dict[str, Any]]:
+    """A personal answer fed to one monitor as computed and to another as its cached body
+    (books b1, b2); returns both monitors and the body."""
     from recsys.serving.core import shape_answer
 
-    computed, cached = (
-        DriftMonitor(window=10, min_samples=1),
-        DriftMonitor(window=10, min_samples=1),
-    )
+    computed, cached = (DriftMonitor(window=10, min_samples=1) for _ in range(2))
     for monitor in (computed, cached):
         monitor.rebase(fake_bundle(SUMMARY))
-    answer = Answer([2, 3], [0.75, 0.5], ["r", "r"], "personalized")
-    answer.history_length, answer.from_model = 37, 2
+    answer = Answer([2, 3], scores, ["r", "r"], "personalized")
+    answer.history_length, answer.from_model = history_length, from_model
     computed.answer(answer)
     svc = SimpleNamespace(
         catalogue=SimpleNamespace(ids=["", "", "b1", "b2"], titles=[None] * 4, authors=[None] * 4),
         version="v1",
     )
     body = shape_answer(svc, answer, 0.0, "r1").model_dump(mode="json")  # type: ignore[arg-type]
-    assert body["metadata"]["history_length"] == 37
     cached.served(body)
+    return computed, cached, body
+
+
+def test_cached_answers_count_like_computed_ones() -> None:
+    """A list served from the cache adds its history length and first score, as the
+    computed one did; a fallback's cached list adds no score."""
+    computed, cached, body = served_both([0.75, 0.5], 37, 2)
+    assert body["metadata"]["history_length"] == 37
     assert list(cached._windows["history_length"]) == list(computed._windows["history_length"])
     assert list(cached._windows["top_score"]) == list(computed._windows["top_score"]) == [0.75]
     body["metadata"]["fallback_reason"] = "timeout"
     cached.served(body)
     assert list(cached._windows["top_score"]) == [0.75]
     assert list(cached._windows["history_length"]) == [37, 37]
+
+
+def test_cached_lists_the_model_did_not_start_add_no_score() -> None:
+    """A personal list whose books all came from the popularity top-up (``from_model`` 0)
+    adds no first score, cached or computed; nor does a cached body from before the field."""
+    computed, cached, body = served_both([41.0, 40.0], 12, 0)
+    assert body["metadata"]["from_model"] == 0
+    assert list(computed._windows["top_score"]) == list(cached._windows["top_score"]) == []
+    assert list(cached._windows["history_length"]) == [12]
+    del body["metadata"]["from_model"]  # an entry cached before the field existed
+    body["metadata"]["history_length"] = 13
+    cached.served(body)
+    assert list(cached._windows["top_score"]) == []
+    assert list(cached._windows["history_length"]) == [12, 13]

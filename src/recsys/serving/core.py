@@ -437,5 +437,6 @@ def shape_answer(
             for b, p, q, n in answer.explored
         ],
         history_length=answer.history_length,
+        from_model=answer.from_model if answer.source == "personalized" else None,
     )
     return RecommendationResponse(recommendations=items, metadata=meta)

@@ -87,13 +87,15 @@ class DriftMonitor:
     def served(self, body: dict[str, Any], scored: bool = True) -> None:
         """A cached answer served again: the same signals as :meth:`answer`, from the
         response body (its ``history_length`` and first score), so users whose lists come
-        from the cache (the most active, warmed after a swap) are not left out."""
+        from the cache (the most active, warmed after a swap) are not left out. The score
+        counts only when the model proposed the first book (``from_model``), as for
+        :meth:`answer`."""
         meta, items = body["metadata"], body["recommendations"]
         with self._lock:
             if meta.get("history_length"):
                 self._windows["history_length"].append(meta["history_length"])
             personal = meta.get("source") == "personalized" and meta.get("fallback_reason") is None
-            if scored and personal and items:
+            if scored and personal and meta.get("from_model") and items:
                 self._windows["top_score"].append(items[0]["confidence_score"])
 
     def snapshot(self) -> dict[str, tuple[float, dict[str, float], dict[str, float], int]]:

@@ -152,6 +152,11 @@ class Metadata(BaseModel):
     history_length: int | None = Field(
         None, description="books in the reader's history behind a personal list"
     )
+    from_model: int | None = Field(
+        None,
+        description="how many of the list's first books the model proposed (personal lists; "
+        "the rest were topped up from popularity)",
+    )
 
 
 class RecommendationResponse(BaseModel):
