@@ -157,6 +157,48 @@ def test_read_goodbooks_metadata_only_explains(tmp_path: Path) -> None:
         io.read_goodbooks(tmp_path)
 
 
+def test_amazon_books_take_metadata_by_isbn(tmp_path: Path) -> None:
+    """Amazon-Book's books get title, authors, tags... from catalogues sharing their ISBN;
+    the first catalogue that knows a field wins, the others fill what it lacks."""
+    amazon, goodbooks, crossing = (tmp_path / n for n in ("amazon", "goodbooks", "crossing"))
+    for folder in (amazon, goodbooks, crossing):
+        folder.mkdir()
+    (amazon / "train.txt").write_text("0 0 1 2\n1 2 3\n")
+    (amazon / "item_list.txt").write_text(
+        "org_id remap_id freebase_id\n0439023483 0 m.a\n0393045218 1 m.b\nB00X 2 m.c\nD 3 m.d\n"
+    )
+    _goodbooks(goodbooks, with_ratings=False)  # its book 1 is ISBN 439023483 (zero lost)
+    url = "http://x/{}.jpg"
+    _latin1(
+        crossing / "items_info.dat",
+        "Book_ID\tISBN\tBook-Title\tBook-Author\tYear-Of-Publication\tPublisher\tS\tM\tL\n"
+        f"10\t0439023483\tOther Title\tSomeone\t2010\tScholastic\t{url}\t{url}\t{url}\t\n"
+        f"11\t0393045218\tCaf\xe9 Stories\tAnn\t1999\tNorton\t{url}\t{url}\t{url}\t\n",
+    )
+    data = io.read_amazon_book(amazon, metadata=[goodbooks, crossing])
+    books = {r["book_id"]: r for r in data.books.to_dicts()}
+    assert books["0"]["title"] == "First"  # Goodbooks first
+    assert books["0"]["authors"] == "A. Author, B. Other"
+    assert books["0"]["year"] == 2008
+    assert books["0"]["tags"] == ["to-read", "fantasy", "young"]
+    assert books["0"]["publisher"] == "Scholastic"  # Goodbooks has none: Book-Crossing's
+    assert books["1"]["title"] == "Café Stories"
+    assert books["1"]["publisher"] == "Norton"
+    assert books["2"]["title"] is None  # no match: unchanged
+    assert books["2"]["isbn"] == "B00X"
+    assert data.books.height == 4
+    assert dict(data.books.schema) == BOOKS_SCHEMA
+    assert io.read_amazon_book(amazon).books.get_column("title").null_count() == 4
+
+
+def test_metadata_folder_without_a_catalogue_names_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "train.txt").write_text("0 0 1\n")
+    (tmp_path / "item_list.txt").write_text("org_id remap_id freebase_id\nA 0 m.a\nB 1 m.b\n")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no books.csv.*data.metadata"):
+        io.read_amazon_book(tmp_path, metadata=[tmp_path / "empty"])
+
+
 def test_read_custom_with_column_mapping(tmp_path: Path) -> None:
     pl.DataFrame({"customer": [1, 1, 2], "sku": ["x", "y", "x"], "ts": [3, 4, 5]}).write_parquet(
         tmp_path / "events.parquet"
@@ -190,3 +232,15 @@ def test_real_amazon_book_counts(shared_data: Path) -> None:
     assert data.interactions.get_column("user_id").n_unique() == 70_679
     assert data.interactions.get_column("book_id").n_unique() == 24_915
     assert data.duplicates == 0
+
+
+@pytest.mark.realdata
+def test_real_amazon_book_metadata_by_isbn(shared_data: Path) -> None:
+    """About one Amazon-Book in eight is in Goodbooks-10k or Book-Crossing by ISBN."""
+    data = io.read_amazon_book(
+        shared_data / "amazon-book",
+        metadata=[shared_data / "goodbooks-10k", shared_data / "book-crossing"],
+    )
+    assert data.books.height == 24_915
+    assert data.books.get_column("authors").drop_nulls().len() == 3_011
+    assert data.interactions.height == 652_514

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import html
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,12 +148,20 @@ def read_kgat_split(path: Path) -> pl.DataFrame:
     return frame.rename({"items": S.BOOK_ID}).with_columns(pl.col("order").cast(pl.Int64))
 
 
-def read_amazon_book(path: str | Path, include_test: bool = False) -> Dataset:
+def read_amazon_book(
+    path: str | Path, include_test: bool = False, metadata: Sequence[str | Path] = ()
+) -> Dataset:
     """Amazon-Book as released with KGAT: ``train.txt``, ``item_list.txt``, ``user_list.txt``.
+
+    The release has no book metadata, only each book's ASIN (``org_id``), which for a printed
+    book is its ISBN-10. ``metadata`` names catalogue folders (Goodbooks-10k, Book-Crossing;
+    see :func:`read_catalogue`) whose books are joined by that ISBN: title, authors, year,
+    publisher, language, tags and cover for the books they share.
 
     Args:
         path: folder with the files (plain or ``.gz``).
         include_test: also read ``test.txt`` when present (never used for tuning).
+        metadata: catalogue folders, the first that knows a book's field wins.
     """
     folder = Path(path)
     train = read_kgat_split(find_file(folder, "train.txt"))  # type: ignore[arg-type]
@@ -170,7 +178,52 @@ def read_amazon_book(path: str | Path, include_test: bool = False) -> Dataset:
             pl.col("remap_id").alias(S.BOOK_ID),
             pl.col("org_id").alias("isbn"),
         )
+        if metadata:
+            books = with_isbn_metadata(books, [read_catalogue(m) for m in metadata])
+    elif metadata:
+        raise DataError(
+            f"{folder}: item_list.txt not found, so its books' ISBNs are unknown and "
+            "`metadata` cannot be joined. Add the file or drop data.metadata."
+        )
     return build_dataset("amazon_book", interactions, books, None, source=str(folder / "train.txt"))
+
+
+METADATA_COLUMNS = ("title", "authors", "year", "publisher", "language", "tags", "image_url")
+
+
+def read_catalogue(path: str | Path) -> pl.DataFrame:
+    """A catalogue folder's books, by ISBN, in the canonical columns: Goodbooks-10k
+    (``books.csv``) or Book-Crossing (``items_info.dat``); the interactions are not read."""
+    folder = Path(path)
+    if find_file(folder, "books.csv", required=False) is not None:
+        books = _goodbooks_catalogue(folder, max_tags=8)
+    elif (items := find_file(folder, "items_info.dat", required=False)) is not None:
+        books = _books_crossing_catalogue(items)
+    else:
+        raise DataError(
+            f"{folder}: no books.csv (Goodbooks-10k) or items_info.dat (Book-Crossing) here. "
+            "Point data.metadata at such a folder, or drop it."
+        )
+    conformed = S.conform(books.drop(S.BOOK_ID), S.BOOKS_SCHEMA, (), str(folder))
+    return (
+        conformed.select("isbn", *METADATA_COLUMNS)
+        .filter(pl.col("isbn").is_not_null())
+        .unique("isbn", keep="first", maintain_order=True)
+    )
+
+
+def with_isbn_metadata(books: pl.DataFrame, catalogues: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """``books`` (``book_id``, ``isbn``, ...) with each metadata field the book lacks taken
+    from the first of ``catalogues`` (:func:`read_catalogue` frames) that has it."""
+    out = books
+    for i, catalogue in enumerate(catalogues):
+        suffix = f"__{i}"
+        out = out.join(catalogue, on="isbn", how="left", suffix=suffix, coalesce=True)
+        for column in METADATA_COLUMNS:
+            joined = f"{column}{suffix}"
+            if joined in out.columns:  # the book side had the column: keep its values first
+                out = out.with_columns(pl.coalesce(column, joined).alias(column)).drop(joined)
+    return out
 
 
 # --- Book-Crossing (caserec layout) ---------------------------------------------------------
@@ -250,16 +303,9 @@ def _csv(path: Path) -> pl.DataFrame:
     return pl.read_csv(io.BytesIO(read_bytes(path)), infer_schema=False)
 
 
-def read_goodbooks(path: str | Path, include_to_read: bool = False, max_tags: int = 8) -> Dataset:
-    """Goodbooks-10k: ``books.csv``, ``ratings.csv`` (1-5), optional ``to_read.csv``,
-    ``book_tags.csv`` and ``tags.csv``.
-
-    Args:
-        path: folder of the full release (or of the metadata only, for catalogue use).
-        include_to_read: add want-to-read shelvings as weak interactions (weight 0.5).
-        max_tags: keep each book's most-used tags, at most this many.
-    """
-    folder = Path(path)
+def _goodbooks_catalogue(folder: Path, max_tags: int) -> pl.DataFrame:
+    """Goodbooks' ``books.csv`` (with its most-used tags when ``book_tags.csv`` and
+    ``tags.csv`` are there) in the canonical column names."""
     raw = _csv(find_file(folder, "books.csv"))  # type: ignore[arg-type]
     books = raw.select(
         pl.col("book_id"),
@@ -292,6 +338,20 @@ def read_goodbooks(path: str | Path, include_to_read: bool = False, max_tags: in
             .agg(pl.col("tag_name").head(max_tags).alias("tags"))
         )
         books = books.join(top, on="book_id", how="left")
+    return books
+
+
+def read_goodbooks(path: str | Path, include_to_read: bool = False, max_tags: int = 8) -> Dataset:
+    """Goodbooks-10k: ``books.csv``, ``ratings.csv`` (1-5), optional ``to_read.csv``,
+    ``book_tags.csv`` and ``tags.csv``.
+
+    Args:
+        path: folder of the full release (or of the metadata only, for catalogue use).
+        include_to_read: add want-to-read shelvings as weak interactions (weight 0.5).
+        max_tags: keep each book's most-used tags, at most this many.
+    """
+    folder = Path(path)
+    books = _goodbooks_catalogue(folder, max_tags)
     ratings_file = find_file(folder, "ratings.csv", required=False)
     if ratings_file is None:
         raise DataError(
