@@ -49,6 +49,9 @@ def test_amazon_book_experiment_composes(tmp_path: Path, shared_data: Path) -> N
     assert cfg.fit == "all"  # the experiment writes the bundle meant to serve...
     assert all(cfg.selected[k] >= 1 for k in cfg.selected)  # ...for the chosen epochs
     assert cfg.split.test_fraction > 0
+    # books take metadata by ISBN from the other two shared catalogues (docs/data.md)
+    assert [Path(m).name for m in cfg.data.reader.metadata] == ["goodbooks-10k", "book-crossing"]
+    assert all(Path(m).is_dir() for m in cfg.data.reader.metadata)
 
 
 def test_spectral_init_through_the_train_job(tmp_path: Path) -> None:
