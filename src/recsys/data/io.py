@@ -196,7 +196,7 @@ def read_catalogue(path: str | Path) -> pl.DataFrame:
     (``books.csv``) or Book-Crossing (``items_info.dat``); the interactions are not read."""
     folder = Path(path)
     if find_file(folder, "books.csv", required=False) is not None:
-        books = _goodbooks_catalogue(folder, max_tags=8)
+        books = _goodbooks_catalogue(folder)
     elif (items := find_file(folder, "items_info.dat", required=False)) is not None:
         books = _books_crossing_catalogue(items)
     else:
@@ -303,7 +303,10 @@ def _csv(path: Path) -> pl.DataFrame:
     return pl.read_csv(io.BytesIO(read_bytes(path)), infer_schema=False)
 
 
-def _goodbooks_catalogue(folder: Path, max_tags: int) -> pl.DataFrame:
+MAX_TAGS = 8  # a Goodbooks book's most-used tags kept
+
+
+def _goodbooks_catalogue(folder: Path, max_tags: int = MAX_TAGS) -> pl.DataFrame:
     """Goodbooks' ``books.csv`` (with its most-used tags when ``book_tags.csv`` and
     ``tags.csv`` are there) in the canonical column names."""
     raw = _csv(find_file(folder, "books.csv"))  # type: ignore[arg-type]
@@ -341,7 +344,9 @@ def _goodbooks_catalogue(folder: Path, max_tags: int) -> pl.DataFrame:
     return books
 
 
-def read_goodbooks(path: str | Path, include_to_read: bool = False, max_tags: int = 8) -> Dataset:
+def read_goodbooks(
+    path: str | Path, include_to_read: bool = False, max_tags: int = MAX_TAGS
+) -> Dataset:
     """Goodbooks-10k: ``books.csv``, ``ratings.csv`` (1-5), optional ``to_read.csv``,
     ``book_tags.csv`` and ``tags.csv``.
 
