@@ -108,3 +108,37 @@ def test_the_generator_takes_pruned_weights_only() -> None:
 def test_a_catalogue_too_large_is_refused_with_the_fix() -> None:
     with pytest.raises(DataError, match=r"ranker\.ease\.enabled=false"):
         ease_weights(_interactions(), l2=10.0, max_books=20)
+
+
+def test_top_books_fits_the_most_read_books_alone() -> None:
+    """``top_books``: the weights among the most-read books are a full fit on those columns;
+    every other book gets no weights; the pruned and dense forms agree."""
+    x = _interactions().tolil()
+    for user in range(0, 200, 3):
+        x[user, 4] = 1.0  # books 4 and 5 read most
+        x[user, 5] = 1.0
+    x = x.tocsr()
+    readers = np.asarray(x.sum(0)).ravel()
+    chosen = np.sort(np.argsort(-readers, kind="stable")[:12])
+    assert {4, 5} <= set(chosen.tolist())
+    dense = EaseRecommender.fit(x, l2=10.0, top_books=12)
+    expected = ease_weights(x[:, chosen], l2=10.0)
+    np.testing.assert_allclose(dense.weights[np.ix_(chosen, chosen)], expected, atol=1e-6)
+    others = np.setdiff1d(np.arange(30), chosen)
+    assert not dense.weights[others].any()
+    assert not dense.weights[:, others].any()
+    pruned = EaseRecommender.fit(x, l2=10.0, k=4, top_books=12)
+    assert pruned.sparse
+    assert pruned.weights.shape == (30, 30)
+    np.testing.assert_allclose(pruned.weights.toarray(), prune(dense.weights, 4).toarray())
+    everything = EaseRecommender.fit(x, l2=10.0, top_books=30)  # not below the count: all
+    np.testing.assert_allclose(everything.weights, ease_weights(x, l2=10.0))
+    with pytest.raises(DataError, match="top_books must be at least 1"):
+        EaseRecommender.fit(x, l2=10.0, top_books=0)
+
+
+def test_top_books_lets_a_large_catalogue_use_ease() -> None:
+    """A catalogue over ``max_books`` is refused whole but fits over its most-read books."""
+    model = EaseRecommender.fit(_interactions(), l2=10.0, k=3, max_books=20, top_books=20)
+    assert model.weights.shape == (30, 30)
+    assert model.weights.nnz > 0

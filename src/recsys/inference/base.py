@@ -9,6 +9,22 @@ import torch
 from recsys.features.vocab import NUM_RESERVED
 
 PADDING = -1  # book index in a top-K slot that has no recommendable book
+GATHER_ROWS = 32  # rows per gathered block in row_dots (keeps the gathered copy in cache)
+
+
+def row_dots(table: np.ndarray, books: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``[B, K]`` dot products ``table[books[b, k]] · vectors[b]`` (``books`` valid indices).
+
+    Gathers ``GATHER_ROWS`` rows at a time: one ``[B, K, D]`` gather of a 1,024-user batch
+    (300 candidates, 256 factors: 314 MB) ran 4-10x slower than the same work in 32-row
+    blocks, and a full ``vectors @ table.T`` wastes the rest of the catalogue. Each row's
+    arithmetic is the same either way, so the result does not depend on the batch.
+    """
+    out = np.empty(books.shape, dtype=np.result_type(table.dtype, vectors.dtype))
+    for start in range(0, len(books), GATHER_ROWS):
+        block = slice(start, start + GATHER_ROWS)
+        out[block] = np.matmul(table[books[block]], vectors[block, :, None])[..., 0]
+    return out
 
 
 def mask_scores(scores: np.ndarray, history: sp.csr_matrix | None) -> np.ndarray:

@@ -49,7 +49,8 @@ def ease_weights(
         raise DataError(
             f"EASE over {n_books} books needs ~{8 * n_books**2 / 2**30:.0f} GiB (the limit is "
             f"{max_books} books): set ranker.ease.enabled=false, or raise ranker.ease.max_books "
-            "on a machine with the memory."
+            "on a machine with the memory, or fit over the most-read books "
+            "(ranker.ease.top_books)."
         )
     binary = (interactions > 0).astype(np.float32).tocsr()
     gram = np.asarray((binary.T @ binary).toarray(), dtype=np.float32)
@@ -69,6 +70,23 @@ def ease_weights(
     weights[~read, :] = 0.0  # unread books: weights of the ridge alone, not of any reader
     weights[:, ~read] = 0.0
     return weights
+
+
+def most_read(interactions: sp.csr_matrix, top_books: int | None) -> np.ndarray | None:
+    """Sorted indices of the ``top_books`` books with the most readers (ties: the lower
+    index), or None when that is every book (``top_books`` None or not below the count)."""
+    if top_books is None:
+        return None
+    if top_books < 1:
+        raise DataError(
+            f"EASE top_books must be at least 1 (or null for every book), got {top_books}."
+        )
+    n_books = interactions.shape[1]
+    if top_books >= n_books:
+        return None
+    readers = np.asarray((interactions > 0).sum(0)).ravel()
+    order = np.argsort(-readers, kind="stable")
+    return np.sort(order[:top_books])
 
 
 def prune(weights: np.ndarray, k: int) -> sp.csr_matrix:
@@ -119,17 +137,43 @@ class EaseRecommender(ScoringRecommender):
         l2: float = 200.0,
         k: int | None = None,
         max_books: int = MAX_BOOKS,
+        top_books: int | None = None,
     ) -> EaseRecommender:
-        """Fit on a user x book matrix; ``k``: prune to each book's ``k`` largest weights."""
-        weights = ease_weights(interactions, l2, max_books)
-        return cls(weights if k is None else prune(weights, k), l2)
+        """Fit on a user x book matrix; ``k``: prune to each book's ``k`` largest weights.
+
+        ``top_books``: fit over the ``top_books`` most-read books only (ties: the lower book
+        index); the others get no weights, neither as history nor as candidates. The solve is
+        cubic in the books: Amazon-Book's 16,000 most-read of 24.9k books (93 % of the reads)
+        take about a quarter of the time. ``max_books`` then limits the subset.
+        """
+        chosen = most_read(interactions, top_books)
+        if chosen is None:
+            weights = ease_weights(interactions, l2, max_books)
+            return cls(weights if k is None else prune(weights, k), l2)
+        n_books = interactions.shape[1]
+        inner = ease_weights(sp.csr_matrix(interactions)[:, chosen], l2, max_books)
+        if k is None:
+            dense = np.zeros((n_books, n_books), dtype=np.float32)
+            dense[np.ix_(chosen, chosen)] = inner
+            return cls(dense, l2)
+        kept = prune(inner, k).tocoo()
+        weights = sp.csr_matrix(
+            (kept.data, (chosen[kept.row], chosen[kept.col])), shape=(n_books, n_books)
+        )
+        weights.sort_indices()
+        return cls(weights, l2)
 
     @classmethod
     def from_prepared(
-        cls, data: PreparedData, l2: float = 200.0, k: int | None = None, max_books: int = MAX_BOOKS
+        cls,
+        data: PreparedData,
+        l2: float = 200.0,
+        k: int | None = None,
+        max_books: int = MAX_BOOKS,
+        top_books: int | None = None,
     ) -> EaseRecommender:
         """Fit on a prepared dataset's training split."""
-        return cls.fit(data.matrix("train"), l2, k, max_books)
+        return cls.fit(data.matrix("train"), l2, k, max_books, top_books)
 
     @property
     def sparse(self) -> bool:

