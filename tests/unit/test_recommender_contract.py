@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from tests.helpers.contract import RecommenderContract
 from tests.helpers.retriever import quick_retriever
@@ -245,3 +246,38 @@ def test_every_implementation_runs_the_contract() -> None:
         if name.startswith("Test") and issubclass(cls, RecommenderContract)
     }
     assert implementations == covered
+
+
+def test_features_from_matrix_keep_each_rows_largest_values_oldest_first(
+    retriever: TwoTowerRecommender,
+) -> None:
+    """The batch's histories equal the row-by-row definition: known books only, ordered by
+    value then book index, the last ``max_history`` kept right-aligned."""
+    rng = np.random.default_rng(7)
+    width = retriever.state.config.max_history
+    n_rows, n_cols = 6, retriever.base_books + 3  # three books added after training
+    lengths = [0, 1, 5, width, width + 9, 2 * width]
+    rows = np.repeat(np.arange(n_rows), lengths)
+    cols = np.concatenate(
+        [rng.choice(np.arange(NUM_RESERVED, n_cols), n, replace=False) for n in lengths]
+    )
+    values = rng.integers(1, 4, cols.size).astype(np.float32)  # ties: the book index decides
+    history = sp.csr_matrix((values, (rows, cols)), shape=(n_rows, n_cols))
+    for i in range(n_rows):  # any stored order within a row
+        part = slice(history.indptr[i], history.indptr[i + 1])
+        history.indices[part], history.data[part] = (
+            history.indices[part][::-1].copy(),
+            history.data[part][::-1].copy(),
+        )
+    history.has_sorted_indices = False
+    expected = np.zeros((n_rows, width), dtype=np.int64)
+    for i in range(n_rows):
+        books = history.indices[history.indptr[i] : history.indptr[i + 1]]
+        data = history.data[history.indptr[i] : history.indptr[i + 1]]
+        known = books < retriever.base_books
+        kept = books[known][np.lexsort((books[known], data[known]))][-width:]
+        if kept.size:
+            expected[i, width - kept.size :] = kept
+    got = retriever.features_from_matrix(np.arange(n_rows) + NUM_RESERVED, history)
+    np.testing.assert_array_equal(got["history"].numpy(), expected)
+    assert (got["history"][-1] > 0).all()

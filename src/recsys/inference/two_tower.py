@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from recsys.errors import RecsysError
-from recsys.features.pipeline import FeatureState, UserFeatures, pad_histories, transform_users
+from recsys.features.pipeline import FeatureState, UserFeatures, pad_ragged, transform_users
 from recsys.features.vocab import NUM_RESERVED
 from recsys.index.faiss_index import FaissIndex
 from recsys.inference.base import ScoringRecommender, top_k_excluding
@@ -73,19 +73,21 @@ class TwoTowerRecommender(ScoringRecommender):
         books; for interaction matrices with equal values, the highest book indices), oldest
         first.
         """
-        rows = []
-        for i in range(len(users)):
-            start, end = history.indptr[i], history.indptr[i + 1]
-            books, values = history.indices[start:end], history.data[start:end]
-            known = books < self.base_books  # added books have no history embedding
-            books, values = books[known], values[known]
-            rows.append(books[np.lexsort((books, values))])
+        # one sort for the batch: by row, then value, then book (no loop over rows)
+        rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(history.indptr))
+        books, values = history.indices, history.data
+        added = books >= self.base_books  # added books have no history embedding
+        if added.any():
+            rows, books, values = rows[~added], books[~added], values[~added]
+        order = np.lexsort((books, values, rows))
+        lengths = np.bincount(rows, minlength=len(users))
+        padded = pad_ragged(books[order], lengths, self.state.config.max_history, "last")
         idx = torch.from_numpy(np.asarray(users, dtype=np.int64))
         known = idx < self.user_side["age"].numel()
         safe = torch.where(known, idx, torch.ones_like(idx))
         return UserFeatures(
             user=safe,
-            history=pad_histories(rows, self.state.config.max_history),
+            history=torch.from_numpy(padded),
             age=torch.where(known, self.user_side["age"][safe], 0),
             country=torch.where(known, self.user_side["country"][safe], 0),
         )
