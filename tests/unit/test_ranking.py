@@ -119,8 +119,12 @@ def test_pair_features_by_hand() -> None:
     assert out[0, 3].abs().sum() == 0  # padding row
 
 
-def test_ranker_shapes_and_script() -> None:
-    ranker = Ranker(SIZES, num_features=len(FEATURES), embedding_dim=8, hidden_dims=[16])
+@pytest.mark.parametrize("embedding_dim", [8, 0])  # 0: the dense features alone
+def test_ranker_shapes_and_script(embedding_dim: int) -> None:
+    ranker = Ranker(
+        SIZES, num_features=len(FEATURES), embedding_dim=embedding_dim, hidden_dims=[16]
+    )
+    assert (ranker.book is None) == (embedding_dim == 0)
     feats = torch.randn(2, 5, len(FEATURES))
     scores = ranker(feats, torch.tensor([[0, 2, 3], [0, 0, 0]]), torch.randint(2, 12, (2, 5)))
     assert scores.shape == (2, 5)
@@ -129,6 +133,8 @@ def test_ranker_shapes_and_script() -> None:
         scripted(feats, torch.tensor([[0, 2, 3], [0, 0, 0]]), torch.full((2, 5), 4)),
         ranker(feats, torch.tensor([[0, 2, 3], [0, 0, 0]]), torch.full((2, 5), 4)),
     )
+    with pytest.raises(ValueError, match="embedding_dim must be >= 0"):
+        Ranker(SIZES, num_features=len(FEATURES), embedding_dim=-1)
 
 
 def test_ranker_learns_a_planted_signal() -> None:

@@ -36,7 +36,8 @@ class Ranker(nn.Module):
     Args:
         sizes: embedding-table sizes from ``FeatureState.sizes()`` (uses ``num_books``).
         num_features: dense features per pair.
-        embedding_dim: ranker embedding width.
+        embedding_dim: ranker embedding width; 0 = no book-id embeddings (the dense
+            features alone, which carry every source's view of the pair).
         cross_layers: number of DCN-v2 cross layers.
         hidden_dims: MLP widths after the crosses.
         dropout: MLP dropout.
@@ -52,8 +53,12 @@ class Ranker(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.book = nn.Embedding(sizes["num_books"], embedding_dim, padding_idx=0)
-        nn.init.normal_(self.book.weight, std=0.01)
+        if embedding_dim < 0:
+            raise ValueError(f"embedding_dim must be >= 0 (0: no embeddings), got {embedding_dim}")
+        self.book: nn.Embedding | None = None
+        if embedding_dim > 0:
+            self.book = nn.Embedding(sizes["num_books"], embedding_dim, padding_idx=0)
+            nn.init.normal_(self.book.weight, std=0.01)
         width = num_features + 3 * embedding_dim
         self.feature_mean: torch.Tensor
         self.feature_std: torch.Tensor
@@ -74,10 +79,13 @@ class Ranker(nn.Module):
         """Scores ``[B, K]`` from ``features`` [B, K, F], ``history`` [B, L] book indices
         (0 = pad) and ``candidates`` [B, K] book indices (pads may be any valid index)."""
         dense = (features - self.feature_mean) / self.feature_std
-        user = F.embedding_bag(history, self.book.weight, mode="mean", padding_idx=0)  # (B, E)
-        cand = self.book(candidates)  # (B, K, E)
-        u = user.unsqueeze(1).expand_as(cand)
-        x0 = torch.cat([dense, u, cand, u * cand], dim=-1)  # (B, K, W)
+        if self.book is None:
+            x0 = dense
+        else:
+            user = F.embedding_bag(history, self.book.weight, mode="mean", padding_idx=0)  # (B, E)
+            cand = self.book(candidates)  # (B, K, E)
+            u = user.unsqueeze(1).expand_as(cand)
+            x0 = torch.cat([dense, u, cand, u * cand], dim=-1)  # (B, K, W)
         x = x0
         for cross in self.crosses:
             x = cross(x0, x)
