@@ -36,7 +36,12 @@ from recsys.features.ranking import FEATURES
 from recsys.jobs.train_ranker import trained_config
 from recsys.report import print_table, write_json
 from recsys.runner import load_or_prepare
-from recsys.training.config import candidate_sources, fit_label_retriever, ranker_loop
+from recsys.training.config import (
+    EPOCHS_SEARCH,
+    candidate_sources,
+    fit_label_retriever,
+    ranker_loop,
+)
 from recsys.training.ranker import (
     FittedSources,
     ServingStage,
@@ -49,7 +54,9 @@ SWEEPABLE = ("ranker.model.", "ranker.module.", "ranker.batch_size")
 
 
 def setting(base: DictConfig, overrides: list[str], epochs: int) -> DictConfig:
-    """``base`` with ``overrides`` and a fixed epoch count, early stopping off."""
+    """``base`` with ``overrides`` and a fixed epoch count, each epoch scored on validation
+    (also for bundles of the serving recipe, ``epochs=selected``, which monitor nothing),
+    early stopping off."""
     for item in overrides:
         if not item.startswith(SWEEPABLE):
             raise SystemExit(f"{item!r} would change the lists; sweep only {', '.join(SWEEPABLE)}")
@@ -57,6 +64,7 @@ def setting(base: DictConfig, overrides: list[str], epochs: int) -> DictConfig:
     assert isinstance(cfg, DictConfig)
     with open_dict(cfg):
         cfg.fit = "carve"
+        cfg.epochs = EPOCHS_SEARCH  # score every epoch (epochs=selected would monitor nothing)
         cfg.ranker.trainer.max_epochs = epochs
         cfg.ranker.trainer.max_time = None
         cfg.ranker.patience = epochs  # score every epoch; the best is still restored
