@@ -53,6 +53,8 @@ def test_amazon_book_experiment_composes(tmp_path: Path, shared_data: Path) -> N
     assert [Path(m).name for m in cfg.data.reader.metadata] == ["goodbooks-10k", "book-crossing"]
     assert all(Path(m).is_dir() for m in cfg.data.reader.metadata)
     assert cfg.ranker.ease.top_books == 16000  # EASE over the most-read books (the fit's time)
+    assert cfg.ranker.model.embedding_dim == 0  # no book-id table: it overfit
+    assert cfg.selected.ranker_epochs == 2
 
 
 def test_spectral_init_through_the_train_job(tmp_path: Path) -> None:
