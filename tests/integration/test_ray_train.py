@@ -178,6 +178,9 @@ def test_settings_that_cannot_run_are_refused(tmp_path: Path) -> None:
         pass
 
 
+# ~95 s on 2 cores, the longest test: `make test-all` runs it. The default suite keeps Ray
+# Train DDP through test_two_workers_end_where_one_process_does_through_a_failure.
+@pytest.mark.slow
 def test_train_engine_ray_writes_a_bundle_that_matches_one_process(
     trained_bundle: dict[str, Any], tmp_path: Path
 ) -> None:
