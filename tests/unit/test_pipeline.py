@@ -16,7 +16,6 @@ from recsys.features.pipeline import (
     FeaturePipeline,
     FeatureState,
     book_feature_table,
-    pad_histories,
     pad_ragged,
     transform_books,
     transform_users,
@@ -33,8 +32,9 @@ def state(prepared: PreparedData) -> FeatureState:
     )
 
 
-def test_pad_histories_keeps_most_recent_and_drops_oov() -> None:
-    out = pad_histories([[5, 6, 7, 8], [OOV, 3], []], max_len=3)
+def test_pad_ragged_keeps_most_recent_and_drops_oov() -> None:
+    flat, lengths = np.array([5, 6, 7, 8, OOV, 3]), np.array([4, 2, 0])
+    out = pad_ragged(flat, lengths, 3, "last")
     assert out.tolist() == [[6, 7, 8], [0, 0, 3], [0, 0, 0]]
 
 

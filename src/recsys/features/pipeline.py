@@ -207,17 +207,6 @@ def transform_books(books: pl.DataFrame, state: FeatureState) -> BookFeatures:
     )
 
 
-def pad_histories(histories: Sequence[Sequence[int] | np.ndarray], max_len: int) -> torch.Tensor:
-    """Right-align each history's last ``max_len`` book indices into ``[n, max_len]`` (0 = pad).
-
-    OOV books (index 1) are dropped: they carry no learned signal.
-    """
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    rows = [np.asarray(h, dtype=np.int64) for h in histories]
-    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    return torch.from_numpy(pad_ragged(flat, lengths, max_len, "last"))
-
-
 def transform_users(users: pl.DataFrame, state: FeatureState) -> UserFeatures:
     """Encode user rows into user-tower inputs.
 

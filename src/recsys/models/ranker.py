@@ -4,6 +4,7 @@ The ranker owns its embeddings (a book table and a history-pooled user vector) i
 reusing the retriever's vectors: it is trained on candidates from a retriever that never saw
 the ranker's labels, and served behind a retriever trained on all data, whose vector space is
 different. Retrieval is still visible to it through the retrieval score and rank features.
+With ``embedding_dim=0`` it has no embeddings and scores the dense features alone.
 """
 
 from __future__ import annotations
