@@ -18,6 +18,7 @@ from recsys.lifecycle import open_registry
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # about a minute; `make demo` runs the same command
 def test_demo_lifecycle_promotes_a_retrained_bundle(
     trained_bundle: dict[str, Any], tmp_path: Path
 ) -> None:

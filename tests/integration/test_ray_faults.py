@@ -188,6 +188,7 @@ def test_replica_killed_under_load(cluster: Cluster, users: list[str], deploymen
     assert body["metadata"]["source"] == "personalized"
 
 
+@pytest.mark.slow  # about a minute; the hot swap and the replica kills above stay in `make test`
 def test_rolling_restart_under_load(cluster: Cluster, users: list[str]) -> None:
     cluster.healthy()
     before = {name: set(replica_pids(name)) for name in ("Ingress", "Retrieval", "Ranking")}
