@@ -153,3 +153,38 @@ def test_excluding_search_keeps_the_first_admissible_books_in_rank_order(
                 size *= 2
             assert top[row].tolist() == [b for b, _ in expected]
             np.testing.assert_allclose(scores[row], [s for _, s in expected], rtol=1e-6)
+
+
+def test_exact_index_answers_a_batch_at_once_as_brute_force_would(
+    data: tuple[np.ndarray, ...],
+) -> None:
+    """A flat index scores the whole batch in one product: the answer is the brute-force
+    order less reserved rows, exclusions and disallowed books, for books added after the build
+    too; a row with fewer admissible books than ``k`` is padded with -1 / -inf."""
+    vectors, book_index, queries = data
+    index = build_index(vectors[:300], book_index[:300], IndexSpec(kind="flat"), queries)
+    added = index.with_added(
+        vectors[300:310], np.array([0, 9000, 9001, 9002, 9003, 9004, 9005, 9006, 9007, 9008])
+    )
+    books = np.concatenate([book_index[:300], [0, *range(9000, 9009)]])
+    stored = vectors[:310]
+    allowed = np.ones(9009, dtype=bool)
+    allowed[book_index[:300:3]] = False
+    excluded = [{9000, 9001, int(book_index[5])}, set(), {int(b) for b in book_index[:300]}]
+    batch = queries[:3]
+    top, scores = added.search_excluding(batch, 20, excluded, allowed)
+    for row in range(3):
+        sims = stored @ batch[row]
+        order = [
+            i
+            for i in np.argsort(-sims, kind="stable")
+            if books[i] >= 2 and books[i] not in excluded[row] and allowed[books[i]]
+        ][:20]
+        expected = [int(books[i]) for i in order]
+        assert top[row][: len(expected)].tolist() == expected
+        np.testing.assert_allclose(scores[row][: len(expected)], sims[order], rtol=1e-5)
+        assert (top[row][len(expected) :] == -1).all()
+        assert np.isneginf(scores[row][len(expected) :]).all()
+    assert len([b for b in top[2] if b >= 0]) == 9  # only the added books, less the reserved 0
+    alone, _ = added.search_excluding(batch[1:2], 20, [excluded[1]], allowed)
+    np.testing.assert_array_equal(alone[0], top[1])

@@ -18,6 +18,7 @@ import numpy as np
 
 from recsys.errors import BundleError, RecsysError
 from recsys.features.vocab import NUM_RESERVED
+from recsys.inference.base import top_k
 
 KINDS = ("flat", "ivf_flat", "hnsw", "ivf_pq")
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
@@ -94,6 +95,16 @@ class FaissIndex:
             )
         self.index, self.book_index, self.report = index, book_index.astype(np.int64), report
         self.apply_params(report.search_params)
+        # An exact index answers the same for any fetch size, so a batch is one matrix
+        # product over its stored vectors instead of FAISS searches grouped by fetch size
+        # (each a pass over every vector per query below FAISS's BLAS threshold of 20).
+        self._exact = (
+            index.reconstruct_n(0, index.ntotal)
+            if isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+            else None
+        )
+        self._row_of = np.full(int(self.book_index.max(initial=-1)) + 1, -1, dtype=np.int64)
+        self._row_of[self.book_index] = np.arange(self.book_index.size)
 
     @property
     def dim(self) -> int:
@@ -140,6 +151,8 @@ class FaissIndex:
         ``allowed`` (bool per book index) is given, books it rules out. Over-fetches until ``k``
         books survive or the index is exhausted; missing slots hold -1 / -inf. Returns raw
         inner products."""
+        if self._exact is not None:
+            return self._exact_excluding(queries, k, excluded, allowed)
         top = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         total = self.index.ntotal
@@ -168,6 +181,36 @@ class FaissIndex:
                     top[row, : counts[j]] = books[j, kept[j]]
                     scores[row, : counts[j]] = sims[j, kept[j]]
         return top, scores
+
+    def _exact_excluding(
+        self,
+        queries: np.ndarray,
+        k: int,
+        excluded: list[set[int]],
+        allowed: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search_excluding` on an exact index: every row's inner products at once,
+        the inadmissible rows set to ``-inf``, then the top ``k``."""
+        assert self._exact is not None
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise RecsysError(
+                f"queries have shape {queries.shape}; the index expects dim {self.dim}."
+            )
+        sims = queries @ self._exact.T  # [B, rows]
+        sims[:, self.book_index < NUM_RESERVED] = -np.inf
+        if allowed is not None:
+            sims[:, ~allowed[self.book_index]] = -np.inf
+        lengths = [len(e) for e in excluded]
+        if sum(lengths):
+            ids = np.fromiter((b for e in excluded for b in e), dtype=np.int64, count=sum(lengths))
+            rows = np.repeat(np.arange(len(excluded), dtype=np.int64), lengths)
+            known = (ids >= 0) & (ids < self._row_of.size)  # others are in no row
+            rows, cols = rows[known], self._row_of[ids[known]]
+            sims[rows[cols >= 0], cols[cols >= 0]] = -np.inf
+        top, scores = top_k(sims, k)
+        books = np.where(top >= 0, self.book_index[np.maximum(top, 0)], -1)
+        return books, scores
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
