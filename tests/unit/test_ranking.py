@@ -59,6 +59,25 @@ def test_cooccurrence_cosine_and_top_neighbours() -> None:
     assert top.toarray().tolist() == [[0, 1.0, 1.0, 0]]
 
 
+def test_cooccurrence_pair_values_match_the_table() -> None:
+    """The sorted-key lookup the reasons use equals indexing the dense table, for every
+    pair in any shape (absent pairs 0), from a table whose column order came unsorted."""
+    rng = np.random.default_rng(0)
+    dense = np.where(rng.random((30, 30)) < 0.2, rng.random((30, 30)), 0).astype(np.float32)
+    table = sp.csr_matrix(dense)
+    order = rng.permutation(table.indptr[1])  # row 0's entries shuffled
+    table.indices[: order.size] = table.indices[order]
+    table.data[: order.size] = table.data[order]
+    model = CooccurrenceRecommender(table)
+    rows, columns = rng.integers(0, 30, (4, 7)), rng.integers(0, 30, (4, 7))
+    np.testing.assert_array_equal(model.pair_values(rows, columns), dense[rows, columns])
+    hist, books = np.array([3, 0, 3]), np.array([5, 1])
+    together = model.pair_values(hist[None, :], books[:, None])
+    np.testing.assert_array_equal(together, dense[np.ix_(hist, books)].T)
+    empty = CooccurrenceRecommender(sp.csr_matrix((4, 4), dtype=np.float32))
+    assert empty.pair_values(np.array([1, 2]), np.array([3, 0])).tolist() == [0, 0]
+
+
 def _books() -> dict[str, torch.Tensor]:
     n = SIZES["num_books"]
     author = torch.tensor([0, 0, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6])

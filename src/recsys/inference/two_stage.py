@@ -444,18 +444,14 @@ class TwoStageRecommender:
     ) -> tuple[list[int], list[str]]:
         """For each book, the history book that explains it best and the kind of reason:
         ``co-read`` (readers of that book also read this one) or ``similar``."""
-        hist = [int(h) for h in history.tolist() if h > 0]
-        if not hist:
+        hist = history.numpy().astype(np.int64)
+        hist = hist[hist > 0]
+        if hist.size == 0:
             return [-1] * len(books), ["popular"] * len(books)
+        books = np.asarray(books, dtype=np.int64)
         emb = self.retriever.book_embeddings
         sims = emb[books] @ emb[hist].T  # (K, H)
-        co = self.generator.cooccurrence.neighbours[hist][:, books].toarray().T  # (K, H)
-        best_book, kinds = [], []
-        for i in range(len(books)):
-            if from_cooc[i] and co[i].max() > 0:
-                best_book.append(hist[int(co[i].argmax())])
-                kinds.append("co-read")
-            else:
-                best_book.append(hist[int(sims[i].argmax())])
-                kinds.append("similar")
-        return best_book, kinds
+        co = self.generator.cooccurrence.pair_values(hist[None, :], books[:, None])  # (K, H)
+        co_read = np.asarray(from_cooc, dtype=bool) & (co.max(axis=1, initial=0) > 0)
+        best = np.where(co_read, co.argmax(axis=1), sims.argmax(axis=1))
+        return hist[best].tolist(), ["co-read" if c else "similar" for c in co_read.tolist()]
