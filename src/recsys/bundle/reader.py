@@ -247,19 +247,28 @@ def history_matrix(encoded: list[np.ndarray], n_books: int) -> sp.csr_matrix:
     Values are recency ranks (1 = oldest; a repeated book keeps its latest position), so
     feature encoding can keep the most recent books of a long history.
     """
-    rows, cols, ranks = [], [], []
+    cols, ranks = [], []
+    indptr = np.zeros(len(encoded) + 1, dtype=np.int64)
     for row, idx in enumerate(encoded):
         idx = np.asarray(idx, dtype=np.int64)
         position = np.arange(1, idx.size + 1, dtype=np.float32)
         keep = idx >= 2
         idx, position = idx[keep], position[keep]
-        # the last occurrence of each book: unique over the reversed sequence
+        # the last occurrence of each book: unique over the reversed sequence (books ascending,
+        # so the rows are canonical CSR as built, with no COO conversion)
         _, last = np.unique(idx[::-1], return_index=True)
         chosen = idx.size - 1 - last
-        rows.append(np.full(chosen.size, row))
         cols.append(idx[chosen])
         ranks.append(position[chosen])
-    r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        indptr[row + 1] = indptr[row] + chosen.size
     c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
     v = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.float32)
-    return sp.csr_matrix((v.astype(np.float32), (r, c)), shape=(len(encoded), n_books))
+    if c.size and c.max() >= n_books:
+        raise ValueError(f"book index {int(c.max())} is outside the {n_books} columns")
+    index_type = np.int32 if max(n_books, c.size) < 2**31 else np.int64
+    matrix = sp.csr_matrix(
+        (v.astype(np.float32), c.astype(index_type), indptr.astype(index_type)),
+        shape=(len(encoded), n_books),
+    )
+    matrix.has_sorted_indices = True
+    return matrix
