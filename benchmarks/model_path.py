@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--bundle", default="artifacts/bundles/amazon_book")
     parser.add_argument("--batches", default="1,8,16")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-cumulative", action="store_true")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
@@ -68,6 +69,8 @@ def main() -> None:
             service.personalised(requests)
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        if args.profile_cumulative:
+            pstats.Stats(profiler).sort_stats("cumtime").print_stats("recsys", 30)
     service.close()
     print(f"written {write_json(Path(args.out) / 'model_path.json', {'rows': rows})}")
 

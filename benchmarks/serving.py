@@ -161,10 +161,14 @@ BENCH_SECRET = "benchmark-only-secret-0123456789abcdef"
 
 def profiler(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen[bytes]:
     """py-spy sampling ``pid`` (every thread, 100 Hz) for ``seconds``: an SVG flame graph
-    (``fmt="flamegraph"``) or collapsed stacks (``raw``) at ``out``."""
+    (``fmt="flamegraph"``) or collapsed stacks (``raw``) at ``out``; ``-gil`` after either
+    samples only the thread holding the GIL (where a GIL-bound server's CPU goes, without
+    the threads waiting for it)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
+    fmt, _, gil = fmt.partition("-")
     command = [str(spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100"]
+    command += ["--gil"] if gil else []
     command += ["--threads", "--subprocesses", "--nonblocking", "-f", fmt, "-o", str(out)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -198,7 +202,7 @@ def bench_runner(
                 before = scrape(base)
                 spy = None
                 if profile is not None and runner.startswith("local"):
-                    ext = "svg" if profile[0] == "flamegraph" else "txt"
+                    ext = "svg" if profile[0].startswith("flamegraph") else "txt"
                     out = profile[1] / f"{runner}-{name}-x{n}.{ext}"
                     spy = profiler(server.pid, seconds, out, profile[0])
                 rows[key] = asyncio.run(load(base, make, n, seconds, headers))
@@ -262,9 +266,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile",
-        choices=["flamegraph", "raw"],
+        choices=["flamegraph", "raw", "flamegraph-gil", "raw-gil"],
         help="py-spy the local runners' server under each load: SVG flame graphs or "
-        "collapsed stacks in <out>/profiles/",
+        "collapsed stacks in <out>/profiles/ (-gil: only the thread holding the GIL)",
     )
     parser.add_argument(
         "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load's HTTP client"
