@@ -6,7 +6,7 @@ For each batch size, 40 batches of random known readers (their histories from th
 go through `RecommendationService.personalised` (candidates, ranker, reasons) as the
 micro-batcher sends them; the best of 5 repetitions is reported, with the ratio of the
 per-request cost to batch size 1 in the same run. `--profile` adds a cProfile of batches of
-8 (the 25 functions with the most time of their own). Prints a table, writes
+8 (`--profile-batch`) (the 25 functions with the most time of their own). Prints a table, writes
 benchmarks/results/model_path.json.
 """
 
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,16")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-cumulative", action="store_true")
+    parser.add_argument("--profile-batch", type=int, default=8, help="batch size profiled")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
@@ -62,7 +63,7 @@ def main() -> None:
         row["per_request_vs_first"] = row["ms_per_request"] / first
     print_table(rows, title=f"model path, {bundle.version}")
     if args.profile:
-        batches = [batch(8) for _ in range(60)]
+        batches = [batch(args.profile_batch) for _ in range(480 // args.profile_batch)]
         profiler = cProfile.Profile()
         profiler.enable()
         for requests in batches:
