@@ -248,3 +248,38 @@ def test_exploration_reuses_the_vectors_retrieval_computed(
         explored += len(lists[0][2])
     assert explored > 0
     service.close()
+
+
+def test_new_books_are_made_again_after_a_catalogue_edit(trained_bundle: dict[str, Any]) -> None:
+    """The new-book set and its vectors are kept between batches, and made again when the
+    catalogue changes: a book taken off leaves the pool, a book added joins it (its vector
+    with it), and ``max_reads`` applies at once."""
+    bundle = load_bundle(trained_bundle["bundle"])
+    live = Live.from_config(
+        {
+            "store": {"url": None},
+            "auth": {"enabled": False},
+            "exploration": {"share": 0.2, "max_reads": 40},
+        }
+    )
+    service = RecommendationService(bundle, 10.0, live=live)
+    explorer = service.path.explorer
+    new, where, vectors = explorer._new_books()
+    assert new.size
+    assert explorer._new_books()[0] is new  # kept while nothing changes
+    reads = service.path.reads
+    assert (reads[new[new < reads.size]] <= 40).all()
+    gone = int(new[0])
+    service.catalogue.remove(str(service.catalogue.ids[gone]))
+    after, _, _ = explorer._new_books()
+    assert gone not in after.tolist()
+    assert after.size == new.size - 1
+    service.add_books([{"book_id": "brand-new", "title": "Brand New", "authors": "Someone"}])
+    added = service.catalogue.index["brand-new"]
+    grown, where, vectors = explorer._new_books()
+    assert added in grown.tolist()
+    embeddings = service.path.retriever.book_embeddings
+    np.testing.assert_array_equal(vectors[where[added]], embeddings[added])
+    service.path.exploration = service.path.exploration.model_copy(update={"max_reads": 0})
+    assert explorer._new_books()[0].size < grown.size
+    service.close()
