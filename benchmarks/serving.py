@@ -146,6 +146,7 @@ RUNNERS = {
     "local": ["engine=local", *OPEN],
     # two server processes on the port (`workers=2`; the cache is off, so no Redis is needed)
     "local-2w": ["engine=local", "workers=2", *OPEN],
+    "local-3w": ["engine=local", "workers=3", *OPEN],
     # exploration off (`recsys serve` gives it 10 % of each list): what the slots cost
     "local-noexplore": ["engine=local", "exploration.share=0", *OPEN],
     # the product default: bearer token checked and rate limit counted on every request

@@ -100,6 +100,11 @@ def test_two_workers_share_the_cache_the_store_and_the_metrics(
             .split(b"=", 1)[1]
             .decode()
         )
+        # each worker's native thread pools: the cores divided between the two (or the
+        # environment's own setting)
+        cores = len(os.sched_getaffinity(0))
+        threads = os.environ.get("OMP_NUM_THREADS", str(max(1, cores // 2)))
+        assert f"OMP_NUM_THREADS={threads}".encode() in environ
         users = trained_bundle["data"].train.get_column("user_id").unique().sort().to_list()
 
         def ask(user: str) -> httpx.Response:  # a fresh connection each time: any worker
@@ -167,3 +172,18 @@ def _attempt(ask: Any, user: str) -> int | str:
 def _linux_only() -> None:
     if not Path("/proc/self/stat").exists():
         pytest.skip("reads worker processes from /proc")
+
+
+def test_worker_threads_divide_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread counts for the workers' native pools: the cores divided among the workers, at
+    least one each, and never over a variable the environment sets."""
+    from recsys.serving import workers
+
+    for name in workers.THREAD_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)))
+    assert workers.worker_threads(2) == dict.fromkeys(workers.THREAD_ENVS, "4")
+    assert workers.worker_threads(3) == dict.fromkeys(workers.THREAD_ENVS, "2")
+    assert workers.worker_threads(16) == dict.fromkeys(workers.THREAD_ENVS, "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert "OMP_NUM_THREADS" not in workers.worker_threads(2)
