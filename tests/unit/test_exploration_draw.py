@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys.serving.exploration import draw
+from recsys.serving.exploration import _member, draw, draw_one
 
 
 def test_first_draws_follow_the_softmax_and_report_its_probability() -> None:
@@ -27,3 +27,29 @@ def test_without_replacement_the_second_propensity_is_renormalised() -> None:
     assert p1 == 0.5
     assert p2 == 1.0  # one book left
     assert draw(rng, pool, np.array([0.0, 0.0]), 5)[1][1] == 1.0  # never more than the pool
+
+
+def test_draw_one_is_numpys_weighted_choice_from_the_same_stream() -> None:
+    """The inverse-CDF draw picks what ``rng.choice(n, p=softmax)`` picks from the same
+    seed (dead books never), so logged propensities keep meaning what they meant."""
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(1, 3000))
+        logits = rng.normal(size=n) * 3
+        alive = rng.random(n) < 0.7
+        alive[int(rng.integers(n))] = True
+        seed = int(rng.integers(2**31))
+        pick, probability = draw_one(np.random.default_rng(seed), logits, alive)
+        weights = np.where(alive, np.exp(logits - logits[alive].max()), 0.0)
+        weights /= weights.sum()
+        assert pick == int(np.random.default_rng(seed).choice(n, p=weights))
+        assert alive[pick]
+        assert abs(probability - weights[pick]) < 1e-12
+
+
+def test_member_is_isin() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        values = rng.integers(-3, 100, 400)
+        wanted = rng.integers(-1 if rng.random() < 0.2 else 0, 120, int(rng.integers(0, 30)))
+        np.testing.assert_array_equal(_member(values, wanted), np.isin(values, wanted))
