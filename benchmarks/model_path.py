@@ -6,8 +6,9 @@ For each batch size, 40 batches of random known readers (their histories from th
 go through `RecommendationService.personalised` (candidates, ranker, reasons) as the
 micro-batcher sends them; the best of 5 repetitions is reported, with the ratio of the
 per-request cost to batch size 1 in the same run. `--profile` adds a cProfile of batches of
-8 (`--profile-batch`) (the 25 functions with the most time of their own). Prints a table, writes
-benchmarks/results/model_path.json.
+`--profile-batch` requests (default 8): the 25 functions with the most time of their own, and
+with `--profile-cumulative` the 30 recsys functions with the most time under them. Prints a
+table, writes benchmarks/results/model_path.json.
 """
 
 from __future__ import annotations

@@ -98,13 +98,12 @@ class FaissIndex:
         # An exact index answers the same for any fetch size, so a batch is one matrix
         # product over its stored vectors instead of FAISS searches grouped by fetch size
         # (each a pass over every vector per query below FAISS's BLAS threshold of 20).
-        self._exact = (
-            index.reconstruct_n(0, index.ntotal)
-            if isinstance(faiss.downcast_index(index), faiss.IndexFlat)
-            else None
-        )
-        self._row_of = np.full(int(self.book_index.max(initial=-1)) + 1, -1, dtype=np.int64)
-        self._row_of[self.book_index] = np.arange(self.book_index.size)
+        self._exact: np.ndarray | None = None
+        if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+            self._exact = index.reconstruct_n(0, index.ntotal)
+            self._reserved = self.book_index < NUM_RESERVED  # rows never offered
+            self._row_of = np.full(int(self.book_index.max(initial=-1)) + 1, -1, np.int64)
+            self._row_of[self.book_index] = np.arange(self.book_index.size)
 
     @property
     def dim(self) -> int:
@@ -130,11 +129,7 @@ class FaissIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` book indices ``[B, k]`` (-1 when fewer) and inner products."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise RecsysError(
-                f"queries have shape {queries.shape}; the index expects dim {self.dim}."
-            )
+        queries = self._queries(queries)
         k = min(k, self.index.ntotal)
         scores, rows = self.index.search(queries, k)
         books = np.where(rows >= 0, self.book_index[np.maximum(rows, 0)], -1)
@@ -192,25 +187,25 @@ class FaissIndex:
         """:meth:`search_excluding` on an exact index: every row's inner products at once,
         the inadmissible rows set to ``-inf``, then the top ``k``."""
         assert self._exact is not None
+        sims = self._queries(queries) @ self._exact.T  # [B, rows]
+        sims[:, self._reserved] = -np.inf
+        if allowed is not None:
+            sims[:, ~allowed[self.book_index]] = -np.inf
+        rows, ids = _excluded_pairs(excluded)
+        known = ids < self._row_of.size  # others are in no row
+        rows, cols = rows[known], self._row_of[ids[known]]
+        sims[rows[cols >= 0], cols[cols >= 0]] = -np.inf
+        top, scores = top_k(sims, k)
+        books = np.where(top >= 0, self.book_index[np.maximum(top, 0)], -1)
+        return books, scores
+
+    def _queries(self, queries: np.ndarray) -> np.ndarray:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise RecsysError(
                 f"queries have shape {queries.shape}; the index expects dim {self.dim}."
             )
-        sims = queries @ self._exact.T  # [B, rows]
-        sims[:, self.book_index < NUM_RESERVED] = -np.inf
-        if allowed is not None:
-            sims[:, ~allowed[self.book_index]] = -np.inf
-        lengths = [len(e) for e in excluded]
-        if sum(lengths):
-            ids = np.fromiter((b for e in excluded for b in e), dtype=np.int64, count=sum(lengths))
-            rows = np.repeat(np.arange(len(excluded), dtype=np.int64), lengths)
-            known = (ids >= 0) & (ids < self._row_of.size)  # others are in no row
-            rows, cols = rows[known], self._row_of[ids[known]]
-            sims[rows[cols >= 0], cols[cols >= 0]] = -np.inf
-        top, scores = top_k(sims, k)
-        books = np.where(top >= 0, self.book_index[np.maximum(top, 0)], -1)
-        return books, scores
+        return queries
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -354,15 +349,20 @@ def _admissible(
     keep = books >= NUM_RESERVED
     if allowed is not None:
         keep &= allowed[np.maximum(books, 0)]
-    lengths = [len(e) for e in excluded]
-    if sum(lengths):
-        ids = np.fromiter((b for e in excluded for b in e), dtype=np.int64, count=sum(lengths))
-        rows = np.repeat(np.arange(len(excluded), dtype=np.int64), lengths)
-        rows, ids = rows[ids >= 0], ids[ids >= 0]  # never a result: keys stay in their row
+    rows, ids = _excluded_pairs(excluded)
+    if ids.size:
         width = np.int64(max(int(books.max(initial=0)), int(ids.max(initial=0))) + 1)
         keys = np.arange(len(books), dtype=np.int64)[:, None] * width + books
         keep &= ~np.isin(keys, rows * width + ids)
     return keep
+
+
+def _excluded_pairs(excluded: list[set[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(row, book) of every excluded book, flattened; negative ids (never a result) left out."""
+    lengths = [len(e) for e in excluded]
+    ids = np.fromiter((b for e in excluded for b in e), dtype=np.int64, count=sum(lengths))
+    rows = np.repeat(np.arange(len(excluded), dtype=np.int64), lengths)
+    return rows[ids >= 0], ids[ids >= 0]
 
 
 def _pow2(n: int) -> int:

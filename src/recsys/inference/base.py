@@ -27,6 +27,14 @@ def row_dots(table: np.ndarray, books: np.ndarray, vectors: np.ndarray) -> np.nd
     return out
 
 
+def find_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``keys`` sits in ``sorted_keys`` (clipped) and whether it is there."""
+    if sorted_keys.size == 0:
+        return np.zeros(keys.shape, dtype=np.int64), np.zeros(keys.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return at, sorted_keys[at] == keys
+
+
 def mask_scores(scores: np.ndarray, history: sp.csr_matrix | None) -> np.ndarray:
     """Set reserved columns and (if given) already-read books to -inf, in place."""
     scores[:, :NUM_RESERVED] = -np.inf

@@ -14,7 +14,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.data.prepared import PreparedData
-from recsys.inference.base import ScoringRecommender
+from recsys.inference.base import ScoringRecommender, find_sorted
 
 
 def top_neighbours(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
@@ -63,10 +63,10 @@ class CooccurrenceRecommender(ScoringRecommender):
             rows_of = np.repeat(np.arange(table.shape[0], dtype=np.int64), np.diff(table.indptr))
             self._keys = rows_of * table.shape[1] + table.indices
         wanted = np.asarray(rows, dtype=np.int64) * table.shape[1] + np.asarray(columns)
-        if self._keys.size == 0:
-            return np.zeros(wanted.shape, dtype=np.float32)
-        at = np.minimum(np.searchsorted(self._keys, wanted), self._keys.size - 1)
-        return np.where(self._keys[at] == wanted, table.data[at], 0).astype(np.float32)
+        at, found = find_sorted(self._keys, wanted)
+        values = np.zeros(wanted.shape, dtype=np.float32)
+        values[found] = table.data[at[found]]
+        return values
 
     @classmethod
     def fit(

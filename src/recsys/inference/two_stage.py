@@ -17,7 +17,7 @@ from recsys.data.works import Works
 from recsys.features.pipeline import BookFeatures
 from recsys.features.ranking import FEATURES, Candidates, pair_features
 from recsys.features.vocab import NUM_RESERVED
-from recsys.inference.base import PADDING, row_dots
+from recsys.inference.base import PADDING, find_sorted, row_dots
 from recsys.inference.cooccurrence import CooccurrenceRecommender
 from recsys.inference.ease import EaseRecommender
 from recsys.inference.mf import MatrixFactorisation
@@ -39,17 +39,9 @@ def _excluded_keys(excluded: list[set[int]], stride: int) -> np.ndarray:
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each of ``keys`` sits in ``sorted_keys`` (clipped) and whether it is there."""
-    if sorted_keys.size == 0:
-        return np.zeros(keys.shape, dtype=np.int64), np.zeros(keys.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
-    return at, sorted_keys[at] == keys
-
-
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Whether each of ``keys`` is in ``sorted_keys``."""
-    return _find(sorted_keys, keys)[1]
+    return find_sorted(sorted_keys, keys)[1]
 
 
 def _pack(rows: np.ndarray, values: np.ndarray, batch: int, n: int) -> np.ndarray:
@@ -121,7 +113,7 @@ def _ranks_in(merged: np.ndarray, source: np.ndarray, absent: int) -> np.ndarray
     keys = rows.astype(np.int64) * stride + source[rows, columns]
     order = np.argsort(keys, kind="stable")
     keys, positions = keys[order], columns[order]
-    at, found = _find(keys, _row_keys(np.maximum(merged, 0), stride))
+    at, found = find_sorted(keys, _row_keys(np.maximum(merged, 0), stride))
     found &= merged >= 0
     out = np.full(merged.shape, absent, dtype=np.float32)
     out[found] = positions[at[found]]
@@ -136,7 +128,7 @@ def sparse_values(scores: sp.csr_matrix, books: np.ndarray) -> np.ndarray:
         scores = scores.sorted_indices()
     stride = scores.shape[1]
     rows = np.repeat(np.arange(batch, dtype=np.int64), np.diff(scores.indptr))
-    at, found = _find(rows * stride + scores.indices, _row_keys(books, stride).ravel())
+    at, found = find_sorted(rows * stride + scores.indices, _row_keys(books, stride).ravel())
     values = np.zeros(batch * width, dtype=np.float32)
     values[found] = scores.data[at[found]]
     return values.reshape(batch, width)
