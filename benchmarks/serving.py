@@ -58,7 +58,8 @@ async def load(
 ) -> dict[str, float]:
     """``clients`` concurrent callers, each sending its next request when the last is answered,
     for ``seconds``. The client shares the 2 cores with the server: ``client_cpu_ms`` is this
-    process's CPU per answered request (aiohttp spends less than httpx, docs/results)."""
+    process's CPU per answered request (aiohttp spends less than httpx, docs/results);
+    :func:`cpu_use` adds the server's. On 2 cores, 400 RPS leaves 5 ms for both."""
     import aiohttp
 
     latencies: list[float] = []
@@ -174,6 +175,40 @@ def profiler(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen[
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by process ``pid`` and each of its live
+    descendants (a multi-worker server's workers, Ray's processes), by process id."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    out = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[proc.pid] = times.user + times.system
+    return out
+
+
+def cpu_use(
+    before: dict[int, float], after: dict[int, float], seconds: float, served: int
+) -> dict[str, Any]:
+    """The server's CPU per answered request, and the busiest processes' shares of a core
+    (``worker_cores``, e.g. "0.86/0.52": how evenly the clients' connections landed on the
+    workers)."""
+    used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+    busy = sorted((u / seconds for u in used.values() if u / seconds >= 0.05), reverse=True)
+    return {
+        "server_cpu_ms": 1000 * sum(used.values()) / max(1, served),
+        "worker_cores": "/".join(f"{b:.2f}" for b in busy[:4]),
+    }
+
+
 def bench_runner(
     runner: str,
     bundle: str,
@@ -206,7 +241,11 @@ def bench_runner(
                     ext = "svg" if profile[0].startswith("flamegraph") else "txt"
                     out = profile[1] / f"{runner}-{name}-x{n}.{ext}"
                     spy = profiler(server.pid, seconds, out, profile[0])
+                cpu, started = tree_cpu(server.pid), time.perf_counter()
                 rows[key] = asyncio.run(load(base, make, n, seconds, headers))
+                elapsed = time.perf_counter() - started
+                use = cpu_use(cpu, tree_cpu(server.pid), elapsed, int(rows[key]["requests"]))
+                rows[key].update(use)
                 if spy is not None:
                     spy.wait(timeout=60)
                 rows[key].update(server_side(before, scrape(base)))
@@ -325,6 +364,8 @@ def main() -> None:
             "errors",
             "fallbacks",
             "client_cpu_ms",
+            "server_cpu_ms",
+            "worker_cores",
         ],
         title=f"serving {bundle.version} on 2 cores (client in the same machine)",
     )

@@ -1,11 +1,12 @@
 """`recsys serve workers=2`: two processes on one port share the store, the response cache
-(a real Redis) and the Prometheus metrics; a worker that dies is replaced; without shared
-state the runner refuses to start."""
+(a real Redis) and the Prometheus metrics; connections spread over both; a worker that dies
+is replaced; without shared state the runner refuses to start."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +39,17 @@ def _workers(parent: int) -> list[int]:
         if ppid == parent and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
             found.append(int(entry.name))
     return sorted(found)
+
+
+def _established(pid: int, port: int) -> int:
+    """Connections to ``port`` that process ``pid`` has accepted."""
+    import psutil
+
+    return sum(
+        1
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr and conn.laddr.port == port
+    )
 
 
 def _answered_by(folder: Path, pid: int) -> float:
@@ -126,6 +138,23 @@ def test_two_workers_share_the_cache_the_store_and_the_metrics(
                 break
         assert all(_answered_by(folder, pid) > 0 for pid in workers)
 
+        # a burst of keep-alive connections lands on both workers, not on whichever woke first
+        port = int(base.rsplit(":", 1)[1])
+        burst = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(16)]
+        try:
+            held: dict[int, int] = {}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                held = {pid: _established(pid, port) for pid in workers}
+                if sum(held.values()) >= 16:
+                    break
+                time.sleep(0.2)
+            assert sum(held.values()) >= 16, held
+            assert all(count > 0 for count in held.values()), held
+        finally:
+            for conn in burst:
+                conn.close()
+
         # an event sent to one worker drops the list every worker cached for that reader
         reader = users[0]
         seen = ask(reader).json()["recommendations"][0]["book_id"]
@@ -190,3 +219,69 @@ def test_worker_threads_divide_the_cores(monkeypatch: pytest.MonkeyPatch) -> Non
     assert workers.worker_threads(16) == dict.fromkeys(workers.THREAD_ENVS, "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "6")
     assert "OMP_NUM_THREADS" not in workers.worker_threads(2)
+
+
+def _listening_worker(holder: socket.socket, accepting: bool, ready: Any, counts: Any) -> None:
+    """A worker as the runner starts one: its own socket in place of the inherited holder,
+    then listening; it accepts for as long as connections keep coming (or never)."""
+    from recsys.serving.workers import listen_alone
+
+    listen_alone()
+    holder.listen(64)  # the holder's descriptor now is this worker's own socket
+    ready.wait()
+    if not accepting:
+        time.sleep(10)
+        return
+    holder.settimeout(2.0)
+    accepted = 0
+    try:
+        while True:
+            conn, _ = holder.accept()
+            conn.close()
+            accepted += 1
+    except TimeoutError:
+        counts.put(accepted)
+
+
+def test_each_worker_listens_on_a_socket_of_its_own() -> None:
+    """Of two workers, one accepting and one never: with a shared listening socket the first
+    would take every connection; with a socket each, the kernel queues about half at the
+    other's, whoever is awake."""
+    import multiprocessing
+
+    from recsys.serving.workers import port_holder
+
+    holder = port_holder("127.0.0.1", 0)
+    port = holder.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    ready, counts = context.Barrier(3), context.Queue()
+    workers = [
+        context.Process(target=_listening_worker, args=(holder, accepting, ready, counts))
+        for accepting in (True, False)
+    ]
+    for worker in workers:
+        worker.start()
+    conns: list[socket.socket] = []
+    try:
+        ready.wait(timeout=30)
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
+        accepted = counts.get(timeout=30)
+        assert 0 < accepted < 32, accepted
+    finally:
+        for conn in conns:
+            conn.close()
+        for worker in workers:
+            worker.terminate()
+            worker.join(timeout=10)
+        holder.close()
+
+
+def test_a_taken_port_is_a_clear_error() -> None:
+    from recsys.errors import RecsysError
+    from recsys.serving.workers import port_holder
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(RecsysError, match="pick another port="):
+            port_holder("127.0.0.1", taken.getsockname()[1])

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import stat
 import tempfile
 from typing import TYPE_CHECKING, Any
 
@@ -86,13 +88,83 @@ def local_app(cfg: ServeSettings, bundle: Any = None) -> FastAPI:
 
 
 def worker_app() -> FastAPI:
-    """uvicorn's factory in each worker: the settings the parent validated."""
+    """uvicorn's factory in each worker: the settings the parent validated. Runs before the
+    worker listens, so the port's socket becomes this worker's own first
+    (:func:`listen_alone`)."""
+    listen_alone()
     return local_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
+def port_holder(host: str, port: int) -> socket.socket:
+    """The parent's socket for the port: bound with ``SO_REUSEPORT`` and never listening, so
+    it holds the port (``port=0`` picks one) while each worker listens on a socket of its
+    own in the same group. The kernel then spreads new connections over the workers; one
+    listening socket shared by all let whichever worker woke first accept every connection
+    of a burst (8 keep-alive clients all on one of two workers in 4 runs of 6)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RecsysError(
+            f"cannot serve on {host}:{port}: {exc.strerror}; pick another port="
+        ) from None
+    return sock
+
+
+def listen_alone() -> None:
+    """In a worker: replace the port holder it inherited (see :func:`port_holder`) by a
+    socket of its own bound to the same address, under the same descriptor, so the socket
+    uvicorn is about to listen on is this worker's alone."""
+    for fd in _sockets():
+        with socket.socket(fileno=os.dup(fd)) as inherited:
+            if not _is_holder(inherited):
+                continue
+            own = socket.socket(inherited.family, socket.SOCK_STREAM)
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            own.bind(inherited.getsockname())
+            os.dup2(own.fileno(), fd)
+            own.close()
+
+
+def _sockets() -> list[int]:
+    """This process's open descriptors that are sockets."""
+    try:
+        fds = [int(name) for name in os.listdir("/dev/fd") if name.isdigit()]
+    except OSError:
+        fds = list(range(3, 1024))
+    found = []
+    for fd in sorted(fds):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                found.append(fd)
+        except OSError:
+            continue  # closed, or the listing's own descriptor
+    return found
+
+
+def _is_holder(sock: socket.socket) -> bool:
+    """A bound TCP socket with ``SO_REUSEPORT`` that does not listen: the parent's holder."""
+    try:
+        return (
+            sock.type == socket.SOCK_STREAM
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+            and sock.getsockname()[1] != 0
+        )
+    except OSError:
+        return False
 
 
 def serve(cfg: ServeSettings, bundle: Any) -> None:
     """Serve until stopped: one process with ``bundle``, or ``cfg.workers`` workers."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     problem = unshared(cfg)
     if problem:
@@ -118,15 +190,20 @@ def serve(cfg: ServeSettings, bundle: Any) -> None:
     os.environ[SETTINGS_ENV] = cfg.model_dump_json()
     threads = worker_threads(cfg.workers)
     os.environ.update(threads)
-    try:
-        uvicorn.run(
-            "recsys.serving.workers:worker_app",
-            factory=True,
-            workers=cfg.workers,
-            timeout_worker_healthcheck=30,  # a worker loading a bundle under load answers late
-            **options,
-        )
+    config = uvicorn.Config(
+        "recsys.serving.workers:worker_app",
+        factory=True,
+        workers=cfg.workers,
+        timeout_worker_healthcheck=30,  # a worker loading a bundle under load answers late
+        **options,
+    )
+    holder = port_holder(config.host, config.port)
+    try:  # what uvicorn.run does for workers > 1, with the port holder for its socket
+        Multiprocess(config, sockets=[holder]).run()
+    except KeyboardInterrupt:
+        pass
     finally:  # this process may go on (tests, embedded use): no pointer to a removed folder
+        holder.close()
         for name in (METRICS_ENV, SETTINGS_ENV, *threads):
             os.environ.pop(name, None)
         shutil.rmtree(folder, ignore_errors=True)
