@@ -216,9 +216,12 @@ def bench_runner(
     seconds: float,
     clients: str,
     profile: tuple[str, Path] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Start ``recsys serve`` with one runner in a subprocess, load it, stop it; with
-    ``profile`` (format, folder) py-spy records the server under each load (local runner)."""
+    ``profile`` (format, folder) py-spy records the server under each load (local runner);
+    ``env`` is added to the server's environment (``benchmarks/serving_ab.py``: the
+    ``PYTHONPATH`` of an older commit's code)."""
     headers = {}
     if "auth.enabled=false" not in RUNNERS[runner]:
         from recsys.serving.auth import Authenticator
@@ -227,7 +230,7 @@ def bench_runner(
         headers = {"Authorization": f"Bearer {token}"}
     server, base = spawn_server(
         [f"bundle={bundle}", *RUNNERS[runner], "stage_timeout_ms=1000"],
-        {"OMP_NUM_THREADS": "1", "RECSYS_JWT_SECRET": BENCH_SECRET},
+        {"OMP_NUM_THREADS": "1", "RECSYS_JWT_SECRET": BENCH_SECRET, **(env or {})},
     )
     rows: dict[str, dict[str, float]] = {}
     try:
