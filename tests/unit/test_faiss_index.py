@@ -188,3 +188,19 @@ def test_exact_index_answers_a_batch_at_once_as_brute_force_would(
     assert len([b for b in top[2] if b >= 0]) == 9  # only the added books, less the reserved 0
     alone, _ = added.search_excluding(batch[1:2], 20, [excluded[1]], allowed)
     np.testing.assert_array_equal(alone[0], top[1])
+
+
+def test_the_padded_scan_scores_as_the_plain_product() -> None:
+    """The exact path pads 2-3, 5-7 queries to a multiple of 4 rows for a faster kernel; the
+    scores and their order are the plain product's."""
+    from recsys.index.faiss_index import _scan
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 16)).astype(np.float32)
+    for batch in range(1, 10):
+        queries = rng.standard_normal((batch, 16)).astype(np.float32)
+        scores = _scan(queries, vectors)
+        assert scores.shape == (batch, 500)
+        np.testing.assert_allclose(scores, queries @ vectors.T, rtol=1e-5, atol=1e-5)
+        for row in range(batch):  # each row as the row alone would score it
+            np.testing.assert_allclose(scores[row], vectors @ queries[row], rtol=1e-5, atol=1e-5)

@@ -187,7 +187,7 @@ class FaissIndex:
         """:meth:`search_excluding` on an exact index: every row's inner products at once,
         the inadmissible rows set to ``-inf``, then the top ``k``."""
         assert self._exact is not None
-        sims = self._queries(queries) @ self._exact.T  # [B, rows]
+        sims = _scan(self._queries(queries), self._exact)  # [B, rows]
         sims[:, self._reserved] = -np.inf
         if allowed is not None:
             sims[:, ~allowed[self.book_index]] = -np.inf
@@ -355,6 +355,18 @@ def _admissible(
         keys = np.arange(len(books), dtype=np.int64)[:, None] * width + books
         keep &= ~np.isin(keys, rows * width + ids)
     return keep
+
+
+def _scan(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``queries @ vectors.T``, the batch padded with zero rows to a multiple of 4 from two
+    queries up: OpenBLAS's kernels for 2, 3, 5-7 rows took up to 1.7x the time of 4 or 8
+    (a pass over 25k x 128 floats; one query is a matrix-vector product, left as it is)."""
+    batch = len(queries)
+    if batch < 2 or batch % 4 == 0:
+        return queries @ vectors.T
+    padded = np.zeros((batch + (-batch) % 4, queries.shape[1]), dtype=queries.dtype)
+    padded[:batch] = queries
+    return (padded @ vectors.T)[:batch]
 
 
 def _excluded_pairs(excluded: list[set[int]]) -> tuple[np.ndarray, np.ndarray]:
