@@ -140,17 +140,17 @@ def test_two_workers_share_the_cache_the_store_and_the_metrics(
 
         # a burst of keep-alive connections lands on both workers, not on whichever woke first
         port = int(base.rsplit(":", 1)[1])
-        burst = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(16)]
+        burst = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
         try:
             held: dict[int, int] = {}
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 held = {pid: _established(pid, port) for pid in workers}
-                if sum(held.values()) >= 16:
+                if sum(held.values()) >= 32:
                     break
                 time.sleep(0.2)
-            assert sum(held.values()) >= 16, held
-            assert all(count > 0 for count in held.values()), held
+            assert sum(held.values()) >= 32, held
+            assert all(count >= 6 for count in held.values()), held  # a shared socket: ~0
         finally:
             for conn in burst:
                 conn.close()

@@ -123,12 +123,11 @@ def listen_alone() -> None:
         with socket.socket(fileno=os.dup(fd)) as inherited:
             if not _is_holder(inherited):
                 continue
-            own = socket.socket(inherited.family, socket.SOCK_STREAM)
-            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            own.bind(inherited.getsockname())
-            os.dup2(own.fileno(), fd)
-            own.close()
+            with socket.socket(inherited.family, socket.SOCK_STREAM) as own:
+                own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                own.bind(inherited.getsockname())
+                os.dup2(own.fileno(), fd)
 
 
 def _sockets() -> list[int]:
@@ -185,11 +184,6 @@ def serve(cfg: ServeSettings, bundle: Any) -> None:
     # changes the reader's next list whichever worker answers it (a level-1 entry of another
     # worker could serve the old list for cache.l1_ttl_s)
     cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"l1_ttl_s": 0.0})})
-    folder = tempfile.mkdtemp(prefix="recsys-metrics-")
-    os.environ[METRICS_ENV] = folder  # before the workers start: they import after this
-    os.environ[SETTINGS_ENV] = cfg.model_dump_json()
-    threads = worker_threads(cfg.workers)
-    os.environ.update(threads)
     config = uvicorn.Config(
         "recsys.serving.workers:worker_app",
         factory=True,
@@ -198,6 +192,11 @@ def serve(cfg: ServeSettings, bundle: Any) -> None:
         **options,
     )
     holder = port_holder(config.host, config.port)
+    folder = tempfile.mkdtemp(prefix="recsys-metrics-")
+    os.environ[METRICS_ENV] = folder  # before the workers start: they import after this
+    os.environ[SETTINGS_ENV] = cfg.model_dump_json()
+    threads = worker_threads(cfg.workers)
+    os.environ.update(threads)
     try:  # what uvicorn.run does for workers > 1, with the port holder for its socket
         Multiprocess(config, sockets=[holder]).run()
     except KeyboardInterrupt:
