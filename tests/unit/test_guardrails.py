@@ -94,3 +94,21 @@ def test_arm_stats_from_a_serving_registry() -> None:
     assert stats["v1"].quantile(1.0) == 0.5
     assert (stats["v2"].answers, stats["v2"].errors) == (1, 1)
     assert (stats["v2"].impressions, stats["v2"].clicks) == (3, 1)
+
+
+def test_one_stalled_answer_of_a_small_canary_is_no_evidence() -> None:
+    """Below 100 answers a p99 is the slowest answer: the latency row reads the one below it,
+    so one stall passes, two roll back, and a large arm reads its plain p99."""
+    production = arm(5000)
+    one = arm(90, slow_share=1 / 90)
+    two = arm(90, slow_share=2 / 90)
+    assert (one.quantile(0.99), one.tail(0.99)) == (1, 0.001)
+    assert two.tail(0.99) == 1
+    assert judge(one, production, Guardrails(min_answers=20)).action == "advance"
+    verdict = judge(two, production, Guardrails(min_answers=20))
+    assert verdict.action == "rollback"
+    assert verdict.reasons[0].startswith("p99 latency")
+    large = arm(1000, slow_share=0.02)  # 20 slow answers in 1000: p99 is slow
+    assert large.tail(0.99) == large.quantile(0.99) == 1
+    assert arm(1000, slow_share=0.005).tail(0.99) == 0.001  # 5 in 1000: p99 is fast
+    assert ArmStats().tail(0.99) == 0.0

@@ -60,9 +60,20 @@ class ArmStats:
         """The latency under which ``q`` of the answers fell: the upper bound of the bucket
         holding that rank (conservative, as Prometheus's histogram_quantile is at the top)."""
         total = self.buckets[-1][1] if self.buckets else 0
-        if total <= 0:
-            return 0.0
-        rank = q * total
+        return self._at_rank(q * total) if total > 0 else 0.0
+
+    def tail(self, q: float = 0.99) -> float:
+        """The ``q`` quantile of latency, except that it never reads the slowest answer alone:
+        below ``1 / (1 - q)`` answers (100 for p99), a sample's p99 *is* its slowest answer,
+        and one stalled answer (a collector pause, a store write waiting on a lock, a busy
+        machine) is no evidence against a bundle. Such an arm reads the answer below its
+        slowest; an arm with enough answers reads its plain ``q`` quantile."""
+        total = self.buckets[-1][1] if self.buckets else 0
+        if total < 2:
+            return self.quantile(q)
+        return self._at_rank(min(q * total, total - 1))
+
+    def _at_rank(self, rank: float) -> float:
         finite = [bound for bound, _ in self.buckets if bound != float("inf")]
         for bound, count in self.buckets:
             if count >= rank:
@@ -111,13 +122,13 @@ def judge(canary: ArmStats, production: ArmStats, rules: Guardrails) -> Verdict:
             f"<= production + {rules.max_fallback_rate_increase}",
         ),
     ]
-    p99 = max(canary.quantile(0.99), rules.p99_floor_s)
-    base = max(production.quantile(0.99), rules.p99_floor_s)
+    p99 = max(canary.tail(0.99), rules.p99_floor_s)
+    base = max(production.tail(0.99), rules.p99_floor_s)
     rows.append(
         _row(
             "p99 latency s",
-            canary.quantile(0.99),
-            production.quantile(0.99),
+            canary.tail(0.99),
+            production.tail(0.99),
             p99 <= rules.max_p99_ratio * base,
             f"<= {rules.max_p99_ratio} x production",
         )

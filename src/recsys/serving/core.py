@@ -122,6 +122,7 @@ class ServingCore:
         the model registry's production version, each when configured; sample the metrics
         for the console's health view."""
         self.vitals.start()
+        self.service.prime()
         self.warmer.warm(self.service)
         if self.live.experiments_file:
             self.watcher = FileWatcher(
@@ -169,6 +170,7 @@ class ServingCore:
                 if folder.resolve() == current.bundle.path.resolve():
                     return False
                 service = (build or self.build or current.sibling)(load_bundle(folder))
+                service.prime()  # the first readers it answers do not pay its set-up
             except Exception as exc:  # any failure leaves the old bundle serving
                 log.error("bundle %s refused, %s keeps serving: %s", path, current.version, exc)
                 self.metrics.swaps.labels("refused").inc()

@@ -187,6 +187,13 @@ class Experiments:
         timer.daemon = True
         timer.start()
 
+    def load(self, path: str | Path) -> Any:
+        """The service of the bundle at ``path``, built and primed (its model path run once)
+        before it takes any traffic."""
+        service = self.build(load_bundle(path))
+        service.prime()
+        return service
+
     def set_canary(self, family: str, path: str | None, percent: float = 0.0) -> None:
         """Send ``percent`` of users (stable hash buckets: raising the share keeps everyone
         already in the canary there) to the bundle at ``path`` as experiment
@@ -198,7 +205,7 @@ class Experiments:
                 self.canary = None
             else:
                 service = old[1] if old and str(old[1].bundle.path) == str(resolve(path)) else None
-                service = service or self.build(load_bundle(path))
+                service = service or self.load(path)
                 experiment = Experiment(
                     f"canary:{family}", {"canary": percent, "production": 100.0 - percent}
                 )
@@ -217,12 +224,12 @@ class Experiments:
                 for setting in experiment.settings.values():
                     if "bundle" in setting:
                         path = str(resolve(setting["bundle"]))
-                        wanted[path] = self.services.get(path) or self.build(load_bundle(path))
+                        wanted[path] = self.services.get(path) or self.load(path)
             new_default = None
             if plan.default_bundle:
                 path = str(resolve(plan.default_bundle))
                 if path != str(self.default.bundle.path):
-                    new_default = wanted.get(path) or self.build(load_bundle(path))
+                    new_default = wanted.get(path) or self.load(path)
             retired = [s for p, s in self.services.items() if p not in wanted]
             self.services, self.plan = wanted, plan
             if new_default is not None:

@@ -8,6 +8,7 @@ impressions, hot swap) live one level up, in :class:`recsys.serving.core.Serving
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -101,6 +102,7 @@ class RecommendationService:
         )
         # Deeper than this, a queued request would wait out its budget: answer it at once.
         self.max_pending = 4 * max_batch
+        self.primed = False  # whether the model path ran once (prime)
 
     @property
     def stages(self) -> Stages | None:
@@ -126,6 +128,36 @@ class RecommendationService:
         :class:`PersonalisedPath`); serialised with catalogue additions."""
         with self._model_lock:
             return self.path.answer(requests, explain)
+
+    def prime(self, users: int = 4, timeout_s: float = 10.0) -> bool:
+        """Run the model path once, through the model thread, before this service takes
+        traffic: a lone request, then a batch of ``users``, for the bundle's first readers.
+        A model's first calls pay one-off set-up (the model thread's first torch and FAISS
+        calls, first allocations, the ranker's first predict); without this, the first
+        readers a hot-swapped bundle or a canary answers wait for it, and a canary judged on
+        a few dozen answers has that wait as its p99. Nothing is logged or counted: no store
+        is read and no impression is made. Returns whether it ran; a failure is logged and
+        the service still serves (its requests fall back as they would anyway)."""
+        if self.primed:
+            return True
+        ids = list(itertools.islice(self.histories, users))
+        requests = [
+            Personal(u, self.history_matrix([self.histories[u]]), 10, set(), None, "personalized")
+            for u in ids
+        ]
+        if not requests:
+            return False
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._batcher.submit(requests[0], deadline).result(timeout=timeout_s)
+            batch = [self._batcher.submit(r, deadline) for r in requests]
+            for future in batch:
+                future.result(timeout=max(deadline - time.monotonic(), 0.0))
+        except Exception as exc:  # the first real request meets the same error, and falls back
+            log.warning("bundle %s: priming the model path failed: %s", self.version, exc)
+            return False
+        self.primed = True
+        return True
 
     def score_users(self, user_ids: list[str], k: int) -> list[tuple[str, Answer]]:
         """Top-``k`` lists without reasons for the users anything is known about (the
