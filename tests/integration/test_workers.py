@@ -243,16 +243,17 @@ def _listening_worker(holder: socket.socket, accepting: bool, ready: Any, counts
         counts.put(accepted)
 
 
-def test_each_worker_listens_on_a_socket_of_its_own() -> None:
+def test_each_worker_listens_on_a_socket_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     """Of two workers, one accepting and one never: with a shared listening socket the first
     would take every connection; with a socket each, the kernel queues about half at the
     other's, whoever is awake."""
     import multiprocessing
 
-    from recsys.serving.workers import port_holder
+    from recsys.serving.workers import HOLDER_ENV, port_holder
 
     holder = port_holder("127.0.0.1", 0)
     port = holder.getsockname()[1]
+    monkeypatch.setenv(HOLDER_ENV, f"127.0.0.1 {port}")
     context = multiprocessing.get_context("fork")
     ready, counts = context.Barrier(3), context.Queue()
     workers = [
@@ -285,3 +286,71 @@ def test_a_taken_port_is_a_clear_error() -> None:
         taken.listen()
         with pytest.raises(RecsysError, match="pick another port="):
             port_holder("127.0.0.1", taken.getsockname()[1])
+
+
+def test_a_port_another_server_shares_is_refused_not_joined() -> None:
+    """A server listening with SO_REUSEPORT would let a holder that set the option before
+    binding join its group, and the two servers would split each other's traffic."""
+    from recsys.errors import RecsysError
+    from recsys.serving.workers import port_holder
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(RecsysError, match="pick another port="):
+            port_holder("127.0.0.1", other.getsockname()[1])
+
+
+def test_an_address_not_of_this_machine_names_host() -> None:
+    from recsys.errors import RecsysError
+    from recsys.serving.workers import port_holder
+
+    with pytest.raises(RecsysError, match="check host="):
+        port_holder("192.0.2.1", 0)  # TEST-NET-1: no interface of this machine has it
+
+
+def _worker_start(holder: socket.socket) -> None:
+    from recsys.serving.workers import listen_alone
+
+    listen_alone()
+
+
+def test_a_worker_that_cannot_bind_stops_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that took the port between the holder and the workers: the worker exits with
+    uvicorn's start-up failure code (its supervisor then stops, instead of restarting it
+    forever)."""
+    import multiprocessing
+
+    from uvicorn.config import STARTUP_FAILURE
+
+    from recsys.serving.workers import HOLDER_ENV, port_holder
+
+    holder = port_holder("127.0.0.1", 0)
+    port = holder.getsockname()[1]
+    monkeypatch.setenv(HOLDER_ENV, f"127.0.0.1 {port}")
+    with socket.socket() as intruder:  # no SO_REUSEPORT, listening before the workers
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        intruder.bind(("127.0.0.1", port))
+        intruder.listen()
+        worker = multiprocessing.get_context("fork").Process(target=_worker_start, args=(holder,))
+        worker.start()
+        worker.join(timeout=30)
+    holder.close()
+    assert worker.exitcode == STARTUP_FAILURE
+
+
+def test_a_missing_holder_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from recsys.serving.workers import HOLDER_ENV, listen_alone
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv(HOLDER_ENV, f"127.0.0.1 {port}")
+    with caplog.at_level(logging.WARNING, logger="recsys.serving.workers"):
+        listen_alone()
+    assert f"no inherited socket bound to 127.0.0.1:{port}" in caplog.text

@@ -23,17 +23,25 @@ with one thread each (docs/results/serving.md).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
+
+from uvicorn.config import STARTUP_FAILURE  # a worker's exit code that stops the supervisor
 
 from recsys.errors import RecsysError
 from recsys.serving.settings import ServeSettings
 
+log = logging.getLogger(__name__)
+
 SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"
+HOLDER_ENV = "RECSYS_PORT_HOLDER"  # "<host> <port>" of the parent's port holder
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # the native thread pools a worker's libraries read at import (torch and FAISS: OpenMP)
 THREAD_ENVS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -96,38 +104,62 @@ def worker_app() -> FastAPI:
 
 
 def port_holder(host: str, port: int) -> socket.socket:
-    """The parent's socket for the port: bound with ``SO_REUSEPORT`` and never listening, so
-    it holds the port (``port=0`` picks one) while each worker listens on a socket of its
-    own in the same group. The kernel then spreads new connections over the workers; one
-    listening socket shared by all let whichever worker woke first accept every connection
-    of a burst (8 keep-alive clients all on one of two workers in 4 runs of 6)."""
+    """The parent's socket for the port (Linux): bound, never listening, so it holds the
+    port (``port=0`` picks one) while each worker listens on a socket of its own in one
+    ``SO_REUSEPORT`` group. The kernel then spreads new connections over the workers by their
+    addresses; one listening socket shared by all let whichever worker woke first accept
+    every connection of a burst (8 keep-alive clients all on one of two workers in 4 runs
+    of 6).
+
+    It binds before it sets ``SO_REUSEPORT``: a port another server holds (with or without
+    that option) is refused here, rather than joined, which would split that server's
+    traffic with this one."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise RecsysError(
-            f"cannot serve on {host}:{port}: {exc.strerror}; pick another port="
-        ) from None
+        fix = "pick another port=" if exc.errno == errno.EADDRINUSE else "check host="
+        raise RecsysError(f"cannot serve on {host}:{port}: {exc.strerror}; {fix}") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the workers join it
     return sock
 
 
 def listen_alone() -> None:
-    """In a worker: replace the port holder it inherited (see :func:`port_holder`) by a
-    socket of its own bound to the same address, under the same descriptor, so the socket
-    uvicorn is about to listen on is this worker's alone."""
+    """In a worker: replace the port holder it inherited (:func:`port_holder`; the parent
+    names its address in ``RECSYS_PORT_HOLDER``) by a socket of its own bound to the same
+    address, under the same descriptor, so that the socket uvicorn is about to listen on is
+    this worker's alone. Without the variable (one process, or not Linux) it does nothing;
+    a holder not found is logged (the worker then shares the port's one socket). A bind that
+    fails ends the worker with uvicorn's start-up failure code, which stops the parent rather
+    than restarting the worker forever."""
+    named = os.environ.get(HOLDER_ENV)
+    if not named:
+        return
+    host, _, port = named.rpartition(" ")
     for fd in _sockets():
         with socket.socket(fileno=os.dup(fd)) as inherited:
-            if not _is_holder(inherited):
+            if not _is_holder(inherited, host, int(port)):
                 continue
             with socket.socket(inherited.family, socket.SOCK_STREAM) as own:
                 own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                own.bind(inherited.getsockname())
+                try:
+                    own.bind(inherited.getsockname())
+                except OSError as exc:
+                    log.error("worker cannot bind %s:%s: %s", host, port, exc.strerror)
+                    sys.exit(STARTUP_FAILURE)
                 os.dup2(own.fileno(), fd)
+            return
+    log.warning(
+        "worker %d: no inherited socket bound to %s:%s; it shares one listening socket with "
+        "the other workers (connections may not spread)",
+        os.getpid(),
+        host,
+        port,
+    )
 
 
 def _sockets() -> list[int]:
@@ -146,15 +178,16 @@ def _sockets() -> list[int]:
     return found
 
 
-def _is_holder(sock: socket.socket) -> bool:
-    """A bound TCP socket with ``SO_REUSEPORT`` that does not listen: the parent's holder."""
+def _is_holder(sock: socket.socket, host: str, port: int) -> bool:
+    """A TCP socket bound to (``host``, ``port``) that does not listen: the parent's holder
+    (the descriptor numbers differ between the parent and a spawned worker; the address
+    does not)."""
     try:
         return (
             sock.type == socket.SOCK_STREAM
             and sock.family in (socket.AF_INET, socket.AF_INET6)
-            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
             and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
-            and sock.getsockname()[1] != 0
+            and tuple(sock.getsockname()[:2]) == (host, port)
         )
     except OSError:
         return False
@@ -191,18 +224,29 @@ def serve(cfg: ServeSettings, bundle: Any) -> None:
         timeout_worker_healthcheck=30,  # a worker loading a bundle under load answers late
         **options,
     )
-    holder = port_holder(config.host, config.port)
+    # Linux spreads connections over SO_REUSEPORT listeners; elsewhere (macOS does not
+    # spread them, Windows has no SO_REUSEPORT) the workers share uvicorn's one socket
+    linux = sys.platform.startswith("linux")
+    holder = port_holder(config.host, config.port) if linux else config.bind_socket()
     folder = tempfile.mkdtemp(prefix="recsys-metrics-")
     os.environ[METRICS_ENV] = folder  # before the workers start: they import after this
     os.environ[SETTINGS_ENV] = cfg.model_dump_json()
+    if linux:
+        os.environ[HOLDER_ENV] = "{} {}".format(*holder.getsockname()[:2])
     threads = worker_threads(cfg.workers)
     os.environ.update(threads)
+    supervisor = Multiprocess(config, sockets=[holder])
     try:  # what uvicorn.run does for workers > 1, with the port holder for its socket
-        Multiprocess(config, sockets=[holder]).run()
+        supervisor.run()
     except KeyboardInterrupt:
         pass
     finally:  # this process may go on (tests, embedded use): no pointer to a removed folder
         holder.close()
-        for name in (METRICS_ENV, SETTINGS_ENV, *threads):
+        for name in (METRICS_ENV, SETTINGS_ENV, HOLDER_ENV, *threads):
             os.environ.pop(name, None)
         shutil.rmtree(folder, ignore_errors=True)
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        raise RecsysError(
+            f"a worker could not start on {config.host}:{config.port} (its log says why); "
+            "the port may have been taken while the workers started: pick another port="
+        )
