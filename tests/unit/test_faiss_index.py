@@ -199,7 +199,7 @@ def test_the_padded_scan_scores_as_the_plain_product() -> None:
     vectors = rng.standard_normal((500, 16)).astype(np.float32)
     for batch in range(1, 10):
         queries = rng.standard_normal((batch, 16)).astype(np.float32)
-        scores = _scan(queries, vectors)
+        scores = _scan(queries, np.ascontiguousarray(vectors.T))
         assert scores.shape == (batch, 500)
         np.testing.assert_allclose(scores, queries @ vectors.T, rtol=1e-5, atol=1e-5)
         for row in range(batch):  # each row as the row alone would score it
