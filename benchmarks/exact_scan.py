@@ -1,0 +1,85 @@
+"""The exact two-tower scan's kernel: the product of a batch of queries with a bundle's book
+vectors, as the exact index stores them (transposed, ``[dim, rows]`` contiguous, the batch
+padded to a multiple of 4 queries) against the row-major vectors' transposed view, plain and
+padded (the code before), in one sitting.
+
+    python benchmarks/exact_scan.py [--bundle artifacts/bundles/amazon_book] [--batches 1-12]
+
+Without a bundle (or with ``--rows/--dim``) it scans random vectors of that shape. Each cell
+is the lower quartile of ``--repeats`` timings (this machine is shared; the quartile is
+steadier than the mean). Prints a table with the served layout's ratio to the other two,
+writes benchmarks/results/exact_scan.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from recsys.index.faiss_index import _scan
+from recsys.report import print_table, write_json
+
+
+def _quartile_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return float(sorted(times)[repeats // 4] * 1000)
+
+
+def _vectors(args: argparse.Namespace) -> tuple[np.ndarray, str]:
+    """The bundle's book embeddings (what its exact index holds), or random vectors."""
+    if args.rows is None and Path(args.bundle).exists():
+        from recsys.bundle.reader import load_bundle
+
+        loaded = load_bundle(args.bundle)
+        vectors = np.ascontiguousarray(np.asarray(loaded.book_embeddings, dtype=np.float32))
+        return vectors, f"{loaded.version} book embeddings"
+    rng = np.random.default_rng(0)
+    rows, dim = args.rows or 24_915, args.dim
+    return rng.standard_normal((rows, dim)).astype(np.float32), f"random {rows} x {dim}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", default="artifacts/bundles/amazon_book")
+    parser.add_argument("--rows", type=int, default=None, help="random vectors: how many")
+    parser.add_argument("--dim", type=int, default=128, help="random vectors: dimension")
+    parser.add_argument("--batches", default="1-12", help="a range a-b or a comma list")
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    if "-" in args.batches:
+        low, high = (int(x) for x in args.batches.split("-"))
+        sizes = list(range(low, high + 1))
+    else:
+        sizes = [int(x) for x in args.batches.split(",")]
+    vectors, source = _vectors(args)
+    columns = np.ascontiguousarray(vectors.T)
+    rng = np.random.default_rng(1)
+    rows = {}
+    for size in sizes:
+        queries = rng.standard_normal((size, vectors.shape[1])).astype(np.float32)
+        view = _quartile_ms(lambda q=queries: q @ vectors.T, args.repeats)
+        padded_view = _quartile_ms(lambda q=queries: _scan(q, vectors.T), args.repeats)
+        served = _quartile_ms(lambda q=queries: _scan(q, columns), args.repeats)
+        rows[f"{size} queries"] = {
+            "view_ms": view,  # the row-major vectors' transposed view
+            "padded_view_ms": padded_view,  # ... padded to a multiple of 4 (the code before)
+            "served_ms": served,  # transposed and padded: what the exact index runs now
+            "served_vs_padded_view": served / padded_view,
+            "served_vs_view": served / view,
+        }
+    print_table(rows, title=f"exact scan, {source}")
+    payload = {"source": source, "shape": list(vectors.shape), "rows": rows}
+    print(f"written {write_json(Path(args.out) / 'exact_scan.json', payload)}")
+
+
+if __name__ == "__main__":
+    main()
