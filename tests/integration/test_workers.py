@@ -316,19 +316,22 @@ def _worker_start(holder: socket.socket) -> None:
     listen_alone()
 
 
-def test_a_worker_that_cannot_bind_stops_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_that_cannot_bind_stops_the_runner(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """A server that took the port between the holder and the workers: the worker exits with
     uvicorn's start-up failure code (its supervisor then stops, instead of restarting it
-    forever)."""
+    forever), and leaves the cause for the parent's error."""
     import multiprocessing
 
     from uvicorn.config import STARTUP_FAILURE
 
-    from recsys.serving.workers import HOLDER_ENV, port_holder
+    from recsys.serving.workers import BIND_FAILED, HOLDER_ENV, METRICS_ENV, port_holder
 
     holder = port_holder("127.0.0.1", 0)
     port = holder.getsockname()[1]
     monkeypatch.setenv(HOLDER_ENV, f"127.0.0.1 {port}")
+    monkeypatch.setenv(METRICS_ENV, str(tmp_path))
     with socket.socket() as intruder:  # no SO_REUSEPORT, listening before the workers
         intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         intruder.bind(("127.0.0.1", port))
@@ -338,6 +341,42 @@ def test_a_worker_that_cannot_bind_stops_the_runner(monkeypatch: pytest.MonkeyPa
         worker.join(timeout=30)
     holder.close()
     assert worker.exitcode == STARTUP_FAILURE
+    note = (tmp_path / BIND_FAILED).read_text()
+    assert f"a worker cannot bind 127.0.0.1:{port}" in note
+    assert "pick another port=" in note
+
+
+def test_a_second_runner_on_the_port_is_refused_while_the_first_starts() -> None:
+    """Bound sockets that do not listen yet do not keep each other out: the runner holds a
+    lock on its port, so a second one cannot join the first one's group while its workers
+    load."""
+    from recsys.errors import RecsysError
+    from recsys.serving.workers import port_lock
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with (
+        port_lock(port),
+        pytest.raises(RecsysError, match=r"another recsys server .* pick another port="),
+        port_lock(port),
+    ):
+        pass
+    with port_lock(port):  # released with the first runner
+        pass
+
+
+def test_bind_errors_name_the_setting_that_fixes_them() -> None:
+    import errno
+
+    from recsys.serving.workers import _bind_fix
+
+    assert _bind_fix(OSError(errno.EACCES, "Permission denied")).endswith(
+        "ports below 1024 need privileges: pick another port="
+    )
+    assert "check host=" in _bind_fix(OSError(errno.EADDRNOTAVAIL, "Cannot assign"))
+    assert "check host=" in _bind_fix(socket.gaierror(-2, "Name or service not known"))
+    assert _bind_fix(OSError(errno.EADDRINUSE, "Address in use")).endswith("pick another port=")
 
 
 def test_a_missing_holder_is_logged(

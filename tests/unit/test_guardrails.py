@@ -112,3 +112,10 @@ def test_one_stalled_answer_of_a_small_canary_is_no_evidence() -> None:
     assert large.tail(0.99) == large.quantile(0.99) == 1
     assert arm(1000, slow_share=0.005).tail(0.99) == 0.001  # 5 in 1000: p99 is fast
     assert ArmStats().tail(0.99) == 0.0
+    # the edges: 99 answers leave their slowest out; from 100 on the plain p99 does (at 100
+    # it reads the 99th answer, at 101 the 100th: one slow answer of 101 is still left out)
+    assert arm(99, slow_share=1 / 99).tail(0.99) == 0.001
+    assert arm(100, slow_share=0.01).tail(0.99) == arm(100, slow_share=0.01).quantile(0.99)
+    assert arm(100, slow_share=0.01).tail(0.99) == 0.001
+    assert arm(101, slow_share=1 / 101).tail(0.99) == 0.001
+    assert arm(101, slow_share=2 / 101).tail(0.99) == 1

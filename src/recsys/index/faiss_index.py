@@ -363,8 +363,8 @@ def _admissible(
 def _scan(queries: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """``queries @ columns`` (``columns``: the vectors transposed, ``[dim, rows]``), the batch
     padded with zero rows to a multiple of 4 from two queries up: OpenBLAS's kernels for 2, 3,
-    5-7 rows took up to 1.9x the time of 4 or 8 (a pass over 25k x 128 floats; one query is a
-    matrix-vector product, left as it is)."""
+    5-7 rows took more time than for 4 or 8 (a pass over 25k x 128 floats; one query is a
+    matrix-vector product, left as it is; ``benchmarks/exact_scan.py`` measures both)."""
     batch = len(queries)
     if batch < 2 or batch % 4 == 0:
         return queries @ columns

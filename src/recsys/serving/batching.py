@@ -166,6 +166,11 @@ class MicroBatcher(Generic[Req, Res]):
         self._carry = rest
         return [item for item in batch if item.future.set_running_or_notify_cancel()]
 
+    def forget_costs(self) -> None:
+        """Drop the measured cost (after a warm-up: its batches paid one-off set-up, and a
+        cost measured from them would shed the first real requests as overloaded)."""
+        self._costs.clear()
+
     def cost(self) -> float:
         """Measured seconds per request: the median of the last batches (0 before any)."""
         return statistics.median(self._costs) if self._costs else 0.0

@@ -128,6 +128,23 @@ def _absolute(value: str) -> str:
     return str(path if path.is_absolute() else (Path.cwd() / path).resolve())
 
 
+def prime_stages(bundle: Bundle, model: TwoStageRecommender, users: int = 4) -> None:
+    """Both stages once for the bundle's first readers, before the stage answers anyone
+    (what :meth:`RecommendationService.prime` does for a fused service: the first calls pay
+    one-off set-up). A failure is logged; requests meet it again and fall back."""
+    frame = bundle.known_histories.head(users)
+    if frame.is_empty():
+        return
+    try:
+        ids = [str(u) for u in frame.get_column("user_id").to_list()]
+        histories = [[] if h is None else h.to_list() for h in frame.get_column("history")]
+        matrix = bundle.history_matrix(histories)
+        encoded = np.array([bundle.state.users.encode_one(u) for u in ids])
+        model.rank(model.retrieve(encoded, matrix))
+    except Exception as exc:
+        log.warning("bundle %s: priming the stages failed: %s", bundle.version, exc)
+
+
 class BundleCache:
     """Two-stage models by bundle version folder; keeps the two most recent (current and the
     one being swapped in or out), so requests in flight during a swap still find theirs.
@@ -157,6 +174,7 @@ class BundleCache:
         try:
             bundle = load_bundle(key)  # verifies manifest schema and every checksum
             entry = (bundle, bundle.two_stage())
+            prime_stages(bundle, entry[1])
         except BaseException as exc:
             with self._lock:
                 del self._loading[key]

@@ -137,9 +137,13 @@ class RecommendationService:
         readers a hot-swapped bundle or a canary answers wait for it, and a canary judged on
         a few dozen answers has that wait as its p99. Nothing is logged or counted: no store
         is read and no impression is made. Returns whether it ran; a failure is logged and
-        the service still serves (its requests fall back as they would anyway)."""
+        the service still serves (its requests fall back as they would anyway). Over remote
+        stages (Ray's chained topology) it does nothing: the stage deployments prime each
+        bundle as they load it (:func:`recsys.serving.ray_app.prime_stages`)."""
         if self.primed:
             return True
+        if self.stages is not None and not isinstance(self.stages, LocalStages):
+            return False  # remote stages (Ray's chained topology) prime themselves on load
         ids = list(itertools.islice(self.histories, users))
         requests = [
             Personal(u, self.history_matrix([self.histories[u]]), 10, set(), None, "personalized")
@@ -148,14 +152,21 @@ class RecommendationService:
         if not requests:
             return False
         deadline = time.monotonic() + timeout_s
+        # no deadline on the requests themselves: the batcher sheds a request it expects to
+        # miss its deadline, and what it expects comes from the lone first call's set-up
+        futures = [self._batcher.submit(requests[0])]
         try:
-            self._batcher.submit(requests[0], deadline).result(timeout=timeout_s)
-            batch = [self._batcher.submit(r, deadline) for r in requests]
-            for future in batch:
+            futures[0].result(timeout=timeout_s)
+            futures = [self._batcher.submit(r) for r in requests]
+            for future in futures:
                 future.result(timeout=max(deadline - time.monotonic(), 0.0))
         except Exception as exc:  # the first real request meets the same error, and falls back
+            for future in futures:
+                future.cancel()  # still queued: dropped
             log.warning("bundle %s: priming the model path failed: %s", self.version, exc)
             return False
+        finally:
+            self._batcher.forget_costs()  # set-up is not what a real request costs
         self.primed = True
         return True
 

@@ -23,7 +23,9 @@ with one thread each (docs/results/serving.md).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -31,6 +33,8 @@ import socket
 import stat
 import sys
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.config import STARTUP_FAILURE  # a worker's exit code that stops the supervisor
@@ -41,6 +45,7 @@ from recsys.serving.settings import ServeSettings
 log = logging.getLogger(__name__)
 
 SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"
+BIND_FAILED = "bind-failed"  # a worker's note, in the metrics folder, of why it could not bind
 HOLDER_ENV = "RECSYS_PORT_HOLDER"  # "<host> <port>" of the parent's port holder
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # the native thread pools a worker's libraries read at import (torch and FAISS: OpenMP)
@@ -121,10 +126,48 @@ def port_holder(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        fix = "pick another port=" if exc.errno == errno.EADDRINUSE else "check host="
-        raise RecsysError(f"cannot serve on {host}:{port}: {exc.strerror}; {fix}") from None
+        raise RecsysError(f"cannot serve on {host}:{port}: {_bind_fix(exc)}") from None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the workers join it
     return sock
+
+
+def _bind_fix(exc: OSError) -> str:
+    """What a failed bind means, and the setting that fixes it."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return f"{exc.strerror}; check host= (an address of this machine, or 0.0.0.0)"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{exc.strerror}; pick another port="
+    if exc.errno == errno.EACCES:
+        return f"{exc.strerror}; ports below 1024 need privileges: pick another port="
+    return str(exc.strerror or exc)
+
+
+@contextlib.contextmanager
+def port_lock(port: int) -> Iterator[None]:
+    """Hold an advisory lock on ``port`` for as long as this runner serves (not for
+    ``port=0``, which the kernel picks afresh). Bound sockets that do not listen yet do not
+    keep each other out, so without it a second ``recsys serve`` on the port, started while
+    the first one's workers load their bundle, would join the first one's ``SO_REUSEPORT``
+    group and the two would split each other's traffic."""
+    if port == 0:
+        yield
+        return
+    path = Path(tempfile.gettempdir()) / f"recsys-serve-port-{port}.lock"
+    try:
+        handle = open(path, "a")  # noqa: SIM115 (closed below, with the lock)
+    except OSError as exc:  # e.g. another user's file: the sockets still refuse a listener
+        log.warning("no lock on port %d (%s); serving without it", port, exc)
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RecsysError(
+                f"another recsys server is starting or serving on port {port} (it holds "
+                f"{path}); pick another port="
+            ) from None
+        yield  # the lock goes with the file's closing
 
 
 def listen_alone() -> None:
@@ -149,7 +192,11 @@ def listen_alone() -> None:
                 try:
                     own.bind(inherited.getsockname())
                 except OSError as exc:
-                    log.error("worker cannot bind %s:%s: %s", host, port, exc.strerror)
+                    message = f"a worker cannot bind {host}:{port}: {_bind_fix(exc)}"
+                    log.error(message)
+                    folder = os.environ.get(METRICS_ENV)
+                    if folder:  # for the parent's error (serve): the cause, not a guess
+                        (Path(folder) / BIND_FAILED).write_text(message)
                     sys.exit(STARTUP_FAILURE)
                 os.dup2(own.fileno(), fd)
             return
@@ -196,7 +243,6 @@ def _is_holder(sock: socket.socket, host: str, port: int) -> bool:
 def serve(cfg: ServeSettings, bundle: Any) -> None:
     """Serve until stopped: one process with ``bundle``, or ``cfg.workers`` workers."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     problem = unshared(cfg)
     if problem:
@@ -227,7 +273,17 @@ def serve(cfg: ServeSettings, bundle: Any) -> None:
     # Linux spreads connections over SO_REUSEPORT listeners; elsewhere (macOS does not
     # spread them, Windows has no SO_REUSEPORT) the workers share uvicorn's one socket
     linux = sys.platform.startswith("linux")
-    holder = port_holder(config.host, config.port) if linux else config.bind_socket()
+    with port_lock(config.port if linux else 0):
+        holder = port_holder(config.host, config.port) if linux else config.bind_socket()
+        _supervise(config, cfg, holder, linux)
+
+
+def _supervise(config: Any, cfg: ServeSettings, holder: socket.socket, linux: bool) -> None:
+    """uvicorn's supervisor over the workers, with ``holder`` for their socket, until
+    stopped; the workers' environment and metrics folder are removed after. A worker that
+    fails to start stops it: raised as a :class:`RecsysError`."""
+    from uvicorn.supervisors import Multiprocess
+
     folder = tempfile.mkdtemp(prefix="recsys-metrics-")
     os.environ[METRICS_ENV] = folder  # before the workers start: they import after this
     os.environ[SETTINGS_ENV] = cfg.model_dump_json()
@@ -235,18 +291,23 @@ def serve(cfg: ServeSettings, bundle: Any) -> None:
         os.environ[HOLDER_ENV] = "{} {}".format(*holder.getsockname()[:2])
     threads = worker_threads(cfg.workers)
     os.environ.update(threads)
-    supervisor = Multiprocess(config, sockets=[holder])
+    failed, bind_failure = False, None
     try:  # what uvicorn.run does for workers > 1, with the port holder for its socket
-        supervisor.run()
-    except KeyboardInterrupt:
-        pass
+        supervisor = Multiprocess(config, sockets=[holder])
+        with contextlib.suppress(KeyboardInterrupt):
+            supervisor.run()
+        failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+        marker = Path(folder) / BIND_FAILED
+        bind_failure = marker.read_text() if marker.is_file() else None
     finally:  # this process may go on (tests, embedded use): no pointer to a removed folder
         holder.close()
         for name in (METRICS_ENV, SETTINGS_ENV, HOLDER_ENV, *threads):
             os.environ.pop(name, None)
         shutil.rmtree(folder, ignore_errors=True)
-    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+    if bind_failure:
+        raise RecsysError(bind_failure)
+    if failed:
         raise RecsysError(
-            f"a worker could not start on {config.host}:{config.port} (its log says why); "
-            "the port may have been taken while the workers started: pick another port="
+            "a worker failed to start, so the server stopped (the worker's log above says "
+            "why: the bundle, the store or the app)"
         )
