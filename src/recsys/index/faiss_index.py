@@ -98,9 +98,9 @@ class FaissIndex:
         # An exact index answers the same for any fetch size, so a batch is one matrix
         # product over its stored vectors instead of FAISS searches grouped by fetch size
         # (each a pass over every vector per query below FAISS's BLAS threshold of 20).
-        # Stored transposed, ``[dim, rows]`` contiguous: a product with it took 0.30-0.56 of the
+        # Stored transposed, ``[dim, rows]`` contiguous: a product with it took 0.30-0.70 of the
         # time of one with the row-major vectors' transposed view (OpenBLAS, 25k x 128, 1-12
-        # queries: benchmarks/exact_scan.py).
+        # queries, two runs of benchmarks/exact_scan.py).
         self._exact: np.ndarray | None = None
         if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
             self._exact = np.ascontiguousarray(index.reconstruct_n(0, index.ntotal).T)
