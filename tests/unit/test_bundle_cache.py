@@ -13,8 +13,10 @@ from recsys.serving import ray_app
 
 
 class FakeBundle:
+    """A bundle as the cache sees it (no readers: priming its stages fails, and is logged)."""
+
     def __init__(self, key: str, gate: threading.Event | None) -> None:
-        self.key, self.gate = key, gate
+        self.key, self.gate, self.version = key, gate, key
 
     def two_stage(self) -> str:
         if self.gate is not None:  # a slow load: until the test opens the gate

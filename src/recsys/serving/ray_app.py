@@ -132,10 +132,10 @@ def prime_stages(bundle: Bundle, model: TwoStageRecommender, users: int = 4) -> 
     """Both stages once for the bundle's first readers, before the stage answers anyone
     (what :meth:`RecommendationService.prime` does for a fused service: the first calls pay
     one-off set-up). A failure is logged; requests meet it again and fall back."""
-    frame = bundle.known_histories.head(users)
-    if frame.is_empty():
-        return
-    try:
+    try:  # priming never fails a load: the bundle serves, and its requests fall back
+        frame = bundle.known_histories.head(users)
+        if frame.is_empty():
+            return
         ids = [str(u) for u in frame.get_column("user_id").to_list()]
         histories = [[] if h is None else h.to_list() for h in frame.get_column("history")]
         matrix = bundle.history_matrix(histories)
