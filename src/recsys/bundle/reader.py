@@ -104,6 +104,14 @@ class Bundle:
         path = self.path / layout.DATA / layout.KNOWN_HISTORIES
         return pl.read_parquet(path) if path.is_file() else self.histories
 
+    def first_readers(self, n: int) -> tuple[list[str], sp.csr_matrix]:
+        """The first ``n`` readers of :attr:`known_histories` and their histories as CSR rows
+        (:meth:`history_matrix`): what priming a bundle's model path runs on."""
+        frame = self.known_histories.head(n)
+        ids = [str(u) for u in frame.get_column("user_id").to_list()]
+        histories = [[] if h is None else h.to_list() for h in frame.get_column("history")]
+        return ids, self.history_matrix(histories)
+
     @cached_property
     def training_summary(self) -> TrainingSummary | None:
         """The inputs the bundle was trained on, summarised for drift monitoring; None for a

@@ -133,12 +133,9 @@ def prime_stages(bundle: Bundle, model: TwoStageRecommender, users: int = 4) -> 
     (what :meth:`RecommendationService.prime` does for a fused service: the first calls pay
     one-off set-up). A failure is logged; requests meet it again and fall back."""
     try:  # priming never fails a load: the bundle serves, and its requests fall back
-        frame = bundle.known_histories.head(users)
-        if frame.is_empty():
+        ids, matrix = bundle.first_readers(users)
+        if not ids:
             return
-        ids = [str(u) for u in frame.get_column("user_id").to_list()]
-        histories = [[] if h is None else h.to_list() for h in frame.get_column("history")]
-        matrix = bundle.history_matrix(histories)
         encoded = np.array([bundle.state.users.encode_one(u) for u in ids])
         model.rank(model.retrieve(encoded, matrix))
     except Exception as exc:

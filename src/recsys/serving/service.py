@@ -8,7 +8,6 @@ impressions, hot swap) live one level up, in :class:`recsys.serving.core.Serving
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import threading
@@ -144,10 +143,10 @@ class RecommendationService:
             return True
         if self.stages is not None and not isinstance(self.stages, LocalStages):
             return False  # remote stages (Ray's chained topology) prime themselves on load
-        ids = list(itertools.islice(self.histories, users))
+        ids, matrix = self.bundle.first_readers(users)
         requests = [
-            Personal(u, self.history_matrix([self.histories[u]]), 10, set(), None, "personalized")
-            for u in ids
+            Personal(u, matrix[row : row + 1], 10, set(), None, "personalized")
+            for row, u in enumerate(ids)
         ]
         if not requests:
             return False

@@ -210,11 +210,9 @@ def listen_alone() -> None:
 
 
 def _sockets() -> list[int]:
-    """This process's open descriptors that are sockets."""
-    try:
-        fds = [int(name) for name in os.listdir("/dev/fd") if name.isdigit()]
-    except OSError:
-        fds = list(range(3, 1024))
+    """This process's open descriptors that are sockets (Linux: the holder is used there
+    only)."""
+    fds = [int(name) for name in os.listdir("/dev/fd") if name.isdigit()]
     found = []
     for fd in sorted(fds):
         try:
