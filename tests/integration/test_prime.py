@@ -86,7 +86,7 @@ def test_a_failing_model_path_is_logged_and_the_service_still_answers(
         service.close()
 
 
-def test_start_swap_and_canary_prime_before_any_request_and_count_no_answer(
+def test_start_swap_and_canary_prime_before_any_request(
     trained_bundle: dict[str, Any], tmp_path: Path
 ) -> None:
     old = load_bundle(trained_bundle["bundle"])
@@ -109,7 +109,9 @@ def test_start_swap_and_canary_prime_before_any_request_and_count_no_answer(
         serving_while_primed.clear()
         assert core.swap(reversed_ranker(old.path))
         assert sum(counted[1].rows) == 5  # the swapped-in bundle...
-        assert serving_while_primed == [False, False]  # ...before it was installed
+        # ...before it was installed (two or more model calls: the batch of four may split)
+        assert len(serving_while_primed) >= 2
+        assert not any(serving_while_primed)
         assert core.service is counted[1].service
         core.set_canary("family", str(old.path), 10.0)
         assert core.experiments.canary is not None
