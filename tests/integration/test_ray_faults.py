@@ -194,7 +194,7 @@ def test_rolling_restart_under_load(cluster: Cluster, users: list[str]) -> None:
     before = {name: set(replica_pids(name)) for name in ("Ingress", "Retrieval", "Ranking")}
     app = ray_runner.recsys_app(cluster.config)
     restarted = ray_runner.with_overrides(
-        cluster.config, batch_wait_timeout_ms=float(app["args"].get("batch_wait_timeout_ms", 2)) + 1
+        cluster.config, batch_wait_timeout_ms=float(app["args"].get("batch_wait_timeout_ms", 0)) + 1
     )
     restarted_app = ray_runner.recsys_app(restarted)
     restarted_app["args"]["live"]["cache"]["l1_ttl_s"] = 3.0  # the ingress restarts too

@@ -82,7 +82,7 @@ def test_defaults_did_not_move(tmp_path: Path) -> None:
     assert _subset(served, SERVE_DEFAULTS)
     ray = RayAppArgs.model_validate({"bundle": "b"})
     assert (ray.topology, ray.stage_timeout_ms, ray.ingress_replicas) == ("fused", 100.0, 1)
-    assert (ray.max_batch_size, ray.batch_wait_timeout_ms, ray.max_ongoing_requests) == (16, 2, 32)
+    assert (ray.max_batch_size, ray.batch_wait_timeout_ms, ray.max_ongoing_requests) == (16, 0, 32)
     # code-built live settings: no store, cache and auth on, no rate limits (as before)
     live = Live.from_config({})
     assert not live.stores.persistent
