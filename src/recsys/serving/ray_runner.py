@@ -42,6 +42,14 @@ HAPROXY_ENV = {
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
 }
 
+# Each replica runs recsys code on its own event loop rather than on a second thread (one of
+# RAY_SERVE_THROUGHPUT_OPTIMIZED's switches, taken alone): one thread hop less per call, measured
+# 1.01-1.11x the fused and chained throughput (docs/results/serving.md, 2026-12-03). Every recsys
+# replica keeps blocking work off its loop (worker threads, asyncio.to_thread). The mode's
+# router switch (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0) stays off: the chained ingress calls
+# its stages from its model thread, and every such call failed with it.
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+
 
 def use_haproxy(wanted: bool | None, address: str | None) -> bool:
     """Whether a local Ray runs in the high-throughput mode: ``wanted`` None means where the
@@ -79,6 +87,9 @@ def start_ray(
     if ray.is_initialized():
         return
     haproxy = use_haproxy(haproxy, address)
+    for key, value in REPLICA_ENV.items():  # a cluster sets them where it starts Ray
+        if not address:
+            os.environ.setdefault(key, value)
     for key, value in HAPROXY_ENV.items():  # the Ray processes started below inherit these
         if haproxy and not address:
             os.environ[key] = value
