@@ -126,3 +126,67 @@ def test_under_overload_the_newest_are_answered_in_time_and_the_rest_told_at_onc
     assert 2 <= len(answered) <= 5  # as many as 20 ms each allows in 100 ms
     assert time.monotonic() - started < 0.2  # nobody waited past the budget for nothing
     batcher.close()
+
+
+def _concurrent_then_staggered(linger_s: float) -> list[int]:
+    """Batch sizes when two requests arrive together (a batch of two), then two more 0.1 s
+    apart."""
+    sizes: list[int] = []
+    entered, gate = threading.Event(), threading.Event()
+
+    def double(batch: list[int]) -> list[int]:
+        sizes.append(len(batch))
+        entered.set()
+        gate.wait(5)  # the first batch holds the worker while two more queue up
+        return [x * 2 for x in batch]
+
+    batcher = MicroBatcher(double, linger_s=linger_s)
+    first = batcher.submit(0)
+    assert entered.wait(5)
+    together = [batcher.submit(1), batcher.submit(2)]
+    gate.set()
+    assert [f.result(timeout=5) for f in [first, *together]] == [0, 2, 4]
+    staggered = [batcher.submit(3)]
+    time.sleep(0.1)
+    staggered.append(batcher.submit(4))
+    assert [f.result(timeout=5) for f in staggered] == [6, 8]
+    batcher.close()
+    return sizes
+
+
+@pytest.mark.parametrize(("linger_s", "sizes"), [(2.0, [1, 2, 2]), (0.0, [1, 2, 1, 1])])
+def test_under_concurrency_a_batch_lingers_for_the_last_ones_size(
+    linger_s: float, sizes: list[int]
+) -> None:
+    assert _concurrent_then_staggered(linger_s) == sizes
+
+
+def test_a_lone_caller_never_lingers_and_lingering_gives_up() -> None:
+    batcher = MicroBatcher(lambda batch: [x + 1 for x in batch], linger_s=0.3)
+    started = time.monotonic()
+    assert [batcher.submit(i).result(timeout=5) for i in range(3)] == [1, 2, 3]
+    assert time.monotonic() - started < 0.3  # one at a time: never waited for company
+
+    entered, gate = threading.Event(), threading.Event()
+    sizes: list[int] = []
+
+    def held(batch: list[int]) -> list[int]:
+        sizes.append(len(batch))
+        entered.set()
+        gate.wait(5)
+        return batch
+
+    batcher = MicroBatcher(held, linger_s=0.3)
+    futures = [batcher.submit(0)]
+    assert entered.wait(5)
+    futures += [batcher.submit(1), batcher.submit(2)]
+    gate.set()
+    [f.result(timeout=5) for f in futures]
+    assert sizes == [1, 2]  # the last batch had two: the next one waits for a second
+    started = time.monotonic()
+    assert batcher.submit(3).result(timeout=5) == 3
+    assert time.monotonic() - started >= 0.25  # nobody came: it waited out the linger
+    started = time.monotonic()
+    assert batcher.submit(4).result(timeout=5) == 4
+    assert time.monotonic() - started < 0.25  # the last batch was one: no waiting now
+    batcher.close()

@@ -53,6 +53,8 @@ class RecommendationService:
         stage_timeout_s: time budget of the personalised path before popularity answers.
         stages: where retrieval and ranking run (default: in this process, from ``bundle``).
         max_batch: most concurrent personalised requests answered by one model call.
+        linger_s: under concurrency, how long a batch may wait to reach the last batch's size
+            (:class:`recsys.serving.batching.MicroBatcher`).
         live: stores, trending and cache (events, catalogue edits, erasure); the default
             serves the bundle alone.
     """
@@ -64,6 +66,7 @@ class RecommendationService:
         stages: Stages | None = None,
         max_batch: int = 16,
         live: Live | None = None,
+        linger_s: float = 0.002,
     ) -> None:
         self.bundle = bundle
         self.version = bundle.version
@@ -97,7 +100,7 @@ class RecommendationService:
         self.histories = KnownHistories(bundle.known_histories)
         # One model thread, micro-batching concurrent requests (see recsys.serving.batching).
         self._batcher: MicroBatcher[Personal, Answer] = MicroBatcher(
-            self.personalised, max_batch=max_batch, name="recsys-stages"
+            self.personalised, max_batch=max_batch, name="recsys-stages", linger_s=linger_s
         )
         # Deeper than this, a queued request would wait out its budget: answer it at once.
         self.max_pending = 4 * max_batch
