@@ -129,7 +129,7 @@ def test_under_overload_the_newest_are_answered_in_time_and_the_rest_told_at_onc
 
 
 def _concurrent_then_staggered(linger_s: float) -> list[int]:
-    """Batch sizes when two requests arrive together (a batch of two), then two more 0.1 s
+    """Batch sizes when two requests arrive together (a batch of two), then two more 0.3 s
     apart."""
     sizes: list[int] = []
     entered, gate = threading.Event(), threading.Event()
@@ -147,26 +147,23 @@ def _concurrent_then_staggered(linger_s: float) -> list[int]:
     gate.set()
     assert [f.result(timeout=5) for f in [first, *together]] == [0, 2, 4]
     staggered = [batcher.submit(3)]
-    time.sleep(0.1)
+    time.sleep(0.3)
     staggered.append(batcher.submit(4))
     assert [f.result(timeout=5) for f in staggered] == [6, 8]
     batcher.close()
     return sizes
 
 
-@pytest.mark.parametrize(("linger_s", "sizes"), [(2.0, [1, 2, 2]), (0.0, [1, 2, 1, 1])])
+@pytest.mark.parametrize(("linger_s", "sizes"), [(3.0, [1, 2, 2]), (0.0, [1, 2, 1, 1])])
 def test_under_concurrency_a_batch_lingers_for_the_last_ones_size(
     linger_s: float, sizes: list[int]
 ) -> None:
     assert _concurrent_then_staggered(linger_s) == sizes
 
 
-def test_a_lone_caller_never_lingers_and_lingering_gives_up() -> None:
-    batcher = MicroBatcher(lambda batch: [x + 1 for x in batch], linger_s=0.3)
-    started = time.monotonic()
-    assert [batcher.submit(i).result(timeout=5) for i in range(3)] == [1, 2, 3]
-    assert time.monotonic() - started < 0.3  # one at a time: never waited for company
-
+def _after_a_batch_of_two(linger_s: float) -> MicroBatcher[int, int]:
+    """A batcher (identity model) whose last batch had two requests: one held the worker
+    while two more queued."""
     entered, gate = threading.Event(), threading.Event()
     sizes: list[int] = []
 
@@ -176,17 +173,37 @@ def test_a_lone_caller_never_lingers_and_lingering_gives_up() -> None:
         gate.wait(5)
         return batch
 
-    batcher = MicroBatcher(held, linger_s=0.3)
+    batcher: MicroBatcher[int, int] = MicroBatcher(held, linger_s=linger_s)
     futures = [batcher.submit(0)]
     assert entered.wait(5)
     futures += [batcher.submit(1), batcher.submit(2)]
     gate.set()
-    [f.result(timeout=5) for f in futures]
-    assert sizes == [1, 2]  # the last batch had two: the next one waits for a second
+    assert [f.result(timeout=5) for f in futures] == [0, 1, 2]
+    assert sizes == [1, 2]
+    return batcher
+
+
+def test_a_lone_caller_never_lingers_and_lingering_gives_up() -> None:
+    alone = MicroBatcher(lambda batch: [x + 1 for x in batch], linger_s=1.0)
+    started = time.monotonic()
+    assert [alone.submit(i).result(timeout=5) for i in range(3)] == [1, 2, 3]
+    assert time.monotonic() - started < 0.9  # one at a time: never waited for company
+    alone.close()
+
+    batcher = _after_a_batch_of_two(linger_s=1.0)  # the next batch waits for a second request
     started = time.monotonic()
     assert batcher.submit(3).result(timeout=5) == 3
-    assert time.monotonic() - started >= 0.25  # nobody came: it waited out the linger
+    assert time.monotonic() - started >= 0.9  # nobody came: it waited out the linger
     started = time.monotonic()
     assert batcher.submit(4).result(timeout=5) == 4
-    assert time.monotonic() - started < 0.25  # the last batch was one: no waiting now
+    assert time.monotonic() - started < 0.9  # the last batch was one: no waiting now
+    batcher.close()
+
+
+def test_after_forget_costs_a_warm_up_batch_is_not_lingered_for() -> None:
+    batcher = _after_a_batch_of_two(linger_s=1.0)  # a warm-up's batch of two
+    batcher.forget_costs()
+    started = time.monotonic()
+    assert batcher.submit(3).result(timeout=5) == 3
+    assert time.monotonic() - started < 0.9  # not lingered for the warm-up's size
     batcher.close()

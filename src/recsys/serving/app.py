@@ -71,7 +71,7 @@ def create_app(
         await run_in_threadpool(serving.start)
         app.state.core = serving
         yield
-        serving.close()
+        await run_in_threadpool(serving.close)  # joins threads, flushes to the store
 
     app = FastAPI(
         title="recsys",

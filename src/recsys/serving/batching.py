@@ -89,7 +89,8 @@ class MicroBatcher(Generic[Req, Res]):
         max_batch: most requests per call.
         name: the worker thread's name.
         linger_s: how long a batch may wait for more requests, up to the last batch's size
-            (0: take what is queued). A lone caller never waits.
+            (0: take what is queued). After a batch of one, nothing waits; after a bigger one,
+            a request alone waits out ``linger_s`` once, and the next batch takes what came.
     """
 
     def __init__(

@@ -304,7 +304,11 @@ class ServingCore:
         response.metadata.experiment, response.metadata.variant = arm.experiment, arm.variant
         cache = svc.live.cache
         if cache is not None and response.metadata.fallback_reason not in TRANSIENT:
-            cache.put(svc.version, user_id, params, response.model_dump_json())
+            entry = response.model_dump_json()
+            if not cache.shared:  # in-process only: no hop (a Redis write is, as the read)
+                cache.put(svc.version, user_id, params, entry)
+            else:
+                await run_in_threadpool(cache.put, svc.version, user_id, params, entry)
         body = response.model_dump(mode="json")
         if logged:  # a forced variant (testing) is no experiment or exploration data
             self._impression(user_id, arm, body, impression_id)

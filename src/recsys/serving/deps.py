@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path, Request
+from starlette.concurrency import run_in_threadpool
 
 from recsys.serving.auth import Principal, Unauthorized
 from recsys.serving.books import Books
 from recsys.serving.core import ServingCore
 from recsys.serving.ingest import Ingest
+from recsys.serving.ratelimit import RateLimiter
 from recsys.serving.schemas import PATH_ID_PATTERN
 from recsys.serving.users import Users
 
@@ -43,13 +45,23 @@ async def guard(request: Request) -> None:
         principal = live.auth.principal(request.headers.get("authorization"))
     except Unauthorized:
         if live.limiter is not None:
-            live.limiter.check(address, route)  # 429 once the address is over its limit
+            await _count(live.limiter, address, route)  # 429 once the address is over its limit
         raise
     request.state.principal = principal
     if live.limiter is not None:
         by_token = principal is not None and live.auth.enabled
         identity = f"sub:{principal.subject}" if principal is not None and by_token else address
-        live.limiter.check(identity, route)
+        await _count(live.limiter, identity, route)
+
+
+async def _count(limiter: RateLimiter, identity: str, route: str) -> None:
+    """One request against ``identity``'s limit: in this process's memory at once, in Redis
+    from a worker thread (a network round trip never holds the event loop, which under Ray
+    Serve is also the replica's own)."""
+    if limiter.remote:
+        await run_in_threadpool(limiter.check, identity, route)
+    else:
+        limiter.check(identity, route)
 
 
 def principal(request: Request) -> Principal | None:

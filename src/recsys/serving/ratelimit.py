@@ -31,8 +31,8 @@ class RateLimiter:
 
     With Redis, every call has a 50 ms timeout; while Redis is unreachable (and for a
     cool-down after each failure, see :class:`Breaker`) the counts fall back to this process's
-    memory: limits still hold per replica, no request fails and the event loop never waits
-    on a frozen server.
+    memory: limits still hold per replica and no request fails. The request path counts in
+    Redis from a worker thread (``recsys.serving.deps``), so the event loop never waits on it.
     """
 
     def __init__(
@@ -65,6 +65,11 @@ class RateLimiter:
             dict(cfg.get("endpoints") or {}),
             cfg.get("redis_url"),
         )
+
+    @property
+    def remote(self) -> bool:
+        """Counts go to Redis (configured and not cooling down after a failure)."""
+        return self.shared is not None and self.breaker.available
 
     def check(self, identity: str, endpoint: str) -> None:
         """Count one request; raise RateLimited (with seconds to wait) over the limit."""

@@ -44,8 +44,10 @@ HAPROXY_ENV = {
 
 # Each replica runs recsys code on its own event loop rather than on a second thread (one of
 # RAY_SERVE_THROUGHPUT_OPTIMIZED's switches, taken alone): one thread hop less per call, measured
-# 1.01-1.11x the fused and chained throughput (docs/results/serving.md, 2026-12-03). Every recsys
-# replica keeps blocking work off its loop (worker threads, asyncio.to_thread). The mode's
+# 1.01-1.11x the fused and chained throughput (docs/results/serving.md, 2026-12-03). Requests keep
+# blocking work off that loop (worker threads, asyncio.to_thread: store and Redis calls, model
+# calls, swaps, shutdown); a deployment's __init__ (the bundle load) still runs on it, before
+# the replica takes traffic. The mode's
 # router switch (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0) stays off: the chained ingress calls
 # its stages from its model thread, and every such call failed with it.
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
