@@ -207,3 +207,12 @@ def test_after_forget_costs_a_warm_up_batch_is_not_lingered_for() -> None:
     assert batcher.submit(3).result(timeout=5) == 3
     assert time.monotonic() - started < 0.9  # not lingered for the warm-up's size
     batcher.close()
+
+
+def test_a_batch_never_lingers_into_a_deadline() -> None:
+    batcher = _after_a_batch_of_two(linger_s=3.0)
+    started = time.monotonic()
+    due = batcher.submit(3, deadline=time.monotonic() + 0.5)
+    assert due.result(timeout=2) == 3  # answered in time, not lingered past its deadline
+    assert time.monotonic() - started < 0.5
+    batcher.close()

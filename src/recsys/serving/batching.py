@@ -91,6 +91,8 @@ class MicroBatcher(Generic[Req, Res]):
         linger_s: how long a batch may wait for more requests, up to the last batch's size
             (0: take what is queued). After a batch of one, nothing waits; after a bigger one,
             a request alone waits out ``linger_s`` once, and the next batch takes what came.
+            Requests whose callers left do not count, and no batch lingers into a request's
+            deadline (:meth:`_linger`).
     """
 
     def __init__(
@@ -134,7 +136,7 @@ class MicroBatcher(Generic[Req, Res]):
                 self._carry.append(item)  # type: ignore[arg-type]
             until = time.monotonic() + self.linger_s
             while len(self._carry) < self.max_batch and not stopping:
-                wait = until - time.monotonic() if len(self._carry) < self._last else 0.0
+                wait = self._linger(until) - time.monotonic()
                 try:
                     nxt = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
@@ -147,6 +149,22 @@ class MicroBatcher(Generic[Req, Res]):
             if batch:
                 self._last = len(batch)
                 self._call(batch)
+
+    def _linger(self, until: float) -> float:
+        """Until when the next batch may wait for more requests: never past ``until``, never
+        once the live requests taken reach the last batch's size, and never into the last
+        ``linger_s`` before the earliest of their deadlines less a batch one bigger (the wait
+        keeps a linger's slack for the batch to start)."""
+        if until <= 0 or self._last <= 1:
+            return 0.0
+        live = [i for i in self._carry if not i.future.cancelled()]  # left: not waited for
+        if not live or len(live) >= self._last:
+            return 0.0
+        deadlines = [i.deadline for i in live if i.deadline is not None]
+        if deadlines:
+            slack = (len(live) + 1) * self.cost() + self.linger_s
+            until = min(until, min(deadlines) - slack)
+        return until
 
     def _take(self) -> list[_Item[Req, Res]]:
         """The next batch from ``_carry``.
