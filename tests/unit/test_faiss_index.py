@@ -191,8 +191,8 @@ def test_exact_index_answers_a_batch_at_once_as_brute_force_would(
 
 
 def test_the_padded_scan_scores_as_the_plain_product() -> None:
-    """The exact path pads 2-3, 5-7 queries to a multiple of 4 rows for a faster kernel; the
-    scores and their order are the plain product's."""
+    """The exact path scans up to three queries one product each and pads 5-7 to a multiple of
+    4 rows, for faster kernels; the scores and their order are the plain product's."""
     from recsys.index.faiss_index import _scan
 
     rng = np.random.default_rng(3)

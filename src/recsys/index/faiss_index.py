@@ -361,12 +361,18 @@ def _admissible(
 
 
 def _scan(queries: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """``queries @ columns`` (``columns``: the vectors transposed, ``[dim, rows]``), the batch
-    padded with zero rows to a multiple of 4 from two queries up: OpenBLAS's kernels for 2, 3,
-    5-7 rows took more time than for 4 or 8 (a pass over 25k x 128 floats; one query is a
-    matrix-vector product, left as it is; ``benchmarks/exact_scan.py`` measures both)."""
+    """``queries @ columns`` (``columns``: the vectors transposed, ``[dim, rows]``). Up to three
+    queries, one matrix-vector product each; from four, the batch padded with zero rows to a
+    multiple of 4: OpenBLAS's matrix kernels for 2, 3, 5-7 rows took more time than for 4 or
+    8, and one query's product costs about a quarter of four's, so two took 0.40-0.63 and
+    three 0.82-0.90 of the padded product (25k x 128 floats; ``benchmarks/exact_scan.py``)."""
     batch = len(queries)
-    if batch < 2 or batch % 4 == 0:
+    if batch < 4:
+        out = np.empty((batch, columns.shape[1]), dtype=np.result_type(queries, columns))
+        for row in range(batch):
+            np.matmul(queries[row], columns, out=out[row])
+        return out
+    if batch % 4 == 0:
         return queries @ columns
     padded = np.zeros((batch + (-batch) % 4, queries.shape[1]), dtype=queries.dtype)
     padded[:batch] = queries
