@@ -5,11 +5,14 @@ of 4 from four), against the row-major vectors' transposed view, the transposed 
 and the transposed copy padded at every size (the code before 2026-12-03).
 
     python benchmarks/exact_scan.py [--bundle artifacts/bundles/amazon_book] [--batches 1-12]
+        [--cold]
 
 Without a bundle (or with ``--rows/--dim``) it scans random vectors of that shape. Each cell
 is the lower quartile of ``--repeats`` timings (this machine is shared; the quartile is
-steadier than the mean). Prints a table with the served kernel's ratio to the padded product
-and to the transposed copy unpadded; writes benchmarks/results/exact_scan.json.
+steadier than the mean). ``--cold`` reads 64 MB before each timing, so the vectors come from
+memory as in serving, where the rest of the model path evicts them. Prints a table with the
+served kernel's ratio to the padded product and to the transposed copy unpadded; writes
+benchmarks/results/exact_scan.json.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from recsys.index.faiss_index import _scan
 from recsys.report import print_table, write_json
 
 
-def _quartile_ms(fn: Callable[[], object], repeats: int) -> float:
+def _quartile_ms(fn: Callable[[], object], repeats: int, flush: np.ndarray | None = None) -> float:
     times = []
     for _ in range(repeats):
+        if flush is not None:
+            flush.sum()  # the vectors out of the CPU caches, as other work leaves them in serving
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
@@ -65,6 +70,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128, help="random vectors: dimension")
     parser.add_argument("--batches", default="1-12", help="a range a-b or a comma list")
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument(
+        "--cold", action="store_true", help="read 64 MB between timings (the caches flushed)"
+    )
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     if "-" in args.batches:
@@ -75,13 +83,14 @@ def main() -> None:
     vectors, source = _vectors(args)
     columns = np.ascontiguousarray(vectors.T)
     rng = np.random.default_rng(1)
+    flush = np.ones(16_000_000, dtype=np.float32) if args.cold else None
     rows = {}
     for size in sizes:
         queries = rng.standard_normal((size, vectors.shape[1])).astype(np.float32)
-        view = _quartile_ms(lambda q=queries: q @ vectors.T, args.repeats)
-        plain = _quartile_ms(lambda q=queries: q @ columns, args.repeats)
-        padded = _quartile_ms(lambda q=queries: _padded(q, columns), args.repeats)
-        served = _quartile_ms(lambda q=queries: _scan(q, columns), args.repeats)
+        view = _quartile_ms(lambda q=queries: q @ vectors.T, args.repeats, flush)
+        plain = _quartile_ms(lambda q=queries: q @ columns, args.repeats, flush)
+        padded = _quartile_ms(lambda q=queries: _padded(q, columns), args.repeats, flush)
+        served = _quartile_ms(lambda q=queries: _scan(q, columns), args.repeats, flush)
         rows[f"{size} queries"] = {
             "view_ms": view,  # the row-major vectors' transposed view
             "transposed_ms": plain,  # the transposed copy, one product
@@ -90,8 +99,9 @@ def main() -> None:
             "served_vs_padded": served / padded,
             "served_vs_transposed": served / plain,
         }
-    print_table(rows, title=f"exact scan, {source}")
-    payload = {"source": source, "shape": list(vectors.shape), "rows": rows}
+    title = f"exact scan, {source}{', caches flushed' if args.cold else ''}"
+    print_table(rows, title=title)
+    payload = {"source": source, "shape": list(vectors.shape), "cold": args.cold, "rows": rows}
     print(f"written {write_json(Path(args.out) / 'exact_scan.json', payload)}")
 
 

@@ -364,8 +364,9 @@ def _scan(queries: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """``queries @ columns`` (``columns``: the vectors transposed, ``[dim, rows]``). Up to three
     queries, one matrix-vector product each; from four, the batch padded with zero rows to a
     multiple of 4: OpenBLAS's matrix kernels for 2, 3, 5-7 rows took more time than for 4 or
-    8, and one query's product costs about a quarter of four's, so two took 0.40-0.63 and
-    three 0.82-0.90 of the padded product (25k x 128 floats; ``benchmarks/exact_scan.py``)."""
+    8, and one query's product costs about a quarter of four's, so two took 0.46 and three
+    0.75 of the padded product, 0.67 and 0.96 with the vectors out of the caches as in
+    serving (25k x 128 floats; ``benchmarks/exact_scan.py [--cold]``)."""
     batch = len(queries)
     if batch < 4:
         out = np.empty((batch, columns.shape[1]), dtype=np.result_type(queries, columns))
