@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from recsys.serving.ray_runner import HAPROXY_ENV, REPLICA_ENV
+from recsys.serving.ray_runner import HAPROXY_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = Path("serving/config.production.yaml")
@@ -34,9 +34,8 @@ HEADER = """\
 
 
 def _env() -> list[dict[str, str]]:
-    """Ray's HAProxy ingress and replica loop (as ``recsys serve engine=ray`` starts them), quiet
-    defaults."""
-    env = {**HAPROXY_ENV, **REPLICA_ENV, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "offline"}
+    """Ray's HAProxy ingress (as ``recsys serve engine=ray`` starts it) and quiet defaults."""
+    env = {**HAPROXY_ENV, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "offline"}
     return [{"name": k, "value": v} for k, v in env.items()]
 
 

@@ -42,15 +42,10 @@ HAPROXY_ENV = {
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
 }
 
-# Each replica runs recsys code on its own event loop rather than on a second thread (one of
-# RAY_SERVE_THROUGHPUT_OPTIMIZED's switches, taken alone): one thread hop less per call, measured
-# 1.01-1.11x the fused and chained throughput (docs/results/serving.md, 2026-12-03). Requests keep
-# blocking work off that loop (worker threads, asyncio.to_thread: store and Redis calls, model
-# calls, swaps, shutdown); a deployment's __init__ (the bundle load) still runs on it, before
-# the replica takes traffic. The mode's
-# router switch (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0) stays off: the chained ingress calls
-# its stages from its model thread, and every such call failed with it.
-REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+# Ray's RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 (replica code on the replica's own loop)
+# is left off: it measured 1.01-1.11x the throughput, but with it the fault drill that kills an
+# Ingress replica under load got a 500 from Serve's fallback proxy in 2 of 3 full-suite runs
+# (2026-12-03, docs/results/serving.md).
 
 
 def use_haproxy(wanted: bool | None, address: str | None) -> bool:
@@ -89,9 +84,6 @@ def start_ray(
     if ray.is_initialized():
         return
     haproxy = use_haproxy(haproxy, address)
-    for key, value in REPLICA_ENV.items():  # a cluster sets them where it starts Ray
-        if not address:
-            os.environ.setdefault(key, value)
     for key, value in HAPROXY_ENV.items():  # the Ray processes started below inherit these
         if haproxy and not address:
             os.environ[key] = value
