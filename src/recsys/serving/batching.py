@@ -155,7 +155,7 @@ class MicroBatcher(Generic[Req, Res]):
         once the live requests taken reach the last batch's size, and never into the last
         ``linger_s`` before the earliest of their deadlines less a batch one bigger (the wait
         keeps a linger's slack for the batch to start)."""
-        if until <= 0 or self._last <= 1:
+        if self.linger_s <= 0 or self._last <= 1:
             return 0.0
         live = [i for i in self._carry if not i.future.cancelled()]  # left: not waited for
         if not live or len(live) >= self._last:

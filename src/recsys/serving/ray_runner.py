@@ -36,16 +36,14 @@ def ray_env() -> None:
 # replica killed mid-request): every recsys read is safe to replay, and a replayed event keeps
 # its event_id, which the store deduplicates. The mode's other switch,
 # RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct gRPC between replicas), is left off: with it every
-# call from the chained ingress to its stages failed (Ray 2.60, 2026-12-01).
+# call from the chained ingress to its stages failed (Ray 2.60, 2026-12-01). So is its part
+# RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 alone: 1.01-1.11x the throughput, but the drill
+# that kills an Ingress replica under load got a 500 from Serve's fallback proxy in 2 of 3
+# full-suite runs (2026-12-03, docs/results/serving.md).
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
 }
-
-# Ray's RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 (replica code on the replica's own loop)
-# is left off: it measured 1.01-1.11x the throughput, but with it the fault drill that kills an
-# Ingress replica under load got a 500 from Serve's fallback proxy in 2 of 3 full-suite runs
-# (2026-12-03, docs/results/serving.md).
 
 
 def use_haproxy(wanted: bool | None, address: str | None) -> bool:
