@@ -404,6 +404,25 @@ class StoreSuite:
         assert (entry["actor"], entry["events"]) == ("dpo", 3)
         assert "ann" not in str(entry)
 
+    def test_serving_reads_in_each_thread_see_every_commit(self, store: Stores) -> None:
+        """The request path's read (its own connection per thread on SQLite) sees an event
+        and an erasure committed by another connection at once, in every thread, and reads
+        again after the store was closed and reopened its connections."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def histories() -> list[tuple[bool, list[str]]]:
+            with ThreadPoolExecutor(4) as pool:  # four threads, each reading twice
+                return list(pool.map(lambda _: store.events.serving_history("ann"), range(8)))
+
+        assert histories() == [(False, [])] * 8  # each thread's connection now open
+        store.events.append([Event("ann", "b1", "read", 1.0)])
+        assert histories() == [(False, ["b1"])] * 8
+        store.users.delete_user("ann", "dpo")
+        assert histories() == [(True, [])] * 8
+        assert store.db is not None
+        store.db.close()
+        assert store.events.serving_history("ann") == (True, [])
+
 
 def _empty(store: Stores) -> None:
     """Close ``store``; on the module's one PostgreSQL server, drop its tables first."""
@@ -422,6 +441,18 @@ class TestSQLite(StoreSuite):
     @pytest.fixture
     def url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'store.db'}"
+
+    def test_a_store_gone_is_unavailable_to_serving_reads(self, tmp_path: Path) -> None:
+        """The request path's read of a SQLite file that cannot be opened (its folder
+        removed) is StoreUnavailable, as every read: serving degrades, never a 500."""
+        import shutil
+
+        folder = tmp_path / "gone"
+        store = open_store(f"sqlite:///{folder / 'store.db'}")
+        store.close()
+        shutil.rmtree(folder)
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            store.events.serving_reads("ann")
 
 
 class TestPostgres(StoreSuite):
