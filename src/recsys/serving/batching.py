@@ -2,12 +2,13 @@
 
 One worker thread takes whatever requests are waiting and runs them as one batch: under load
 the queue fills while a batch runs, so batches grow with concurrency and a lone request waits
-for nothing. Under concurrency (the last batch had more than one request) the worker lingers
-up to ``linger_s`` for the batch to reach the last one's size: a model call costs about 4 ms
-whatever its size plus 2 ms per request (Amazon-Book, ``benchmarks/model_path.py``), and while
-the worker waits, the event loop (which needs the GIL) reads the requests that were about to
-join. Measured at 8 clients: 1.07x the throughput of two worker processes (0.91x the server CPU
-per request), one process unchanged (0.98x, within noise; docs/results/serving.md).
+for nothing. Under concurrency (more than one request was outstanding as the last batch
+ended: its own and those that came while it ran) the worker lingers up to ``linger_s`` for
+the batch to gather that many: a model call costs about 4 ms whatever its size plus 2 ms per
+request (Amazon-Book, ``benchmarks/model_path.py``), and while the worker waits, the event
+loop and the request threads (which need the GIL) bring back the callers just answered.
+Under 8 clients over HTTP this keeps batches at 8 (one process) or 4 (two) where they went
+7, 1, 7, 1 and 3, 1 (docs/results/serving.md).
 
 One model thread also keeps Python threads from fighting over the GIL (measured on 2 cores: 4
 stage threads served 227 user requests/s at 8 clients, 1 thread 295/s).
@@ -88,11 +89,12 @@ class MicroBatcher(Generic[Req, Res]):
         fn: the batched function. If it raises, every request of that batch gets the error.
         max_batch: most requests per call.
         name: the worker thread's name.
-        linger_s: how long a batch may wait for more requests, up to the last batch's size
-            (0: take what is queued). After a batch of one, nothing waits; after a bigger one,
-            a request alone waits out ``linger_s`` once, and the next batch takes what came.
-            Requests whose callers left do not count, and no batch lingers into a request's
-            deadline (:meth:`_linger`).
+        linger_s: how long a batch may wait for more requests, up to the number outstanding
+            when the last batch ended (0: take what is queued). After a lone request with
+            nobody queued behind it, nothing waits; otherwise a request alone waits out
+            ``linger_s`` once, and the next batch takes what came. Requests whose callers
+            left do not count, and no batch lingers into a request's deadline
+            (:meth:`_linger`).
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class MicroBatcher(Generic[Req, Res]):
         linger_s: float = 0.0,
     ) -> None:
         self.fn, self.max_batch, self.linger_s = fn, max_batch, linger_s
-        self._last = 0  # the last batch's size: what a lingering batch waits to reach
+        self._last = 0  # outstanding as the last batch ended: what a lingering batch gathers
         self._costs: deque[float] = deque(maxlen=9)  # batch time / batch size, last batches
         self.dropped = 0  # requests past their deadline, never computed
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -147,12 +149,12 @@ class MicroBatcher(Generic[Req, Res]):
                     self._carry.append(nxt)  # type: ignore[arg-type]
             batch = self._take()
             if batch:
-                self._last = len(batch)
                 self._call(batch)
 
     def _linger(self, until: float) -> float:
         """Until when the next batch may wait for more requests: never past ``until``, never
-        once the live requests taken reach the last batch's size, and never into the last
+        once the live requests taken reach those outstanding when the last batch ended
+        (:meth:`_outstanding`), and never into the last
         ``linger_s`` before the earliest of their deadlines less a batch one bigger (the wait
         keeps a linger's slack for the batch to start)."""
         if self.linger_s <= 0 or self._last <= 1:
@@ -202,6 +204,14 @@ class MicroBatcher(Generic[Req, Res]):
         self._carry = rest
         return [item for item in batch if item.future.set_running_or_notify_cancel()]
 
+    def _outstanding(self, batch: list[_Item[Req, Res]]) -> int:
+        """The requests waiting for an answer as ``batch`` ends: its own and those that came
+        while it ran, the concurrency the next batch lingers to gather. Its size alone would
+        miss a request arriving just after the batch started: under 8 closed-loop clients
+        batches then went 7, 1, 7, 1 (the lone one's batch lingering for nobody), where they
+        now stay at 8."""
+        return len(batch) + self._queue.qsize() + len(self._carry)
+
     def forget_costs(self) -> None:
         """Drop the measured cost (after a warm-up: its batches paid one-off set-up, and a
         cost measured from them would shed the first real requests as overloaded; their size
@@ -218,9 +228,11 @@ class MicroBatcher(Generic[Req, Res]):
         try:
             results = self.fn([item.request for item in batch])
         except BaseException as exc:  # the callers decide what an error means
+            self._last = self._outstanding(batch)
             for item in batch:
                 item.future.set_exception(exc)
             return
         self._costs.append((time.monotonic() - started) / len(batch))
+        self._last = self._outstanding(batch)
         for item, result in zip(batch, results, strict=True):
             item.future.set_result(result)

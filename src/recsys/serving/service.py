@@ -53,8 +53,9 @@ class RecommendationService:
         stage_timeout_s: time budget of the personalised path before popularity answers.
         stages: where retrieval and ranking run (default: in this process, from ``bundle``).
         max_batch: most concurrent personalised requests answered by one model call.
-        linger_s: under concurrency, how long a batch may wait to reach the last batch's size
-            (:class:`recsys.serving.batching.MicroBatcher`).
+        linger_s: under concurrency, how long a batch may wait to gather the requests
+            outstanding when the last one ended (:class:`recsys.serving.batching.MicroBatcher`;
+            5 ms measured 1.06-1.10x the throughput of 2 ms under 8 clients).
         live: stores, trending and cache (events, catalogue edits, erasure); the default
             serves the bundle alone.
     """
@@ -66,7 +67,7 @@ class RecommendationService:
         stages: Stages | None = None,
         max_batch: int = 16,
         live: Live | None = None,
-        linger_s: float = 0.002,
+        linger_s: float = 0.005,
     ) -> None:
         self.bundle = bundle
         self.version = bundle.version
