@@ -195,6 +195,41 @@ def test_health_docs_metrics(server: tuple[httpx.Client, Any]) -> None:
     assert client.get("/auth/me").json() == {"auth_enabled": False, "subject": None, "scopes": []}
 
 
+def test_concurrent_requests_share_model_calls_and_the_batch_size_is_exported(
+    server: tuple[httpx.Client, Any], trained_bundle: dict[str, Any]
+) -> None:
+    """Eight callers in a closed loop over HTTP: every personalised answer is counted in
+    ``recsys_stage_batch_size``, and answers share model calls (the mean batch is over one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, _ = server
+    bundle = load_bundle(trained_bundle["bundle"])
+    users = [str(u) for u in bundle.histories.get_column("user_id")[:32].to_list()]
+
+    def batch_sizes() -> tuple[float, float]:
+        lines = client.get("/metrics").text.splitlines()
+        found = {}
+        for name in ("recsys_stage_batch_size_count", "recsys_stage_batch_size_sum"):
+            found[name] = next(float(x.split()[-1]) for x in lines if x.startswith(name + " "))
+        return found["recsys_stage_batch_size_count"], found["recsys_stage_batch_size_sum"]
+
+    def caller(first: int) -> list[str]:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
+            answers = [
+                own.post(f"/recommendations/users/{users[i]}", json={"limit": 5})
+                for i in range(first, 32, 8)
+            ]
+        return [a.json()["metadata"]["source"] for a in answers]
+
+    count, total = batch_sizes()
+    with ThreadPoolExecutor(8) as pool:
+        sources = [s for answers in pool.map(caller, range(8)) for s in answers]
+    assert sources == ["personalized"] * 32
+    count_after, total_after = batch_sizes()
+    assert count_after - count == 32  # each answer counted once
+    assert total_after - total > count_after - count  # some answered together
+
+
 def test_web_app_is_served_and_counted(server: tuple[httpx.Client, Any]) -> None:
     client, _ = server
     home = client.get("/", follow_redirects=False)

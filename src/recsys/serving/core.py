@@ -399,6 +399,8 @@ class ServingCore:
         self.metrics.service.labels(endpoint).observe(time.perf_counter() - started)
         for stage, ms in answer.timings_ms.items():
             self.metrics.stage.labels(stage).observe(ms / 1000)
+        if answer.batch:
+            self.metrics.batch_size.observe(answer.batch)
         if answer.fallback_reason:
             self.metrics.fallbacks.labels(answer.fallback_reason).inc()
         authors = svc.catalogue.authors

@@ -21,6 +21,7 @@ from recsys.breaker import Breaker
 from recsys.serving.quality import DIVERSITY_BUCKETS
 
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
@@ -100,6 +101,11 @@ class Metrics:
             "Model stage latency (retrieval, ranking) as seen by the service",
             STAGE_BUCKETS,
             "stage",
+        )
+        self.batch_size = time(
+            "recsys_stage_batch_size",
+            "Requests answered by the same model call (micro-batch), counted per answer",
+            BATCH_BUCKETS,
         )
         self.bundle_answers = count(
             "recsys_bundle_answers",

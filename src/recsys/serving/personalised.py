@@ -69,6 +69,7 @@ class Answer:
     # exploration slots: (book, position from 1, the probability the policy gave it, pool)
     explored: list[tuple[int, int, float, int]] = field(default_factory=list)
     pinned: set[int] = field(default_factory=set)  # books a business rule's pin placed
+    batch: int | None = None  # requests answered by the same model call (the micro-batch)
 
 
 class PersonalisedPath:
@@ -246,6 +247,7 @@ class PersonalisedPath:
         for req, answer in zip(requests, answers, strict=True):
             self._top_up(req, answer, explain)
             answer.rules = [*req.rules, *answer.rules]
+            answer.batch = len(requests)
         exploring = [i for i, r in enumerate(requests) if r.explore]
         if exploring and self.exploration.share > 0:
             self.explorer.explore(
