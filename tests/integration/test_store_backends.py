@@ -405,9 +405,9 @@ class StoreSuite:
         assert "ann" not in str(entry)
 
     def test_serving_reads_in_each_thread_see_every_commit(self, store: Stores) -> None:
-        """The request path's read (its own connection per thread on SQLite) sees an event
+        """The request path's read (a pool of sqlite3 connections on SQLite) sees an event
         and an erasure committed by another connection at once, in every thread, and reads
-        again after the store was closed and reopened its connections."""
+        again after the store was closed."""
         from concurrent.futures import ThreadPoolExecutor
 
         def histories() -> list[tuple[bool, list[str]]]:
@@ -441,6 +441,28 @@ class TestSQLite(StoreSuite):
     @pytest.fixture
     def url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'store.db'}"
+
+    def test_serving_reads_from_short_lived_threads_keep_few_connections(
+        self, store: Stores
+    ) -> None:
+        """Under Ray Serve each request ran in a new thread: 200 reads, each from a thread of
+        its own, leave at most READERS_KEPT connections (open files) behind, not one per
+        thread."""
+        import os
+        import threading
+
+        from recsys.stores.engine import READERS_KEPT
+
+        def open_files() -> int:
+            return len(os.listdir("/proc/self/fd"))
+
+        store.events.serving_reads("ann")
+        before = open_files()
+        for _ in range(200):
+            reader = threading.Thread(target=store.events.serving_reads, args=("ann",))
+            reader.start()
+            reader.join()
+        assert open_files() - before <= 2 * READERS_KEPT  # a connection is a file and its WAL
 
     def test_a_store_gone_is_unavailable_to_serving_reads(self, tmp_path: Path) -> None:
         """The request path's read of a SQLite file that cannot be opened (its folder

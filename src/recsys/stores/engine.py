@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from recsys.stores.errors import StoreUnavailable
 from recsys.stores.schema import metadata, settings
 
 STORE_RETRY_S = 2  # Retry-After of a 503 while the store is unreachable
+READERS_KEPT = 16  # idle sqlite3 read connections a store keeps (Database.read_rows)
 
 # SQLite full-text search over titles and authors, kept in step by triggers.
 _FTS = [
@@ -65,13 +65,11 @@ class Database:
             raise RecsysError(f"bad store.url {url!r}: {exc}") from None
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        # the request path's reads on a SQLite file: one sqlite3 connection per thread (read_rows)
+        # the request path's reads on a SQLite file: a few sqlite3 connections (read_rows)
         database = sa.engine.make_url(url).database if self.is_sqlite else None
         self._read_path = database if database and database != ":memory:" else None
-        self._readers = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []  # every thread's, to close
-        self._readers_lock = threading.Lock()
-        self._generation = 0  # close() bumps it: a thread's older connection is reopened
+        self._idle: list[tuple[int, sqlite3.Connection]] = []  # (generation, connection)
+        self._generation = 0  # close() bumps it: a connection from before is closed, not kept
         try:
             metadata.create_all(self.engine)
             self._migrate()
@@ -80,48 +78,51 @@ class Database:
             raise RecsysError(f"cannot open the store at {url}: {exc.orig}") from None
 
     def close(self) -> None:
-        with self._readers_lock:
-            readers, self._reader_conns = self._reader_conns, []
-            self._generation += 1
-        for conn in readers:
-            conn.close()
+        self._generation += 1  # connections out now are closed when they come back
+        while self._idle:
+            self._idle.pop()[1].close()
         self.engine.dispose()
 
     def read_rows(self, statement: sa.TextClause, params: dict[str, Any]) -> list[Any]:
         """The rows of a read-only text statement (named ``:params``) on the request path.
 
-        On a SQLite file each thread reads through its own sqlite3 connection, opened once
+        On a SQLite file, through a sqlite3 connection of this store's own small pool
         (autocommit, ``query_only``; in WAL mode every statement sees the latest commit): the
         serving read took ~16 µs so, against ~120 µs through a pooled SQLAlchemy connection,
         whose pool of 5 also opened and closed a connection per request past 5 concurrent
-        ones (docs/results/serving.md). Elsewhere (PostgreSQL), a pooled connection. An
-        unreachable or failing database is :class:`StoreUnavailable`, as for every read."""
+        ones (docs/results/serving.md). The pool is not per thread: under Ray Serve every
+        request ran in a new thread. Elsewhere (PostgreSQL), a pooled SQLAlchemy connection.
+        An unreachable or failing database is :class:`StoreUnavailable`, as for every read."""
         if self._read_path is None:
             with self.connect() as pooled:
                 return list(pooled.execute(statement, params).all())
-        reader = self._reader()
+        generation, reader = self._checkout()
         try:
-            return reader.execute(statement.text, params).fetchall()
+            rows = reader.execute(statement.text, params).fetchall()
         except (sqlite3.OperationalError, sqlite3.InterfaceError) as exc:
-            self._drop_reader(reader)  # opened afresh by the next read
+            reader.close()  # not kept: the next read opens another
             self.breaker.failed(exc)
             raise StoreUnavailable(
                 "the store is unreachable; retry shortly", retry_after=STORE_RETRY_S
             ) from exc
+        if generation == self._generation and len(self._idle) < READERS_KEPT:
+            self._idle.append((generation, reader))  # list append and pop hold the GIL
+        else:
+            reader.close()
+        return rows
 
-    def _drop_reader(self, conn: sqlite3.Connection) -> None:
-        self._readers.held = None
-        with self._readers_lock:
-            if conn in self._reader_conns:
-                self._reader_conns.remove(conn)
-        conn.close()
-
-    def _reader(self) -> sqlite3.Connection:
-        """This thread's read connection (a closed store's are reopened)."""
-        held: tuple[int, sqlite3.Connection] | None = getattr(self._readers, "held", None)
-        if held is not None and held[0] == self._generation:
-            return held[1]
+    def _checkout(self) -> tuple[int, sqlite3.Connection]:
+        """An idle read connection of this generation, else a new one."""
+        while True:
+            try:
+                generation, conn = self._idle.pop()
+            except IndexError:
+                break
+            if generation == self._generation:
+                return generation, conn
+            conn.close()
         assert self._read_path is not None
+        generation = self._generation
         try:
             conn = sqlite3.connect(
                 self._read_path, timeout=5.0, isolation_level=None, check_same_thread=False
@@ -132,10 +133,7 @@ class Database:
             raise StoreUnavailable(
                 "the store is unreachable; retry shortly", retry_after=STORE_RETRY_S
             ) from exc
-        with self._readers_lock:
-            self._reader_conns.append(conn)
-            self._readers.held = (self._generation, conn)
-        return conn
+        return generation, conn
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
