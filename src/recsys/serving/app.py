@@ -12,9 +12,8 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import Depends, FastAPI
-from starlette.concurrency import run_in_threadpool
 
-from recsys.serving import errors
+from recsys.serving import blocking, errors
 from recsys.serving.core import ServingCore
 from recsys.serving.deps import guard
 from recsys.serving.metrics import Metrics
@@ -63,15 +62,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = await run_in_threadpool(load)
+        loaded = await blocking.run(load)
         serving = (
             loaded if isinstance(loaded, ServingCore) else ServingCore(loaded, app.state.metrics)
         )
         app.state.metrics = serving.metrics
-        await run_in_threadpool(serving.start)
+        await blocking.run(serving.start)
         app.state.core = serving
         yield
-        await run_in_threadpool(serving.close)  # joins threads, flushes to the store
+        await blocking.run(serving.close)  # joins threads, flushes to the store
 
     app = FastAPI(
         title="recsys",

@@ -18,11 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from recsys.bundle.reader import Bundle, load_bundle, resolve
 from recsys.errors import RecsysError
 from recsys.lifecycle.guardrails import ArmStats, arm_stats
+from recsys.serving import blocking
 from recsys.serving.cache import user_params
 from recsys.serving.drift import DriftCollector, DriftMonitor
 from recsys.serving.experiments import Assignment, Experiments, FileWatcher, ctr_report, wilson
@@ -308,7 +307,7 @@ class ServingCore:
             if not cache.shared:  # in-process only: no hop (a Redis write is, as the read)
                 cache.put(svc.version, user_id, params, entry)
             else:
-                await run_in_threadpool(cache.put, svc.version, user_id, params, entry)
+                await blocking.run(cache.put, svc.version, user_id, params, entry)
         body = response.model_dump(mode="json")
         if logged:  # a forced variant (testing) is no experiment or exploration data
             self._impression(user_id, arm, body, impression_id)
@@ -326,7 +325,7 @@ class ServingCore:
         if not cache.shared:  # in-process only (or Redis skipped after a failure): no hop
             hit, where = cache.get(svc.version, user_id, params)
         else:
-            hit, where = await run_in_threadpool(cache.get, svc.version, user_id, params)
+            hit, where = await blocking.run(cache.get, svc.version, user_id, params)
         self.metrics.cache_lookup(where)
         if hit is None:
             return None
@@ -395,7 +394,7 @@ class ServingCore:
         """``call`` on ``svc`` in a worker thread, counted: latency, fallback, and the list's
         diversity and catalogue coverage."""
         started = time.perf_counter()
-        answer = await run_in_threadpool(call, svc)
+        answer = await blocking.run(call, svc)
         self.metrics.service.labels(endpoint).observe(time.perf_counter() - started)
         for stage, ms in answer.timings_ms.items():
             self.metrics.stage.labels(stage).observe(ms / 1000)

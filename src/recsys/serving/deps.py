@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path, Request
-from starlette.concurrency import run_in_threadpool
 
+from recsys.serving import blocking
 from recsys.serving.auth import Principal, Unauthorized
 from recsys.serving.books import Books
 from recsys.serving.core import ServingCore
@@ -59,7 +59,7 @@ async def _count(limiter: RateLimiter, identity: str, route: str) -> None:
     from a worker thread (a network round trip never holds the event loop, which under Ray
     Serve is also the replica's own)."""
     if limiter.remote:
-        await run_in_threadpool(limiter.check, identity, route)
+        await blocking.run(limiter.check, identity, route)
     else:
         limiter.check(identity, route)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
+from recsys.serving import blocking
 from recsys.serving.deps import ingest, may_act
 from recsys.serving.ingest import Ingest
 from recsys.serving.responses import BODY, answers
@@ -28,7 +28,7 @@ async def post_events(
     batch = body.events if isinstance(body, EventBatch) else [body]
     for user in sorted({e.user_id for e in batch}):
         may_act(request, user, "events:write:any")
-    stored, duplicates = await run_in_threadpool(events.record, batch)
+    stored, duplicates = await blocking.run(events.record, batch)
     return EventsAccepted(stored=stored, duplicates=duplicates)
 
 
@@ -37,5 +37,5 @@ async def post_feedback(request: Request, body: FeedbackIn, events: IngestDep) -
     """A reader's reaction to a served list (``request_id`` of that response):
     ``click`` counts toward the experiment's click-through rate."""
     may_act(request, body.user_id, "events:write:any")
-    await run_in_threadpool(events.feedback, body)
+    await blocking.run(events.feedback, body)
     return {"status": "recorded"}

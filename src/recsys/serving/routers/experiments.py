@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.concurrency import run_in_threadpool
 
+from recsys.serving import blocking
 from recsys.serving.auth import EXPERIMENTS_READ
 from recsys.serving.core import ServingCore
 from recsys.serving.deps import PathId, core, require_scope
@@ -25,7 +25,7 @@ async def experiments(
     """The experiments file as applied (variants, traffic, settings) and, with a store, each
     variant's click-through with a Wilson 95% interval and its difference to ``control``."""
     require_scope(request, EXPERIMENTS_READ)
-    return await run_in_threadpool(serving.experiments_overview, control)
+    return await blocking.run(serving.experiments_overview, control)
 
 
 @router.get(
@@ -42,4 +42,4 @@ async def experiment_series(
     """Click-through per variant over time: impressions, clicked impressions and the Wilson
     95% interval in each ``bucket_s`` bucket (ended experiments included)."""
     require_scope(request, EXPERIMENTS_READ)
-    return await run_in_threadpool(serving.experiment_series, name, bucket_s)
+    return await blocking.run(serving.experiment_series, name, bucket_s)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
+from recsys.serving import blocking
 from recsys.serving.auth import MODELS_WRITE, OPS_READ
 from recsys.serving.deps import core_of, require_scope
 from recsys.serving.models import Models
@@ -27,7 +27,7 @@ ModelsDep = Annotated[Models, Depends(models)]
 async def list_models(request: Request, registry: ModelsDep) -> ModelsOverview:
     """The followed family's versions, newest first: stage, offline metrics, lineage."""
     require_scope(request, OPS_READ)
-    return await run_in_threadpool(registry.overview)
+    return await blocking.run(registry.overview)
 
 
 @router.post(
@@ -37,7 +37,7 @@ async def promote(request: Request, body: PromoteIn, registry: ModelsDep) -> Mod
     """Make a version production (400 with the reason when the registry refuses it); this
     server switches at once, the others within their poll."""
     who = require_scope(request, MODELS_WRITE)
-    return await run_in_threadpool(registry.promote, body.version, who.subject, body.reason)
+    return await blocking.run(registry.promote, body.version, who.subject, body.reason)
 
 
 @router.post(
@@ -46,7 +46,7 @@ async def promote(request: Request, body: PromoteIn, registry: ModelsDep) -> Mod
 async def rollback(request: Request, body: RollbackIn, registry: ModelsDep) -> ModelsReload:
     """Back to the previous production version (400 when there is none)."""
     who = require_scope(request, MODELS_WRITE)
-    return await run_in_threadpool(registry.rollback, who.subject, body.reason)
+    return await blocking.run(registry.rollback, who.subject, body.reason)
 
 
 @router.post("/models/reload", response_model=ModelsReload, responses=answers(403, 409, 503))
@@ -55,4 +55,4 @@ async def reload(request: Request, registry: ModelsDep) -> ModelsReload:
     polls every ``registry.poll_s`` anyway). Answers this replica only; others follow within
     their next poll."""
     require_scope(request, MODELS_WRITE)
-    return await run_in_threadpool(registry.reload)
+    return await blocking.run(registry.reload)

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.concurrency import run_in_threadpool
 
+from recsys.serving import blocking
 from recsys.serving.core import ServingCore
 from recsys.serving.deps import PathId, core, core_of, may_act, require_scope, users
 from recsys.serving.preview import preview
@@ -38,7 +38,7 @@ Core = Annotated[ServingCore, Depends(core)]
 async def get_user(request: Request, user_id: PathId, known: UsersDep) -> UserProfile:
     """What is known about a user (404 when nothing is, or after erasure)."""
     may_act(request, user_id, "users:read:any")
-    return await run_in_threadpool(known.profile, user_id)
+    return await blocking.run(known.profile, user_id)
 
 
 @router.get(
@@ -51,7 +51,7 @@ async def get_history(
 ) -> UserHistory:
     """The user's reading history, most recent last: the bundle's, then their events."""
     may_act(request, user_id, "users:read:any")
-    return await run_in_threadpool(known.history, user_id, limit)
+    return await blocking.run(known.history, user_id, limit)
 
 
 @router.get(
@@ -64,7 +64,7 @@ async def get_preferences(request: Request, user_id: PathId, known: UsersDep) ->
     ``dislike`` (the book left out of their lists), ``less_of_author`` (its author's books
     down-weighted)."""
     may_act(request, user_id, "users:read:any")
-    return await run_in_threadpool(known.preferences, user_id)
+    return await blocking.run(known.preferences, user_id)
 
 
 @router.delete(
@@ -83,7 +83,7 @@ async def withdraw_preferences(
     """Withdraw the reader's marks on one book (``book_id``) or on all: those books may be
     recommended again at once."""
     may_act(request, user_id, "events:write:any")
-    return await run_in_threadpool(known.withdraw, user_id, book_id)
+    return await blocking.run(known.withdraw, user_id, book_id)
 
 
 @router.get(
@@ -94,7 +94,7 @@ async def withdraw_preferences(
 async def get_follows(request: Request, user_id: PathId, known: UsersDep) -> Follows:
     """Everyone the reader follows, oldest first."""
     may_act(request, user_id, "users:read:any")
-    return await run_in_threadpool(known.follows, user_id)
+    return await blocking.run(known.follows, user_id)
 
 
 @router.post(
@@ -107,7 +107,7 @@ async def follow(request: Request, user_id: PathId, body: FollowIn, known: Users
     reading", with that reason) from the next answer on. Idempotent (``created`` false the
     second time); 404 when nothing is known of the followee or either side was erased."""
     may_act(request, user_id, "events:write:any")
-    return await run_in_threadpool(known.follow, user_id, body.followee_id)
+    return await blocking.run(known.follow, user_id, body.followee_id)
 
 
 @router.delete(
@@ -120,7 +120,7 @@ async def unfollow(
 ) -> Unfollowed:
     """Stop following a reader: their books leave this reader's candidates at once."""
     may_act(request, user_id, "events:write:any")
-    return await run_in_threadpool(known.unfollow, user_id, followee_id)
+    return await blocking.run(known.unfollow, user_id, followee_id)
 
 
 @router.delete("/users/{user_id}", response_model=Erasure, responses=answers(403, 422, 503))
@@ -132,7 +132,7 @@ async def delete_user(request: Request, user_id: PathId, known: UsersDep) -> Era
     # the token's subject; X-Actor only names the operator when auth is off
     auth_on = core_of(request).live.auth.enabled
     actor = who.subject if auth_on else request.headers.get("x-actor", "api")
-    removed = await run_in_threadpool(known.erase, user_id, actor)
+    removed = await blocking.run(known.erase, user_id, actor)
     logger.info("user erased", request_id=request.state.request_id, actor=actor)
     return Erasure(user_id=user_id, removed=removed)
 
@@ -151,5 +151,5 @@ async def preview_user(
     require_scope(request, "users:read:any")
     req = body or PreviewIn.model_validate({})
     arm = serving.experiments.assign(user_id)  # the reader's experiment arm, as served
-    view = await run_in_threadpool(preview, arm.service, user_id, req, arm.retrieval_only)
+    view = await blocking.run(preview, arm.service, user_id, req, arm.retrieval_only)
     return view.model_copy(update={"experiment": arm.experiment, "variant": arm.variant})
