@@ -6,7 +6,10 @@ synchronous), and store and Redis round trips must not hold the event loop. Star
 event loop's "root task". Under Ray Serve the replica's loop runs forever with no such task,
 so AnyIO took each request's own task for the root and stopped the worker when the request
 ended: every request started an OS thread (measured: about 1,700 in 12 s at 8 clients).
-This pool keeps its threads whatever runs the loop (uvicorn or a Ray replica).
+This pool keeps its threads whatever runs the loop (uvicorn or a Ray replica). It is not
+``asyncio.to_thread`` (which the Ray stage deployments use for their model calls): that
+default pool has ``min(32, cores + 4)`` threads, 6 on 2 cores, and each waiting personalised
+request holds one, so fewer requests than 8 clients could wait for a batch at once.
 
 The call runs in a copy of the caller's context (as ``run_in_threadpool`` does), so the
 request's :data:`recsys.serving.batching.CURRENT_CALLER` and log context reach the thread.

@@ -97,14 +97,12 @@ class Database:
             with self.connect() as pooled:
                 return list(pooled.execute(statement, params).all())
         generation, reader = self._checkout()
-        try:
-            rows = reader.execute(statement.text, params).fetchall()
-        except (sqlite3.OperationalError, sqlite3.InterfaceError) as exc:
-            reader.close()  # not kept: the next read opens another
-            self.breaker.failed(exc)
-            raise StoreUnavailable(
-                "the store is unreachable; retry shortly", retry_after=STORE_RETRY_S
-            ) from exc
+        with self._unreachable_is_unavailable():
+            try:
+                rows = reader.execute(statement.text, params).fetchall()
+            except sqlite3.Error:
+                reader.close()  # not kept: the next read opens another
+                raise
         if generation == self._generation and len(self._idle) < READERS_KEPT:
             self._idle.append((generation, reader))  # list append and pop hold the GIL
         else:
@@ -123,16 +121,11 @@ class Database:
             conn.close()
         assert self._read_path is not None
         generation = self._generation
-        try:
+        with self._unreachable_is_unavailable():
             conn = sqlite3.connect(
                 self._read_path, timeout=5.0, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA query_only=1")
-        except sqlite3.Error as exc:
-            self.breaker.failed(exc)
-            raise StoreUnavailable(
-                "the store is unreachable; retry shortly", retry_after=STORE_RETRY_S
-            ) from exc
         return generation, conn
 
     @contextmanager
@@ -150,9 +143,16 @@ class Database:
 
     @contextmanager
     def _unreachable_is_unavailable(self) -> Iterator[None]:
+        """The database unreachable, through SQLAlchemy or sqlite3 itself (``read_rows``), is
+        :class:`StoreUnavailable`, counted by the breaker."""
         try:
             yield
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except (
+            sa.exc.OperationalError,
+            sa.exc.InterfaceError,
+            sqlite3.OperationalError,
+            sqlite3.InterfaceError,
+        ) as exc:
             self.breaker.failed(exc)
             raise StoreUnavailable(
                 "the store is unreachable; retry shortly", retry_after=STORE_RETRY_S
